@@ -1,0 +1,357 @@
+"""Typed, frozen run configuration: YAML + dotted overrides in, one resolved `RunConfig` out.
+
+One dataclass per concern (model, data, optimiser, training, scaling, tracking), grouped in
+`RunConfig`. A config is parsed once in a job, validated against these types, and never
+mutated afterwards; `dataclasses.replace` makes modified copies.
+
+    cfg = load_config("jobs/configs/pretrain.yaml", ["model.num_layers=6", "optim.lr=3e-4"])
+    cfg.model.num_layers   # 6
+    dump_config(cfg)       # YAML text that load_config reads back to an equal config
+
+Unknown keys, wrong types and values outside a field's allowed choices raise `ConfigError`
+naming the dotted key, what was expected and what was found (and, for unknown keys, the
+closest valid ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, has the wrong type, or an invalid value."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the operator (paper Table 19; baselines share the interface).
+
+    `name` picks the class from the model registry: "atom", "egno", "egnn_r", "egnn_s".
+    Every paper ablation is a switch here; RWPE length lives in `DataConfig.rwpe_k` because
+    the data pipeline computes it (Table 19 lists it under training).
+    """
+
+    name: Literal["atom", "egno", "egnn_r", "egnn_s"] = "atom"
+    embed_dim: int = 128
+    num_layers: int = 5
+    num_heads: int = 8
+    output_heads: int = 1
+    attn_dropout: float = 0.2
+    mlp_dropout: float = 0.0
+    rope_base: float = 1000.0
+    tau_fs: float = 1.0
+    max_atomic_number: int = 10
+    lifting: Literal["equivariant", "linear", "canonical"] = "equivariant"
+    attention: Literal["heterogeneous", "self"] = "heterogeneous"
+    time_encoding: Literal["trope", "sinusoidal", "none"] = "trope"
+    gamma: Literal["learned", "fixed"] = "learned"
+    value_residual: Literal["learned", "fixed", "off"] = "learned"
+    delta_prediction: bool = False
+    latent_equivariance_weight: float = 0.0
+    # EGNO / EGNN baselines (REFERENCE.md, "The EGNO single-task protocol").
+    time_embed_dim: int = 32
+    fourier_modes: int = 2
+    radius: float = 1.6
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where trajectories come from and how training windows are cut from them.
+
+    Times are physical (fs). A window starts at frame t and targets P lags inside a horizon
+    ΔT: fixed (`horizon="fixed"`, ΔT = `horizon_fs`) or per window
+    ΔT ~ LogUniform(`horizon_min_fs`, `horizon_max_fs`) for multitask pretraining.
+    """
+
+    path: str = "data/tg80-mini"
+    num_lags: int = 8
+    horizon: Literal["fixed", "loguniform"] = "loguniform"
+    horizon_fs: float = 3000.0
+    horizon_min_fs: float = 8.0
+    horizon_max_fs: float = 3000.0
+    discretisation: Literal["uniform", "tail"] = "uniform"
+    tail_offset_fs: float = 0.0
+    heavy_atoms_only: bool = True
+    centre: bool = True
+    rwpe_k: int = 8
+    radius: float = 1.6
+    split: Literal["umap_cluster", "random", "in_distribution", "all"] = "random"
+    fold: int = 0
+    num_folds: int = 5
+    num_clusters: int = 10
+    train_windows: int = 6500
+    val_windows: int = 1000
+    test_windows: int = 1000
+    batch_size: int = 192
+    split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and schedule (Table 19): AdamW-AMSGrad single-task, Muon multitask."""
+
+    name: Literal["adamw_amsgrad", "adamw", "muon"] = "adamw_amsgrad"
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-10
+    schedule: Literal["cosine", "constant", "step"] = "cosine"
+    warmup_steps: int = 0
+    step_size: int = 2500
+    step_gamma: float = 0.5
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop: epochs, label noise (paper §3.2.3), seeds, fault injection."""
+
+    epochs: int = 250
+    label_noise_sigma: float = 0.0
+    seed: int = 0
+    eval_every: int = 1
+    checkpoint_every: int = 1
+    fail_at_epoch: int = -1
+    max_failures: int = 3
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """How many Ray Train workers and what each one gets."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5
+    gpus_per_worker: float = 1.0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow: where runs go. An empty `tracking_uri` means $MLFLOW_TRACKING_URI if set,
+    else a SQLite file `mlflow.db` in the working directory (made absolute)."""
+
+    tracking_uri: str = ""
+    experiment: str = "atomray"
+    run_name: str = ""
+    registered_model: str = ""
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs, resolved once and saved with every checkpoint."""
+
+    name: str = "atom-pretrain"
+    storage_path: str = "ray_results"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# dict <-> dataclass with type checking
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list of " + ", ".join(_type_name(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Return `value` as type `tp`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, found {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key {key!r}: expected {tp}, found {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(
+                f"config key {key!r}: expected {_type_name(tp)} ({len(args)} items), found {value!r}"
+            )
+        return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, Mapping):
+            return _from_dict(tp, value, prefix=key + ".")
+        if isinstance(value, tp):
+            return value
+    raise ConfigError(
+        f"config key {key!r}: expected {_type_name(tp)}, found {type(value).__name__} {value!r}"
+    )
+
+
+def _unknown_key_error(key: str, valid: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=3, cutoff=0.5)
+    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+    return ConfigError(
+        f"unknown config key {key!r}{hint} (valid keys here: {', '.join(sorted(valid))})"
+    )
+
+
+def _from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in hints:
+            raise _unknown_key_error(prefix + str(key), names)
+        kwargs[key] = _coerce(prefix + key, value, hints[key])
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain nested dict of a config (tuples become lists), ready for YAML or MLflow."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def flatten(cfg: Any) -> dict[str, Any]:
+    """Dotted keys to leaf values, e.g. {"model.num_layers": 5, ...} (for MLflow params)."""
+    out: dict[str, Any] = {}
+
+    def walk(d: Mapping[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, Mapping):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[prefix + k] = v
+
+    walk(to_dict(cfg), "")
+    return out
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any, cls: type) -> None:
+    parts = key.split(".")
+    node, node_cls = tree, cls
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(node_cls)
+        if part not in hints:
+            raise _unknown_key_error(".".join(parts[: i + 1]), list(hints))
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        node_cls = hints[part]
+        if not dataclasses.is_dataclass(node_cls):
+            raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} is a value, not a group")
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} must be a mapping")
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
+    """Parse `key=value` strings; values are read as YAML scalars (`3e-4`, `true`, `[1, 2]`)."""
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected dotted.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def config_from_dict(data: Mapping[str, Any] | None, overrides: Sequence[str] = (), cls: type = RunConfig) -> Any:
+    """Build a validated config of type `cls` from a nested dict plus dotted overrides."""
+    tree = _deep_copy(dict(data or {}))
+    for key, value in parse_overrides(overrides):
+        _set_dotted(tree, key, value, cls)
+    return _from_dict(cls, tree)
+
+
+def _deep_copy(d: Any) -> Any:
+    if isinstance(d, Mapping):
+        return {k: _deep_copy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deep_copy(v) for v in d]
+    return d
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), cls: type = RunConfig) -> Any:
+    """Read a YAML file (or nothing: the defaults), apply `key=value` overrides, validate."""
+    data: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config file {str(path)!r}: expected a mapping at top level, found {type(data).__name__}")
+    try:
+        return config_from_dict(data, overrides, cls)
+    except ConfigError as err:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{err}") from None
+
+
+def dump_config(cfg: Any) -> str:
+    """YAML text of a config; `load_config` of it gives back an equal config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(dump_config(cfg))
+    tmp.replace(path)

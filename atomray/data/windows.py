@@ -1,0 +1,270 @@
+"""The window sampler: training samples cut from a trajectory, vectorised over many windows.
+
+A window starts at frame t and asks for the positions at P lags inside a horizon ΔT
+(DESIGN.md, "A training sample"; paper §4 "Training setups"):
+
+    uniform:  t_p = t + (ΔT * p) // P                      p = 1..P   (in frames)
+    tail:     t_p = t + Δ̄ + ((ΔT - Δ̄) * p) // P
+
+ΔT is fixed or drawn per window from LogUniform(Δt_min, ΔT_max) (paper §3.3). Times in the
+config are fs; they are turned into whole frames of the trajectory's own time step, and the
+returned `lags_fs` are the lags actually realised, so data sets with different time steps
+mix correctly.
+
+Everything is pure NumPy on a seeded `np.random.Generator`; no Python loop runs per window.
+The EGNO/MD17 protocol (REFERENCE.md) is reproduced by `egno_start_frames` + `cut_windows`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from atomray.config import DataConfig
+from atomray.data.frames import DataError, Trajectory
+
+Windows = dict[str, np.ndarray]
+
+
+# ---------------------------------------------------------------------------------------------
+# horizons and lags
+
+
+def horizon_frames(cfg: DataConfig, dt_fs: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n,) horizons ΔT in whole frames: fixed, or LogUniform(horizon_min_fs, horizon_max_fs).
+
+    A horizon is at least P frames so that the P lags are distinct frames.
+    """
+    if cfg.horizon == "fixed":
+        h = np.full(n, cfg.horizon_fs / dt_fs)
+    else:
+        lo, hi = np.log(cfg.horizon_min_fs), np.log(cfg.horizon_max_fs)
+        h = np.exp(rng.uniform(lo, hi, size=n)) / dt_fs
+    return np.maximum(np.rint(h).astype(np.int64), cfg.num_lags)
+
+
+def max_horizon_frames(cfg: DataConfig, dt_fs: float) -> int:
+    """The largest horizon (frames) the config can draw at this time step."""
+    top = cfg.horizon_fs if cfg.horizon == "fixed" else cfg.horizon_max_fs
+    return max(int(np.rint(top / dt_fs)), cfg.num_lags)
+
+
+def lag_offsets(horizons: np.ndarray, num_lags: int, discretisation: str = "uniform",
+                tail_frames: int = 0) -> np.ndarray:
+    """(W, P) frame offsets from the start frame: (ΔT*p)//P, or Δ̄ + ((ΔT-Δ̄)*p)//P for tail."""
+    p = np.arange(1, num_lags + 1, dtype=np.int64)
+    h = np.asarray(horizons, dtype=np.int64)[:, None]
+    if discretisation == "uniform":
+        return (h * p) // num_lags
+    if discretisation == "tail":
+        tail = np.minimum(int(tail_frames), h - num_lags)
+        return tail + ((h - tail) * p) // num_lags
+    raise ValueError(f"discretisation must be 'uniform' or 'tail', found {discretisation!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# start frames
+
+
+def draw_starts(rng: np.random.Generator, horizons: np.ndarray, frame_range: tuple[int, int],
+                where: str = "trajectory") -> np.ndarray:
+    """(W,) start frames, uniform over starts whose whole window lies in [lo, hi)."""
+    lo, hi = frame_range
+    room = hi - lo - np.asarray(horizons)  # number of valid starts per window
+    if (room <= 0).any():
+        need = int(np.max(horizons)) + 1
+        raise DataError(
+            f"{where}: {hi - lo} frames in range [{lo}, {hi}) are too few for the requested "
+            f"horizon of {need - 1} frames (need at least {need})"
+        )
+    return lo + np.floor(rng.random(len(room)) * room).astype(np.int64)
+
+
+def egno_start_frames(n_frames: int, margin: int = 10000, seed: int = 100,
+                      fractions: Sequence[float] = (0.1, 0.05, 0.05),
+                      max_samples: Sequence[int] = (500, 2000, 2000),
+                      horizon_frames: int = 3000, where: str = "trajectory") -> dict[str, np.ndarray]:
+    """Train / val / test start frames exactly as the EGNO MD17 code draws them.
+
+    `n_frames` counts frames after the EGNO convention x = x[:-1] (forward-difference
+    velocities). Starts come from x[margin:-margin] with NumPy's legacy RNG seeded `seed`:
+    10 % train, then 5 % val and 5 % test from the rest, then truncated to `max_samples`.
+    """
+    pool = n_frames - 2 * margin
+    if pool <= 0:
+        raise DataError(
+            f"{where}: {n_frames} frames leave no start frames after a margin of {margin} at each end"
+        )
+    rs = np.random.RandomState(seed)
+    taken = np.zeros(pool, dtype=bool)
+    picks = []
+    for frac in fractions:
+        size = int(frac * pool)
+        if not picks:
+            idx = rs.choice(np.arange(pool), size=size, replace=False)
+        else:
+            rest = np.flatnonzero(~taken)
+            idx = rs.choice(rest, size=size, replace=False)
+        taken[idx] = True
+        picks.append(idx + margin)
+    out = {name: p[:m] for name, p, m in zip(("train", "val", "test"), picks, max_samples)}
+    last = max(int(v.max()) for v in out.values() if v.size)
+    if last + horizon_frames >= n_frames:
+        raise DataError(
+            f"{where}: start frame {last} + horizon {horizon_frames} frames runs past the end of "
+            f"the trajectory ({n_frames} frames)"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# random-walk positional encodings (paper App. D.2)
+
+
+def radius_adjacency(x: np.ndarray, radius: float, mask: np.ndarray | None = None) -> np.ndarray:
+    """(..., N, N) bool: atoms closer than `radius` Å, no self loops, padding excluded."""
+    diff = x[..., :, None, :] - x[..., None, :, :]
+    adj = np.einsum("...ijk,...ijk->...ij", diff, diff) < radius * radius
+    n = x.shape[-2]
+    adj[..., np.arange(n), np.arange(n)] = False
+    if mask is not None:
+        adj &= mask[..., :, None] & mask[..., None, :]
+    return adj
+
+
+def random_walk_pe(adjacency: np.ndarray, k: int) -> np.ndarray:
+    """(G, N, K) self-return probabilities (M^k)_ii, k = 1..K, of M = D⁻¹A.
+
+    Isolated atoms (degree 0) get zeros. float64 internally, float32 out.
+    """
+    a = adjacency.astype(np.float64)
+    deg = a.sum(-1, keepdims=True)
+    m = np.divide(a, deg, out=np.zeros_like(a), where=deg > 0)  # (G, N, N)
+    out = np.empty(a.shape[:-1] + (k,), dtype=np.float64)
+    power = m
+    for i in range(k):
+        out[..., i] = np.diagonal(power, axis1=-2, axis2=-1)
+        if i + 1 < k:
+            power = power @ m
+    return out.astype(np.float32)
+
+
+def rwpe_of_frames(x: np.ndarray, k: int, radius: float) -> np.ndarray:
+    """(W, N, K) RWPE of each frame's radius graph, computing each distinct graph once.
+
+    Bonded graphs of one molecule rarely change between frames, so the W adjacency matrices
+    are deduplicated (bit-packed) before the matrix powers.
+    """
+    adj = radius_adjacency(x, radius)  # (W, N, N)
+    w = adj.shape[0]
+    packed = np.packbits(adj.reshape(w, -1), axis=1)
+    keys = np.ascontiguousarray(packed).view(np.dtype((np.void, packed.shape[1]))).ravel()
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return random_walk_pe(adj[first], k)[inverse.ravel()]
+
+
+# ---------------------------------------------------------------------------------------------
+# cutting windows
+
+
+def atom_selection(atomic_numbers: np.ndarray, heavy_atoms_only: bool, where: str = "molecule") -> np.ndarray:
+    """Indices of the atoms the model sees: heavy atoms (Z > 1) by default, else all."""
+    z = np.asarray(atomic_numbers)
+    keep = np.flatnonzero(z > 1) if heavy_atoms_only else np.arange(len(z))
+    if keep.size == 0:
+        raise DataError(f"{where}: no heavy atoms (Z > 1); set data.heavy_atoms_only=false")
+    return keep
+
+
+def cut_windows(positions: np.ndarray, velocities: np.ndarray, atomic_numbers: np.ndarray,
+                dt_fs: float, starts: np.ndarray, offsets: np.ndarray, cfg: DataConfig,
+                molecule_id: str = "") -> Windows:
+    """Cut windows at `starts` (W,) with lag `offsets` (W, P) frames from one trajectory.
+
+    Returns a dict of arrays with leading dimension W:
+      x0 (W,N,3), v0 (W,N,3) Å/fs, target (W,P,N,3) Å — centred on the start frame's centroid
+      when `cfg.centre` (the subtracted `origin` (W,3) is returned too); z (W,N) int64;
+      lags_fs (W,P) float32; start (W,) int64; rwpe (W,N,K) float32 when cfg.rwpe_k > 0;
+      molecule_id (W,) str.
+    """
+    where = f"molecule {molecule_id!r}" if molecule_id else "trajectory"
+    keep = atom_selection(atomic_numbers, cfg.heavy_atoms_only, where)
+    starts = np.asarray(starts, dtype=np.int64)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    last = int((starts[:, None] + offsets).max(initial=0))
+    if starts.size and (starts.min() < 0 or last >= positions.shape[0]):
+        raise DataError(
+            f"{where}: a window reaches frame {last} but the trajectory has {positions.shape[0]} frames"
+        )
+    pos = positions[:, keep] if keep.size != positions.shape[1] else positions
+    vel = velocities[:, keep] if keep.size != velocities.shape[1] else velocities
+    x0 = pos[starts]  # (W, N, 3)
+    v0 = vel[starts]  # (W, N, 3)
+    target = pos[starts[:, None] + offsets]  # (W, P, N, 3)
+    w, n = x0.shape[0], x0.shape[1]
+    if cfg.centre:
+        origin = x0.mean(axis=1)  # (W, 3)
+        x0 = x0 - origin[:, None, :]
+        target = target - origin[:, None, None, :]
+    else:
+        origin = np.zeros((w, 3), dtype=np.float32)
+    out: Windows = {
+        "x0": x0.astype(np.float32, copy=False),
+        "v0": v0.astype(np.float32, copy=False),
+        "target": target.astype(np.float32, copy=False),
+        "z": np.broadcast_to(np.asarray(atomic_numbers, np.int64)[keep], (w, n)).copy(),
+        "lags_fs": (offsets * dt_fs).astype(np.float32),
+        "start": starts,
+        "origin": origin.astype(np.float32, copy=False),
+        "molecule_id": np.full(w, molecule_id, dtype=object),
+    }
+    if cfg.rwpe_k > 0:
+        out["rwpe"] = rwpe_of_frames(out["x0"], cfg.rwpe_k, cfg.radius)
+    return out
+
+
+def sample_windows(traj: Trajectory, n: int, cfg: DataConfig, rng: np.random.Generator,
+                   frame_range: tuple[int, int] | None = None) -> Windows:
+    """Draw `n` windows from a trajectory: horizons, lags, starts inside `frame_range`
+    (default: the whole trajectory), then `cut_windows`."""
+    where = f"molecule {traj.molecule_id!r}"
+    lo, hi = frame_range if frame_range is not None else (0, traj.n_frames)
+    horizons = horizon_frames(cfg, traj.dt_fs, n, rng)
+    tail = int(np.rint(cfg.tail_offset_fs / traj.dt_fs))
+    offsets = lag_offsets(horizons, cfg.num_lags, cfg.discretisation, tail)
+    starts = draw_starts(rng, offsets[:, -1], (lo, hi), where)
+    return cut_windows(traj.positions, traj.velocities, traj.atomic_numbers, traj.dt_fs,
+                       starts, offsets, cfg, traj.molecule_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# padding many molecules into one batch
+
+
+def pad_windows(groups: Sequence[Windows]) -> dict[str, Any]:
+    """Concatenate window groups of different atom counts, padding atoms to the largest N.
+
+    Adds `mask` (B, N) bool, True for real atoms. Padded atoms have zero coordinates and
+    z = 0.
+    """
+    groups = [g for g in groups if len(g["x0"])]
+    if not groups:
+        raise ValueError("pad_windows: no windows")
+    n_max = max(g["x0"].shape[1] for g in groups)
+    out: dict[str, Any] = {}
+    for key in groups[0]:
+        parts = []
+        for g in groups:
+            arr = g[key]
+            atom_axis = {"x0": 1, "v0": 1, "z": 1, "rwpe": 1, "target": 2}.get(key)
+            if atom_axis is not None and arr.shape[atom_axis] < n_max:
+                pad = [(0, 0)] * arr.ndim
+                pad[atom_axis] = (0, n_max - arr.shape[atom_axis])
+                arr = np.pad(arr, pad)
+            parts.append(arr)
+        out[key] = np.concatenate(parts)
+    out["mask"] = np.concatenate(
+        [np.broadcast_to(np.arange(n_max) < g["x0"].shape[1], (len(g["x0"]), n_max)) for g in groups]
+    )
+    return out
