@@ -8,6 +8,8 @@ A data set is a directory (DESIGN.md, "Data format"):
 Units are physical everywhere: positions Å, times fs, velocities Å/fs. Positions and
 velocities are flat float32 lists of length n_frames * n_atoms * 3 (frame-major). A null
 velocities cell means "derive by finite differences" (forward, backward on the last frame).
+A molecule may have several segments; segments that continue each other in time join into
+one contiguous trajectory, gaps separate pieces (windows never cross a gap).
 
 Every writer writes to a temporary name in the destination directory and renames it into
 place, so a killed process never leaves a half-written shard. Readers check every row they
@@ -455,37 +457,54 @@ def iter_segments(root: str | Path, molecule_ids: Iterable[str] | None = None) -
         yield from read_segments(path, ids)
 
 
-def join_segments(segments: Sequence[Segment], atomic_numbers: np.ndarray, where: str) -> Trajectory:
-    """Join one molecule's segments (any order) into a trajectory; gaps or overlaps are errors."""
+def join_segments(segments: Sequence[Segment], atomic_numbers: np.ndarray, where: str) -> list[Trajectory]:
+    """Join one molecule's segments (any order) into contiguous trajectory pieces.
+
+    Segments that continue each other in time (t0 of the next = t0 + n_frames*dt of the
+    previous) are concatenated; a gap starts a new piece (e.g. revised MD17, whose rows are
+    not consecutive MD steps). Overlapping segments, different time steps or atom counts are
+    errors. Missing velocities are derived per piece by finite differences.
+    """
     if not segments:
         raise DataError(f"{where}: no frames")
     segs = sorted(segments, key=lambda s: (s.t0_fs, s.segment))
-    dt = segs[0].dt_fs
-    for a, b in zip(segs, segs[1:]):
-        if not np.isclose(b.dt_fs, dt):
-            raise DataError(f"{where}: segments {a.segment} and {b.segment} have different dt_fs")
-        expected = a.t0_fs + a.n_frames * dt
-        if not np.isclose(b.t0_fs, expected, atol=1e-6 * max(1.0, abs(expected))):
-            raise DataError(
-                f"{where}: segment {b.segment} starts at {b.t0_fs} fs, expected {expected} fs "
-                f"(segments must be contiguous without gaps or overlaps)"
-            )
     n_atoms = len(atomic_numbers)
+    dt = segs[0].dt_fs
     for s in segs:
         if s.n_atoms != n_atoms:
             raise DataError(
                 f"{where}: segment {s.segment} has {s.n_atoms} atoms, the molecules table says {n_atoms}"
             )
-    pos = np.concatenate([s.positions for s in segs])
-    if all(s.velocities is not None for s in segs):
-        vel = np.concatenate([s.velocities for s in segs])
-    else:
-        vel = finite_difference_velocities(pos, dt)
-    return Trajectory(segs[0].molecule_id, np.asarray(atomic_numbers, np.int64), dt, segs[0].t0_fs, pos, vel)
+        if not np.isclose(s.dt_fs, dt):
+            raise DataError(f"{where}: segment {s.segment} has dt_fs {s.dt_fs}, segment {segs[0].segment} has {dt}")
+    pieces: list[list[Segment]] = [[segs[0]]]
+    for a, b in zip(segs, segs[1:]):
+        end = a.t0_fs + a.n_frames * dt
+        tol = 1e-6 * max(1.0, abs(end))
+        if b.t0_fs < end - tol:
+            raise DataError(
+                f"{where}: segment {b.segment} starts at {b.t0_fs} fs, inside segment {a.segment} "
+                f"(which ends at {end} fs); segments must not overlap"
+            )
+        if abs(b.t0_fs - end) <= tol:
+            pieces[-1].append(b)
+        else:
+            pieces.append([b])
+    out = []
+    z = np.asarray(atomic_numbers, np.int64)
+    for piece in pieces:
+        pos = np.concatenate([s.positions for s in piece])
+        if all(s.velocities is not None for s in piece):
+            vel = np.concatenate([s.velocities for s in piece])
+        else:
+            vel = finite_difference_velocities(pos, dt)
+        out.append(Trajectory(piece[0].molecule_id, z, dt, piece[0].t0_fs, pos, vel))
+    return out
 
 
-def load_trajectories(root: str | Path, molecule_ids: Iterable[str] | None = None) -> dict[str, Trajectory]:
-    """Every (or the selected) molecule's whole trajectory, in molecules-table order."""
+def load_trajectories(root: str | Path, molecule_ids: Iterable[str] | None = None) -> dict[str, list[Trajectory]]:
+    """Every (or the selected) molecule's trajectory as a list of contiguous pieces
+    (usually one), in molecules-table order."""
     molecules = read_molecules(root)
     z_of = dict(zip(molecules.column("molecule_id").to_pylist(), molecules.column("atomic_numbers").to_pylist()))
     wanted = list(z_of) if molecule_ids is None else list(molecule_ids)
@@ -505,7 +524,7 @@ def validate_dataset(root: str | Path) -> dict[str, Any]:
 
     Checks: both schemas and column types; every row's list lengths and finiteness; every
     frames molecule is in the molecules table with the same atom count and time step; the
-    segments of each molecule are contiguous; n_frames in the molecules table equals the sum
+    segments of each molecule do not overlap; n_frames in the molecules table equals the sum
     over its segments.
     """
     root = Path(root)
@@ -540,13 +559,14 @@ def validate_dataset(root: str | Path) -> dict[str, Any]:
             by_mol[seg.molecule_id].append(seg)
     total_frames = 0
     for mid, segs in by_mol.items():
-        traj = join_segments(segs, np.asarray(z_of[mid]), f"{root}: molecule {mid!r}")
-        if traj.n_frames != info[mid][2]:
+        pieces = join_segments(segs, np.asarray(z_of[mid]), f"{root}: molecule {mid!r}")
+        n_frames = sum(p.n_frames for p in pieces)
+        if n_frames != info[mid][2]:
             raise DataError(
-                f"{root}: molecule {mid!r} has {traj.n_frames} frames in {FRAMES_DIR}/, "
+                f"{root}: molecule {mid!r} has {n_frames} frames in {FRAMES_DIR}/, "
                 f"{MOLECULES_FILE} says n_frames={info[mid][2]}"
             )
-        total_frames += traj.n_frames
+        total_frames += n_frames
     return {
         "molecules": len(info),
         "shards": len(files),
