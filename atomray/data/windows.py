@@ -197,11 +197,10 @@ def cut_windows(positions: np.ndarray, velocities: np.ndarray, atomic_numbers: n
         raise DataError(
             f"{where}: a window reaches frame {last} but the trajectory has {positions.shape[0]} frames"
         )
-    pos = positions[:, keep] if keep.size != positions.shape[1] else positions
-    vel = velocities[:, keep] if keep.size != velocities.shape[1] else velocities
-    x0 = pos[starts]  # (W, N, 3)
-    v0 = vel[starts]  # (W, N, 3)
-    target = pos[starts[:, None] + offsets]  # (W, P, N, 3)
+    # Gather only the frames and atoms needed (never copy the whole trajectory per call).
+    x0 = positions[starts[:, None], keep[None, :]]  # (W, N, 3)
+    v0 = velocities[starts[:, None], keep[None, :]]  # (W, N, 3)
+    target = positions[(starts[:, None] + offsets)[:, :, None], keep[None, None, :]]  # (W, P, N, 3)
     w, n = x0.shape[0], x0.shape[1]
     if cfg.centre:
         origin = x0.mean(axis=1)  # (W, 3)

@@ -1,0 +1,33 @@
+"""Shared test fixtures: the repository root and the Python that runs jobs as subprocesses.
+
+Ray-backed tests start their own local runtime in their package's conftest (session or module
+scope) and shut it down; see tests/train/conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Keep tests single-threaded per process: the CI box has 2 cores, and Ray workers plus the
+# driver oversubscribe quickly otherwise.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def python() -> str:
+    """The interpreter running the tests (the project venv), for subprocess jobs."""
+    return sys.executable
