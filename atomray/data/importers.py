@@ -268,9 +268,11 @@ def _read_npz(npz: _Npz, cfg: ImportConfig) -> SourceTrajectory:
     pos = npz[pos_key]
     z = check_atomic_numbers(npz[z_key], f"{path}: key {z_key!r}")
     check_coordinates(pos, len(z), f"{path}: key {pos_key!r}")  # shape, atom count, finiteness
-    vel = None
-    vel_key = npz.key([cfg.velocities_key] if cfg.velocities_key else VELOCITIES_KEYS, "velocities",
-                      required=bool(cfg.velocities_key)) if fmt == "npz" or cfg.velocities_key else None
+    vel, vel_key = None, None
+    if cfg.velocities_key:
+        vel_key = npz.key([cfg.velocities_key], "velocities")
+    elif fmt == "npz":  # the public benchmark files carry no velocities
+        vel_key = npz.key(VELOCITIES_KEYS, "velocities", required=False)
     if vel_key is not None:
         vel = npz[vel_key]
         check_coordinates(vel, len(z), f"{path}: key {vel_key!r}", "velocities")

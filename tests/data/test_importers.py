@@ -23,10 +23,6 @@ REPO = Path(__file__).resolve().parents[2]
 KEYS = ("positions", "velocities")
 
 
-def trajectories(root: Path) -> dict:
-    return load_trajectories(root)
-
-
 def test_md17_import_gives_egno_positions_and_forward_difference_velocities(tmp_path, md17_npz):
     path, r, z = md17_npz("md17_ethanol.npz", n_frames=40, dt_fs=0.5)
     summaries = import_dataset([path], tmp_path / "out", ImportConfig("md17", 0.5), command="test")
