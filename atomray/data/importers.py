@@ -6,19 +6,15 @@ reads) -> a TG80-frames data set (`atomray.data.frames`).
 
 Formats (REFERENCE.md, "Public MD benchmark files"):
 
-    md17   sGDML npz: `R` (frames, N, 3) Å, `z` (N,). Frame spacing 0.5 fs.
-    md22   same keys as md17. Frame spacing 1 fs.
+    md17, md22  sGDML npz: `R` (frames, N, 3) Å, `z` (N,); frames 0.5 fs (MD17), 1 fs (MD22).
     rmd17  revised MD17 npz: `coords`, `nuclear_charges`, `old_indices`. Rows are a random
-           sub-sample of the MD17 trajectory, NOT consecutive steps: rows are sorted by
-           `old_indices` and split into runs of consecutive indices; each run long enough
-           becomes a segment starting at t0 = old_index * dt (gaps between segments).
-    npz    generic: positions `R` | `positions` | `coords`; elements `z` | `atomic_numbers` |
-           `nuclear_charges`; optional velocities `V` | `velocities` (Å/fs); optional per-frame
-           times `t_fs` (gaps split runs) and a scalar `dt_fs` that must agree with the
-           requested one. This is what `atomray.data.exporters.export_npz` writes.
-    ase    anything `ase.io.read(path, index=":")` reads (extxyz, .traj). Velocities from the
-           momenta when every frame has them, converted from ASE units (Å per
-           1/ase.units.fs fs) to Å/fs; optional per-frame `time_fs` in `atoms.info`.
+           sub-sample of MD17, NOT consecutive steps: sorted by `old_indices` and split into
+           runs of consecutive indices, each a segment at t0 = old_index * dt (gaps between).
+    npz    generic: positions `R`|`positions`|`coords`, elements `z`|`atomic_numbers`|
+           `nuclear_charges`, optional velocities `V`|`velocities` (Å/fs), per-frame times
+           `t_fs` (gaps split runs) and `dt_fs` (must agree): what `exporters.export_npz` writes.
+    ase    anything `ase.io.read(path, index=":")` reads (extxyz, .traj); velocities from the
+           momenta, ASE units (Å per 1/ase.units.fs fs) -> Å/fs; per-frame `time_fs` in info.
 
 The time step is always given by the user (`dt_fs`), never guessed. Without velocities in
 the file they are forward differences the EGNO way (REFERENCE.md, "The EGNO single-task
@@ -166,6 +162,7 @@ def molecule_id_from_path(path: str | Path) -> str:
 
 
 def _package_version() -> str:
+    # not atomray.__version__: a stale editable install can import atomray as a namespace package
     try:
         return importlib.metadata.version("atomray")
     except importlib.metadata.PackageNotFoundError:
@@ -374,20 +371,16 @@ def build_segments(source: SourceTrajectory, molecule_id: str, cfg: ImportConfig
     kept = [r for r in source.runs if len(r.positions) >= min_rows]
     longest = max(len(r.positions) for r in source.runs)
     where = f"{source.path}: molecule {molecule_id!r}"
+    sub = ("revised MD17 rows are sub-sampled from the MD17 trajectory, not consecutive MD steps "
+           "(see np.diff(old_indices)); ") if source.subsampled else ""
     if not kept:
-        if source.subsampled:
-            raise DataError(
-                f"{where}: revised MD17 rows are sub-sampled from the MD17 trajectory, not consecutive "
-                f"MD steps (see np.diff(old_indices)); the longest run of consecutive old_indices is "
-                f"{longest} rows, expected at least {min_rows} (min_segment_frames)"
-            )
-        raise DataError(f"{where}: the longest run of consecutive frames has {longest} rows, "
-                        f"expected at least {min_rows} (min_segment_frames)")
+        runs = "consecutive old_indices" if source.subsampled else "consecutive frames"
+        raise DataError(f"{where}: {sub}the longest run of {runs} is {longest} rows, expected at "
+                        f"least {min_rows} (min_segment_frames)")
     usable = longest - int(derive)
     if usable < cfg.min_frames:
         why = " after forward-difference velocities drop the last frame" if derive else ""
-        sub = " (revised MD17 rows are sub-sampled, not consecutive MD steps)" if source.subsampled else ""
-        raise DataError(f"{where}: the longest contiguous piece has {usable} frames{why}{sub}, "
+        raise DataError(f"{where}: {sub}the longest contiguous piece has {usable} frames{why}, "
                         f"expected at least {cfg.min_frames} (min_frames)")
     segments: list[Segment] = []
     for run in kept:
@@ -411,24 +404,17 @@ def build_segments(source: SourceTrajectory, molecule_id: str, cfg: ImportConfig
 
 
 def _molecule_ids(inputs: Sequence[Path], cfg: ImportConfig) -> list[str]:
-    if cfg.molecule_ids:
-        if len(cfg.molecule_ids) != len(inputs):
-            raise ConfigError(
-                f"import molecule_ids: expected one id per input file ({len(inputs)}), "
-                f"found {len(cfg.molecule_ids)}: {list(cfg.molecule_ids)}"
-            )
-        ids = [str(m) for m in cfg.molecule_ids]
-    else:
-        ids = [molecule_id_from_path(p) for p in inputs]
+    if cfg.molecule_ids and len(cfg.molecule_ids) != len(inputs):
+        raise ConfigError(f"import molecule_ids: expected one id per input file ({len(inputs)}), "
+                          f"found {len(cfg.molecule_ids)}: {list(cfg.molecule_ids)}")
+    ids = list(cfg.molecule_ids) or [molecule_id_from_path(p) for p in inputs]
     seen: dict[str, Path] = {}
     for mid, path in zip(ids, inputs):
         if not mid.strip():
             raise ConfigError(f"{path}: empty molecule id; expected a name")
         if mid in seen:
-            raise DataError(
-                f"duplicate molecule id {mid!r}: from {seen[mid]} and {path}; expected one file per "
-                f"molecule (give distinct ids with --molecule-id)"
-            )
+            raise DataError(f"duplicate molecule id {mid!r}: from {seen[mid]} and {path}; expected one "
+                            f"file per molecule (give distinct ids with --molecule-id)")
         seen[mid] = path
     return ids
 
@@ -449,12 +435,11 @@ def _shard_name(index: int, molecule_id: str) -> str:
 def _move_into_place(tmp: Path, out: Path) -> None:
     """Rename `tmp` to `out`; a previous `out` is set aside and deleted only afterwards."""
     old = None
-    if out.exists():
-        if any(out.iterdir()):
-            old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-            out.rename(old)
-        else:
-            out.rmdir()
+    if out.exists() and any(out.iterdir()):
+        old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+        out.rename(old)
+    elif out.exists():
+        out.rmdir()
     try:
         tmp.rename(out)
     except OSError:
