@@ -32,6 +32,9 @@ _EXPORTS = {
     "load_trajectories": "atomray.data.frames",
     "validate_dataset": "atomray.data.frames",
     "write_dataset": "atomray.data.frames",
+    "ImportConfig": "atomray.data.importers",
+    "import_dataset": "atomray.data.importers",
+    "export_molecule": "atomray.data.exporters",
     # windows
     "pad_windows": "atomray.data.windows",
     "sample_windows": "atomray.data.windows",

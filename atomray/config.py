@@ -36,7 +36,15 @@ class ModelConfig:
 
     `name` picks the class from the model registry: "atom", "egno", "egnn_r", "egnn_s".
     Every paper ablation is a switch here; RWPE length lives in `DataConfig.rwpe_k` because
-    the data pipeline computes it (Table 19 lists it under training).
+    the data pipeline computes it (Table 19 lists it under training). Label noise σ lives in
+    `TrainConfig.label_noise_sigma` (the loss applies it, not the model).
+
+    Units: `tau_fs` is the T-RoPE / sinusoidal timescale τ in fs (the paper leaves its value
+    open; 10 fs puts the slowest of the per-head frequencies ω_k/τ at a period of ~25–40 ps,
+    so lags of 8–24 000 fs are all resolved). `velocity_scale_fs` is the fixed unit in which
+    the model reads velocities: v [Å/fs] × 100 fs = Å per 100 fs, the same order as the
+    centred positions. ATOM uses `embed_dim`/`num_layers`/`num_heads`; the EGNN-family
+    baselines use `gnn_hidden_dim`/`num_layers` (EGNO defaults: hidden 64, 5 layers).
     """
 
     name: Literal["atom", "egno", "egnn_r", "egnn_s"] = "atom"
@@ -47,7 +55,8 @@ class ModelConfig:
     attn_dropout: float = 0.2
     mlp_dropout: float = 0.0
     rope_base: float = 1000.0
-    tau_fs: float = 1.0
+    tau_fs: float = 10.0
+    velocity_scale_fs: float = 100.0
     max_atomic_number: int = 10
     lifting: Literal["equivariant", "linear", "canonical"] = "equivariant"
     attention: Literal["heterogeneous", "self"] = "heterogeneous"
@@ -57,6 +66,7 @@ class ModelConfig:
     delta_prediction: bool = False
     latent_equivariance_weight: float = 0.0
     # EGNO / EGNN baselines (REFERENCE.md, "The EGNO single-task protocol").
+    gnn_hidden_dim: int = 64
     time_embed_dim: int = 32
     fourier_modes: int = 2
     radius: float = 1.6
@@ -92,6 +102,7 @@ class DataConfig:
     test_windows: int = 1000
     batch_size: int = 192
     split_seed: int = 0
+    chunk_frames: int = 4096
 
 
 @dataclass(frozen=True)
@@ -170,7 +181,10 @@ def _type_name(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin is tuple:
-        return "a list of " + ", ".join(_type_name(a) for a in typing.get_args(tp))
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return "a list of " + ", ".join(_type_name(a) for a in args)
     return getattr(tp, "__name__", str(tp))
 
 
@@ -196,6 +210,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         raise ConfigError(f"config key {key!r}: expected {tp}, found {value!r}")
     if origin is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"config key {key!r}: expected a list of {_type_name(args[0])}, found {value!r}")
+            return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(
                 f"config key {key!r}: expected {_type_name(tp)} ({len(args)} items), found {value!r}"

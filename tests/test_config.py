@@ -114,3 +114,15 @@ def test_import_model_does_not_initialise_cuda_or_ray():
         "assert not torch.cuda.is_initialized()\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_variable_length_tuple_field():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Names:
+        names: tuple[str, ...] = ()
+
+    assert config_from_dict({"names": ["a", "b", "c"]}, cls=Names).names == ("a", "b", "c")
+    with pytest.raises(ConfigError, match="names\\[1\\]"):
+        config_from_dict({"names": ["a", 2]}, cls=Names)

@@ -68,17 +68,26 @@ def lag_offsets(horizons: np.ndarray, num_lags: int, discretisation: str = "unif
 
 
 def draw_starts(rng: np.random.Generator, horizons: np.ndarray, frame_range: tuple[int, int],
-                where: str = "trajectory") -> np.ndarray:
-    """(W,) start frames, uniform over starts whose whole window lies in [lo, hi)."""
+                where: str = "trajectory", start_range: tuple[int, int] | None = None) -> np.ndarray:
+    """(W,) start frames, uniform over the starts in `start_range` (default: all of
+    `frame_range`) whose whole window lies in `frame_range` = [lo, hi)."""
     lo, hi = frame_range
-    room = hi - lo - np.asarray(horizons)  # number of valid starts per window
+    s_lo, s_hi = start_range if start_range is not None else (lo, hi)
+    room = np.minimum(s_hi, hi - np.asarray(horizons)) - s_lo  # valid starts per window
     if (room <= 0).any():
         need = int(np.max(horizons)) + 1
         raise DataError(
             f"{where}: {hi - lo} frames in range [{lo}, {hi}) are too few for the requested "
             f"horizon of {need - 1} frames (need at least {need})"
         )
-    return lo + np.floor(rng.random(len(room)) * room).astype(np.int64)
+    return s_lo + np.floor(rng.random(len(room)) * room).astype(np.int64)
+
+
+def min_horizon_frames(cfg: DataConfig, dt_fs: float) -> int:
+    """The smallest horizon (frames) the config can draw at this time step."""
+    if cfg.horizon == "fixed":
+        return max_horizon_frames(cfg, dt_fs)
+    return max(int(np.rint(cfg.horizon_min_fs / dt_fs)), cfg.num_lags)
 
 
 def egno_start_frames(n_frames: int, margin: int = 10000, seed: int = 100,
@@ -224,15 +233,32 @@ def cut_windows(positions: np.ndarray, velocities: np.ndarray, atomic_numbers: n
 
 
 def sample_windows(traj: Trajectory, n: int, cfg: DataConfig, rng: np.random.Generator,
-                   frame_range: tuple[int, int] | None = None) -> Windows:
-    """Draw `n` windows from a trajectory: horizons, lags, starts inside `frame_range`
-    (default: the whole trajectory), then `cut_windows`."""
+                   frame_range: tuple[int, int] | None = None,
+                   start_range: tuple[int, int] | None = None) -> Windows:
+    """Draw `n` windows from a trajectory: horizons, lags, then starts, then `cut_windows`.
+
+    Every window lies inside `frame_range` (default: the whole trajectory) and starts inside
+    `start_range` (default: anywhere it fits). With log-uniform horizons, a horizon too long
+    to fit is redrawn (a few times, then shortened to the longest that fits), so short
+    trajectory pieces still yield windows; a fixed horizon that does not fit is an error.
+    """
     where = f"molecule {traj.molecule_id!r}"
     lo, hi = frame_range if frame_range is not None else (0, traj.n_frames)
+    s_lo = start_range[0] if start_range is not None else lo
+    s_hi = start_range[1] if start_range is not None else hi
     horizons = horizon_frames(cfg, traj.dt_fs, n, rng)
+    if cfg.horizon == "loguniform":
+        for _ in range(8):
+            bad = hi - horizons <= s_lo
+            if not bad.any():
+                break
+            horizons[bad] = horizon_frames(cfg, traj.dt_fs, int(bad.sum()), rng)
+        longest = hi - s_lo - 1
+        if longest >= cfg.num_lags:
+            horizons = np.minimum(horizons, longest)
     tail = int(np.rint(cfg.tail_offset_fs / traj.dt_fs))
     offsets = lag_offsets(horizons, cfg.num_lags, cfg.discretisation, tail)
-    starts = draw_starts(rng, offsets[:, -1], (lo, hi), where)
+    starts = draw_starts(rng, offsets[:, -1], (lo, hi), where, (s_lo, s_hi))
     return cut_windows(traj.positions, traj.velocities, traj.atomic_numbers, traj.dt_fs,
                        starts, offsets, cfg, traj.molecule_id)
 
@@ -244,26 +270,25 @@ def sample_windows(traj: Trajectory, n: int, cfg: DataConfig, rng: np.random.Gen
 def pad_windows(groups: Sequence[Windows]) -> dict[str, Any]:
     """Concatenate window groups of different atom counts, padding atoms to the largest N.
 
-    Adds `mask` (B, N) bool, True for real atoms. Padded atoms have zero coordinates and
-    z = 0.
+    Returns the same keys plus `mask` (B, N) bool, True for real atoms. Padded atoms have
+    zero coordinates and z = 0. Groups may themselves be padded batches (with a `mask`).
     """
     groups = [g for g in groups if len(g["x0"])]
     if not groups:
         raise ValueError("pad_windows: no windows")
     n_max = max(g["x0"].shape[1] for g in groups)
+    atom_axis = {"x0": 1, "v0": 1, "z": 1, "rwpe": 1, "mask": 1, "target": 2}
     out: dict[str, Any] = {}
-    for key in groups[0]:
+    keys = [k for k in groups[0] if k != "mask"] + ["mask"]
+    for key in keys:
         parts = []
         for g in groups:
-            arr = g[key]
-            atom_axis = {"x0": 1, "v0": 1, "z": 1, "rwpe": 1, "target": 2}.get(key)
-            if atom_axis is not None and arr.shape[atom_axis] < n_max:
+            arr = g[key] if key in g else np.ones(g["x0"].shape[:2], dtype=bool)
+            axis = atom_axis.get(key)
+            if axis is not None and arr.shape[axis] < n_max:
                 pad = [(0, 0)] * arr.ndim
-                pad[atom_axis] = (0, n_max - arr.shape[atom_axis])
+                pad[axis] = (0, n_max - arr.shape[axis])
                 arr = np.pad(arr, pad)
             parts.append(arr)
         out[key] = np.concatenate(parts)
-    out["mask"] = np.concatenate(
-        [np.broadcast_to(np.arange(n_max) < g["x0"].shape[1], (len(g["x0"]), n_max)) for g in groups]
-    )
     return out

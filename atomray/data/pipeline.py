@@ -1,0 +1,377 @@
+"""The streaming training pipeline: Ray Data reads trajectories, the workers cut windows.
+
+    Ray Data: read_parquet(frames/*.parquet, filtered to the split's molecules, files shuffled)
+        → map_batches(chunk_segments): each segment becomes chunks of `chunk_frames` start
+          frames plus the largest horizon after them, with velocities filled in
+        → streaming split to the Ray Train workers (TorchTrainer `datasets=`)
+    worker: WindowStream — for each chunk it receives, draw windows with a generator seeded by
+        (seed, epoch, rank, chunk), pool and shuffle windows across chunks, pad to the batch's
+        largest molecule (mask), convert to torch; a background thread keeps a bounded queue
+        of ready batches filled and runs ahead across epoch boundaries, so Ray Data's
+        per-epoch start-up never stalls training.
+
+Why windows are cut on the worker rather than in `map_batches`: the window seed must depend
+on the epoch and the worker, which only the worker knows (a Ray Data plan is fixed when the
+trainer starts), and a pure NumPy sampler (~10⁵ windows/s/core, benchmarks/bench_windows.py)
+costs a few milliseconds per batch.
+
+Every rank yields exactly `steps_per_epoch` batches (DDP needs equal step counts): windows per
+chunk follow the chunk's share of start frames, and a rank that received fewer chunks than
+average tops up from chunks it already holds.
+
+Validation and test windows are drawn once, with a fixed seed, by `fixed_windows`; they are
+identical on every rank and in every epoch. Nothing here holds more than one chunk pool of
+trajectory data per worker, so the data set size is bounded by storage, not memory.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from atomray.config import DataConfig
+from atomray.data.frames import (
+    FRAMES_SCHEMA,
+    DataError,
+    Trajectory,
+    finite_difference_velocities,
+    frame_files,
+    load_trajectories,
+)
+from atomray.data.windows import (
+    Windows,
+    max_horizon_frames,
+    min_horizon_frames,
+    pad_windows,
+    sample_windows,
+)
+
+CHUNK_COLUMNS = ["molecule_id", "chunk", "dt_fs", "n_atoms", "n_frames", "n_starts",
+                 "atomic_numbers", "positions", "velocities"]
+
+
+# ---------------------------------------------------------------------------------------------
+# chunks: the unit of work that flows from Ray Data to the workers
+
+
+def chunk_bounds(n_frames: int, cfg: DataConfig, dt_fs: float) -> list[tuple[int, int, int]]:
+    """(first frame, end frame, start frames) of each chunk of an n_frames segment.
+
+    Chunk k may start windows at frames a = k·stride … a + stride - 1 and carries the
+    largest horizon after them (clipped at the segment's end); the last chunks start only
+    where a window of the smallest horizon still fits.
+    """
+    stride, h_max, h_min = chunk_stride(cfg, dt_fs), max_horizon_frames(cfg, dt_fs), min_horizon_frames(cfg, dt_fs)
+    out = []
+    for a in range(0, max(n_frames - h_min, 0), stride):
+        b = min(n_frames, a + stride + h_max)
+        out.append((a, b, min(stride, b - a - h_min)))
+    return out
+
+
+def chunk_stride(cfg: DataConfig, dt_fs: float) -> int:
+    """Start frames per chunk: `chunk_frames`, but never fewer than the largest horizon (so
+    the horizon-long tail a chunk carries is at most half its data)."""
+    return max(int(cfg.chunk_frames), max_horizon_frames(cfg, dt_fs))
+
+
+def chunk_segments(table: pa.Table, cfg: DataConfig, atomic_numbers: dict[str, list[int]]) -> pa.Table:
+    """Ray Data `map_batches` step: cut frames rows into chunks (see module docstring).
+
+    A chunk holds frames [a, a + stride + H_max) of its segment (clipped to the end), and
+    windows may start at its first `n_starts` frames. Missing velocities are derived by
+    finite differences over the whole segment first.
+    """
+    out: dict[str, list] = {name: [] for name in CHUNK_COLUMNS}
+    for i in range(table.num_rows):
+        mid = table.column("molecule_id")[i].as_py()
+        n_frames, n_atoms = int(table.column("n_frames")[i].as_py()), int(table.column("n_atoms")[i].as_py())
+        dt = float(table.column("dt_fs")[i].as_py())
+        pos = table.column("positions")[i].values.to_numpy(zero_copy_only=False).reshape(n_frames, n_atoms, 3)
+        vcell = table.column("velocities")[i]
+        if vcell.is_valid:
+            vel = vcell.values.to_numpy(zero_copy_only=False).reshape(n_frames, n_atoms, 3)
+        else:
+            vel = finite_difference_velocities(pos, dt)
+        segment = int(table.column("segment")[i].as_py())
+        for k, (a, b, n_starts) in enumerate(chunk_bounds(n_frames, cfg, dt)):
+            out["molecule_id"].append(mid)
+            out["chunk"].append(segment * 1_000_003 + k)
+            out["dt_fs"].append(dt)
+            out["n_atoms"].append(n_atoms)
+            out["n_frames"].append(b - a)
+            out["n_starts"].append(n_starts)
+            out["atomic_numbers"].append(atomic_numbers[mid])
+            out["positions"].append(np.ascontiguousarray(pos[a:b]).reshape(-1))
+            out["velocities"].append(np.ascontiguousarray(vel[a:b]).reshape(-1))
+    return pa.table({
+        "molecule_id": pa.array(out["molecule_id"], pa.string()),
+        "chunk": pa.array(out["chunk"], pa.int64()),
+        "dt_fs": pa.array(out["dt_fs"], pa.float64()),
+        "n_atoms": pa.array(out["n_atoms"], pa.int32()),
+        "n_frames": pa.array(out["n_frames"], pa.int32()),
+        "n_starts": pa.array(out["n_starts"], pa.int32()),
+        "atomic_numbers": pa.array(out["atomic_numbers"], pa.list_(pa.int8())),
+        "positions": pa.array(out["positions"], pa.list_(pa.float32())),
+        "velocities": pa.array(out["velocities"], pa.list_(pa.float32())),
+    })
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """Metadata of one frames row (no coordinates): enough to plan an epoch."""
+
+    path: str
+    molecule_id: str
+    segment: int
+    dt_fs: float
+    n_atoms: int
+    n_frames: int
+
+
+def scan_segments(root: str | Path, molecule_ids: Sequence[str] | None = None) -> list[SegmentInfo]:
+    """Read only the metadata columns of every frames shard (cheap at any data set size)."""
+    wanted = None if molecule_ids is None else set(molecule_ids)
+    out = []
+    for path in frame_files(root):
+        try:
+            t = pq.read_table(path, columns=["molecule_id", "segment", "dt_fs", "n_atoms", "n_frames"])
+        except (pa.ArrowException, OSError) as err:
+            raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+        for mid, seg, dt, n, f in zip(*(t.column(c).to_pylist() for c in t.column_names)):
+            if wanted is None or mid in wanted:
+                out.append(SegmentInfo(str(path), mid, int(seg), float(dt), int(n), int(f)))
+    return out
+
+
+def count_starts(segments: Sequence[SegmentInfo], cfg: DataConfig) -> int:
+    """Start frames available to training windows over all chunks of `segments`."""
+    return sum(n for s in segments for _, _, n in chunk_bounds(s.n_frames, cfg, s.dt_fs))
+
+
+def build_train_dataset(root: str | Path, molecule_ids: Sequence[str], cfg: DataConfig,
+                        atomic_numbers: dict[str, list[int]], seed: int, num_cpus: float = 0.25):
+    """The Ray Data plan for training chunks (lazy; Ray Train executes it once per epoch)."""
+    import ray.data
+    from ray.data.expressions import col
+
+    files = sorted({s.path for s in scan_segments(root, molecule_ids)})
+    if not files:
+        raise DataError(f"{root}: no frames for the training molecules {sorted(molecule_ids)[:5]}...")
+    ds = ray.data.read_parquet(
+        files,
+        columns=FRAMES_SCHEMA.names,
+        shuffle=ray.data.FileShuffleConfig(seed=seed),
+        num_cpus=num_cpus,
+    ).filter(expr=col("molecule_id").is_in(list(molecule_ids)))
+    z = {m: list(atomic_numbers[m]) for m in molecule_ids}
+    return ds.map_batches(chunk_segments, fn_args=(cfg, z), batch_format="pyarrow",
+                          batch_size=1, num_cpus=num_cpus, zero_copy_batch=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the worker side: chunks -> windows -> padded torch batches
+
+
+def window_seed(*keys: int | str) -> np.random.Generator:
+    """A generator seeded from a tuple of ints/strings (stable across processes)."""
+    words = [k if isinstance(k, int) else zlib.crc32(str(k).encode()) for k in keys]
+    return np.random.default_rng(np.random.SeedSequence([abs(int(w)) for w in words]))
+
+
+def chunk_to_trajectory(batch: pa.Table, i: int) -> tuple[Trajectory, int]:
+    n_frames, n_atoms = batch.column("n_frames")[i].as_py(), batch.column("n_atoms")[i].as_py()
+    shape = (n_frames, n_atoms, 3)
+    traj = Trajectory(
+        molecule_id=batch.column("molecule_id")[i].as_py(),
+        atomic_numbers=np.asarray(batch.column("atomic_numbers")[i].values.to_numpy(), np.int64),
+        dt_fs=batch.column("dt_fs")[i].as_py(),
+        t0_fs=0.0,
+        positions=batch.column("positions")[i].values.to_numpy(zero_copy_only=False).reshape(shape),
+        velocities=batch.column("velocities")[i].values.to_numpy(zero_copy_only=False).reshape(shape),
+    )
+    return traj, int(batch.column("n_starts")[i].as_py())
+
+
+def to_torch(batch: dict[str, Any], device: Any = "cpu") -> dict[str, Any]:
+    """Numeric arrays of a padded batch as torch tensors on `device` (float32 / int64 / bool)."""
+    import torch
+
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            out[key] = torch.from_numpy(np.ascontiguousarray(value)).to(device, non_blocking=True)
+    return out
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """How many windows each rank turns into how many batches per epoch."""
+
+    steps_per_epoch: int
+    local_batch: int
+    windows_per_start: float  # expected windows per available start frame
+
+    @classmethod
+    def make(cls, cfg: DataConfig, total_starts: int, world_size: int) -> "EpochPlan":
+        local = cfg.batch_size // world_size
+        if local < 1:
+            raise DataError(f"data.batch_size={cfg.batch_size} is smaller than the {world_size} workers")
+        steps = cfg.train_windows // (local * world_size)
+        if steps < 1:
+            raise DataError(
+                f"data.train_windows={cfg.train_windows} is less than one global batch "
+                f"({local * world_size}); raise train_windows or lower batch_size"
+            )
+        if total_starts <= 0:
+            raise DataError("the training molecules have no start frames long enough for the horizon")
+        return cls(steps, local, steps * local * world_size / total_starts)
+
+
+class WindowStream:
+    """Padded torch batches for one worker, epoch after epoch, from its Ray Data shard.
+
+    `shard` is the worker's `ray.train.get_dataset_shard("train")`; `epochs(start)` yields
+    (epoch, iterator over exactly `plan.steps_per_epoch` batches). A producer thread fills a
+    bounded queue, running ahead into the next epoch.
+    """
+
+    def __init__(self, shard: Any, cfg: DataConfig, plan: EpochPlan, seed: int, rank: int,
+                 device: Any = "cpu", pool_chunks: int = 16, queue_batches: int | None = None):
+        self.shard, self.cfg, self.plan, self.seed, self.rank = shard, cfg, plan, seed, rank
+        self.device, self.pool_chunks = device, pool_chunks
+        # Deep enough to cover Ray Data's per-epoch start-up while the previous epoch trains.
+        depth = queue_batches if queue_batches is not None else max(32, plan.steps_per_epoch)
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- producer -------------------------------------------------------------------------
+
+    def _epoch_batches(self, epoch: int) -> Iterator[dict[str, Any]]:
+        cfg, plan = self.cfg, self.plan
+        need = plan.steps_per_epoch * plan.local_batch
+        pool: list[Windows] = []
+        pool_size = 0
+        held: list[tuple[Trajectory, int, int]] = []  # recent chunks, for top-up
+        made = 0
+        shuffle_rng = window_seed(self.seed, epoch, self.rank, "shuffle")
+
+        def drain(final: bool) -> Iterator[dict[str, Any]]:
+            nonlocal pool, pool_size, made
+            if not pool:
+                return
+            merged = pad_windows(pool)
+            order = shuffle_rng.permutation(len(merged["x0"]))
+            full = len(order) // plan.local_batch * plan.local_batch
+            for s in range(0, full, plan.local_batch):
+                if made >= plan.steps_per_epoch:
+                    return
+                idx = order[s : s + plan.local_batch]
+                yield to_torch({k: v[idx] for k, v in merged.items()}, self.device)
+                made += 1
+            rest = order[full:]
+            pool = [{k: v[rest] for k, v in merged.items()}] if len(rest) and not final else []
+            pool_size = len(rest) if pool else 0
+
+        for batch in self.shard.iter_batches(batch_size=1, batch_format="pyarrow", prefetch_batches=2):
+            for i in range(batch.num_rows):
+                traj, n_starts = chunk_to_trajectory(batch, i)
+                chunk = int(batch.column("chunk")[i].as_py())
+                rng = window_seed(self.seed, epoch, traj.molecule_id, chunk)
+                n = int(rng.poisson(plan.windows_per_start * n_starts)) if n_starts > 0 else 0
+                held = (held + [(traj, n_starts, chunk)])[-self.pool_chunks:]
+                if n == 0 or made >= plan.steps_per_epoch:
+                    continue
+                pool.append(sample_windows(traj, n, cfg, rng, start_range=(0, n_starts)))
+                pool_size += n
+                if len(pool) >= self.pool_chunks:
+                    yield from drain(final=False)
+        # Top up from the chunks this rank holds if it received fewer than average.
+        top_up = 0
+        while made < plan.steps_per_epoch:
+            if not held:
+                raise DataError(f"rank {self.rank} received no training data in epoch {epoch}")
+            traj, n_starts, chunk = held[top_up % len(held)]
+            rng = window_seed(self.seed, epoch, traj.molecule_id, chunk, "top-up", top_up)
+            missing = need - made * plan.local_batch - pool_size
+            pool.append(sample_windows(traj, max(missing, plan.local_batch), cfg, rng, start_range=(0, n_starts)))
+            pool_size += len(pool[-1]["x0"])
+            top_up += 1
+            yield from drain(final=False)
+        pool, pool_size = [], 0
+
+    def _produce(self, start_epoch: int, end_epoch: int) -> None:
+        try:
+            for epoch in range(start_epoch, end_epoch):
+                for batch in self._epoch_batches(epoch):
+                    if self._stop.is_set():
+                        return
+                    self._queue.put(("batch", epoch, batch))
+                self._queue.put(("end", epoch, None))
+        except BaseException as err:  # surfaced in the consumer thread
+            self._queue.put(("error", -1, err))
+
+    # -- consumer -------------------------------------------------------------------------
+
+    def epochs(self, start_epoch: int, end_epoch: int) -> Iterator[tuple[int, Iterator[dict[str, Any]]]]:
+        """Yield (epoch, batches) for epochs start..end-1; consume each batches iterator fully."""
+        self._thread = threading.Thread(target=self._produce, args=(start_epoch, end_epoch), daemon=True)
+        self._thread.start()
+        for epoch in range(start_epoch, end_epoch):
+            yield epoch, self._take_epoch(epoch)
+
+    def _take_epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+        while True:
+            kind, e, item = self._queue.get()
+            if kind == "error":
+                raise item
+            if kind == "end":
+                return
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+
+# ---------------------------------------------------------------------------------------------
+# fixed evaluation windows
+
+
+def fixed_windows(root: str | Path, molecule_ids: Sequence[str], n: int, cfg: DataConfig, seed: int,
+                  frame_fraction: tuple[float, float] = (0.0, 1.0)) -> dict[str, np.ndarray]:
+    """`n` evaluation windows spread evenly over `molecule_ids`, drawn once with `seed`.
+
+    Reads one molecule at a time, so only the windows are kept. `frame_fraction` restricts
+    windows to a time range of each trajectory (in-distribution splits). Returns a padded
+    batch (numpy) — the same on every call with the same arguments.
+    """
+    if not molecule_ids:
+        raise DataError("no molecules to draw evaluation windows from")
+    groups = []
+    per_mol = np.full(len(molecule_ids), n // len(molecule_ids))
+    per_mol[: n % len(molecule_ids)] += 1
+    for mid, k in zip(molecule_ids, per_mol):
+        if k == 0:
+            continue
+        pieces = load_trajectories(root, [mid])[mid]
+        lengths = np.array([p.n_frames for p in pieces])
+        rng = window_seed(seed, mid, "eval")
+        counts = rng.multinomial(k, lengths / lengths.sum())
+        for piece, c in zip(pieces, counts):
+            if c == 0:
+                continue
+            lo = int(frame_fraction[0] * piece.n_frames)
+            hi = int(frame_fraction[1] * piece.n_frames)
+            groups.append(sample_windows(piece, int(c), cfg, rng, frame_range=(lo, hi)))
+    return pad_windows(groups)
