@@ -26,7 +26,7 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -312,7 +312,9 @@ def build(
     provenance = dict(
         engine=cfg.engine, engine_version=engine_version(cfg.engine), theory=engine_theory(cfg.engine),
         seed=cfg.seed, command=command, build_wall_s=round(wall, 1), md=asdict(cfg.md),
-        library=cfg.library or "rdkit:NCI/first_5K.smi", selection=asdict(cfg.selection),
+        library=cfg.library or "rdkit:NCI/first_5K.smi", n_selected=cfg.n_selected,
+        selection=asdict(replace(cfg.selection, n_select=cfg.n_selected, seed=cfg.seed)),
+        versions=_versions(),
     )
     write_molecules(out, molecules_rows(specs, cfg, rows, provenance))
     flagged = [r.molecule_id for r in rows if not r.stable]
@@ -320,6 +322,18 @@ def build(
         log.warning("[tg80] flagged as unstable: %s (see %s)", flagged, out / "stability.csv")
     return dict(molecules=len(specs), computed=computed, simulated_fs=sum(c["simulated_fs"] for c in computed),
                 wall_s=wall, flagged=flagged, out=str(out))
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("atomray", "rdkit", "tblite", "numpy", "pyarrow", "ray"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -12,7 +12,7 @@ operator to learn) or Langevin NVT. Every production step is stored.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -28,16 +28,18 @@ KB_EV = 8.617333262e-5  # Boltzmann constant, eV/K
 class MDConfig:
     """The simulation protocol. Times in fs, temperature in K, friction in 1/fs.
 
-    `equilibration_fs` of Langevin dynamics (friction `friction_per_fs`) precede
+    `equilibration_fs` of Langevin dynamics (friction `equilibration_friction_per_fs`, strong
+    so the molecule reaches T in a few 1/γ) precede
     `production_fs` of stored dynamics, written in segments of `segment_fs`. The stored
     frames of a segment are the states at t0, t0 + dt, ... (t0 = segment * segment_fs).
-    Relaxation (FIRE) stops at max |F| < `relax_fmax` eV/Å or after `relax_steps` steps.
+    NVT production uses the gentler `friction_per_fs`. Relaxation (FIRE) stops at max |F| < `relax_fmax` eV/Å or after `relax_steps` steps.
     """
 
     temperature_k: float = 300.0
     dt_fs: float = 1.0
     ensemble: Literal["nve", "nvt"] = "nve"
     friction_per_fs: float = 0.01
+    equilibration_friction_per_fs: float = 0.05
     equilibration_fs: float = 1000.0
     production_fs: float = 31000.0
     segment_fs: float = 1000.0
@@ -213,7 +215,8 @@ def prepare_state(
     v = maxwell_boltzmann(masses, cfg.temperature_k, rng)
     energy, forces = engine.forces(x)
     state = MDState(x, v, forces, energy, 0, rng.bit_generator.state)
-    run_steps(state, engine, masses, cfg, cfg.steps(cfg.equilibration_fs), "nvt", record=False)
+    equilibration = replace(cfg, friction_per_fs=cfg.equilibration_friction_per_fs)
+    run_steps(state, engine, masses, equilibration, cfg.steps(cfg.equilibration_fs), "nvt", record=False)
     if cfg.ensemble == "nve":
         state.velocities = remove_com_velocity(masses, state.velocities)
     state.step = 0
