@@ -312,6 +312,7 @@ def build(
     provenance = dict(
         engine=cfg.engine, engine_version=engine_version(cfg.engine), theory=engine_theory(cfg.engine),
         seed=cfg.seed, command=command, build_wall_s=round(wall, 1), md=asdict(cfg.md),
+        finished_before_this_run=len(specs) - len(todo),  # > 0: build_wall_s is a resumed run's
         library=cfg.library or "rdkit:NCI/first_5K.smi", n_selected=cfg.n_selected,
         selection=asdict(replace(cfg.selection, n_select=cfg.n_selected, seed=cfg.seed)),
         versions=_versions(),
