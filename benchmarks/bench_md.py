@@ -8,7 +8,7 @@ Prints one JSON line (the last line of output) with
     ray_speedup_2_workers   wall time of a Ray build of `molecules` GFN2-xTB molecules with one
                             worker (ray.init(num_cpus=1)) over the same build with two
                             (target >= 1.7); each build in a fresh directory and Ray session
-and the raw timings. Takes about 2-4 minutes on 2 idle cores.
+and the raw timings. Takes about 3-4 minutes on 2 idle cores.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def ray_build_seconds(num_cpus: int, n_molecules: int, production_fs: float) -> 
         "engine=gfn2", f"seed_names={BENCH_MOLECULES}", f"n_seeds={n_molecules}",
         "md.equilibration_fs=100", f"md.production_fs={production_fs}", f"md.segment_fs={production_fs / 2}",
     ])
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--molecules", type=int, default=4)
-    parser.add_argument("--production-fs", type=float, default=1000.0)
+    parser.add_argument("--production-fs", type=float, default=2000.0)
     args = parser.parse_args()
 
     fs_per_s, rates = single_core_fs_per_s(args.steps, args.repeats)

@@ -36,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--library", help="SMILES library: .smi/.csv(.gz) file(s), comma-separated, or a directory")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--executor", choices=["ray", "local"], default="ray")
-    parser.add_argument("--num-cpus", type=int, default=None, help="local Ray CPUs (default: all)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    parser.add_argument("--num-cpus", type=int, default=None,
+                        help="start a private local Ray with this many CPUs (default: Ray's choice)")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster address (default: $RAY_ADDRESS, a running `ray start` cluster, or a new local one)")
     parser.add_argument("--poll-s", type=float, default=15.0, help="seconds between progress lines")
     args = parser.parse_args(argv)
 
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.executor == "ray":
         import ray
 
-        ray.init(address=args.address, num_cpus=args.num_cpus, include_dashboard=False,
+        address = args.address or ("local" if args.num_cpus else None)
+        ray.init(address=address, num_cpus=args.num_cpus, include_dashboard=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
         logging.info("[tg80] ray resources: %s", ray.cluster_resources())
     summary = build(cfg, args.out, executor=args.executor, command=command, poll_s=args.poll_s)

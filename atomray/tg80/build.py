@@ -197,6 +197,8 @@ def _check_out_dir(out: Path, cfg: BuildConfig, specs: Sequence[MoleculeSpec]) -
                 f"{path}: this directory was built with other settings (differing keys: {diff}); "
                 "use another --out or delete it"
             )
+    for stale in [*out.glob(f"{FRAMES_DIR}/.*.tmp"), *out.glob(f"{STATE_DIR}/.*.tmp")]:
+        stale.unlink()  # temporaries of a killed run; only one build may use a directory
     ids = {s.molecule_id for s in specs}
     if (out / FRAMES_DIR).is_dir():
         strays = sorted({p.stem.rsplit("-", 1)[0] for p in (out / FRAMES_DIR).glob("*.parquet")} - ids)

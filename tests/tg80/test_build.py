@@ -88,6 +88,8 @@ def test_interrupted_build_resumes_to_identical_data(tmp_path, ensemble, engine,
     assert first.exists() and not segment_path(out, "ethanol", 1).exists()
     assert read_checkpoint(state_path(out, "ethanol"))["next_segment"] == 1
     stat_before = first.stat()
+    half_written = out / "frames" / ".ethanol-00001.parquet.deadbeef.tmp"  # what a kill mid-write leaves
+    half_written.write_bytes(b"PAR1 truncated")
     evals_first = events(out, "ethanol")[-1]["force_evals"]
 
     summary = build(cfg, out, executor="local")
@@ -100,6 +102,7 @@ def test_interrupted_build_resumes_to_identical_data(tmp_path, ensemble, engine,
     stat_after = first.stat()
     assert (stat_after.st_ino, stat_after.st_mtime_ns) == (stat_before.st_ino, stat_before.st_mtime_ns)
 
+    assert not half_written.exists()
     validate_dataset(out)
     want, got = frames_of(reference), frames_of(out)
     assert want.keys() == got.keys()
