@@ -1,0 +1,171 @@
+"""EGNN layers on a dense, masked radius graph, and the EGNN-R / EGNN-S baselines (paper §4).
+
+EGNN (Satorras et al. 2021) with velocity, as used by EGNO (REFERENCE.md):
+
+    m_ij = φ_e(h_i, h_j, ‖x_i − x_j‖², e_ij)                         (edges of the graph only)
+    x_i ← x_i + Σ_j (x_i − x_j) clamp(φ_x(m_ij)) / deg_i + φ_v(h_i) v_i
+    h_i ← h_i + φ_h(h_i, Σ_j m_ij)
+
+The graph is built once on the start frame: 1-hop edges between atoms closer than `radius`
+(1.6 Å) plus 2-hop edges, padding excluded; e_ij = [1-hop, 2-hop, start-frame distance].
+Molecules here are small (≤ ~50 atoms), so the graph is a dense (B, N, N) mask and messages
+are computed for all pairs and masked: one batched matmul per MLP layer, no edge lists.
+Every update is built from differences x_i − x_j, velocities and invariants, so the layers
+are exactly E(3)-equivariant and permutation-equivariant; padded atoms neither send nor
+receive messages.
+
+Baselines behind the ATOM interface, forward(x0, v0, z, lags_fs, mask, rwpe=None) → (B,P,N,3):
+  EGNNRollout (EGNN-R)     one step model (num_layers EGNN layers) applied P times, each step
+                           told its step size t_p − t_{p−1} (sinusoidal embedding); the next
+                           step's velocity is the finite difference of the last two states.
+  EGNNSequential (EGNN-S)  P EGNN layers in sequence, layer p told lag t_p; the coordinates
+                           after layer p are the prediction for frame p.
+Node features: [‖v‖ (scaled), Z / Z_max] (+ RWPE). Velocities are scaled by
+`velocity_scale_fs` as in ATOM.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from atomray.config import ModelConfig
+from atomray.model.time_encoding import SinusoidalTimeEmbedding
+
+COORD_CLAMP = 100.0  # EGNN's clamp on the per-edge coordinate update weight
+
+
+def radius_graph(x: Tensor, mask: Tensor, radius: float) -> tuple[Tensor, Tensor]:
+    """Dense start-frame graph: edges (B, N, N) bool (1-hop ∪ 2-hop, no self loops, padding
+    excluded) and edge attributes (B, N, N, 3) = [1-hop, 2-hop, distance Å]."""
+    n = x.shape[1]
+    dist = torch.cdist(x, x)  # (B, N, N)
+    pair = mask[:, :, None] & mask[:, None, :]
+    eye = torch.eye(n, dtype=torch.bool, device=x.device)
+    one = (dist < radius) & pair & ~eye
+    f = one.to(x.dtype)
+    two = ((f @ f) > 0) & pair & ~eye & ~one
+    edges = one | two
+    attr = torch.stack((one.to(x.dtype), two.to(x.dtype), dist * edges.to(x.dtype)), dim=-1)
+    return edges, attr
+
+
+def node_features(v: Tensor, z: Tensor, rwpe: Tensor | None, cfg: ModelConfig) -> Tensor:
+    """(B, N, 2 [+K]) invariant node features [‖v‖, Z/Z_max] (+ RWPE); v already scaled."""
+    feats = [torch.linalg.vector_norm(v, dim=-1, keepdim=True), (z.to(v.dtype) / cfg.max_atomic_number)[..., None]]
+    if rwpe is not None:
+        feats.append(rwpe.to(v.dtype))
+    return torch.cat(feats, dim=-1)
+
+
+class EGNNLayer(nn.Module):
+    """One E(n)-equivariant layer with velocity on a dense masked graph.
+
+    forward(h (G,N,H), x (G,N,3), v (G,N,3), edges (G,N,N) bool, attr (G,N,N,E))
+    → (h, x) updated. G is any batch of graphs (e.g. B·P time slices).
+    """
+
+    def __init__(self, hidden: int, edge_dim: int = 3):
+        super().__init__()
+        # φ_e's first layer on [h_i, h_j, d², e_ij] split by input so that the per-node parts
+        # are computed once per node instead of once per pair.
+        self.e_src = nn.Linear(hidden, hidden)
+        self.e_dst = nn.Linear(hidden, hidden, bias=False)
+        self.e_geo = nn.Linear(1 + edge_dim, hidden, bias=False)
+        self.e_out = nn.Linear(hidden, hidden)
+        self.phi_x = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1, bias=False))
+        nn.init.xavier_uniform_(self.phi_x[2].weight, gain=0.001)  # small initial moves, as EGNN
+        self.phi_v = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        self.phi_h = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, h: Tensor, x: Tensor, v: Tensor, edges: Tensor, attr: Tensor) -> tuple[Tensor, Tensor]:
+        diff = x[:, :, None] - x[:, None]  # (G, N, N, 3) x_i − x_j
+        d2 = diff.square().sum(-1, keepdim=True)  # (G, N, N, 1)
+        pre = self.e_src(h)[:, :, None] + self.e_dst(h)[:, None] + self.e_geo(torch.cat((d2, attr), -1))
+        m = F.silu(self.e_out(F.silu(pre)))  # (G, N, N, H)
+        w = edges[..., None].to(m.dtype)  # (G, N, N, 1)
+        m = m * w
+        deg = w.sum(2).clamp_min(1.0)  # (G, N, 1)
+        trans = (diff * self.phi_x(m).clamp(-COORD_CLAMP, COORD_CLAMP) * w).sum(2) / deg  # (G, N, 3)
+        x = x + trans + self.phi_v(h) * v
+        h = h + self.phi_h(torch.cat((h, m.sum(2)), dim=-1))
+        return h, x
+
+
+class EGNNBaseline(nn.Module):
+    """Shared input handling for the EGNN-family baselines."""
+
+    def __init__(self, cfg: ModelConfig, num_lags: int, rwpe_dim: int):
+        super().__init__()
+        self.cfg, self.num_lags, self.rwpe_dim = cfg, num_lags, rwpe_dim
+        hid = cfg.gnn_hidden_dim
+        self.node_embed = nn.Linear(2 + rwpe_dim, hid)
+        self.time_embed = SinusoidalTimeEmbedding(cfg.time_embed_dim, hid, cfg.rope_base, cfg.tau_fs)
+
+    def _inputs(self, x0: Tensor, v0: Tensor, z: Tensor, lags_fs: Tensor, mask: Tensor, rwpe: Tensor | None):
+        b = x0.shape[0]
+        if lags_fs.shape != (b, self.num_lags):
+            raise ValueError(f"{type(self).__name__}: lags_fs must be (B, P) = ({b}, {self.num_lags}), "
+                             f"found {tuple(lags_fs.shape)}")
+        k = 0 if rwpe is None else rwpe.shape[-1]
+        if k != self.rwpe_dim:
+            raise ValueError(f"{type(self).__name__}: built for RWPE length {self.rwpe_dim}, found {k}")
+        dtype = self.node_embed.weight.dtype
+        mask = mask.bool()
+        m = mask.to(dtype)[..., None]
+        x, v = x0.to(dtype) * m, v0.to(dtype) * m * self.cfg.velocity_scale_fs
+        edges, attr = radius_graph(x, mask, self.cfg.radius)
+        h = self.node_embed(node_features(v, z, rwpe, self.cfg)) * m  # (B, N, H)
+        return x, v, h, edges, attr, m
+
+
+class EGNNRollout(EGNNBaseline):
+    """EGNN-R: one EGNN step model rolled out autoregressively over the P lags."""
+
+    def __init__(self, cfg: ModelConfig, num_lags: int, rwpe_dim: int = 0):
+        super().__init__(cfg, num_lags, rwpe_dim)
+        self.layers = nn.ModuleList(EGNNLayer(cfg.gnn_hidden_dim) for _ in range(cfg.num_layers))
+
+    def forward(self, x0: Tensor, v0: Tensor, z: Tensor, lags_fs: Tensor, mask: Tensor,
+                rwpe: Tensor | None = None) -> Tensor:
+        x, v, h0, edges, attr, m = self._inputs(x0, v0, z, lags_fs, mask, rwpe)
+        lags = lags_fs.to(x.dtype)
+        steps = torch.diff(lags, dim=1, prepend=torch.zeros_like(lags[:, :1]))  # (B, P) fs
+        temb = self.time_embed(steps)  # (B, P, H)
+        out, h = [], h0
+        for p in range(self.num_lags):  # autoregressive by definition: step p needs step p−1
+            h, xp = h + temb[:, p, None] * m, x
+            for layer in self.layers:
+                h, xp = layer(h, xp, v, edges, attr)
+            step = steps[:, p, None, None].clamp_min(1e-6)
+            v = (xp - x) / step * self.cfg.velocity_scale_fs * m  # finite-difference velocity
+            x, h = xp * m, h * m
+            out.append(x)
+        return torch.stack(out, dim=1).to(x0.dtype)  # (B, P, N, 3)
+
+
+class EGNNSequential(EGNNBaseline):
+    """EGNN-S: a chain of P EGNN layers; layer p's coordinates are the prediction at lag p."""
+
+    def __init__(self, cfg: ModelConfig, num_lags: int, rwpe_dim: int = 0):
+        super().__init__(cfg, num_lags, rwpe_dim)
+        self.frames = nn.ModuleList(
+            nn.ModuleList(EGNNLayer(cfg.gnn_hidden_dim) for _ in range(cfg.num_layers)) for _ in range(num_lags)
+        )
+
+    def forward(self, x0: Tensor, v0: Tensor, z: Tensor, lags_fs: Tensor, mask: Tensor,
+                rwpe: Tensor | None = None) -> Tensor:
+        x, v, h, edges, attr, m = self._inputs(x0, v0, z, lags_fs, mask, rwpe)
+        lags = lags_fs.to(x.dtype)
+        steps = torch.diff(lags, dim=1, prepend=torch.zeros_like(lags[:, :1]))  # (B, P) fs
+        temb = self.time_embed(lags)  # (B, P, H)
+        out = []
+        for p, layers in enumerate(self.frames):  # one EGNN per frame, in sequence
+            h, xp = h + temb[:, p, None] * m, x
+            for layer in layers:
+                h, xp = layer(h, xp, v, edges, attr)
+            v = (xp - x) / steps[:, p, None, None].clamp_min(1e-6) * self.cfg.velocity_scale_fs * m
+            h, x = h * m, xp * m
+            out.append(x)
+        return torch.stack(out, dim=1).to(x0.dtype)  # (B, P, N, 3)

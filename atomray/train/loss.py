@@ -1,0 +1,52 @@
+"""The training objective (paper eq. 1) and label-noise regularisation (paper §3.2.3).
+
+    trajectory_loss = mean over samples of  1/(P·N_b·3) Σ_p Σ_i∈real ‖x̂_p,i − x_p,i‖²     (Å²)
+
+Each sample is averaged over its own real atoms, frames and xyz, then samples are averaged,
+so a molecule counts the same whatever its size (the multitask objective of §3.3 averages
+over molecules). For single-molecule batches this is exactly EGNO's MSE.
+
+Label noise (§3.2.3): during training the inputs x, v and every target frame get independent
+Gaussian noise, x + ξ_x, v + ξ_v, x^{(t+Δt_p)} + ξ_x^p. The model never adds noise itself.
+The latent-equivariance regulariser lives on the model (`ATOM.latent_equivariance_loss`);
+the loop adds `ModelConfig.latent_equivariance_weight` × that loss when the weight is > 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from atomray.train.metrics import masked_mse
+
+
+def trajectory_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Scalar L2 objective (Å²) of pred/target (B, P, N, 3) over real atoms (mask (B, N))."""
+    return masked_mse(pred, target, mask).mean()
+
+
+def add_label_noise(x0: Tensor, v0: Tensor, target: Tensor, mask: Tensor, sigma: float,
+                    generator: torch.Generator | None = None,
+                    velocity_sigma: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Noisy copies (x0 + ξ_x, v0 + ξ_v, target + ξ_x^p) for training (paper §3.2.3).
+
+    x0 (B,N,3) Å, v0 (B,N,3) Å/fs, target (B,P,N,3) Å, mask (B,N) bool; `sigma` Å is the
+    noise scale of positions and targets (Table 19: 0.1). `velocity_sigma` (Å/fs) defaults
+    to sigma / 100 fs: the same relative noise in the model's velocity unit (Å per 100 fs,
+    `ModelConfig.velocity_scale_fs`); the paper's raw σ = 0.1 applied to Å/fs velocities
+    (~0.01 Å/fs) would bury them. Padded atoms stay exactly zero. Noise is drawn on the
+    generator's device, then moved to the tensors' device. sigma = 0 returns the inputs.
+    """
+    if sigma < 0 or (velocity_sigma is not None and velocity_sigma < 0):
+        raise ValueError(f"label noise: sigma must be >= 0, found sigma={sigma}, velocity_sigma={velocity_sigma}")
+    sv = sigma / 100.0 if velocity_sigma is None else velocity_sigma
+    if sigma == 0 and sv == 0:
+        return x0, v0, target
+    gdev = generator.device if generator is not None else x0.device
+
+    def noise(like: Tensor, scale: float) -> Tensor:
+        n = torch.randn(like.shape, generator=generator, device=gdev, dtype=torch.float32)
+        return (n * scale).to(device=like.device, dtype=like.dtype)
+
+    m = mask.to(x0.dtype)[..., None]  # (B, N, 1)
+    return (x0 + noise(x0, sigma) * m, v0 + noise(v0, sv) * m, target + noise(target, sigma) * m[:, None])
