@@ -35,24 +35,28 @@ from atomray.tg80.presets import preset_config  # noqa: E402
 BENCH_MOLECULES = "aspirin,paracetamol,vanillin,methyl_salicylate,salicylic_acid,coumarin,isoniazid,nicotinamide"
 
 
-def single_core_fs_per_s(steps: int, repeats: int) -> tuple[float, list[float]]:
-    """Median simulated fs per second of GFN2-xTB aspirin NVE on this core."""
+def single_core_fs_per_s(steps: int, repeats: int) -> tuple[float, list[float], float]:
+    """Median simulated fs per wall-second of GFN2-xTB aspirin NVE on this core, every run's
+    rate, and the median per CPU-second (equal on an idle core; higher when others share it)."""
     mol = molecule_with_hydrogens("CC(=O)Oc1ccccc1C(=O)O", "aspirin")
     masses = np.array([a.GetMass() for a in mol.GetAtoms()])
     engine = make_engine("gfn2", mol, "aspirin")
     cfg = MDConfig(equilibration_fs=100.0, production_fs=float(steps), segment_fs=float(steps))
     state = prepare_state(engine, embed(mol, 0, "aspirin"), masses, cfg, seed=0)
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(repeats):
         engine.reset()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run_steps(state, engine, masses, cfg, steps, "nve", record=True)
         rates.append(steps * cfg.dt_fs / (time.perf_counter() - t0))
-    return statistics.median(rates), rates
+        cpu_rates.append(steps * cfg.dt_fs / (time.process_time() - c0))
+    return statistics.median(rates), rates, statistics.median(cpu_rates)
 
 
-def ray_build_seconds(num_cpus: int, n_molecules: int, production_fs: float) -> float:
-    """Wall seconds of a Ray build of n GFN2 molecules with `num_cpus` workers."""
+def ray_build_seconds(num_cpus: int, n_molecules: int, production_fs: float) -> tuple[float, float]:
+    """Wall seconds of a Ray build of n GFN2 molecules with `num_cpus` workers, and the share
+    of those workers' cores the tasks really got (task CPU seconds / (workers x wall)): on a
+    shared machine a share well below 1 means other processes took the cores."""
     import ray
 
     cfg = preset_config("tiny", [
@@ -63,8 +67,9 @@ def ray_build_seconds(num_cpus: int, n_molecules: int, production_fs: float) -> 
     try:
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
-            build(cfg, out, executor="ray", progress=lambda p: None, poll_s=1.0)
-            return time.perf_counter() - t0
+            summary = build(cfg, out, executor="ray", progress=lambda p: None, poll_s=1.0)
+            wall = time.perf_counter() - t0
+            return wall, sum(r["cpu_s"] for r in summary["computed"]) / (num_cpus * wall)
     finally:
         ray.shutdown()
 
@@ -77,20 +82,23 @@ def main() -> None:
     parser.add_argument("--production-fs", type=float, default=2000.0)
     args = parser.parse_args()
 
-    fs_per_s, rates = single_core_fs_per_s(args.steps, args.repeats)
+    fs_per_s, rates, fs_per_cpu_s = single_core_fs_per_s(args.steps, args.repeats)
     print(f"GFN2-xTB aspirin, one core: {fs_per_s:.1f} fs/s ({1000 / fs_per_s:.2f} ms per 1-fs step); runs {rates}")
-    t1 = ray_build_seconds(1, args.molecules, args.production_fs)
-    print(f"Ray build of {args.molecules} molecules, 1 worker: {t1:.1f} s")
-    t2 = ray_build_seconds(2, args.molecules, args.production_fs)
-    print(f"Ray build of {args.molecules} molecules, 2 workers: {t2:.1f} s")
+    t1, share1 = ray_build_seconds(1, args.molecules, args.production_fs)
+    print(f"Ray build of {args.molecules} molecules, 1 worker: {t1:.1f} s (core share {share1:.2f})")
+    t2, share2 = ray_build_seconds(2, args.molecules, args.production_fs)
+    print(f"Ray build of {args.molecules} molecules, 2 workers: {t2:.1f} s (core share {share2:.2f})")
     print(json.dumps(dict(
         fs_per_s_per_core=round(fs_per_s, 2),
         ray_speedup_2_workers=round(t1 / t2, 3),
         ray_build_1_worker_s=round(t1, 2),
         ray_build_2_workers_s=round(t2, 2),
+        core_share_1_worker=round(share1, 3),
+        core_share_2_workers=round(share2, 3),
         molecules=args.molecules,
         production_fs_per_molecule=args.production_fs,
         single_core_runs_fs_per_s=[round(r, 2) for r in rates],
+        fs_per_cpu_s=round(fs_per_cpu_s, 2),
         load_average_1min=round(os.getloadavg()[0], 2),
         cpu_count=os.cpu_count(),
     )))

@@ -118,8 +118,8 @@ def _log_event(out: Path, molecule_id: str, **fields) -> None:
 def simulate_molecule(spec: MoleculeSpec, out: str | Path, cfg: BuildConfig, interrupt_after_segments: int | None = None) -> dict:
     """Simulate one molecule into `out`, resuming from its checkpoint if there is one.
 
-    Returns {molecule_id, computed_segments (list), force_evals (this call), wall_s,
-    simulated_fs (this call)}. Runs in one process; `atomray.tg80.cluster` runs it as a Ray task.
+    Returns {molecule_id, computed_segments (list), force_evals (this call), wall_s, cpu_s
+    (this process's CPU seconds), simulated_fs (this call)}. Runs in one process; `atomray.tg80.cluster` runs it as a Ray task.
     """
     out = Path(out)
     where = f"molecule {spec.molecule_id!r}"
@@ -129,7 +129,7 @@ def simulate_molecule(spec: MoleculeSpec, out: str | Path, cfg: BuildConfig, int
     z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], np.int64)
     masses = np.array([a.GetMass() for a in mol.GetAtoms()], np.float64)
     settings = _settings(spec, cfg)
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     engine = make_engine(cfg.engine, mol, where)
     ckpt_path = state_path(out, spec.molecule_id)
     if ckpt_path.exists():
@@ -163,7 +163,7 @@ def simulate_molecule(spec: MoleculeSpec, out: str | Path, cfg: BuildConfig, int
         if interrupt_after_segments is not None and len(computed) >= interrupt_after_segments and k + 1 < n_segments:
             raise BuildInterrupted(f"{where}: interrupted after segment {k}")
     return dict(molecule_id=spec.molecule_id, computed_segments=computed, force_evals=engine.n_evaluations,
-                wall_s=time.perf_counter() - t_start, simulated_fs=len(computed) * per * md.dt_fs)
+                wall_s=time.perf_counter() - t_start, cpu_s=time.process_time() - cpu_start, simulated_fs=len(computed) * per * md.dt_fs)
 
 
 def is_finished(out: Path, spec: MoleculeSpec) -> bool:
