@@ -30,9 +30,10 @@ Ablation switches (ModelConfig, paper §4.4 and App. D):
 Label noise (§3.2.3) is applied by the training loss (`atomray.train.loss`), not here.
 
 Parameter count, MD17 config (d 128, 5 blocks, 8 heads, P 8, 1 output head, RWPE 8):
-  lifting 1 856 + context RMSNorm 128 + 5 blocks × 148 740 + final RMSNorm 128 + head 32
-  = 745 844 (paper: 754 468). Multitask (d 256, 6 blocks, 8 output heads): 3 569 672
-  (paper: 3 557 840). `tests/model/test_atom.py` checks both within 10 %.
+  lifting 1 856 (X 64, V 64, Z 1 728) + context RMSNorm 128 + 5 blocks × 148 740 − 1 (block 1
+  has no value-residual α) + final RMSNorm 128 + head 32 = 745 843 (paper: 754 468, −1.1 %).
+  Multitask (d 256, 6 blocks, 8 heads, 8 gated output heads): 3 571 871 (paper: 3 557 840,
+  +0.4 %). `tests/model/test_atom.py` checks both within 10 %.
 
 Velocities enter in units of Å per `velocity_scale_fs` (100 fs), so their size matches the
 centred positions. The model follows the dtype and device of its parameters; inputs are cast
@@ -131,8 +132,10 @@ class ATOM(nn.Module):
         lx, lv, lz = self.lifting(x, v, chem)  # (B, N, d) each
         m = mask.to(dtype)[..., None]
         lx, lv, lz = lx * m, lv * m, lz * m
-        t0 = torch.as_tensor(t0_fs, dtype=lags_fs.dtype, device=lags_fs.device).expand(b, 1)
-        times = torch.cat((t0, t0 + lags_fs), dim=1)  # (B, S) fs, slot 0 = initial state
+        work = torch.float64 if dtype == torch.float64 else torch.float32  # time stays ≥ fp32
+        lags = lags_fs.to(work)
+        t0 = torch.as_tensor(t0_fs, dtype=work, device=lags.device).expand(b, 1)
+        times = torch.cat((t0, t0 + lags), dim=1)  # (B, S) fs, slot 0 = initial state
         if self.heterogeneous:
             ctx = self.ctx_norm(torch.stack((lx, lv), dim=1))  # (B, 2, N, d)
             tok = lz[:, None].expand(b, s, n, -1)  # (B, S, N, d)
@@ -140,9 +143,8 @@ class ATOM(nn.Module):
             ctx, tok = None, (lx + lv + lz)[:, None].expand(b, s, n, -1)
         rope = None
         if cfg.time_encoding == "trope":
-            rope = rope_tables(times.to(torch.float64 if dtype == torch.float64 else torch.float32),
-                               cfg.embed_dim // cfg.num_heads, cfg.rope_base, cfg.tau_fs)
-            rope = (rope[0].to(dtype), rope[1].to(dtype))
+            cos, sin = rope_tables(times, cfg.embed_dim // cfg.num_heads, cfg.rope_base, cfg.tau_fs)
+            rope = (cos.to(dtype), sin.to(dtype))  # (B, S, D/2) each
         elif cfg.time_encoding == "sinusoidal":
             tok = tok + self.time_embed(times - t0)[:, :, None]  # (B, S, 1, d)
         else:

@@ -15,11 +15,14 @@ are exactly E(3)-equivariant and permutation-equivariant; padded atoms neither s
 receive messages.
 
 Baselines behind the ATOM interface, forward(x0, v0, z, lags_fs, mask, rwpe=None) → (B,P,N,3):
-  EGNNRollout (EGNN-R)     one step model (num_layers EGNN layers) applied P times, each step
-                           told its step size t_p − t_{p−1} (sinusoidal embedding); the next
+  EGNNRollout (EGNN-R)     one step model (num_layers EGNN layers, shared by all steps) applied
+                           P times; step p is told its step size t_p − t_{p−1} (sinusoidal
+                           embedding), hidden features carry over between steps, and the next
                            step's velocity is the finite difference of the last two states.
-  EGNNSequential (EGNN-S)  P EGNN layers in sequence, layer p told lag t_p; the coordinates
-                           after layer p are the prediction for frame p.
+  EGNNSequential (EGNN-S)  P EGNNs (num_layers layers each, separate weights) in sequence:
+                           EGNN p starts from EGNN p−1's state (h, x, finite-difference v), is
+                           told its lag t_p, and its coordinates are the prediction for frame p.
+Parameters at the defaults (hidden 64, 5 layers, P 8, RWPE 8): EGNN-R 170 501, EGNN-S 1 344 296.
 Node features: [‖v‖ (scaled), Z / Z_max] (+ RWPE). Velocities are scaled by
 `velocity_scale_fs` as in ATOM.
 """
@@ -146,7 +149,7 @@ class EGNNRollout(EGNNBaseline):
 
 
 class EGNNSequential(EGNNBaseline):
-    """EGNN-S: a chain of P EGNN layers; layer p's coordinates are the prediction at lag p."""
+    """EGNN-S: a chain of P EGNNs; EGNN p's coordinates are the prediction at lag p."""
 
     def __init__(self, cfg: ModelConfig, num_lags: int, rwpe_dim: int = 0):
         super().__init__(cfg, num_lags, rwpe_dim)

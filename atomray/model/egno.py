@@ -16,8 +16,10 @@ rFFT (FNO; computed in float32/float64 with autocast off, since cuFFT has no bf1
 The coordinate conv acts on displacements from x0, so translations and rotations commute with
 it and the whole operator is E(3)-equivariant.
 
-Parameters at the defaults (hidden 64, 5 layers, 2 modes, RWPE 8, P 8): 329 608 here
-(the paper's EGNO: 335 770).
+Parameters at the defaults (hidden 64, 5 layers, 2 modes, RWPE 8): 273 241 here — per layer
+33 537 (EGNN) + 16 384 (spectral h) + 4 160 (pointwise h) + 4 (spectral x). The paper's EGNO
+has 335 770; the difference is in details of the original code's layers not specified in
+the paper or REFERENCE.md.
 """
 
 from __future__ import annotations
