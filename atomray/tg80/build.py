@@ -119,7 +119,9 @@ def simulate_molecule(spec: MoleculeSpec, out: str | Path, cfg: BuildConfig, int
     """Simulate one molecule into `out`, resuming from its checkpoint if there is one.
 
     Returns {molecule_id, computed_segments (list), force_evals (this call), wall_s, cpu_s
-    (this process's CPU seconds), simulated_fs (this call)}. Runs in one process; `atomray.tg80.cluster` runs it as a Ray task.
+    (this process's CPU seconds), simulated_fs (this call)}. Runs in one process;
+    `atomray.tg80.cluster` runs it as a Ray task. On a multi-node cluster `out` must be
+    storage every node sees (e.g. NFS): segments and checkpoints are plain files.
     """
     out = Path(out)
     where = f"molecule {spec.molecule_id!r}"
@@ -163,7 +165,8 @@ def simulate_molecule(spec: MoleculeSpec, out: str | Path, cfg: BuildConfig, int
         if interrupt_after_segments is not None and len(computed) >= interrupt_after_segments and k + 1 < n_segments:
             raise BuildInterrupted(f"{where}: interrupted after segment {k}")
     return dict(molecule_id=spec.molecule_id, computed_segments=computed, force_evals=engine.n_evaluations,
-                wall_s=time.perf_counter() - t_start, cpu_s=time.process_time() - cpu_start, simulated_fs=len(computed) * per * md.dt_fs)
+                wall_s=time.perf_counter() - t_start, cpu_s=time.process_time() - cpu_start,
+                simulated_fs=len(computed) * per * md.dt_fs)
 
 
 def is_finished(out: Path, spec: MoleculeSpec) -> bool:

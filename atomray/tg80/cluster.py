@@ -61,6 +61,8 @@ def run_ray(
 ) -> list[dict]:
     """Run `simulate_molecule` as one Ray task per molecule (num_cpus=1, one thread each).
 
+    A task whose worker process dies is retried (up to 3 times); the retry resumes from the
+    molecule's last checkpoint, so it repeats at most one segment.
     Every `poll_s` seconds and whenever a molecule finishes, `progress` gets molecules done,
     fs on disk and this run's fs/s. A failed molecule does not stop the others; after all
     have ended, BuildError lists the failures (finished segments stay on disk for a rerun).
@@ -70,7 +72,7 @@ def run_ray(
     if not ray.is_initialized():
         raise BuildError("executor 'ray' needs a Ray runtime: call ray.init() first (jobs/build_tg80.py does)")
     total = total if total is not None else len(specs)
-    task = ray.remote(num_cpus=1, max_retries=0)(_simulate_task).options(
+    task = ray.remote(num_cpus=1, max_retries=3)(_simulate_task).options(
         runtime_env={"env_vars": dict(SINGLE_THREAD_ENV)}
     )
     pending = {task.remote(spec, str(out), cfg): spec for spec in specs}
@@ -134,7 +136,9 @@ def select_library_ray(
     Ray Data reads the files (`read_text` for .smi/.txt, `read_csv` for .csv; .gz is
     decompressed by extension) and runs `screen` (criteria 1–7) in parallel tasks; each
     batch returns one row (counts + survivors), so only the few survivors reach the driver,
-    which applies criterion 8 in the seeded-hash order. Gives the same result as
+    which applies criterion 8 in the seeded-hash order. A gzipped file is read by one task
+    (gzip cannot be split), so split a 10⁸-line dump into parts for parallel reading; the
+    screening itself runs in parallel either way. Gives the same result as
     `atomray.tg80.library.select_library` on the same files.
     """
     import ray

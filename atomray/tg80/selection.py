@@ -91,11 +91,13 @@ class ScreenResult:
     rejected: dict[str, int] = field(default_factory=lambda: {c: 0 for c in CRITERIA})
 
     def merge(self, other: "ScreenResult") -> "ScreenResult":
-        return ScreenResult(
-            self.survivors + other.survivors,
-            self.screened + other.screened,
-            {c: self.rejected[c] + other.rejected[c] for c in CRITERIA},
-        )
+        """Add another batch's result into this one (in place, so a 10⁸-compound scan
+        does not copy the survivor list per batch); returns self."""
+        self.survivors.extend(other.survivors)
+        self.screened += other.screened
+        for c in CRITERIA:
+            self.rejected[c] += other.rejected[c]
+        return self
 
 
 @dataclass
