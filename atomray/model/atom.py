@@ -143,8 +143,7 @@ class ATOM(nn.Module):
             ctx, tok = None, (lx + lv + lz)[:, None].expand(b, s, n, -1)
         rope = None
         if cfg.time_encoding == "trope":
-            cos, sin = rope_tables(times, cfg.embed_dim // cfg.num_heads, cfg.rope_base, cfg.tau_fs)
-            rope = (cos.to(dtype), sin.to(dtype))  # (B, S, D/2) each
+            rope = rope_tables(times, cfg.embed_dim // cfg.num_heads, cfg.rope_base, cfg.tau_fs)  # (B, S, D/2)
         elif cfg.time_encoding == "sinusoidal":
             tok = tok + self.time_embed(times - t0)[:, :, None]  # (B, S, 1, d)
         else:

@@ -59,8 +59,8 @@ class SwiGLU(nn.Module):
 class TemporalAttention(nn.Module):
     """Heterogeneous (or, as the ablation, plain self-) attention over S·N tokens with T-RoPE.
 
-    forward(h (B,T,d) normed Z stream, ctx (B,2,N,d) normed X,V or None, rope (cos, sin)
-    each (B,S,D/2) or None, key_mask (B,1,1,T) bool or None, v1 = block 1's values or None)
+    forward(h (B,T,d) normed Z stream, ctx (B,2,N,d) normed X,V or None, rope (B,S,D/2)
+    complex slot rotations or None, key_mask (B,1,1,T) bool or None, v1 = block 1's values or None)
     → (out (B,T,d), values for the value residual).
     """
 
@@ -93,7 +93,7 @@ class TemporalAttention(nn.Module):
         """(B, S·N, d) → (B, H, S, N, D)."""
         return t.view(b, s, -1, self.heads, self.head_dim).permute(0, 3, 1, 2, 4)
 
-    def forward(self, h: Tensor, ctx: Tensor | None, rope: tuple[Tensor, Tensor] | None,
+    def forward(self, h: Tensor, ctx: Tensor | None, rope: Tensor | None,
                 key_mask: Tensor | None, v1: tuple[Tensor, ...] | None):
         b, t, d = h.shape
         s, hh, dh = self.slots, self.heads, self.head_dim
@@ -111,7 +111,7 @@ class TemporalAttention(nn.Module):
                 v = lam * v + (1 - lam) * v1[1]
             values = (vc, v)
             if rope is not None:
-                q, k, kc = apply_rope(q, *rope), apply_rope(k, *rope), apply_rope(kc, *rope)
+                q, k, kc = apply_rope(q, rope), apply_rope(k, rope), apply_rope(kc, rope)
             else:
                 kc = kc.expand(b, 2 * hh, s, n, dh)
             keys = torch.cat((kc, k), dim=1).reshape(b, 3 * hh, t, dh)  # (B, 3H, T, D): X, V, Z
@@ -127,7 +127,7 @@ class TemporalAttention(nn.Module):
                 v = lam * v + (1 - lam) * v1[0]
             values = (v,)
             if rope is not None:
-                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+                q, k = apply_rope(q, rope), apply_rope(k, rope)
             o = F.scaled_dot_product_attention(
                 q.reshape(b, hh, t, dh), k.reshape(b, hh, t, dh), v.reshape(b, hh, t, dh),
                 attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0,
@@ -147,7 +147,7 @@ class Block(nn.Module):
         self.norm2 = nn.RMSNorm(dim, eps=1e-6)
         self.mlp = SwiGLU(dim, swiglu_width(dim), mlp_dropout)
 
-    def forward(self, z: Tensor, ctx: Tensor | None, rope: tuple[Tensor, Tensor] | None,
+    def forward(self, z: Tensor, ctx: Tensor | None, rope: Tensor | None,
                 key_mask: Tensor | None, v1: tuple[Tensor, ...] | None):
         a, values = self.attn(self.norm1(z), ctx, rope, key_mask, v1)
         z = z + a

@@ -4,8 +4,9 @@ T-RoPE rotates each head's query/key pairs by angles θ_{s,k} = ω_k / τ · t_s
 ω_k = b^{-2k/d_h}, k = 0 … d_h/2 − 1 (b = `rope_base`, τ = `tau_fs`). One rotation per time
 slot s is shared by all N atoms of that slot, so a rotary dot product q_s·k_{s'} depends only
 on t_{s'} − t_s: attention is translation invariant in time and permutation equivariant over
-atoms. Pairs are (k, k + d_h/2) ("rotate half"); this is the paper's block-diagonal R_p up to
-a fixed permutation of the head dimensions, which the projections absorb.
+atoms. The pairs are adjacent dimensions (2k, 2k + 1), i.e. exactly the paper's
+R_p = diag(R(θ_{p,0}), …, R(θ_{p,d_h/2−1})); the rotation is applied as one complex
+multiplication per pair (view_as_complex), the cheapest form on CPU.
 
 The sinusoidal embedding (EGNO-style, and the "sinusoidal" ablation of §4.4) uses the same
 geometric frequency ladder ω_k/τ so both encodings resolve the same range of lags.
@@ -24,30 +25,29 @@ def time_frequencies(dim: int, base: float, tau_fs: float, device: torch.device 
     return (base ** (-2.0 * k / dim) / tau_fs).to(dtype)
 
 
-def rope_tables(times_fs: Tensor, head_dim: int, base: float, tau_fs: float) -> tuple[Tensor, Tensor]:
-    """cos, sin of θ_{s,k} = ω_k/τ · t_s, each (B, S, head_dim // 2), dtype of `times_fs`.
+def rope_tables(times_fs: Tensor, head_dim: int, base: float, tau_fs: float) -> Tensor:
+    """Complex rotations e^{iθ_{s,k}}, θ_{s,k} = ω_k/τ · t_s: (B, S, head_dim // 2).
 
     `times_fs` (B, S): the time of every slot in fs. Angles are formed in float64 when the
-    input is float64 (exactness tests) and in float32 otherwise: at 24 000 fs and τ = 10 fs
-    the largest angle is 2 400 rad, whose float32 rounding error (~1e-4 rad) is harmless.
+    input is float64 (exactness tests; complex128 out) and in float32 otherwise (complex64):
+    at 24 000 fs and τ = 10 fs the largest angle is 2 400 rad, whose float32 rounding error
+    (~1e-4 rad) is harmless.
     """
     work = torch.float64 if times_fs.dtype == torch.float64 else torch.float32
     freqs = time_frequencies(head_dim, base, tau_fs, times_fs.device, work)  # (D/2,)
     theta = times_fs.to(work)[..., None] * freqs  # (B, S, D/2)
-    return theta.cos().to(times_fs.dtype), theta.sin().to(times_fs.dtype)
+    return torch.polar(torch.ones_like(theta), theta)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate (k, k + D/2) pairs of `x` (B, H, S, N, D) by slot angles; cos/sin (B, S, D/2).
-
-    `x` may have N = 1 (a per-atom quantity shared by all slots is broadcast over S).
-    Returns (B, H, S, N', D) with N' = x's atom count.
+def apply_rope(x: Tensor, rot: Tensor) -> Tensor:
+    """Rotate the (2k, 2k+1) pairs of `x` (B, H, S', N, D) by the slot rotations `rot`
+    (B, S, D/2) complex; S' is S, or 1 for a per-atom quantity shared by all slots (it is
+    broadcast). Returns (B, H, S, N, D) in x's dtype (half precision is rotated in float32).
     """
-    half = x.shape[-1] // 2
-    c = cos[:, None, :, None, :]  # (B, 1, S, 1, D/2)
-    s = sin[:, None, :, None, :]
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    xc = torch.view_as_complex(work.unflatten(-1, (-1, 2)))  # (B, H, S', N, D/2)
+    out = torch.view_as_real(xc * rot[:, None, :, None].to(xc.dtype)).flatten(-2)  # (B, H, S, N, D)
+    return out.to(x.dtype)
 
 
 def sinusoidal_embedding(times_fs: Tensor, dim: int, base: float, tau_fs: float) -> Tensor:

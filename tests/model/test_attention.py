@@ -19,17 +19,17 @@ B, S, N, D_MODEL, HEADS, BASE, TAU = 2, 3, 4, 16, 2, 1000.0, 10.0
 
 
 def rotation_matrices(times: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """(B, S, D, D) the paper's R_p: 2×2 rotations by θ_{p,k} = ω_k/τ · t_p, ω_k = b^(-2k/D),
-    acting on the pairs (k, k + D/2) (our fixed pairing of the head dimensions)."""
+    """(B, S, D, D) the paper's R_p = diag(R(θ_{p,0}), …): 2×2 rotations by
+    θ_{p,k} = ω_k/τ · t_p, ω_k = b^(-2k/D), on the consecutive pairs (2k, 2k + 1)."""
     half = head_dim // 2
     omega = torch.tensor([BASE ** (-2.0 * k / head_dim) for k in range(half)], dtype=torch.float64) / TAU
     theta = times[..., None] * omega  # (B, S, D/2)
     r = torch.zeros(*times.shape, head_dim, head_dim, dtype=torch.float64)
-    idx = torch.arange(half)
-    r[..., idx, idx] = theta.cos()
-    r[..., idx, idx + half] = -theta.sin()
-    r[..., idx + half, idx] = theta.sin()
-    r[..., idx + half, idx + half] = theta.cos()
+    even = 2 * torch.arange(half)
+    r[..., even, even] = theta.cos()
+    r[..., even, even + 1] = -theta.sin()
+    r[..., even + 1, even] = theta.sin()
+    r[..., even + 1, even + 1] = theta.cos()
     return r
 
 
@@ -94,7 +94,7 @@ def test_trope_dot_products_depend_only_on_time_differences():
     k = torch.randn(B, HEADS, S, N, 8, generator=g, dtype=torch.float64)
     times = torch.rand(B, S, generator=g, dtype=torch.float64) * 24000
     def scores(t):
-        qr, kr = apply_rope(q, *rope_tables(t, 8, BASE, TAU)), apply_rope(k, *rope_tables(t, 8, BASE, TAU))
+        qr, kr = apply_rope(q, rope_tables(t, 8, BASE, TAU)), apply_rope(k, rope_tables(t, 8, BASE, TAU))
         return torch.einsum("bhsnd,bhrmd->bhsnrm", qr, kr)
     torch.testing.assert_close(scores(times + 12345.678), scores(times), atol=1e-9, rtol=1e-9)
     assert (scores(times * 1.5) - scores(times)).abs().max() > 1e-3  # but differences matter
