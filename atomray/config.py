@@ -144,6 +144,7 @@ class ScalingConfig:
     gpus_per_worker: float = 1.0
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"
 
 
 @dataclass(frozen=True)

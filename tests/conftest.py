@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # shared helpers: servers.py, model/symmetry.py
 
 # Keep tests single-threaded per process: the CI box has 2 cores, and Ray workers plus the
 # driver oversubscribe quickly otherwise.

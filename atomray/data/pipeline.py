@@ -163,6 +163,9 @@ def build_train_dataset(root: str | Path, molecule_ids: Sequence[str], cfg: Data
     import ray.data
     from ray.data.expressions import col
 
+    # The plan re-executes every epoch; per-operator progress bars would flood job logs
+    # (the worker loop prints one line per epoch instead).
+    ray.data.DataContext.get_current().enable_progress_bars = False
     files = sorted({s.path for s in scan_segments(root, molecule_ids)})
     if not files:
         raise DataError(f"{root}: no frames for the training molecules {sorted(molecule_ids)[:5]}...")

@@ -1,0 +1,174 @@
+"""Which molecules (and which time ranges) train, validate and test a run.
+
+Kinds (`DataConfig.split`):
+
+- `umap_cluster` — the paper's out-of-domain protocol (§4.2): ECFP-4 fingerprints (Morgan
+  radius 2, 2048 bits) → UMAP (Jaccard metric, seeded) → Ward agglomerative clustering into
+  `num_clusters` (10) clusters → `num_folds` (5) folds. Fold f tests on clusters
+  {2f, 2f+1}, validates on clusters {2f+2, 2f+3} (mod 10) and trains on the other six, so
+  the three molecule sets occupy disjoint regions of chemical space. Clusters are numbered by
+  size (largest first), ties by smallest molecule id, so numbering is reproducible.
+- `random` — a seeded molecule-level split, 60 / 20 / 20 per fold (fold f rotates the
+  test/validation blocks).
+- `in_distribution` — the same molecules everywhere, disjoint time ranges: windows for
+  training from the first 80 % of each trajectory, validation from 80–90 %, test from 90–100 %.
+- `all` — every molecule trains and validates (time-disjoint like `in_distribution`); for a
+  single-molecule data set or a final fit.
+
+`make_split` returns a `Split`; `split_table` turns it into a table saved with every run.
+Molecules without SMILES (imported MD files) cannot be fingerprinted; a cluster split then
+raises an error naming them.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from atomray.config import DataConfig
+from atomray.data.frames import DataError
+
+FULL = (0.0, 1.0)
+ID_RANGES = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}
+
+
+@dataclass(frozen=True)
+class Split:
+    """Molecule ids per role and the fraction of each trajectory a role may use."""
+
+    kind: str
+    fold: int
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+    ranges: dict[str, tuple[float, float]] = field(default_factory=lambda: {"train": FULL, "val": FULL, "test": FULL})
+    clusters: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "fold": self.fold, "train": list(self.train), "val": list(self.val),
+                "test": list(self.test), "ranges": {k: list(v) for k, v in self.ranges.items()},
+                "clusters": dict(self.clusters)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Split":
+        return cls(d["kind"], int(d["fold"]), tuple(d["train"]), tuple(d["val"]), tuple(d["test"]),
+                   {k: (float(v[0]), float(v[1])) for k, v in d["ranges"].items()},
+                   {k: int(v) for k, v in d.get("clusters", {}).items()})
+
+
+def ecfp4(smiles: Sequence[str], n_bits: int = 2048) -> np.ndarray:
+    """(M, n_bits) bool Morgan fingerprints, radius 2 (ECFP-4)."""
+    from rdkit import Chem
+    from rdkit.Chem import rdFingerprintGenerator
+
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=n_bits)
+    out = np.zeros((len(smiles), n_bits), dtype=bool)
+    for i, smi in enumerate(smiles):
+        mol = Chem.MolFromSmiles(smi) if smi else None
+        if mol is None:
+            raise DataError(f"cannot fingerprint SMILES {smi!r} (molecule #{i})")
+        out[i] = gen.GetFingerprintAsNumPy(mol).astype(bool)
+    return out
+
+
+def umap_embedding(fingerprints: np.ndarray, seed: int) -> np.ndarray:
+    """(M, 2) UMAP embedding of bit fingerprints with the Jaccard (= Tanimoto) metric."""
+    import warnings
+
+    import umap
+
+    n = len(fingerprints)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reducer = umap.UMAP(n_components=2, metric="jaccard", random_state=seed,
+                            n_neighbors=max(2, min(15, n - 1)), min_dist=0.1, init="random")
+        return reducer.fit_transform(fingerprints.astype(np.float32))
+
+
+def ward_clusters(embedding: np.ndarray, n_clusters: int, ids: Sequence[str]) -> np.ndarray:
+    """Ward agglomerative clusters, renumbered by size (largest 0) then by first molecule id."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    labels = AgglomerativeClustering(n_clusters=n_clusters, linkage="ward").fit_predict(embedding)
+    keys = sorted(set(labels), key=lambda c: (-int(np.sum(labels == c)), min(i for i, l in zip(ids, labels) if l == c)))
+    renumber = {c: k for k, c in enumerate(keys)}
+    return np.array([renumber[c] for c in labels])
+
+
+def cluster_molecules(ids: Sequence[str], smiles: Sequence[str], n_clusters: int, seed: int) -> dict[str, int]:
+    """Cluster number (0 = largest) of each molecule; cached, since every fold of a
+    cross-validation asks for the same clustering."""
+    return dict(_cluster_molecules(tuple(ids), tuple(smiles), n_clusters, seed))
+
+
+@functools.lru_cache(maxsize=8)
+def _cluster_molecules(ids: tuple[str, ...], smiles: tuple[str, ...], n_clusters: int, seed: int) -> tuple:
+    missing = [i for i, s in zip(ids, smiles) if not s]
+    if missing:
+        raise DataError(
+            f"molecules {missing[:5]} have no SMILES, so a UMAP cluster split cannot fingerprint "
+            f"them; use data.split=random or in_distribution"
+        )
+    if len(ids) < n_clusters:
+        raise DataError(f"{len(ids)} molecules are too few for {n_clusters} clusters (data.num_clusters)")
+    emb = umap_embedding(ecfp4(smiles), seed)
+    return tuple(zip(ids, (int(c) for c in ward_clusters(emb, n_clusters, ids))))
+
+
+def fold_clusters(fold: int, n_clusters: int, n_folds: int) -> dict[str, list[int]]:
+    """Cluster numbers per role for one fold: test {2f, 2f+1}, val the next pair, train the rest."""
+    per = n_clusters // n_folds
+    if per < 1 or not 0 <= fold < n_folds:
+        raise DataError(f"fold {fold} of {n_folds} folds over {n_clusters} clusters is not valid")
+    test = [(fold * per + k) % n_clusters for k in range(per)]
+    val = [((fold + 1) * per + k) % n_clusters for k in range(per)]
+    train = [c for c in range(n_clusters) if c not in test and c not in val]
+    return {"train": train, "val": val, "test": test}
+
+
+def make_split(ids: Sequence[str], smiles: Sequence[str], cfg: DataConfig) -> Split:
+    """The split `cfg.split` for fold `cfg.fold` over the data set's molecules."""
+    ids = list(ids)
+    if not ids:
+        raise DataError("the data set has no molecules")
+    if cfg.split in ("in_distribution", "all"):
+        ranges = dict(ID_RANGES) if cfg.split == "in_distribution" else {"train": (0.0, 0.9), "val": (0.9, 1.0), "test": (0.9, 1.0)}
+        return Split(cfg.split, cfg.fold, tuple(ids), tuple(ids), tuple(ids), ranges)
+    if len(ids) < 3:
+        raise DataError(
+            f"{len(ids)} molecule(s) cannot be split into disjoint train/val/test molecule sets; "
+            f"use data.split=in_distribution"
+        )
+    if cfg.split == "random":
+        order = list(np.random.default_rng(cfg.split_seed).permutation(len(ids)))
+        n = len(ids)
+        k_test = max(1, round(0.2 * n))
+        k_val = max(1, round(0.2 * n))
+        shift = (cfg.fold % cfg.num_folds) * k_test
+        rolled = order[shift:] + order[:shift]
+        test, val, train = rolled[:k_test], rolled[k_test : k_test + k_val], rolled[k_test + k_val :]
+        pick = lambda idx: tuple(sorted(ids[i] for i in idx))  # noqa: E731
+        return Split("random", cfg.fold, pick(train), pick(val), pick(test))
+    if cfg.split == "umap_cluster":
+        clusters = cluster_molecules(ids, smiles, cfg.num_clusters, cfg.split_seed)
+        roles = fold_clusters(cfg.fold, cfg.num_clusters, cfg.num_folds)
+        members = {r: tuple(sorted(m for m in ids if clusters[m] in cs)) for r, cs in roles.items()}
+        empty = [r for r, m in members.items() if not m]
+        if empty:
+            raise DataError(f"fold {cfg.fold}: no molecules in the {empty} clusters")
+        return Split("umap_cluster", cfg.fold, members["train"], members["val"], members["test"], clusters=clusters)
+    raise DataError(f"data.split: unknown split {cfg.split!r}")
+
+
+def split_rows(split: Split) -> list[dict]:
+    """One row per (molecule, role) for the run's split table."""
+    rows = []
+    for role in ("train", "val", "test"):
+        lo, hi = split.ranges[role]
+        for mid in getattr(split, role):
+            rows.append({"molecule_id": mid, "role": role, "fold": split.fold, "kind": split.kind,
+                         "cluster": split.clusters.get(mid, -1), "frame_fraction_lo": lo, "frame_fraction_hi": hi})
+    return rows

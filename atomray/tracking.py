@@ -1,0 +1,157 @@
+"""MLflow is the system of record: runs, per-epoch metrics, checkpoints, the model registry.
+
+The default tracking store is a SQLite file `mlflow.db` in the working directory (made
+absolute, because Ray workers run elsewhere); `MLFLOW_TRACKING_URI` or
+`tracking.tracking_uri` point anywhere else, e.g. a shared `mlflow server`. Only the driver and
+rank 0 of a training run write to MLflow, never concurrently with each other in practice, and
+never from several workers.
+
+A training run owns exactly one MLflow run. Its id is stored beside the Ray Train run
+(`<storage>/<name>/mlflow_run_id`) and in every checkpoint, so a resubmitted or restarted run
+continues the same MLflow run, and rank 0 logs each epoch's metrics exactly once (after the
+epoch's checkpoint is committed; missing epochs are back-filled from the checkpoint's history).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+from atomray.config import RunConfig, TrackingConfig, flatten
+
+RUN_ID_FILE = "mlflow_run_id"
+TAG_RUN_NAME = "atomray.run_name"
+
+
+def resolve_tracking_uri(cfg: TrackingConfig, cwd: str | Path | None = None) -> str:
+    """`cfg.tracking_uri`, else $MLFLOW_TRACKING_URI, else sqlite:///<abs cwd>/mlflow.db."""
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        uri = f"sqlite:///{Path(cwd or os.getcwd()).resolve() / 'mlflow.db'}"
+    elif uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{(Path(cwd or os.getcwd()) / uri[len('sqlite:///'):]).resolve()}"
+    return uri
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(mlflow_client, name: str) -> str:
+    exp = mlflow_client.get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None else mlflow_client.create_experiment(name)
+
+
+def git_revision(path: str | Path | None = None) -> str:
+    """$ATOMRAY_GIT_REV if set (a `ray job submit` working_dir carries no .git: pass it with
+    --runtime-env-json), else the checkout's commit (+ '-dirty' if modified), else 'unknown'."""
+    if os.environ.get("ATOMRAY_GIT_REV"):
+        return os.environ["ATOMRAY_GIT_REV"]
+    try:
+        cwd = str(path or Path.cwd())
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def source_digest(root: str | Path | None = None) -> str:
+    """sha256 (first 16 hex) over atomray's source and the job configs: identifies the code
+    a run used even where no .git travels with it (e.g. a `ray job submit` working_dir)."""
+    import hashlib
+
+    root = Path(root) if root else Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("atomray/**/*.py"), *root.glob("jobs/**/*.py"), *root.glob("jobs/configs/*.yaml")]):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("atomray", "torch", "ray", "e3nn", "pytorch_optimizer", "mlflow", "numpy", "pyarrow", "rdkit"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def open_run(cfg: RunConfig, run_dir: Path, uri: str, tags: dict[str, str] | None = None,
+             parent_run_id: str = "") -> str:
+    """Create the MLflow run of a training run, or reopen it if `run_dir` names one.
+
+    Logs the resolved config as params (dotted keys) and `tags` (git revision, package
+    versions, cluster resources...). Returns the run id, also written to run_dir/mlflow_run_id.
+    """
+    c = client(uri)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    id_file = run_dir / RUN_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.exists() else ""
+    if run_id:
+        try:
+            c.get_run(run_id)
+            c.update_run(run_id, status="RUNNING")
+        except Exception:  # the store was reset: start over with a new run
+            run_id = ""
+    if not run_id:
+        exp = experiment_id(c, cfg.tracking.experiment)
+        all_tags = {TAG_RUN_NAME: cfg.name, "mlflow.runName": cfg.tracking.run_name or cfg.name}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run_id = c.create_run(exp, tags=all_tags, run_name=cfg.tracking.run_name or cfg.name).info.run_id
+        tmp = id_file.with_name(id_file.name + ".tmp")
+        tmp.write_text(run_id)
+        tmp.replace(id_file)
+        log_params(c, run_id, flatten(cfg))
+    for key, value in (tags or {}).items():
+        c.set_tag(run_id, key, str(value)[:5000])
+    return run_id
+
+
+def log_params(c, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        c.log_batch(run_id, params=items[i : i + 100])
+
+
+def logged_steps(c, run_id: str, key: str) -> set[int]:
+    return {m.step for m in c.get_metric_history(run_id, key)}
+
+
+def log_epochs(c, run_id: str, history: Iterable[dict[str, float]], already: set[int]) -> set[int]:
+    """Log every history row (one per epoch, with an 'epoch' key) whose epoch is not yet in
+    `already`; return the updated set. Metrics are logged with step = epoch."""
+    import time
+
+    from mlflow.entities import Metric
+
+    done = set(already)
+    for row in history:
+        epoch = int(row["epoch"])
+        if epoch in done:
+            continue
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, epoch) for k, v in row.items() if k != "epoch"]
+        c.log_batch(run_id, metrics=metrics)
+        done.add(epoch)
+    return done
+
+
+def log_artifact_dir(uri: str, run_id: str, directory: str | Path, artifact_path: str) -> None:
+    client(uri).log_artifacts(run_id, str(directory), artifact_path)
+
+
+def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    client(uri).set_terminated(run_id, status=status)

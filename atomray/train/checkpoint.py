@@ -1,0 +1,120 @@
+"""Checkpoints are directories that carry their own architecture (STYLE.md §7).
+
+    model.pt       state_dict of the unwrapped, uncompiled module (tensors only)
+    optimizer.pt   optimiser state (tensors and plain numbers only), absent for exports
+    state.json     epoch, global step, metric history, MLflow run id
+    config.yaml    the resolved RunConfig
+
+Everything loads with `torch.load(weights_only=True)`; no object is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from atomray.config import RunConfig, dump_config, load_config
+
+MODEL_FILE = "model.pt"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "state.json"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class TrainState:
+    """Progress that travels with a checkpoint. `epoch` is the last finished epoch."""
+
+    epoch: int = -1
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    mlflow_run_id: str = ""
+    best_val_s2s: float = float("inf")
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP (`.module`) and torch.compile (`._orig_mod`)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def save_checkpoint(directory: str | Path, model: torch.nn.Module, cfg: RunConfig, state: TrainState,
+                    optimizer: torch.optim.Optimizer | None = None) -> Path:
+    """Write a checkpoint directory (files written then renamed, so a kill leaves no half file)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def put(name: str, write) -> None:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, directory / name)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    put(MODEL_FILE, lambda p: torch.save(unwrap(model).state_dict(), p))
+    if optimizer is not None:
+        put(OPTIMIZER_FILE, lambda p: torch.save(optimizer.state_dict(), p))
+    put(STATE_FILE, lambda p: Path(p).write_text(json.dumps(state.__dict__, indent=1)))
+    put(CONFIG_FILE, lambda p: Path(p).write_text(dump_config(cfg)))
+    return directory
+
+
+def read_config(directory: str | Path) -> RunConfig:
+    return load_config(Path(directory) / CONFIG_FILE)
+
+
+def read_state(directory: str | Path) -> TrainState:
+    path = Path(directory) / STATE_FILE
+    try:
+        return TrainState(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(f"{path}: not a readable checkpoint state ({err})") from None
+
+
+def load_weights(directory: str | Path, model: torch.nn.Module, map_location: Any = "cpu") -> None:
+    """Load model.pt into `model` strictly, with weights_only=True."""
+    path = Path(directory) / MODEL_FILE
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    unwrap(model).load_state_dict(state, strict=True)
+
+
+def load_optimizer(directory: str | Path, optimizer: torch.optim.Optimizer, map_location: Any = "cpu") -> bool:
+    path = Path(directory) / OPTIMIZER_FILE
+    if not path.exists():
+        return False
+    optimizer.load_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+    return True
+
+
+def load_model(directory: str | Path, map_location: Any = "cpu") -> tuple[torch.nn.Module, RunConfig]:
+    """Rebuild the model a checkpoint describes and load its weights (inference mode)."""
+    from atomray.model import build_model
+
+    cfg = read_config(directory)
+    model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k)
+    load_weights(directory, model, map_location)
+    return model.eval(), cfg
+
+
+def export_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """Copy the inference part of a checkpoint (model, config, state; no optimiser)."""
+    source, target = Path(source), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (MODEL_FILE, STATE_FILE, CONFIG_FILE):
+        shutil.copy2(source / name, target / name)
+    return target

@@ -1,0 +1,319 @@
+"""The Ray Train boundary: the worker loop and the TorchTrainer that runs it.
+
+This is the only module that calls `ray.train.*` (DESIGN.md). The worker loop builds the
+model and data inside the worker, wraps the model with `prepare_model` (DDP: gloo on CPU,
+NCCL on CUDA), trains on its Ray Data shard through `WindowStream`, validates on fixed
+windows every epoch, and reports metrics with a checkpoint directory. Rank 0 also logs each
+committed epoch to MLflow.
+
+Resume is automatic: after a worker failure (`FailureConfig(max_failures)`) or when the same
+`storage_path` + `name` is submitted again, Ray Train hands the latest checkpoint to
+`ray.train.get_checkpoint()` and the loop continues from the next epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from atomray.config import RunConfig, config_from_dict, to_dict
+from atomray.data.pipeline import EpochPlan, WindowStream, fixed_windows, to_torch, window_seed
+from atomray.data.splits import Split
+from atomray.train.metrics import s2s, s2t
+from atomray.train.checkpoint import TrainState, load_optimizer, load_weights, read_state, save_checkpoint, unwrap
+from atomray.train.optim import build_optimizer, lr_at, set_lr
+
+MODEL_INPUTS = ("x0", "v0", "z", "lags_fs", "mask")
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {k: batch[k] for k in MODEL_INPUTS}
+    out["rwpe"] = batch.get("rwpe")
+    return out
+
+
+def error_sums(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[Σ S2T, Σ S2S, number of samples] of a padded batch (Å²), so that ranks and batches
+    aggregate exactly (paper §4 "Metrics"; per-sample values from atomray.train.metrics)."""
+    pred, target = pred.float(), target.float()
+    return torch.stack([s2t(pred, target, mask, "sum"), s2s(pred, target, mask, "sum"),
+                        torch.tensor(float(len(pred)), device=pred.device)])
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = t.clone()
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def training_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: RunConfig,
+                  generator: torch.Generator, autocast: Any) -> torch.Tensor:
+    """The training objective on one batch: label noise (paper §3.2.3), the L2 trajectory
+    loss (eq. 1), plus the optional latent-equivariance regulariser."""
+    from atomray.train.loss import add_label_noise, trajectory_loss
+    from atomray.train.metrics import random_rotation
+
+    x0, v0, target = add_label_noise(batch["x0"], batch["v0"], batch["target"], batch["mask"],
+                                     cfg.train.label_noise_sigma, generator)
+    with autocast:
+        pred = model(x0, v0, batch["z"], batch["lags_fs"], batch["mask"], batch.get("rwpe"))
+        loss = trajectory_loss(pred.float(), target, batch["mask"])
+        weight = cfg.model.latent_equivariance_weight
+        if weight > 0:
+            rot = random_rotation(generator, dtype=torch.float32).to(x0.device)
+            loss = loss + weight * unwrap(model).latent_equivariance_loss(
+                x0, v0, batch["z"], batch["lags_fs"], batch["mask"], batch.get("rwpe"), rot)
+    return loss
+
+
+def find_unused_parameters(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: RunConfig) -> bool:
+    """True when some trainable parameter gets no gradient from the training loss (an
+    ablation switch left it unused); DDP must then be told to look for unused parameters."""
+    model.zero_grad(set_to_none=True)
+    training_loss(model, batch, cfg, torch.Generator(), nullcontext()).backward()
+    unused = any(p.requires_grad and p.grad is None for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+    return unused
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, windows: dict[str, torch.Tensor], batch_size: int,
+             autocast: Any) -> torch.Tensor:
+    """Error sums of the model on a padded window set (see `error_sums`)."""
+    model.eval()
+    sums = torch.zeros(3)
+    n = len(windows["x0"])
+    for s in range(0, n, batch_size):
+        part = {k: v[s : s + batch_size] for k, v in windows.items()}
+        with autocast:
+            pred = model(**model_inputs(part))
+        sums += error_sums(pred, part["target"], part["mask"]).cpu()
+    return sums
+
+
+def no_motion_sums(windows: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Error sums of predicting x(t+Δt) = x(t) on the same windows (the baseline to beat)."""
+    still = windows["x0"][:, None].expand_as(windows["target"])
+    return error_sums(still, windows["target"], windows["mask"])
+
+
+def rank_slice(windows: dict[str, np.ndarray], rank: int, world: int, device: Any) -> dict[str, torch.Tensor]:
+    return to_torch({k: v[rank::world] for k, v in windows.items()}, device)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker function. `config` holds the resolved RunConfig as a dict ("run"),
+    the split ("split"), the epoch plan inputs and the MLflow run to log to."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    from atomray.model import build_model
+
+    cfg: RunConfig = config_from_dict(config["run"])
+    split = Split.from_dict(config["split"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    record_placement(Path(config["run_dir"]), rank, world, device)
+
+    # -- model, optimiser, resume --------------------------------------------------------
+    model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    state = TrainState(mlflow_run_id=config.get("mlflow_run_id", ""))
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            load_weights(d, model, device)
+            load_optimizer(d, optimizer, device)
+            state = read_state(d)
+
+    data = cfg.data
+    val = fixed_windows(data.path, split.val, data.val_windows, data, data.split_seed + 1, split.ranges["val"])
+    test = None
+    if config.get("evaluate_test") and split.test:
+        test = fixed_windows(data.path, split.test, data.test_windows, data, data.split_seed + 2, split.ranges["test"])
+    val_t = rank_slice(val, rank, world, device)
+    test_t = rank_slice(test, rank, world, device) if test is not None else None
+
+    probe = {k: v[:2] for k, v in val_t.items()}
+    unused = find_unused_parameters(model, probe, cfg)
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
+    if cfg.scaling.compile:
+        model = torch.compile(model)
+    use_bf16 = cfg.scaling.precision == "bf16" and device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+    baseline = all_reduce_sum(no_motion_sums(val_t).to(device)).cpu()
+    plan = EpochPlan.make(data, int(config["total_starts"]), world)
+    total_steps = plan.steps_per_epoch * cfg.train.epochs
+    stream = WindowStream(ray.train.get_dataset_shard("train"), data, plan, cfg.train.seed, rank, device)
+    noise_gen = torch.Generator(device="cpu")
+
+    mlflow_client, logged = None, set()
+    if rank == 0 and config.get("mlflow_uri") and state.mlflow_run_id:
+        from atomray import tracking
+
+        mlflow_client = tracking.client(config["mlflow_uri"])
+        logged = tracking.log_epochs(mlflow_client, state.mlflow_run_id, state.history,
+                                     tracking.logged_steps(mlflow_client, state.mlflow_run_id, "val_s2t"))
+
+    try:
+        for epoch, batches in stream.epochs(state.epoch + 1, cfg.train.epochs):
+            model.train()
+            t0, loss_sum, n_batches, waited = time.perf_counter(), torch.zeros(2), 0, 0.0
+            noise_gen.manual_seed(int(window_seed(cfg.train.seed, epoch, rank, "noise").integers(2**62)))
+            while True:
+                t_wait = time.perf_counter()
+                batch = next(batches, None)
+                waited += time.perf_counter() - t_wait
+                if batch is None:
+                    break
+                maybe_inject_fault(cfg, config, epoch, n_batches, plan.steps_per_epoch, rank, world)
+                set_lr(optimizer, lr_at(state.step, total_steps, cfg.optim))
+                loss = training_loss(model, batch, cfg, noise_gen, autocast)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                state.step += 1
+                n_batches += 1
+                loss_sum += torch.tensor([loss.item(), 1.0])
+            seconds = time.perf_counter() - t0
+            loss_sum = all_reduce_sum(loss_sum.to(device)).cpu()
+            v = all_reduce_sum(evaluate(model, val_t, plan.local_batch, autocast).to(device)).cpu()
+            row = {
+                "epoch": epoch,
+                "train_loss": float(loss_sum[0] / loss_sum[1]),
+                "val_s2t": float(v[0] / v[2]),
+                "val_s2s": float(v[1] / v[2]),
+                "val_s2t_no_motion": float(baseline[0] / baseline[2]),
+                "val_s2s_no_motion": float(baseline[1] / baseline[2]),
+                "lr": lr_at(max(state.step - 1, 0), total_steps, cfg.optim),
+                "epoch_seconds": seconds,
+                "train_samples_per_s": plan.steps_per_epoch * plan.local_batch * world / max(seconds, 1e-9),
+                "data_wait_fraction": waited / max(seconds, 1e-9),
+            }
+            if test_t is not None:
+                t = all_reduce_sum(evaluate(model, test_t, plan.local_batch, autocast).to(device)).cpu()
+                row.update(test_s2t=float(t[0] / t[2]), test_s2s=float(t[1] / t[2]))
+            if not all(math.isfinite(x) for x in row.values()):
+                raise FloatingPointError(f"non-finite metrics at epoch {epoch}: {row}")
+            state.epoch = epoch
+            state.history.append(row)
+            state.best_val_s2s = min(state.best_val_s2s, row["val_s2s"])
+            report(row, model, optimizer, cfg, state, rank, Checkpoint)
+            if rank == 0:
+                print(progress_line(row, cfg.train.epochs), flush=True)
+            if mlflow_client is not None:
+                logged = tracking.log_epochs(mlflow_client, state.mlflow_run_id, [row], logged)
+    finally:
+        stream.close()
+
+
+def progress_line(row: dict[str, float], epochs: int) -> str:
+    """One line per epoch for the driver's log (S2T/S2S in 10⁻² Å² like the paper's tables)."""
+    line = (f"epoch {int(row['epoch']) + 1}/{epochs}  loss {row['train_loss']:.4g}  "
+            f"val S2T {100 * row['val_s2t']:.3f}  S2S {100 * row['val_s2s']:.3f}  "
+            f"(no motion: S2T {100 * row['val_s2t_no_motion']:.3f})  x1e-2 A^2  "
+            f"{row['epoch_seconds']:.1f} s, {row['train_samples_per_s']:.0f} samples/s, "
+            f"{100 * row['data_wait_fraction']:.0f}% waiting for data")
+    if "test_s2t" in row:
+        line += f"  test S2T {100 * row['test_s2t']:.3f}"
+    return line
+
+
+def report(row: dict[str, float], model, optimizer, cfg: RunConfig, state: TrainState, rank: int, checkpoint_cls) -> None:
+    """Every rank reports; rank 0 attaches the checkpoint directory (model of rank 0 equals
+    every other rank's under DDP)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if rank == 0:
+            save_checkpoint(tmp, model, cfg, state, optimizer)
+            ray.train.report(row, checkpoint=checkpoint_cls.from_directory(tmp))
+        else:
+            ray.train.report(row)
+
+
+def record_placement(run_dir: Path, rank: int, world: int, device: Any) -> None:
+    """Write run_dir/placement/rank-<r>.json: which node, process and device run this rank."""
+    import json
+    import socket
+
+    import ray
+
+    info = {"rank": rank, "world_size": world, "node_id": ray.get_runtime_context().get_node_id(),
+            "hostname": socket.gethostname(), "pid": os.getpid(), "device": str(device),
+            "torch_threads": torch.get_num_threads()}
+    path = run_dir / "placement" / f"rank-{rank}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(path)
+
+
+def maybe_inject_fault(cfg: RunConfig, config: dict, epoch: int, step: int, steps: int, rank: int, world: int) -> None:
+    """Fault injection for tests (`train.fail_at_epoch`): the last rank exits hard halfway
+    through that epoch, once per run (a marker file beside the run remembers it)."""
+    if cfg.train.fail_at_epoch != epoch or rank != world - 1 or step != steps // 2:
+        return
+    marker = Path(config["run_dir"]) / ".fault_injected"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"epoch {epoch} step {step} rank {rank}\n")
+    os._exit(1)
+
+
+def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: Path,
+        mlflow_uri: str = "", mlflow_run_id: str = "", evaluate_test: bool = False,
+        callbacks: list | None = None):
+    """Run the TorchTrainer for `cfg` and return Ray Train's `Result`."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.cpus_per_worker == 0:
+        # A worker that reserves no CPU (it shares its node's cores with Ray Data) still
+        # needs a non-empty placement bundle: reserve a little memory instead.
+        resources["memory"] = 256 * 1024**2
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = cfg.scaling.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "run": to_dict(cfg),
+            "split": split.to_dict(),
+            "total_starts": total_starts,
+            "run_dir": str(run_dir),
+            "mlflow_uri": mlflow_uri,
+            "mlflow_run_id": mlflow_run_id,
+            "evaluate_test": evaluate_test,
+        },
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers,
+                                               use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources,
+                                               placement_strategy=cfg.scaling.placement_strategy),
+        run_config=ray.train.RunConfig(
+            name=cfg.name,
+            storage_path=cfg.storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_s2s",
+                                                         checkpoint_score_order="min"),
+            callbacks=callbacks or None,
+        ),
+        datasets={"train": dataset},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    return trainer.fit()

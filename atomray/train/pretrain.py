@@ -1,0 +1,136 @@
+"""One training run end to end, from the driver: split, MLflow run, Ray Train fit, best
+checkpoint logged. `jobs/pretrain.py` is a thin wrapper around `pretrain`.
+
+    cfg = load_config("jobs/configs/pretrain.yaml", ["train.epochs=5"])
+    result = pretrain(resolve(cfg))      # after ray.init()
+    result.best["val_s2t"], result.run_id, result.checkpoint
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from atomray import tracking
+from atomray.config import RunConfig
+from atomray.data.frames import DataError, read_molecules
+from atomray.data.pipeline import build_train_dataset, count_starts, scan_segments
+from atomray.data.splits import Split, make_split, split_rows
+
+
+@dataclass
+class PretrainResult:
+    """What a finished run produced. Metrics are Å² (multiply by 100 for the paper's ×10⁻²)."""
+
+    run_id: str
+    tracking_uri: str
+    checkpoint: str  # directory of the best-by-validation checkpoint (exported copy)
+    best: dict[str, float]  # history row of the best validation S2S epoch
+    final: dict[str, float]  # last epoch's row
+    history: list[dict[str, float]] = field(default_factory=list)
+    split: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def resolve(cfg: RunConfig, cwd: str | Path | None = None) -> RunConfig:
+    """Make paths absolute (Ray workers run in other directories), name the run if unnamed,
+    pin the tracking URI. The result is what gets saved with the run."""
+    base = Path(cwd or Path.cwd())
+
+    def absolute(p: str) -> str:
+        if "://" in p:
+            return p
+        return str((base / Path(p).expanduser()).resolve())
+
+    name = cfg.name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking, base) if cfg.tracking.enabled else ""
+    return dataclasses.replace(
+        cfg,
+        name=name,
+        storage_path=absolute(cfg.storage_path),
+        data=dataclasses.replace(cfg.data, path=absolute(cfg.data.path)),
+        tracking=dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri),
+    )
+
+
+def split_csv(split: Split) -> str:
+    rows = split_rows(split)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def run_tags(cfg: RunConfig, split: Split) -> dict[str, str]:
+    import ray
+
+    tags = {"git_revision": tracking.git_revision(), "source_digest": tracking.source_digest(), "split": f"{split.kind}/fold{split.fold}",
+            "molecules.train": str(len(split.train)), "molecules.val": str(len(split.val)),
+            "molecules.test": str(len(split.test))}
+    tags.update({f"version.{k}": v for k, v in tracking.package_versions().items()})
+    if ray.is_initialized():
+        tags["ray.cluster_resources"] = json.dumps(ray.cluster_resources(), sort_keys=True)
+    return tags
+
+
+def pretrain(cfg: RunConfig, *, split: Split | None = None, evaluate_test: bool = False,
+             parent_run_id: str = "", callbacks: list | None = None) -> PretrainResult:
+    """Train `cfg` (already `resolve`d) on the current Ray cluster; returns the summary."""
+    from atomray.train.checkpoint import export_checkpoint, read_state
+    from atomray.train.loop import fit
+
+    t0 = time.perf_counter()
+    molecules = read_molecules(cfg.data.path)
+    ids = molecules.column("molecule_id").to_pylist()
+    z_of = dict(zip(ids, molecules.column("atomic_numbers").to_pylist()))
+    if split is None:
+        split = make_split(ids, molecules.column("smiles").to_pylist(), cfg.data)
+    segments = scan_segments(cfg.data.path, split.train)
+    total_starts = count_starts(segments, cfg.data)
+    if total_starts == 0:
+        raise DataError(f"{cfg.data.path}: the training molecules have no trajectory long enough for the horizon")
+
+    run_dir = Path(cfg.storage_path) / cfg.name
+    run_id = ""
+    if cfg.tracking.enabled:
+        run_id = tracking.open_run(cfg, run_dir, cfg.tracking.tracking_uri, run_tags(cfg, split), parent_run_id)
+        c = tracking.client(cfg.tracking.tracking_uri)
+        c.log_text(run_id, split_csv(split), "split/split.csv")
+        c.log_dict(run_id, split.to_dict(), "split/split.json")
+        print(f"MLflow run {run_id} at {cfg.tracking.tracking_uri}", flush=True)
+
+    dataset = build_train_dataset(cfg.data.path, split.train, cfg.data, z_of, seed=cfg.train.seed)
+    result = fit(cfg, split, dataset, total_starts, run_dir, cfg.tracking.tracking_uri, run_id,
+                 evaluate_test, callbacks)
+    if result.error is not None:
+        if run_id:
+            tracking.finish_run(cfg.tracking.tracking_uri, run_id, "FAILED")
+        raise RuntimeError(f"training run {cfg.name!r} failed") from result.error
+
+    best_ckpt = min(result.best_checkpoints, key=lambda cm: cm[1]["val_s2s"])[0] if result.best_checkpoints else result.checkpoint
+    if best_ckpt is None:
+        raise RuntimeError(f"training run {cfg.name!r} produced no checkpoint")
+    export_dir = run_dir / "best"
+    with best_ckpt.as_directory() as d:
+        best_state = read_state(d)
+        export_checkpoint(d, export_dir)
+    with result.checkpoint.as_directory() as d:
+        history = read_state(d).history
+    best = next(r for r in history if r["epoch"] == best_state.epoch)
+    if run_id:
+        c = tracking.client(cfg.tracking.tracking_uri)
+        tracking.log_artifact_dir(cfg.tracking.tracking_uri, run_id, export_dir, "checkpoint")
+        for key in ("val_s2t", "val_s2s", "test_s2t", "test_s2s"):
+            if key in best:
+                c.log_metric(run_id, f"best_{key}", best[key])
+        c.set_tag(run_id, "best_epoch", str(best["epoch"]))
+        tracking.finish_run(cfg.tracking.tracking_uri, run_id)
+    return PretrainResult(run_id, cfg.tracking.tracking_uri, str(export_dir), best, history[-1], history,
+                          split.to_dict(), time.perf_counter() - t0)

@@ -1,0 +1,112 @@
+"""Real servers for end-to-end tests, all on 127.0.0.1: an `mlflow server` with a SQLite
+backend, and a Ray head started with `ray start --head --block` (so stopping it stops only the
+processes it started, never another Ray instance on the machine)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, timeout: float, proc: subprocess.Popen, log: Path, headers: dict | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early ({proc.returncode}); log:\n{log.read_text()[-3000:]}")
+        try:
+            req = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(req, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout} s; log:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 60) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path) -> Iterator[str]:
+    """A real `mlflow server` (SQLite backend, served artifacts) on 127.0.0.1; yields its URI."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = root / "mlflow-server.log"
+    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+           "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts", "--workers", "1"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", 120, proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+def ray_env() -> dict[str, str]:
+    """Environment for `ray start` / `ray job submit`: the project venv first on PATH (jobs
+    run `python ...`), token authentication (Ray 2.60's dashboard requires it)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@contextlib.contextmanager
+def ray_head(root: Path, num_cpus: int = 2) -> Iterator[dict[str, str]]:
+    """`ray start --head --block` on 127.0.0.1; yields {"gcs": host:port, "dashboard": url}."""
+    root.mkdir(parents=True, exist_ok=True)
+    env = ray_env()
+    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, check=True,
+                   capture_output=True)
+    gcs, dash = free_port(), free_port()
+    log = root / "ray-head.log"
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+           "--port", str(gcs), "--num-cpus", str(num_cpus), "--dashboard-host", "127.0.0.1",
+           "--dashboard-port", str(dash), "--disable-usage-stats",
+           "--ray-client-server-port", str(free_port()), "--min-worker-port", "21000",
+           "--max-worker-port", "21999"]
+    # Every port the head's processes listen on is chosen free, so the head starts even
+    # beside another Ray instance on this machine (the defaults would collide).
+    for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+                 "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port"):
+        cmd += [flag, str(free_port())]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+        wait_for(f"http://127.0.0.1:{dash}/api/version", 180, proc, log,
+                 headers={"Authorization": f"Bearer {token}"})
+        yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "log": str(log)}
+    finally:
+        stop(proc)

@@ -1,0 +1,65 @@
+"""Checkpoint directories: weights_only loading, strict architecture match, atomic files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from atomray.config import RunConfig, config_from_dict
+from atomray.model import build_model
+from atomray.train.checkpoint import (
+    TrainState,
+    load_model,
+    load_optimizer,
+    load_weights,
+    read_config,
+    read_state,
+    save_checkpoint,
+)
+
+CFG = config_from_dict({}, ["model.embed_dim=16", "model.num_layers=1", "model.num_heads=2", "data.rwpe_k=4"])
+
+
+def model_of(cfg: RunConfig):
+    return build_model(cfg.model, cfg.data.num_lags, cfg.data.rwpe_k)
+
+
+def test_round_trip(tmp_path):
+    torch.manual_seed(1)
+    model = model_of(CFG)
+    opt = torch.optim.AdamW(model.parameters(), amsgrad=True)
+    model(torch.randn(1, 4, 3), torch.zeros(1, 4, 3), torch.full((1, 4), 6), torch.arange(1.0, 9)[None],
+          torch.ones(1, 4, dtype=torch.bool), torch.rand(1, 4, 4)).sum().backward()
+    opt.step()
+    state = TrainState(epoch=3, step=40, history=[{"epoch": 3, "val_s2t": 0.5}], mlflow_run_id="abc")
+    save_checkpoint(tmp_path, model, CFG, state, opt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "model.pt", "optimizer.pt", "state.json"]
+
+    loaded, cfg = load_model(tmp_path)
+    assert cfg == CFG and read_config(tmp_path) == CFG
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    opt2 = torch.optim.AdamW(loaded.parameters(), amsgrad=True)
+    assert load_optimizer(tmp_path, opt2)
+    assert read_state(tmp_path) == state
+
+
+def test_files_are_plain_tensors(tmp_path):
+    save_checkpoint(tmp_path, model_of(CFG), CFG, TrainState())
+    torch.load(tmp_path / "model.pt", weights_only=True)  # raises if anything is pickled
+
+
+def test_architecture_mismatch_is_refused(tmp_path):
+    save_checkpoint(tmp_path, model_of(CFG), CFG, TrainState())
+    other = model_of(config_from_dict({}, ["model.embed_dim=32", "model.num_layers=1", "model.num_heads=2", "data.rwpe_k=4"]))
+    with pytest.raises(RuntimeError):
+        load_weights(tmp_path, other)
+
+
+def test_unwraps_ddp_free_compiled_module(tmp_path):
+    model = model_of(CFG)
+    wrapped = torch.nn.Module()
+    wrapped._orig_mod = model  # what torch.compile leaves; the checkpoint stores the plain module
+    save_checkpoint(tmp_path, wrapped, CFG, TrainState())
+    keys = torch.load(tmp_path / "model.pt", weights_only=True).keys()
+    assert set(keys) == set(model.state_dict().keys())

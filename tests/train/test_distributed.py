@@ -1,0 +1,151 @@
+"""End to end on real parts: `ray job submit` against a Ray head on 127.0.0.1 tracking into a
+real `mlflow server`; a worker killed mid-epoch; two Ray nodes with one worker each."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from servers import BIN, mlflow_server, ray_env, ray_head
+
+pytestmark = pytest.mark.slow
+
+TINY = ["model.embed_dim=16", "model.num_layers=1", "model.num_heads=2", "data.rwpe_k=4",
+        "data.horizon_max_fs=200", "data.chunk_frames=400", "data.train_windows=192",
+        "data.val_windows=48", "data.batch_size=32", "scaling.num_workers=2",
+        "scaling.cpus_per_worker=0.5"]
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("servers")
+    with mlflow_server(root / "mlflow") as uri, ray_head(root / "ray") as head:
+        yield {"mlflow": uri, **head}
+
+
+def mlflow_runs(uri: str, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment!r}"
+    return c, c.search_runs([exp.experiment_id])
+
+
+def assert_epochs_logged_once(c, run_id: str, epochs: int) -> None:
+    for key in ("val_s2t", "val_s2s", "train_loss"):
+        steps = sorted(m.step for m in c.get_metric_history(run_id, key))
+        assert steps == list(range(epochs)), f"{key}: logged steps {steps}, expected 0..{epochs - 1} once each"
+
+
+def test_ray_job_submit_tracks_one_run_in_mlflow_server(servers, mmff_dataset, repo_root, tmp_path):
+    epochs = 2
+    # A working_dir upload carries no .git; the revision travels as an environment variable.
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root, capture_output=True, text=True).stdout.strip() or "no-git"
+    env_json = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": servers["mlflow"], "OMP_NUM_THREADS": "1",
+                                        "ATOMRAY_GIT_REV": rev}})
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", servers["dashboard"], "--working-dir", str(repo_root),
+           "--runtime-env-json", env_json, "--no-wait", "--",
+           "python", "jobs/pretrain.py", "--config", "jobs/configs/tiny.yaml", *TINY,
+           f"data.path={mmff_dataset}", f"storage_path={tmp_path / 'results'}", "name=e2e-job",
+           f"train.epochs={epochs}", "tracking.experiment=e2e-job"]
+    for _ in range(30):  # the head's job agent comes up a little after the dashboard
+        out = subprocess.run(cmd, env=ray_env(), capture_output=True, text=True, timeout=300)
+        if out.returncode == 0 or "No available agent" not in out.stderr:
+            break
+        time.sleep(3)
+    assert out.returncode == 0, out.stdout + out.stderr
+    job_id = next(line.split("'")[1] for line in out.stdout.splitlines() if "submitted successfully" in line)
+    logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", servers["dashboard"], "--follow", job_id],
+                          env=ray_env(), capture_output=True, text=True, timeout=900).stdout
+    status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", servers["dashboard"], job_id],
+                            env=ray_env(), capture_output=True, text=True, timeout=120).stdout
+    assert "succeeded" in status.lower(), f"{status}\n--- job log ---\n{logs[-5000:]}"
+    assert "MLflow run id:" in logs and "no-motion baseline" in logs
+
+    c, runs = mlflow_runs(servers["mlflow"], "e2e-job")
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.embed_dim"] == "16"
+    assert run.data.tags["git_revision"] == rev
+    from atomray.tracking import source_digest
+
+    assert run.data.tags["source_digest"] == source_digest(repo_root)
+    assert_epochs_logged_once(c, run.info.run_id, epochs)
+
+    # The best checkpoint is an artifact that loads with weights_only=True into the model.
+    local = Path(c.download_artifacts(run.info.run_id, "checkpoint", str(tmp_path / "dl")))
+    state = torch.load(local / "model.pt", weights_only=True)
+    from atomray.config import load_config
+    from atomray.model import build_model
+
+    cfg = load_config(local / "config.yaml")
+    model = build_model(cfg.model, cfg.data.num_lags, cfg.data.rwpe_k)
+    model.load_state_dict(state, strict=True)
+
+
+def test_worker_killed_mid_epoch_resumes_without_gaps(servers, mmff_dataset, tmp_path):
+    """train.fail_at_epoch=1 kills the last rank halfway through epoch 1 (once); Ray Train
+    restarts the workers from the epoch-0 checkpoint and the run finishes all epochs."""
+    code = f"""
+import ray, sys
+from atomray.config import load_config
+from atomray.train.pretrain import pretrain, resolve
+cfg = resolve(load_config("jobs/configs/tiny.yaml", {TINY + [
+        f"data.path={mmff_dataset}", f"storage_path={tmp_path / 'results'}", "name=fault",
+        "train.epochs=3", "train.fail_at_epoch=1", "tracking.experiment=fault",
+        f"tracking.tracking_uri={servers['mlflow']}"]!r}))
+ray.init(address="{servers['gcs']}")
+result = pretrain(cfg)
+print("EPOCHS", [int(r["epoch"]) for r in result.history])
+"""
+    out = subprocess.run([sys.executable, "-c", code], env=ray_env(), capture_output=True, text=True,
+                         timeout=900, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert "EPOCHS [0, 1, 2]" in out.stdout
+    marker = tmp_path / "results" / "fault" / ".fault_injected"
+    assert marker.exists(), "the fault was never injected"
+    c, runs = mlflow_runs(servers["mlflow"], "fault")
+    assert len(runs) == 1
+    assert runs[0].info.status == "FINISHED"
+    assert_epochs_logged_once(c, runs[0].info.run_id, 3)
+
+
+def test_two_nodes_one_worker_each(mmff_dataset, tmp_path):
+    """`ray.cluster_utils.Cluster` with two 1-CPU nodes; SPREAD puts one worker on each.
+
+    The workers reserve no CPU (scaling.cpus_per_worker=0): Ray Data's file listing and
+    reading tasks each need a whole CPU, which a node of one CPU would not have left."""
+    code = f"""
+import json, ray
+from pathlib import Path
+from ray.cluster_utils import Cluster
+from atomray.config import load_config
+from atomray.train.pretrain import pretrain, resolve
+cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
+cluster.add_node(num_cpus=1)
+ray.init(address=cluster.address)
+cluster.wait_for_nodes()
+cfg = resolve(load_config("jobs/configs/tiny.yaml", {TINY + [
+        f"data.path={mmff_dataset}", f"storage_path={tmp_path / 'results'}", "name=two-nodes",
+        "train.epochs=1", "scaling.placement_strategy=SPREAD", "scaling.cpus_per_worker=0",
+        "tracking.enabled=false"]!r}))
+pretrain(cfg)
+nodes = [json.loads(p.read_text())["node_id"] for p in sorted(Path(cfg.storage_path, "two-nodes", "placement").glob("rank-*.json"))]
+print("NODES", json.dumps(nodes), len(ray.nodes()))
+ray.shutdown()
+cluster.shutdown()
+"""
+    out = subprocess.run([sys.executable, "-c", code], env=ray_env(), capture_output=True, text=True,
+                         timeout=900, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    line = next(l for l in out.stdout.splitlines() if l.startswith("NODES"))
+    nodes = json.loads(line.split(" ", 1)[1].rsplit(" ", 1)[0])
+    assert len(nodes) == 2 and len(set(nodes)) == 2, nodes
