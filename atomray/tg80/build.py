@@ -41,6 +41,7 @@ from atomray.tg80.stability import StabilityRow, flag, stability_metrics, write_
 
 log = logging.getLogger("atomray.tg80")
 STATE_DIR = "_state"
+SEGMENTS_DIR = "_segments"  # segments of molecules still being simulated (staging)
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -69,7 +70,37 @@ class Progress:
 
 
 def segment_path(out: Path, molecule_id: str, segment: int) -> Path:
-    return out / FRAMES_DIR / f"{molecule_id}-{segment:05d}.parquet"
+    """A staged segment of a molecule whose simulation is under way (or was killed)."""
+    return out / SEGMENTS_DIR / f"{molecule_id}-{segment:05d}.parquet"
+
+
+def molecule_path(out: Path, molecule_id: str) -> Path:
+    """A finished molecule's trajectory: one frames row holding every production frame, so
+    training windows may span the whole trajectory (DESIGN.md: a row holds the largest
+    horizon)."""
+    return out / FRAMES_DIR / f"{molecule_id}.parquet"
+
+
+def compact_molecule(out: Path, molecule_id: str) -> bool:
+    """Join a finished molecule's staged segments into its frames file, then remove them.
+
+    Idempotent: if the frames file exists (a kill after writing it), only the leftover
+    staged segments are removed. Returns True if the frames file was written now.
+    """
+    target = molecule_path(out, molecule_id)
+    staged = sorted((out / SEGMENTS_DIR).glob(f"{molecule_id}-[0-9][0-9][0-9][0-9][0-9].parquet"))
+    written = False
+    if not target.exists():
+        if not staged:
+            raise BuildError(f"molecule {molecule_id!r}: no staged segments under {out / SEGMENTS_DIR} to compact")
+        segs = sorted((seg for path in staged for seg in read_segments(path)), key=lambda x: x.t0_fs)
+        joined = Segment(molecule_id, 0, segs[0].t0_fs, segs[0].dt_fs, np.concatenate([x.positions for x in segs]),
+                         np.concatenate([x.velocities for x in segs]))
+        write_segments(target, [joined])
+        written = True
+    for path in staged:
+        path.unlink()
+    return written
 
 
 def state_path(out: Path, molecule_id: str) -> Path:
@@ -164,6 +195,7 @@ def simulate_molecule(spec: MoleculeSpec, out: str | Path, cfg: BuildConfig, int
         computed.append(k)
         if interrupt_after_segments is not None and len(computed) >= interrupt_after_segments and k + 1 < n_segments:
             raise BuildInterrupted(f"{where}: interrupted after segment {k}")
+    compact_molecule(out, spec.molecule_id)
     return dict(molecule_id=spec.molecule_id, computed_segments=computed, force_evals=engine.n_evaluations,
                 wall_s=time.perf_counter() - t_start, cpu_s=time.process_time() - cpu_start,
                 simulated_fs=len(computed) * per * md.dt_fs)
@@ -179,13 +211,12 @@ def is_finished(out: Path, spec: MoleculeSpec) -> bool:
 
 
 def simulated_fs_on_disk(out: Path, specs: Sequence[MoleculeSpec], cfg: BuildConfig) -> float:
-    """Production fs already written as segment files (for progress)."""
-    frames = out / FRAMES_DIR
-    if not frames.is_dir():
-        return 0.0
+    """Production fs already on disk: finished molecules plus staged segments (progress)."""
     ids = {s.molecule_id for s in specs}
-    n = sum(1 for p in frames.glob("*.parquet") if p.stem.rsplit("-", 1)[0] in ids)
-    return n * cfg.md.segment_fs
+    finished = sum(1 for m in ids if molecule_path(out, m).exists())
+    staged = sum(1 for p in (out / SEGMENTS_DIR).glob("*.parquet") if p.stem.rsplit("-", 1)[0] in ids
+                 and not molecule_path(out, p.stem.rsplit("-", 1)[0]).exists())
+    return finished * cfg.md.production_fs + staged * cfg.md.segment_fs
 
 
 def _check_out_dir(out: Path, cfg: BuildConfig, specs: Sequence[MoleculeSpec]) -> None:
@@ -200,11 +231,13 @@ def _check_out_dir(out: Path, cfg: BuildConfig, specs: Sequence[MoleculeSpec]) -
                 f"{path}: this directory was built with other settings (differing keys: {diff}); "
                 "use another --out or delete it"
             )
-    for stale in [*out.glob(f"{FRAMES_DIR}/.*.tmp"), *out.glob(f"{STATE_DIR}/.*.tmp")]:
+    for stale in [*out.glob(f"{FRAMES_DIR}/.*.tmp"), *out.glob(f"{STATE_DIR}/.*.tmp"), *out.glob(f"{SEGMENTS_DIR}/.*.tmp")]:
         stale.unlink()  # temporaries of a killed run; only one build may use a directory
     ids = {s.molecule_id for s in specs}
-    if (out / FRAMES_DIR).is_dir():
-        strays = sorted({p.stem.rsplit("-", 1)[0] for p in (out / FRAMES_DIR).glob("*.parquet")} - ids)
+    if (out / FRAMES_DIR).is_dir() or (out / SEGMENTS_DIR).is_dir():
+        found = {p.stem for p in (out / FRAMES_DIR).glob("*.parquet")}
+        found |= {p.stem.rsplit("-", 1)[0] for p in (out / SEGMENTS_DIR).glob("*.parquet")}
+        strays = sorted(found - ids)
         if strays:
             raise BuildError(f"{out / FRAMES_DIR}: holds molecules not in this build's plan: {strays[:10]}")
     out.mkdir(parents=True, exist_ok=True)
@@ -232,11 +265,8 @@ def run_local(specs: Sequence[MoleculeSpec], out: Path, cfg: BuildConfig, progre
 
 
 def _load_positions(out: Path, molecule_id: str) -> tuple[np.ndarray, np.ndarray]:
-    segs = []
-    for path in sorted((out / FRAMES_DIR).glob(f"{molecule_id}-*.parquet")):
-        segs.extend(read_segments(path))
-    segs.sort(key=lambda s: s.t0_fs)
-    return np.concatenate([s.positions for s in segs]), np.concatenate([s.velocities for s in segs])
+    (seg,) = read_segments(molecule_path(out, molecule_id))
+    return seg.positions, seg.velocities
 
 
 def stability_rows(out: Path, specs: Sequence[MoleculeSpec], cfg: BuildConfig) -> list[StabilityRow]:
@@ -311,6 +341,9 @@ def build(
         computed = run_local(todo, out, cfg, progress, interrupt_after_segments)
     else:
         raise BuildError(f"build executor: expected 'ray' or 'local', found {executor!r}")
+    for spec in specs:  # a kill between a molecule's last segment and its compaction
+        if is_finished(out, spec) and not molecule_path(out, spec.molecule_id).exists():
+            compact_molecule(out, spec.molecule_id)
     rows = stability_rows(out, specs, cfg)
     write_report(rows, out, cfg.stability, cfg.md.temperature_k)
     wall = time.perf_counter() - t0

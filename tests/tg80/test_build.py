@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from atomray.data.frames import load_trajectories, read_molecules, validate_dataset
-from atomray.tg80.build import BuildInterrupted, build, read_checkpoint, segment_path, state_path
+from atomray.data.frames import read_segments
+from atomray.tg80.build import BuildInterrupted, build, molecule_path, read_checkpoint, segment_path, state_path
 from atomray.tg80.plan import BuildError
 from atomray.tg80.presets import preset_config
 
@@ -48,7 +49,8 @@ def uninterrupted(tmp_path_factory):
 def test_tiny_build_is_a_valid_dataset_with_selection_and_stability_columns(uninterrupted):
     out, summary = uninterrupted
     info = validate_dataset(out)
-    assert info == {"molecules": 3, "shards": 6, "frames": 600, "simulated_fs": 600.0}
+    assert info == {"molecules": 3, "shards": 3, "frames": 600, "simulated_fs": 600.0}
+    assert not list((out / "_segments").glob("*.parquet"))  # staged segments compacted away
     table = read_molecules(out).to_pylist()
     assert [r["molecule_id"] for r in table] == ["ethanol", "malonaldehyde", "benzene"]
     for row in table:
@@ -87,8 +89,8 @@ def test_interrupted_build_resumes_to_identical_data(tmp_path, ensemble, engine,
     first = segment_path(out, "ethanol", 0)
     assert first.exists() and not segment_path(out, "ethanol", 1).exists()
     assert read_checkpoint(state_path(out, "ethanol"))["next_segment"] == 1
-    stat_before = first.stat()
-    half_written = out / "frames" / ".ethanol-00001.parquet.deadbeef.tmp"  # what a kill mid-write leaves
+    (segment0,) = read_segments(first)  # the finished segment, as staged before the resume
+    half_written = out / "_segments" / ".ethanol-00001.parquet.deadbeef.tmp"  # what a kill mid-write leaves
     half_written.write_bytes(b"PAR1 truncated")
     evals_first = events(out, "ethanol")[-1]["force_evals"]
 
@@ -99,8 +101,12 @@ def test_interrupted_build_resumes_to_identical_data(tmp_path, ensemble, engine,
     assert resumed["malonaldehyde"]["computed_segments"] == [0, 1]
     assert [e["event"] for e in events(out, "ethanol")] == ["prepared", "segment", "resumed", "segment"]
     assert evals_first == 100
-    stat_after = first.stat()
-    assert (stat_after.st_ino, stat_after.st_mtime_ns) == (stat_before.st_ino, stat_before.st_mtime_ns)
+    # The finished molecule is one frames row whose first segment is exactly the staged
+    # segment 0 written before the interruption (reused, not recomputed).
+    (joined,) = read_segments(molecule_path(out, "ethanol"))
+    assert np.array_equal(joined.positions[: segment0.n_frames], segment0.positions)
+    assert np.array_equal(joined.velocities[: segment0.n_frames], segment0.velocities)
+    assert not first.exists()  # staged segments are removed once compacted
 
     assert not half_written.exists()
     validate_dataset(out)
@@ -132,7 +138,7 @@ def test_ray_build_equals_local_build(uninterrupted, tmp_path, ray_local):
 
 
 def test_segment_files_use_byte_stream_split(uninterrupted):
-    meta = pq.ParquetFile(segment_path(uninterrupted[0], "benzene", 0)).metadata
+    meta = pq.ParquetFile(molecule_path(uninterrupted[0], "benzene")).metadata
     names = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i).encodings for i in range(meta.num_columns)}
     assert "BYTE_STREAM_SPLIT" in names["positions.list.element"]
 
