@@ -103,6 +103,7 @@ class DataConfig:
     batch_size: int = 192
     split_seed: int = 0
     chunk_frames: int = 4096
+    include_unstable: bool = False
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,8 @@ from atomray.data.frames import (
     Trajectory,
     finite_difference_velocities,
     frame_files,
-    load_trajectories,
+    read_molecules,
+    read_segments,
 )
 from atomray.data.windows import (
     Windows,
@@ -62,17 +63,25 @@ CHUNK_COLUMNS = ["molecule_id", "chunk", "dt_fs", "n_atoms", "n_frames", "n_star
 # chunks: the unit of work that flows from Ray Data to the workers
 
 
-def chunk_bounds(n_frames: int, cfg: DataConfig, dt_fs: float) -> list[tuple[int, int, int]]:
+def row_range(n_frames: int, fraction: tuple[float, float] = (0.0, 1.0)) -> tuple[int, int]:
+    """Frames [lo, hi) of an n_frames segment that a time fraction covers. Time fractions
+    (in-distribution splits) apply per frames row, the unit windows never cross."""
+    return int(fraction[0] * n_frames), int(fraction[1] * n_frames)
+
+
+def chunk_bounds(n_frames: int, cfg: DataConfig, dt_fs: float,
+                 fraction: tuple[float, float] = (0.0, 1.0)) -> list[tuple[int, int, int]]:
     """(first frame, end frame, start frames) of each chunk of an n_frames segment.
 
-    Chunk k may start windows at frames a = k·stride … a + stride - 1 and carries the
-    largest horizon after them (clipped at the segment's end); the last chunks start only
-    where a window of the smallest horizon still fits.
+    Chunk k may start windows at frames a = lo + k·stride … a + stride - 1 and carries the
+    largest horizon after them (clipped at the end of the row's `fraction`); the last chunks
+    start only where a window of the smallest horizon still fits.
     """
     stride, h_max, h_min = chunk_stride(cfg, dt_fs), max_horizon_frames(cfg, dt_fs), min_horizon_frames(cfg, dt_fs)
+    lo, hi = row_range(n_frames, fraction)
     out = []
-    for a in range(0, max(n_frames - h_min, 0), stride):
-        b = min(n_frames, a + stride + h_max)
+    for a in range(lo, max(hi - h_min, lo), stride):
+        b = min(hi, a + stride + h_max)
         out.append((a, b, min(stride, b - a - h_min)))
     return out
 
@@ -83,7 +92,8 @@ def chunk_stride(cfg: DataConfig, dt_fs: float) -> int:
     return max(int(cfg.chunk_frames), max_horizon_frames(cfg, dt_fs))
 
 
-def chunk_segments(table: pa.Table, cfg: DataConfig, atomic_numbers: dict[str, list[int]]) -> pa.Table:
+def chunk_segments(table: pa.Table, cfg: DataConfig, atomic_numbers: dict[str, list[int]],
+                   fraction: tuple[float, float] = (0.0, 1.0)) -> pa.Table:
     """Ray Data `map_batches` step: cut frames rows into chunks (see module docstring).
 
     A chunk holds frames [a, a + stride + H_max) of its segment (clipped to the end), and
@@ -102,7 +112,7 @@ def chunk_segments(table: pa.Table, cfg: DataConfig, atomic_numbers: dict[str, l
         else:
             vel = finite_difference_velocities(pos, dt)
         segment = int(table.column("segment")[i].as_py())
-        for k, (a, b, n_starts) in enumerate(chunk_bounds(n_frames, cfg, dt)):
+        for k, (a, b, n_starts) in enumerate(chunk_bounds(n_frames, cfg, dt, fraction)):
             out["molecule_id"].append(mid)
             out["chunk"].append(segment * 1_000_003 + k)
             out["dt_fs"].append(dt)
@@ -152,20 +162,25 @@ def scan_segments(root: str | Path, molecule_ids: Sequence[str] | None = None) -
     return out
 
 
-def count_starts(segments: Sequence[SegmentInfo], cfg: DataConfig) -> int:
+def count_starts(segments: Sequence[SegmentInfo], cfg: DataConfig, fraction: tuple[float, float] = (0.0, 1.0)) -> int:
     """Start frames available to training windows over all chunks of `segments`."""
-    return sum(n for s in segments for _, _, n in chunk_bounds(s.n_frames, cfg, s.dt_fs))
+    return sum(n for s in segments for _, _, n in chunk_bounds(s.n_frames, cfg, s.dt_fs, fraction))
 
 
 def build_train_dataset(root: str | Path, molecule_ids: Sequence[str], cfg: DataConfig,
-                        atomic_numbers: dict[str, list[int]], seed: int, num_cpus: float = 0.25):
+                        atomic_numbers: dict[str, list[int]], seed: int, num_cpus: float = 0.25,
+                        fraction: tuple[float, float] = (0.0, 1.0)):
     """The Ray Data plan for training chunks (lazy; Ray Train executes it once per epoch)."""
     import ray.data
     from ray.data.expressions import col
 
     # The plan re-executes every epoch; per-operator progress bars would flood job logs
     # (the worker loop prints one line per epoch instead).
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    # Chunks arrive in file order (shuffled per epoch by seed), not in task-completion order,
+    # so a run's windows depend only on its seeds.
+    ctx.execution_options.preserve_order = True
     files = sorted({s.path for s in scan_segments(root, molecule_ids)})
     if not files:
         raise DataError(f"{root}: no frames for the training molecules {sorted(molecule_ids)[:5]}...")
@@ -176,7 +191,7 @@ def build_train_dataset(root: str | Path, molecule_ids: Sequence[str], cfg: Data
         num_cpus=num_cpus,
     ).filter(expr=col("molecule_id").is_in(list(molecule_ids)))
     z = {m: list(atomic_numbers[m]) for m in molecule_ids}
-    return ds.map_batches(chunk_segments, fn_args=(cfg, z), batch_format="pyarrow",
+    return ds.map_batches(chunk_segments, fn_args=(cfg, z, tuple(fraction)), batch_format="pyarrow",
                           batch_size=1, num_cpus=num_cpus, zero_copy_batch=True)
 
 
@@ -355,26 +370,42 @@ def fixed_windows(root: str | Path, molecule_ids: Sequence[str], n: int, cfg: Da
                   frame_fraction: tuple[float, float] = (0.0, 1.0)) -> dict[str, np.ndarray]:
     """`n` evaluation windows spread evenly over `molecule_ids`, drawn once with `seed`.
 
-    Reads one molecule at a time, so only the windows are kept. `frame_fraction` restricts
-    windows to a time range of each trajectory (in-distribution splits). Returns a padded
-    batch (numpy) — the same on every call with the same arguments.
+    Windows lie inside one frames row each, within its `frame_fraction` (as training chunks
+    do, so time-disjoint splits stay disjoint). Reads one molecule at a time and keeps only
+    the windows. Returns a padded batch (numpy), the same on every call with the same
+    arguments.
     """
     if not molecule_ids:
         raise DataError("no molecules to draw evaluation windows from")
     groups = []
     per_mol = np.full(len(molecule_ids), n // len(molecule_ids))
     per_mol[: n % len(molecule_ids)] += 1
+    files: dict[str, list[str]] = {}
+    for s in scan_segments(root, molecule_ids):
+        files.setdefault(s.molecule_id, []).append(s.path)
     for mid, k in zip(molecule_ids, per_mol):
         if k == 0:
             continue
-        pieces = load_trajectories(root, [mid])[mid]
-        lengths = np.array([p.n_frames for p in pieces])
+        z = read_atomic_numbers(root, mid)
+        segments = [seg for path in sorted(set(files.get(mid, []))) for seg in read_segments(path, [mid])]
+        segments.sort(key=lambda seg: (seg.t0_fs, seg.segment))
+        if not segments:
+            raise DataError(f"{root}: molecule {mid!r} has no frames")
+        spans = np.array([np.subtract(*row_range(seg.n_frames, frame_fraction)[::-1]) for seg in segments], float)
         rng = window_seed(seed, mid, "eval")
-        counts = rng.multinomial(k, lengths / lengths.sum())
-        for piece, c in zip(pieces, counts):
+        counts = rng.multinomial(k, spans / spans.sum())
+        for seg, c in zip(segments, counts):
             if c == 0:
                 continue
-            lo = int(frame_fraction[0] * piece.n_frames)
-            hi = int(frame_fraction[1] * piece.n_frames)
-            groups.append(sample_windows(piece, int(c), cfg, rng, frame_range=(lo, hi)))
+            vel = seg.velocities if seg.velocities is not None else finite_difference_velocities(seg.positions, seg.dt_fs)
+            traj = Trajectory(mid, z, seg.dt_fs, seg.t0_fs, seg.positions, vel)
+            groups.append(sample_windows(traj, int(c), cfg, rng, frame_range=row_range(seg.n_frames, frame_fraction)))
     return pad_windows(groups)
+
+
+def read_atomic_numbers(root: str | Path, molecule_id: str) -> np.ndarray:
+    table = read_molecules(root)
+    ids = table.column("molecule_id").to_pylist()
+    if molecule_id not in ids:
+        raise DataError(f"{root}: no molecule {molecule_id!r} in the molecules table")
+    return np.asarray(table.column("atomic_numbers")[ids.index(molecule_id)].as_py(), np.int64)

@@ -163,6 +163,46 @@ def make_split(ids: Sequence[str], smiles: Sequence[str], cfg: DataConfig) -> Sp
     raise DataError(f"data.split: unknown split {cfg.split!r}")
 
 
+@dataclass(frozen=True)
+class EvalSet:
+    """A fixed set of evaluation windows: `n` windows over `molecules`, inside the
+    `frame_fraction` of each trajectory, drawn once with `seed`. Metrics are logged as
+    <name>_s2t / <name>_s2s every epoch."""
+
+    name: str
+    molecules: tuple[str, ...]
+    frame_fraction: tuple[float, float]
+    n: int
+    seed: int
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "molecules": list(self.molecules), "frame_fraction": list(self.frame_fraction),
+                "n": self.n, "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EvalSet":
+        return cls(d["name"], tuple(d["molecules"]), tuple(d["frame_fraction"]), int(d["n"]), int(d["seed"]))
+
+
+def default_eval_sets(split: Split, cfg: DataConfig, in_distribution: bool = False) -> list[EvalSet]:
+    """The test set of a split (out-of-domain molecules for molecule splits), and with
+    `in_distribution` also `test_id`: the training molecules at a held-out time range."""
+    sets = []
+    if split.test and cfg.test_windows > 0:
+        sets.append(EvalSet("test", split.test, split.ranges["test"], cfg.test_windows, cfg.split_seed + 2))
+    if in_distribution and cfg.test_windows > 0:
+        sets.append(EvalSet("test_id", split.train, ID_RANGES["test"], cfg.test_windows, cfg.split_seed + 3))
+    return sets
+
+
+def with_training_range(split: Split, fraction: tuple[float, float]) -> Split:
+    """The same split, with training windows restricted to `fraction` of each trajectory
+    (so the rest can serve in-distribution tests)."""
+    ranges = dict(split.ranges)
+    ranges["train"] = fraction
+    return Split(split.kind, split.fold, split.train, split.val, split.test, ranges, split.clusters)
+
+
 def split_rows(split: Split) -> list[dict]:
     """One row per (molecule, role) for the run's split table."""
     rows = []

@@ -26,7 +26,7 @@ import torch
 
 from atomray.config import RunConfig, config_from_dict, to_dict
 from atomray.data.pipeline import EpochPlan, WindowStream, fixed_windows, to_torch, window_seed
-from atomray.data.splits import Split
+from atomray.data.splits import EvalSet, Split
 from atomray.train.metrics import s2s, s2t
 from atomray.train.checkpoint import TrainState, load_optimizer, load_weights, read_state, save_checkpoint, unwrap
 from atomray.train.optim import build_optimizer, lr_at, set_lr
@@ -140,11 +140,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     data = cfg.data
     val = fixed_windows(data.path, split.val, data.val_windows, data, data.split_seed + 1, split.ranges["val"])
-    test = None
-    if config.get("evaluate_test") and split.test:
-        test = fixed_windows(data.path, split.test, data.test_windows, data, data.split_seed + 2, split.ranges["test"])
     val_t = rank_slice(val, rank, world, device)
-    test_t = rank_slice(test, rank, world, device) if test is not None else None
+    eval_sets = {}
+    for d in config.get("eval_sets", []):
+        es = EvalSet.from_dict(d)
+        windows = fixed_windows(data.path, es.molecules, es.n, data, es.seed, es.frame_fraction)
+        eval_sets[es.name] = rank_slice(windows, rank, world, device)
 
     probe = {k: v[:2] for k, v in val_t.items()}
     unused = find_unused_parameters(model, probe, cfg)
@@ -205,9 +206,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "train_samples_per_s": plan.steps_per_epoch * plan.local_batch * world / max(seconds, 1e-9),
                 "data_wait_fraction": waited / max(seconds, 1e-9),
             }
-            if test_t is not None:
-                t = all_reduce_sum(evaluate(model, test_t, plan.local_batch, autocast).to(device)).cpu()
-                row.update(test_s2t=float(t[0] / t[2]), test_s2s=float(t[1] / t[2]))
+            for name, windows in eval_sets.items():
+                t = all_reduce_sum(evaluate(model, windows, plan.local_batch, autocast).to(device)).cpu()
+                row.update({f"{name}_s2t": float(t[0] / t[2]), f"{name}_s2s": float(t[1] / t[2])})
             if not all(math.isfinite(x) for x in row.values()):
                 raise FloatingPointError(f"non-finite metrics at epoch {epoch}: {row}")
             state.epoch = epoch
@@ -229,8 +230,8 @@ def progress_line(row: dict[str, float], epochs: int) -> str:
             f"(no motion: S2T {100 * row['val_s2t_no_motion']:.3f})  x1e-2 A^2  "
             f"{row['epoch_seconds']:.1f} s, {row['train_samples_per_s']:.0f} samples/s, "
             f"{100 * row['data_wait_fraction']:.0f}% waiting for data")
-    if "test_s2t" in row:
-        line += f"  test S2T {100 * row['test_s2t']:.3f}"
+    for key in sorted(k for k in row if k.endswith("_s2t") and not k.startswith("val")):
+        line += f"  {key[:-4]} S2T {100 * row[key]:.3f}"
     return line
 
 
@@ -278,7 +279,7 @@ def maybe_inject_fault(cfg: RunConfig, config: dict, epoch: int, step: int, step
 
 
 def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: Path,
-        mlflow_uri: str = "", mlflow_run_id: str = "", evaluate_test: bool = False,
+        mlflow_uri: str = "", mlflow_run_id: str = "", eval_sets: list | None = None,
         callbacks: list | None = None):
     """Run the TorchTrainer for `cfg` and return Ray Train's `Result`."""
     import ray.train
@@ -300,7 +301,7 @@ def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: 
             "run_dir": str(run_dir),
             "mlflow_uri": mlflow_uri,
             "mlflow_run_id": mlflow_run_id,
-            "evaluate_test": evaluate_test,
+            "eval_sets": [e.to_dict() for e in eval_sets or []],
         },
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers,
                                                use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources,

@@ -21,7 +21,7 @@ from atomray import tracking
 from atomray.config import RunConfig
 from atomray.data.frames import DataError, read_molecules
 from atomray.data.pipeline import build_train_dataset, count_starts, scan_segments
-from atomray.data.splits import Split, make_split, split_rows
+from atomray.data.splits import EvalSet, Split, default_eval_sets, make_split, split_rows
 
 
 @dataclass
@@ -80,20 +80,43 @@ def run_tags(cfg: RunConfig, split: Split) -> dict[str, str]:
     return tags
 
 
-def pretrain(cfg: RunConfig, *, split: Split | None = None, evaluate_test: bool = False,
+def usable_molecules(path: str, include_unstable: bool = False):
+    """The molecules table, without molecules the data set's stability report flagged
+    (column `stable` False) unless `include_unstable`; the excluded ones are printed."""
+    import pyarrow.compute as pc
+
+    molecules = read_molecules(path)
+    if include_unstable or "stable" not in molecules.column_names:
+        return molecules
+    stable = pc.fill_null(molecules.column("stable"), True)
+    dropped = molecules.filter(pc.invert(stable))
+    if dropped.num_rows:
+        reasons = dropped.column("stability_reason").to_pylist() if "stability_reason" in dropped.column_names else [""] * dropped.num_rows
+        print("excluding molecules flagged by the stability report (data.include_unstable=true keeps them): "
+              + "; ".join(f"{m} ({r})" for m, r in zip(dropped.column("molecule_id").to_pylist(), reasons)), flush=True)
+    return molecules.filter(stable)
+
+
+def pretrain(cfg: RunConfig, *, split: Split | None = None, eval_sets: list[EvalSet] | None = None,
              parent_run_id: str = "", callbacks: list | None = None) -> PretrainResult:
-    """Train `cfg` (already `resolve`d) on the current Ray cluster; returns the summary."""
+    """Train `cfg` (already `resolve`d) on the current Ray cluster; returns the summary.
+
+    `split` defaults to `make_split` of the data set's (stable) molecules; `eval_sets`
+    defaults to the split's test set; each is evaluated every epoch, and `best` holds the
+    epoch with the best validation S2S (the paper's early-stopping rule)."""
     from atomray.train.checkpoint import export_checkpoint, read_state
     from atomray.train.loop import fit
 
     t0 = time.perf_counter()
-    molecules = read_molecules(cfg.data.path)
+    molecules = usable_molecules(cfg.data.path, cfg.data.include_unstable)
     ids = molecules.column("molecule_id").to_pylist()
     z_of = dict(zip(ids, molecules.column("atomic_numbers").to_pylist()))
     if split is None:
         split = make_split(ids, molecules.column("smiles").to_pylist(), cfg.data)
+    if eval_sets is None:
+        eval_sets = default_eval_sets(split, cfg.data)
     segments = scan_segments(cfg.data.path, split.train)
-    total_starts = count_starts(segments, cfg.data)
+    total_starts = count_starts(segments, cfg.data, split.ranges["train"])
     if total_starts == 0:
         raise DataError(f"{cfg.data.path}: the training molecules have no trajectory long enough for the horizon")
 
@@ -106,9 +129,10 @@ def pretrain(cfg: RunConfig, *, split: Split | None = None, evaluate_test: bool 
         c.log_dict(run_id, split.to_dict(), "split/split.json")
         print(f"MLflow run {run_id} at {cfg.tracking.tracking_uri}", flush=True)
 
-    dataset = build_train_dataset(cfg.data.path, split.train, cfg.data, z_of, seed=cfg.train.seed)
+    dataset = build_train_dataset(cfg.data.path, split.train, cfg.data, z_of, seed=cfg.train.seed,
+                                  fraction=split.ranges["train"])
     result = fit(cfg, split, dataset, total_starts, run_dir, cfg.tracking.tracking_uri, run_id,
-                 evaluate_test, callbacks)
+                 eval_sets, callbacks)
     if result.error is not None:
         if run_id:
             tracking.finish_run(cfg.tracking.tracking_uri, run_id, "FAILED")
@@ -127,9 +151,8 @@ def pretrain(cfg: RunConfig, *, split: Split | None = None, evaluate_test: bool 
     if run_id:
         c = tracking.client(cfg.tracking.tracking_uri)
         tracking.log_artifact_dir(cfg.tracking.tracking_uri, run_id, export_dir, "checkpoint")
-        for key in ("val_s2t", "val_s2s", "test_s2t", "test_s2s"):
-            if key in best:
-                c.log_metric(run_id, f"best_{key}", best[key])
+        for key in sorted(k for k in best if k.endswith(("_s2t", "_s2s"))):
+            c.log_metric(run_id, f"best_{key}", best[key])
         c.set_tag(run_id, "best_epoch", str(best["epoch"]))
         tracking.finish_run(cfg.tracking.tracking_uri, run_id)
     return PretrainResult(run_id, cfg.tracking.tracking_uri, str(export_dir), best, history[-1], history,

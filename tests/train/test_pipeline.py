@@ -24,13 +24,15 @@ CFG = DataConfig(horizon="loguniform", horizon_min_fs=8, horizon_max_fs=200, chu
 
 
 @pytest.mark.parametrize("n_frames", [50, 400, 1200, 1237])
-def test_chunks_cover_every_start_once(n_frames):
+@pytest.mark.parametrize("fraction", [(0.0, 1.0), (0.0, 0.8), (0.9, 1.0)])
+def test_chunks_cover_every_start_once(n_frames, fraction):
     h_min, h_max = min_horizon_frames(CFG, 1.0), max_horizon_frames(CFG, 1.0)
+    lo, hi = int(fraction[0] * n_frames), int(fraction[1] * n_frames)
     starts = []
-    for a, b, n in chunk_bounds(n_frames, CFG, 1.0):
-        assert b <= n_frames and b - a >= min(n + h_max, n_frames - a)
+    for a, b, n in chunk_bounds(n_frames, CFG, 1.0, fraction):
+        assert lo <= a and b <= hi and b - a >= min(n + h_max, hi - a)
         starts += list(range(a, a + n))
-    assert starts == list(range(max(n_frames - h_min, 0)))
+    assert starts == list(range(lo, max(hi - h_min, lo)))
 
 
 def _molecules(root):
@@ -99,5 +101,7 @@ def test_fixed_windows_are_identical_each_call(mmff_dataset):
     assert len(a["x0"]) == 50
     for key in ("x0", "target", "lags_fs", "mask", "rwpe"):
         np.testing.assert_array_equal(a[key], b[key])
-    n_frames = 1200
-    assert (a["start"] >= n_frames // 2).all()
+    # Windows lie in the second half of their frames row (one 1200-frame row per molecule).
+    assert (a["start"] >= 600).all()
+    last = a["start"] + (a["lags_fs"][:, -1] / 1.0).astype(int)
+    assert (last < 1200).all()
