@@ -124,13 +124,15 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The training loop: epochs, label noise (paper §3.2.3), seeds, fault injection."""
+    """The training loop: epochs, label noise (paper §3.2.3), seeds, fault injection.
+
+    Every epoch is validated and checkpointed. `fail_at_epoch` >= 0 makes the last worker
+    exit hard halfway through that epoch, once (tests of recovery); `max_failures` is Ray
+    Train's FailureConfig."""
 
     epochs: int = 250
     label_noise_sigma: float = 0.0
     seed: int = 0
-    eval_every: int = 1
-    checkpoint_every: int = 1
     fail_at_epoch: int = -1
     max_failures: int = 3
 
@@ -156,7 +158,6 @@ class TrackingConfig:
     tracking_uri: str = ""
     experiment: str = "atomray"
     run_name: str = ""
-    registered_model: str = ""
     enabled: bool = True
 
 

@@ -155,3 +155,104 @@ def log_artifact_dir(uri: str, run_id: str, directory: str | Path, artifact_path
 
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(uri).set_terminated(run_id, status=status)
+
+
+# ---------------------------------------------------------------------------------------------
+# models: log, find the best, register, load back (never unpickling anything)
+
+TAG_KIND = "atomray.kind"  # "train" for a training run; "cv" / "sweep" for parents
+MODEL_FILE_PY = Path(__file__).with_name("mlflow_model.py")
+
+
+def log_checkpoint_model(uri: str, run_id: str, checkpoint_dir: str | Path) -> str:
+    """Log a checkpoint directory as an MLflow pyfunc model (named "model") in `run_id`,
+    from code (atomray/mlflow_model.py) with the checkpoint files as artifacts. Returns the
+    model URI to register."""
+    import mlflow
+
+    checkpoint_dir = Path(checkpoint_dir)
+    artifacts = {name.split(".")[0]: str(checkpoint_dir / name) for name in ("model.pt", "config.yaml", "state.json")}
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_FILE_PY), artifacts=artifacts,
+                                       pip_requirements=[f"atomray=={package_versions()['atomray']}"])
+    return info.model_uri
+
+
+def best_run(uri: str, experiment: str, metric: str = "best_val_s2t", mode: str = "min"):
+    """The finished training run of `experiment` with the best `metric` (MLflow ranks it)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    order = "ASC" if mode == "min" else "DESC"
+    runs = mlflow.search_runs(
+        experiment_names=[experiment], filter_string=f"tags.`{TAG_KIND}` = 'train' and attributes.status = 'FINISHED'",
+        order_by=[f"metrics.`{metric}` {order}"], max_results=50, output_format="list")
+    runs = [r for r in runs if metric in r.data.metrics]
+    if not runs:
+        raise LookupError(f"MLflow experiment {experiment!r} at {uri} has no finished training run with metric {metric!r}")
+    return runs[0]
+
+
+def download_checkpoint(uri: str, source: str, dst: str | Path | None = None) -> Path:
+    """A local checkpoint directory for `source`: a directory path, runs:/<id>/<path>, or
+    models:/<name>@<alias> / models:/<name>/<version> (the pyfunc's artifacts)."""
+    import tempfile
+
+    import mlflow
+
+    path = Path(source).expanduser()
+    if "://" not in source and ":/" not in source:
+        if not (path / "model.pt").is_file():
+            raise FileNotFoundError(f"{source}: not a checkpoint directory (no model.pt)")
+        return path
+    mlflow.set_tracking_uri(uri)
+    dst = Path(dst or tempfile.mkdtemp(prefix="atomray-ckpt-"))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(source, dst_path=str(dst)))
+    except Exception as err:  # MlflowException: unknown model, alias, version or run
+        raise LookupError(f"{source}: cannot be resolved at {uri} ({err})") from None
+    if (local / "artifacts" / "model.pt").is_file():
+        local = local / "artifacts"
+    if not (local / "model.pt").is_file():
+        raise FileNotFoundError(f"{source}: downloaded to {local}, but it holds no model.pt")
+    return local
+
+
+def load_model_uri(uri: str, source: str):
+    """(model in eval mode, RunConfig, checkpoint directory) for any `download_checkpoint`
+    source. Weights load with torch.load(weights_only=True)."""
+    from atomray.train.checkpoint import load_model
+
+    directory = download_checkpoint(uri, source)
+    model, cfg = load_model(directory)
+    return model, cfg, directory
+
+
+def load_best(experiment: str, metric: str = "best_val_s2t", mode: str = "min", tracking_uri: str = ""):
+    """The best training run of `experiment` by `metric`: (model ready for inference, its
+    resolved RunConfig, run id)."""
+    uri = tracking_uri or resolve_tracking_uri(TrackingConfig())
+    run = best_run(uri, experiment, metric, mode)
+    model, cfg, _ = load_model_uri(uri, f"runs:/{run.info.run_id}/checkpoint")
+    return model, cfg, run.info.run_id
+
+
+def register_best(experiment: str, name: str, alias: str = "champion", metric: str = "best_val_s2t",
+                  mode: str = "min", tracking_uri: str = "") -> str:
+    """Register the best run's model as a new version of `name` and point `alias` at it.
+    Returns 'models:/<name>@<alias>'."""
+    uri = tracking_uri or resolve_tracking_uri(TrackingConfig())
+    run = best_run(uri, experiment, metric, mode)
+    c = client(uri)
+    models = [m for m in c.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                                filter_string=f"source_run_id = '{run.info.run_id}'")]
+    if not models:
+        raise LookupError(f"run {run.info.run_id} has no logged model to register")
+    try:
+        c.create_registered_model(name)
+    except Exception:  # already registered
+        pass
+    version = c.create_model_version(name, models[0].model_uri, run_id=run.info.run_id)
+    c.set_registered_model_alias(name, alias, version.version)
+    return f"models:/{name}@{alias}"

@@ -99,13 +99,7 @@ def ward_clusters(embedding: np.ndarray, n_clusters: int, ids: Sequence[str]) ->
 
 
 def cluster_molecules(ids: Sequence[str], smiles: Sequence[str], n_clusters: int, seed: int) -> dict[str, int]:
-    """Cluster number (0 = largest) of each molecule; cached, since every fold of a
-    cross-validation asks for the same clustering."""
-    return dict(_cluster_molecules(tuple(ids), tuple(smiles), n_clusters, seed))
-
-
-@functools.lru_cache(maxsize=8)
-def _cluster_molecules(ids: tuple[str, ...], smiles: tuple[str, ...], n_clusters: int, seed: int) -> tuple:
+    """Cluster number (0 = largest) of each molecule."""
     missing = [i for i, s in zip(ids, smiles) if not s]
     if missing:
         raise DataError(
@@ -114,8 +108,47 @@ def _cluster_molecules(ids: tuple[str, ...], smiles: tuple[str, ...], n_clusters
         )
     if len(ids) < n_clusters:
         raise DataError(f"{len(ids)} molecules are too few for {n_clusters} clusters (data.num_clusters)")
-    emb = umap_embedding(ecfp4(smiles), seed)
-    return tuple(zip(ids, (int(c) for c in ward_clusters(emb, n_clusters, ids))))
+    emb = umap_coordinates(ids, smiles, seed)
+    return dict(zip(ids, (int(c) for c in ward_clusters(emb, n_clusters, ids))))
+
+
+def umap_coordinates(ids: Sequence[str], smiles: Sequence[str], seed: int) -> np.ndarray:
+    """(M, 2) UMAP embedding of the molecules' ECFP-4 fingerprints; cached, since every fold
+    of a cross-validation (and its figure) asks for the same embedding."""
+    return _umap_coordinates(tuple(ids), tuple(smiles), seed).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _umap_coordinates(ids: tuple[str, ...], smiles: tuple[str, ...], seed: int) -> np.ndarray:
+    return umap_embedding(ecfp4(smiles), seed)
+
+
+def plot_split(split: "Split", ids: Sequence[str], smiles: Sequence[str], seed: int, path) -> None:
+    """PNG of the UMAP embedding: colour = cluster, marker = role in this fold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    emb = umap_coordinates(ids, smiles, seed)
+    pos = {m: emb[i] for i, m in enumerate(ids)}
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    cmap = plt.get_cmap("tab10")
+    for role, marker in (("train", "o"), ("val", "s"), ("test", "^")):
+        members = [m for m in getattr(split, role) if m in pos]
+        if not members:
+            continue
+        xy = np.array([pos[m] for m in members])
+        colours = [cmap(split.clusters.get(m, 0) % 10) for m in members]
+        ax.scatter(xy[:, 0], xy[:, 1], c=colours, marker=marker, s=60 if role != "train" else 30,
+                   edgecolors="k" if role != "train" else "none", label=f"{role} ({len(members)})")
+    ax.set_xlabel("UMAP 1")
+    ax.set_ylabel("UMAP 2")
+    ax.set_title(f"ECFP-4 UMAP, Ward clusters (colour); fold {split.fold} roles (marker)")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def fold_clusters(fold: int, n_clusters: int, n_folds: int) -> dict[str, list[int]]:

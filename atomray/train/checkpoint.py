@@ -37,6 +37,7 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
     mlflow_run_id: str = ""
     best_val_s2s: float = float("inf")
+    elements: list[int] = field(default_factory=list)  # atomic numbers the model trained on
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

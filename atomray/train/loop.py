@@ -130,7 +130,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # -- model, optimiser, resume --------------------------------------------------------
     model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).to(device)
     optimizer = build_optimizer(model, cfg.optim)
-    state = TrainState(mlflow_run_id=config.get("mlflow_run_id", ""))
+    state = TrainState(mlflow_run_id=config.get("mlflow_run_id", ""), elements=list(config.get("elements", [])))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -280,7 +280,7 @@ def maybe_inject_fault(cfg: RunConfig, config: dict, epoch: int, step: int, step
 
 def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: Path,
         mlflow_uri: str = "", mlflow_run_id: str = "", eval_sets: list | None = None,
-        callbacks: list | None = None):
+        callbacks: list | None = None, elements: list[int] | None = None):
     """Run the TorchTrainer for `cfg` and return Ray Train's `Result`."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -302,6 +302,7 @@ def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: 
             "mlflow_uri": mlflow_uri,
             "mlflow_run_id": mlflow_run_id,
             "eval_sets": [e.to_dict() for e in eval_sets or []],
+            "elements": list(elements or []),
         },
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers,
                                                use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources,

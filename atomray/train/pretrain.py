@@ -21,7 +21,7 @@ from atomray import tracking
 from atomray.config import RunConfig
 from atomray.data.frames import DataError, read_molecules
 from atomray.data.pipeline import build_train_dataset, count_starts, scan_segments
-from atomray.data.splits import EvalSet, Split, default_eval_sets, make_split, split_rows
+from atomray.data.splits import EvalSet, Split, default_eval_sets, make_split, plot_split, split_rows
 
 
 @dataclass
@@ -71,7 +71,7 @@ def split_csv(split: Split) -> str:
 def run_tags(cfg: RunConfig, split: Split) -> dict[str, str]:
     import ray
 
-    tags = {"git_revision": tracking.git_revision(), "source_digest": tracking.source_digest(), "split": f"{split.kind}/fold{split.fold}",
+    tags = {tracking.TAG_KIND: "train", "git_revision": tracking.git_revision(), "source_digest": tracking.source_digest(), "split": f"{split.kind}/fold{split.fold}",
             "molecules.train": str(len(split.train)), "molecules.val": str(len(split.val)),
             "molecules.test": str(len(split.test))}
     tags.update({f"version.{k}": v for k, v in tracking.package_versions().items()})
@@ -120,6 +120,7 @@ def pretrain(cfg: RunConfig, *, split: Split | None = None, eval_sets: list[Eval
     if total_starts == 0:
         raise DataError(f"{cfg.data.path}: the training molecules have no trajectory long enough for the horizon")
 
+    elements = sorted({int(z) for m in split.train for z in z_of[m] if z > 1 or not cfg.data.heavy_atoms_only})
     run_dir = Path(cfg.storage_path) / cfg.name
     run_id = ""
     if cfg.tracking.enabled:
@@ -127,12 +128,16 @@ def pretrain(cfg: RunConfig, *, split: Split | None = None, eval_sets: list[Eval
         c = tracking.client(cfg.tracking.tracking_uri)
         c.log_text(run_id, split_csv(split), "split/split.csv")
         c.log_dict(run_id, split.to_dict(), "split/split.json")
+        if split.kind == "umap_cluster":
+            figure = run_dir / "split_umap.png"
+            plot_split(split, ids, molecules.column("smiles").to_pylist(), cfg.data.split_seed, figure)
+            c.log_artifact(run_id, str(figure), "split")
         print(f"MLflow run {run_id} at {cfg.tracking.tracking_uri}", flush=True)
 
     dataset = build_train_dataset(cfg.data.path, split.train, cfg.data, z_of, seed=cfg.train.seed,
                                   fraction=split.ranges["train"])
     result = fit(cfg, split, dataset, total_starts, run_dir, cfg.tracking.tracking_uri, run_id,
-                 eval_sets, callbacks)
+                 eval_sets, callbacks, elements)
     if result.error is not None:
         if run_id:
             tracking.finish_run(cfg.tracking.tracking_uri, run_id, "FAILED")
@@ -151,6 +156,7 @@ def pretrain(cfg: RunConfig, *, split: Split | None = None, eval_sets: list[Eval
     if run_id:
         c = tracking.client(cfg.tracking.tracking_uri)
         tracking.log_artifact_dir(cfg.tracking.tracking_uri, run_id, export_dir, "checkpoint")
+        tracking.log_checkpoint_model(cfg.tracking.tracking_uri, run_id, export_dir)
         for key in sorted(k for k in best if k.endswith(("_s2t", "_s2s"))):
             c.log_metric(run_id, f"best_{key}", best[key])
         c.set_tag(run_id, "best_epoch", str(best["epoch"]))
