@@ -362,6 +362,37 @@ class WindowStream:
             self._queue.get_nowait()
 
 
+class InMemoryStream:
+    """The same interface as WindowStream, fed from windows held in memory (drawn once).
+
+    For benchmarks (the "data path is never the bottleneck" comparison) and for small
+    single-molecule experiments; each epoch is a fresh permutation of the same windows.
+    """
+
+    def __init__(self, windows: dict[str, Any], plan: EpochPlan, seed: int, rank: int, device: Any = "cpu"):
+        self.windows = to_torch(windows, device)
+        self.plan, self.seed, self.rank = plan, seed, rank
+        n = len(self.windows["x0"])
+        if n < plan.local_batch:
+            raise DataError(f"{n} in-memory windows are fewer than one batch of {plan.local_batch}")
+
+    def epochs(self, start_epoch: int, end_epoch: int) -> Iterator[tuple[int, Iterator[dict[str, Any]]]]:
+        for epoch in range(start_epoch, end_epoch):
+            yield epoch, self._epoch(epoch)
+
+    def _epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+        import torch
+
+        n = len(self.windows["x0"])
+        order = torch.from_numpy(window_seed(self.seed, epoch, self.rank, "memory").permutation(n))
+        for step in range(self.plan.steps_per_epoch):
+            idx = order[(np.arange(self.plan.local_batch) + step * self.plan.local_batch) % n]
+            yield {k: v[idx] for k, v in self.windows.items()}
+
+    def close(self) -> None:
+        pass
+
+
 # ---------------------------------------------------------------------------------------------
 # fixed evaluation windows
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from atomray.config import RunConfig, config_from_dict, to_dict
-from atomray.data.pipeline import EpochPlan, WindowStream, fixed_windows, to_torch, window_seed
+from atomray.data.pipeline import EpochPlan, InMemoryStream, WindowStream, fixed_windows, to_torch, window_seed
 from atomray.data.splits import EvalSet, Split
 from atomray.train.metrics import s2s, s2t
 from atomray.train.checkpoint import TrainState, load_optimizer, load_weights, read_state, save_checkpoint, unwrap
@@ -156,9 +156,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
     baseline = all_reduce_sum(no_motion_sums(val_t).to(device)).cpu()
+    eval_baselines = {}
+    for name, windows in eval_sets.items():
+        b = all_reduce_sum(no_motion_sums(windows).to(device)).cpu()
+        eval_baselines[name] = (float(b[0] / b[2]), float(b[1] / b[2]))
     plan = EpochPlan.make(data, int(config["total_starts"]), world)
     total_steps = plan.steps_per_epoch * cfg.train.epochs
-    stream = WindowStream(ray.train.get_dataset_shard("train"), data, plan, cfg.train.seed, rank, device)
+    if config.get("feed", "ray_data") == "memory":  # benchmarks: the same loop without Ray Data
+        held = fixed_windows(data.path, split.train, plan.steps_per_epoch * plan.local_batch, data,
+                             cfg.train.seed + 1000 * (rank + 1), split.ranges["train"])
+        stream = InMemoryStream(held, plan, cfg.train.seed, rank, device)
+    else:
+        stream = WindowStream(ray.train.get_dataset_shard("train"), data, plan, cfg.train.seed, rank, device)
     noise_gen = torch.Generator(device="cpu")
 
     mlflow_client, logged = None, set()
@@ -208,7 +217,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             }
             for name, windows in eval_sets.items():
                 t = all_reduce_sum(evaluate(model, windows, plan.local_batch, autocast).to(device)).cpu()
-                row.update({f"{name}_s2t": float(t[0] / t[2]), f"{name}_s2s": float(t[1] / t[2])})
+                row.update({f"{name}_s2t": float(t[0] / t[2]), f"{name}_s2s": float(t[1] / t[2]),
+                            f"{name}_s2t_no_motion": eval_baselines[name][0], f"{name}_s2s_no_motion": eval_baselines[name][1]})
             if not all(math.isfinite(x) for x in row.values()):
                 raise FloatingPointError(f"non-finite metrics at epoch {epoch}: {row}")
             state.epoch = epoch
@@ -231,7 +241,7 @@ def progress_line(row: dict[str, float], epochs: int) -> str:
             f"{row['epoch_seconds']:.1f} s, {row['train_samples_per_s']:.0f} samples/s, "
             f"{100 * row['data_wait_fraction']:.0f}% waiting for data")
     for key in sorted(k for k in row if k.endswith("_s2t") and not k.startswith("val")):
-        line += f"  {key[:-4]} S2T {100 * row[key]:.3f}"
+        line += f"  {key[:-4]} S2T {100 * row[key]:.3f} (no motion {100 * row[key + '_no_motion']:.3f})"
     return line
 
 
@@ -280,7 +290,7 @@ def maybe_inject_fault(cfg: RunConfig, config: dict, epoch: int, step: int, step
 
 def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: Path,
         mlflow_uri: str = "", mlflow_run_id: str = "", eval_sets: list | None = None,
-        callbacks: list | None = None, elements: list[int] | None = None):
+        callbacks: list | None = None, elements: list[int] | None = None, feed: str = "ray_data"):
     """Run the TorchTrainer for `cfg` and return Ray Train's `Result`."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -303,6 +313,7 @@ def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: 
             "mlflow_run_id": mlflow_run_id,
             "eval_sets": [e.to_dict() for e in eval_sets or []],
             "elements": list(elements or []),
+            "feed": feed,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers,
                                                use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources,
@@ -315,7 +326,7 @@ def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: 
                                                          checkpoint_score_order="min"),
             callbacks=callbacks or None,
         ),
-        datasets={"train": dataset},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        datasets={"train": dataset} if feed == "ray_data" else None,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]) if feed == "ray_data" else None,
     )
     return trainer.fit()

@@ -98,12 +98,14 @@ def usable_molecules(path: str, include_unstable: bool = False):
 
 
 def pretrain(cfg: RunConfig, *, split: Split | None = None, eval_sets: list[EvalSet] | None = None,
-             parent_run_id: str = "", callbacks: list | None = None) -> PretrainResult:
+             parent_run_id: str = "", callbacks: list | None = None,
+             extra_tags: dict[str, str] | None = None, feed: str = "ray_data") -> PretrainResult:
     """Train `cfg` (already `resolve`d) on the current Ray cluster; returns the summary.
 
     `split` defaults to `make_split` of the data set's (stable) molecules; `eval_sets`
     defaults to the split's test set; each is evaluated every epoch, and `best` holds the
-    epoch with the best validation S2S (the paper's early-stopping rule)."""
+    epoch with the best validation S2S (the paper's early-stopping rule). `feed="memory"`
+    trains the same loop on windows drawn once into memory (benchmarks only)."""
     from atomray.train.checkpoint import export_checkpoint, read_state
     from atomray.train.loop import fit
 
@@ -124,7 +126,8 @@ def pretrain(cfg: RunConfig, *, split: Split | None = None, eval_sets: list[Eval
     run_dir = Path(cfg.storage_path) / cfg.name
     run_id = ""
     if cfg.tracking.enabled:
-        run_id = tracking.open_run(cfg, run_dir, cfg.tracking.tracking_uri, run_tags(cfg, split), parent_run_id)
+        tags = {**run_tags(cfg, split), **(extra_tags or {})}
+        run_id = tracking.open_run(cfg, run_dir, cfg.tracking.tracking_uri, tags, parent_run_id)
         c = tracking.client(cfg.tracking.tracking_uri)
         c.log_text(run_id, split_csv(split), "split/split.csv")
         c.log_dict(run_id, split.to_dict(), "split/split.json")
@@ -134,10 +137,12 @@ def pretrain(cfg: RunConfig, *, split: Split | None = None, eval_sets: list[Eval
             c.log_artifact(run_id, str(figure), "split")
         print(f"MLflow run {run_id} at {cfg.tracking.tracking_uri}", flush=True)
 
-    dataset = build_train_dataset(cfg.data.path, split.train, cfg.data, z_of, seed=cfg.train.seed,
-                                  fraction=split.ranges["train"])
+    dataset = None
+    if feed == "ray_data":
+        dataset = build_train_dataset(cfg.data.path, split.train, cfg.data, z_of, seed=cfg.train.seed,
+                                      fraction=split.ranges["train"])
     result = fit(cfg, split, dataset, total_starts, run_dir, cfg.tracking.tracking_uri, run_id,
-                 eval_sets, callbacks, elements)
+                 eval_sets, callbacks, elements, feed)
     if result.error is not None:
         if run_id:
             tracking.finish_run(cfg.tracking.tracking_uri, run_id, "FAILED")

@@ -1,0 +1,76 @@
+"""Search spaces and ablation grids over whole training runs (paper §4.4, Figs. 5–6).
+
+Keys are dotted RunConfig keys, so a trial's overrides apply with `apply_overrides`.
+
+- `SEARCH_SPACE`: learning rate, width, depth, heads, label noise σ, the T-RoPE timescale τ
+  and the log-uniform horizon's Δt_min and ΔT_max.
+- `ABLATIONS`: each paper ablation and its alternatives; `ablation_trials` makes the
+  one-switch-at-a-time list (the default model plus one trial per alternative value), or the
+  full factorial grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from atomray.config import RunConfig, config_from_dict, to_dict
+
+ABLATIONS: dict[str, list[Any]] = {
+    "data.rwpe_k": [8, 0],
+    "model.time_encoding": ["trope", "sinusoidal", "none"],
+    "model.gamma": ["learned", "fixed"],
+    "model.lifting": ["equivariant", "linear", "canonical"],
+    "model.attention": ["heterogeneous", "self"],
+}
+
+
+def search_space() -> dict[str, Any]:
+    """Ray Tune distributions for the hyperparameter search (imports Ray lazily)."""
+    from ray import tune
+
+    return {
+        "optim.lr": tune.loguniform(1e-4, 3e-3),
+        "model.embed_dim": tune.choice([64, 128, 256]),
+        "model.num_layers": tune.choice([3, 4, 5, 6]),
+        "model.num_heads": tune.choice([4, 8]),
+        "train.label_noise_sigma": tune.choice([0.0, 0.05, 0.1]),
+        "model.tau_fs": tune.loguniform(1.0, 100.0),
+        "data.horizon_min_fs": tune.choice([4.0, 8.0, 16.0]),
+        "data.horizon_max_fs": tune.choice([1000.0, 3000.0, 10000.0, 24000.0]),
+    }
+
+
+def ablation_trials(keys: list[str] | None = None, full_grid: bool = False) -> list[dict[str, Any]]:
+    """Override dicts, one per trial. One at a time: the defaults (first values) plus each
+    alternative of each switch; `full_grid`: every combination."""
+    keys = keys or list(ABLATIONS)
+    unknown = [k for k in keys if k not in ABLATIONS]
+    if unknown:
+        raise KeyError(f"unknown ablation switch(es) {unknown}; known: {list(ABLATIONS)}")
+    if full_grid:
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(ABLATIONS[k] for k in keys))]
+    base = {k: ABLATIONS[k][0] for k in keys}
+    trials = [dict(base)]
+    for k in keys:
+        for alt in ABLATIONS[k][1:]:
+            trials.append({**base, k: alt})
+    return trials
+
+
+def ablation_label(overrides: dict[str, Any]) -> str:
+    """A short name of what a trial changes from the defaults ("default" if nothing)."""
+    changed = [f"{k.split('.', 1)[1]}={v}" for k, v in overrides.items() if k in ABLATIONS and v != ABLATIONS[k][0]]
+    return ", ".join(changed) or "default"
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """A new RunConfig with dotted-key overrides applied (validated like any config)."""
+    tree = to_dict(cfg)
+    for key, value in overrides.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return config_from_dict(tree)
