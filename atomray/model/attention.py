@@ -20,6 +20,15 @@ the mix is the identity (v = v_1).
 Padding: a boolean key mask (B, 1, 1, T) hides padded atoms from every query; padded query
 rows still see the real atoms, so no row is empty and nothing becomes NaN.
 
+Attention dropout (Table 19: 0.2) acts on the attention probabilities after the softmax and
+rescales the kept ones by 1/(1 − p), as SDPA's `dropout_p` does. On CUDA, in eval mode and
+at p = 0 the attention is one SDPA call. On CPU, SDPA with dropout_p > 0 falls back to its
+unfused math path (a per-entry Bernoulli draw, ~190 ms per MD17 block), so training on CPU
+uses `dropout_attention` instead: an explicit attention in batch chunks with the three
+streams side by side in one (T × 3T) matrix, 16 random bits per entry drawn in bulk, and a
+backward that recomputes the probabilities and regenerates the mask from per-chunk seeds
+(nothing of size B·H·T·3T is kept between forward and backward).
+
 Parameters per block (d = model width, h = SwiGLU width ≈ 5d/3, a multiple of 8):
     Q, K, V (one fused d×3d matrix) 3d², O d², SwiGLU 3dh ≈ 5d², RMSNorm 2d, γ 3, α 1
     ≈ 9d² (d = 128: 148 740; d = 256: 594 436).
@@ -28,10 +37,14 @@ Parameters per block (d = model width, h = SwiGLU width ≈ 5d/3, a multiple of 
 from __future__ import annotations
 
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from atomray.model.time_encoding import apply_rope
 
@@ -39,6 +52,191 @@ from atomray.model.time_encoding import apply_rope
 def swiglu_width(dim: int) -> int:
     """SwiGLU hidden width: 5d/3 rounded up to a multiple of 8 (keeps a block at ≈ 9d²)."""
     return 8 * math.ceil(5 * dim / 24)
+
+
+# -- attention dropout on CPU ------------------------------------------------------------
+
+_LEVELS = 1 << 16  # one 16-bit random integer decides each attention entry
+_CHUNK_ENTRIES = 1 << 19  # attention entries per batch chunk (~2 MB fp32: stays in cache)
+
+
+def dropout_levels(p: float) -> int:
+    """How many of the 65 536 values of a 16-bit random integer drop an entry:
+    round(p · 65 536), kept in [1, 65 535]. The realised drop probability is this / 65 536
+    (p = 0.2 → 13 107 → 0.19999695) and kept entries are scaled by 65 536 / (65 536 − levels)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"attention dropout: p must be in (0, 1), found {p}")
+    return min(_LEVELS - 1, max(1, round(p * _LEVELS)))
+
+
+def keep_mask(shape: tuple[int, ...], levels: int, generator: torch.Generator | None = None) -> Tensor:
+    """int16 tensor of `shape`: 1 = keep, 0 = drop, i.i.d. with P(drop) = levels / 65 536.
+
+    One 64-bit Mersenne-twister word (`random_` over the full int64 range) gives four
+    entries, viewed as int16; an entry drops when its int16 is below −32 768 + levels.
+    clamp + subtract turns that into 0/1 in place: int16 × float multiplies ~3× faster on
+    CPU than a bool mask does, and no Bernoulli draw per entry is made (~10× cheaper).
+    """
+    numel = math.prod(shape)
+    words = torch.empty(-(-numel // 4), dtype=torch.int64)
+    words.random_(-(1 << 63), None, generator=generator)
+    lo = -(1 << 15) + levels
+    return words.view(torch.int16)[:numel].view(shape).clamp_(lo - 1, lo).sub_(lo - 1)
+
+
+class _ChunkThreads:
+    """Runs independent batch chunks on `torch.get_num_threads()` threads, each of which runs
+    its ops single-threaded. Why not OpenMP inside each op: the chunk ops are small (~1 ms),
+    so splitting each across the cores and meeting at a barrier costs more than it gains (and
+    on a shared machine one descheduled thread stalls the barrier for a whole time slice); the
+    Mersenne twister is serial per generator, so one generator per chunk runs in parallel."""
+
+    def __init__(self) -> None:
+        self.executor: ThreadPoolExecutor | None = None
+        self.size, self.pid = 0, 0
+        self.lock = threading.Lock()
+
+    def _start(self, size: int) -> ThreadPoolExecutor:
+        if self.executor is not None:
+            self.executor.shutdown(wait=False)
+        main = torch.get_num_threads()
+        ready = threading.Barrier(size + 1)
+
+        def single_threaded() -> None:
+            torch.get_num_threads()  # initialise this thread's intra-op setting first ...
+            torch.set_num_threads(1)  # ... then make it 1 (sticks to this thread)
+            ready.wait()
+
+        executor = ThreadPoolExecutor(size, thread_name_prefix="atomray-attention",
+                                      initializer=single_threaded)
+        for _ in range(size):
+            executor.submit(lambda: None)
+        ready.wait()
+        torch.set_num_threads(main)  # the global default is restored for every other thread
+        self.executor, self.size, self.pid = executor, size, os.getpid()
+        return executor
+
+    def map(self, fn, starts: range) -> None:
+        """fn(start) for every start, under no_grad; serial when one thread is allowed."""
+        size = min(torch.get_num_threads(), len(starts))
+        if size <= 1:
+            for i in starts:
+                fn(i)
+            return
+        with self.lock:  # a forked child (pid differs) or a new thread count needs new threads
+            executor = self.executor
+            if executor is None or self.size != torch.get_num_threads() or self.pid != os.getpid():
+                executor = self._start(torch.get_num_threads())
+
+        def run(i: int) -> None:
+            with torch.no_grad():
+                fn(i)
+
+        for _ in executor.map(run, starts):
+            pass
+
+
+_THREADS = _ChunkThreads()
+
+
+class _DropoutAttention(torch.autograd.Function):
+    """O = Σ_F (softmax_F(q kᵀ + bias) ⊙ keep) v over `segments` key blocks F (see
+    `dropout_attention`; v arrives already scaled by 1/(1 − p)). Chunks of the batch run
+    independently; the backward recomputes scores and probabilities and regenerates the mask
+    from the same per-chunk seeds, so only q, k, v and the seeds are saved."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, segments: int, levels: int,
+                keep: Tensor | None) -> Tensor:
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        b, h, tq, _ = q.shape
+        chunk = max(1, _CHUNK_ENTRIES // (h * tq * k.shape[2]))
+        seeds = None if keep is not None else torch.empty(-(-b // chunk), dtype=torch.int64).random_().tolist()
+        out = q.new_empty(b, h, tq, v.shape[-1])
+
+        def forward_chunk(i: int) -> None:
+            p = _probabilities(q, k, bias, segments, i, i + chunk)
+            p.mul_(_chunk_keep(keep, seeds, levels, p.shape, i, chunk))
+            torch.matmul(p, v[i:i + chunk], out=out[i:i + chunk])  # (c, H, Tq, D)
+
+        _THREADS.map(forward_chunk, range(0, b, chunk))
+        ctx.save_for_backward(q, k, v, bias, keep)
+        ctx.segments, ctx.levels, ctx.seeds, ctx.chunk = segments, levels, seeds, chunk
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, bias, keep = ctx.saved_tensors
+        segments, chunk = ctx.segments, ctx.chunk
+        grad_out = grad_out.contiguous()
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+        def backward_chunk(i: int) -> None:
+            j = i + chunk
+            p = _probabilities(q, k, bias, segments, i, j)  # (c, H, Tq, L)
+            c, h, tq, length = p.shape
+            pk = p * _chunk_keep(keep, ctx.seeds, ctx.levels, p.shape, i, chunk)  # dropped probabilities
+            torch.matmul(pk.transpose(-1, -2), grad_out[i:j], out=dv[i:j])
+            g = torch.matmul(grad_out[i:j], v[i:j].transpose(-1, -2)).mul_(pk)  # p ⊙ ∂L/∂p
+            g5 = g.view(c, h, tq, segments, length // segments)
+            # softmax backward per segment: ∂s = p ⊙ (∂p − Σ_F p ⊙ ∂p)
+            g5.addcmul_(p.view(g5.shape), g5.sum(-1, keepdim=True), value=-1)
+            torch.matmul(g, k[i:j], out=dq[i:j])
+            torch.matmul(g.transpose(-1, -2), q[i:j], out=dk[i:j])
+
+        _THREADS.map(backward_chunk, range(0, q.shape[0], chunk))
+        return dq, dk, dv, None, None, None, None
+
+
+def _probabilities(q: Tensor, k: Tensor, bias: Tensor | None, segments: int, i: int, j: int) -> Tensor:
+    """Per-segment softmax of the scores of batch rows i:j: (c, H, Tq, L)."""
+    s = torch.matmul(q[i:j], k[i:j].transpose(-1, -2))  # (c, H, Tq, L)
+    if bias is not None:
+        s.add_(bias[i:j])
+    s5 = s.view(*s.shape[:3], segments, -1)  # (c, H, Tq, F, L/F)
+    return torch.softmax(s5, -1, out=s5).view(s.shape)
+
+
+def _chunk_keep(keep: Tensor | None, seeds: list[int] | None, levels: int, shape: torch.Size,
+                i: int, chunk: int) -> Tensor:
+    """The keep mask of the chunk starting at batch row i: given, or drawn from its own seed."""
+    if keep is not None:
+        return keep[i:i + chunk]
+    return keep_mask(tuple(shape), levels, torch.Generator().manual_seed(seeds[i // chunk]))
+
+
+def value_scale(p: float) -> float:
+    """1/(1 − p_realised), the factor kept attention probabilities are scaled by."""
+    levels = dropout_levels(p)
+    return _LEVELS / (_LEVELS - levels)
+
+
+def dropout_attention(q: Tensor, k: Tensor, v: Tensor, p: float, segments: int = 1,
+                      key_bias: Tensor | None = None, keep: Tensor | None = None,
+                      scaled_values: bool = False) -> Tensor:
+    """Attention with dropout on the probabilities, for CPU training.
+
+        out = Σ_F dropout_p( softmax( q k_Fᵀ + bias_F ) ) v_F
+
+    q (B, H, Tq, D) already multiplied by the softmax scale (e.g. 1/√D); k (B, H, L, D) and
+    v (B, H, L, Dv) hold `segments` blocks of L/F keys each, every block with its own softmax
+    (F = 1 is ordinary attention); key_bias (B, 1, 1, L) additive (a large negative number at
+    padded keys) or None. Dropout zeroes each probability independently with probability
+    dropout_levels(p)/65 536 and scales the rest by `value_scale(p)`; the mask is fresh on
+    every call (drawn from torch's default generator, so reproducible under
+    `torch.manual_seed`) unless `keep` (B, H, Tq, L) 0/1 is given (tests). With
+    `scaled_values` the caller has already multiplied v by value_scale(p). Returns
+    (B, H, Tq, Dv). Works in any float dtype; gradients reach q, k and v.
+    """
+    levels = dropout_levels(p)
+    if not scaled_values:
+        v = v * (_LEVELS / (_LEVELS - levels))
+    if keep is not None:
+        keep = keep.to(torch.int16)
+    if k.shape[2] % segments:
+        raise ValueError(f"dropout_attention: {k.shape[2]} keys do not split into {segments} segments")
+    return _DropoutAttention.apply(q, k, v, key_bias, segments, levels, keep)
 
 
 class SwiGLU(nn.Module):
@@ -60,7 +258,8 @@ class TemporalAttention(nn.Module):
     """Heterogeneous (or, as the ablation, plain self-) attention over S·N tokens with T-RoPE.
 
     forward(h (B,T,d) normed Z stream, ctx (B,2,N,d) normed X,V or None, rope (B,S,D/2)
-    complex slot rotations or None, key_mask (B,1,1,T) bool or None, v1 = block 1's values or None)
+    complex slot rotations or None, key_mask (B,1,1,T) bool or None, v1 = block 1's values or None,
+    keep = an attention-dropout mask (B,H,T,F·T) 0/1 to use instead of a fresh one, tests only)
     → (out (B,T,d), values for the value residual).
     """
 
@@ -72,6 +271,8 @@ class TemporalAttention(nn.Module):
             raise ValueError(
                 f"attention: embed_dim {dim} must split into {num_heads} heads of even size"
             )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"attention: attn_dropout must be in [0, 1), found {dropout}")
         self.dim, self.heads, self.head_dim, self.slots = dim, num_heads, dim // num_heads, slots
         self.heterogeneous, self.dropout = heterogeneous, dropout
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
@@ -93,8 +294,12 @@ class TemporalAttention(nn.Module):
         """(B, S·N, d) → (B, H, S, N, D)."""
         return t.view(b, s, -1, self.heads, self.head_dim).permute(0, 3, 1, 2, 4)
 
+    def _explicit(self, h: Tensor) -> bool:
+        """Attention dropout on CPU runs `dropout_attention`, not SDPA's unfused math path."""
+        return self.training and self.dropout > 0 and h.device.type == "cpu"
+
     def forward(self, h: Tensor, ctx: Tensor | None, rope: Tensor | None,
-                key_mask: Tensor | None, v1: tuple[Tensor, ...] | None):
+                key_mask: Tensor | None, v1: tuple[Tensor, ...] | None, keep: Tensor | None = None):
         b, t, d = h.shape
         s, hh, dh = self.slots, self.heads, self.head_dim
         n = t // s
@@ -110,6 +315,8 @@ class TemporalAttention(nn.Module):
                 vc = lam * vc + (1 - lam) * v1[0]
                 v = lam * v + (1 - lam) * v1[1]
             values = (vc, v)
+            if self._explicit(h):
+                return self.out(self._dropout_streams(q, k, v, kc, vc, rope, key_mask, keep)), values
             if rope is not None:
                 q, k, kc = apply_rope(q, rope), apply_rope(k, rope), apply_rope(kc, rope)
             else:
@@ -126,6 +333,12 @@ class TemporalAttention(nn.Module):
                 lam = self._lam()
                 v = lam * v + (1 - lam) * v1[0]
             values = (v,)
+            if self._explicit(h):
+                q = apply_rope(q, rope * dh**-0.5) if rope is not None else q * dh**-0.5
+                k = apply_rope(k, rope) if rope is not None else k
+                o = dropout_attention(q.reshape(b, hh, t, dh), k.reshape(b, hh, t, dh), v.reshape(b, hh, t, dh),
+                                      self.dropout, 1, _key_bias(key_mask, 1, q.dtype), keep)
+                return self.out(o.transpose(1, 2).reshape(b, t, d)), values
             if rope is not None:
                 q, k = apply_rope(q, rope), apply_rope(k, rope)
             o = F.scaled_dot_product_attention(
@@ -133,6 +346,37 @@ class TemporalAttention(nn.Module):
                 attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0,
             ).transpose(1, 2)  # (B, T, H, D)
         return self.out(o.reshape(b, t, d)), values
+
+    def _dropout_streams(self, q: Tensor, k: Tensor, v: Tensor, kc: Tensor, vc: Tensor, rope: Tensor | None,
+                         key_mask: Tensor | None, keep: Tensor | None) -> Tensor:
+        """Heterogeneous attention with dropout through `dropout_attention`: keys and values
+        of the X, V, Z streams side by side, (B, H, 3T, D), so one (T × 3T) score matrix per
+        head holds the three softmaxes; γ_F and 1/(1 − p) are folded into the values and
+        1/√D into the query rotation. q, k, v (B, H, S, N, D); kc, vc (B, 2H, 1, N, D)
+        per-atom X/V keys and values. Returns (B, T, d) before the output projection."""
+        b, hh, s, n, dh = q.shape
+        t = s * n
+        if rope is not None:
+            q, k, kc = apply_rope(q, rope * dh**-0.5), apply_rope(k, rope), apply_rope(kc, rope)
+        else:
+            q, kc = q * dh**-0.5, kc.expand(b, 2 * hh, s, n, dh)
+        keys = torch.cat((kc.reshape(b, 2, hh, s, n, dh).transpose(1, 2), k.unsqueeze(2)), dim=2)  # (B, H, 3, S, N, D)
+        g = self.gamma.to(q.dtype) * value_scale(self.dropout)  # (3,) γ_F / (1 − p)
+        vx = (vc.reshape(b, 2, hh, 1, n, dh) * g[:2].view(1, 2, 1, 1, 1, 1)).transpose(1, 2)  # (B, H, 2, 1, N, D)
+        vals = torch.cat((vx.expand(b, hh, 2, s, n, dh), (v * g[2]).unsqueeze(2)), dim=2)  # (B, H, 3, S, N, D)
+        o = dropout_attention(q.reshape(b, hh, t, dh), keys.view(b, hh, 3 * t, dh), vals.view(b, hh, 3 * t, dh),
+                              self.dropout, 3, _key_bias(key_mask, 3, q.dtype), keep, scaled_values=True)
+        return o.transpose(1, 2).reshape(b, t, hh * dh)  # (B, T, d)
+
+
+def _key_bias(key_mask: Tensor | None, segments: int, dtype: torch.dtype) -> Tensor | None:
+    """(B, 1, 1, T) bool key mask → (B, 1, 1, F·T) additive bias: 0 at real keys, the most
+    negative finite number at padded ones (exp underflows to exactly 0, and a row with no
+    real key would stay finite instead of NaN)."""
+    if key_mask is None:
+        return None
+    bias = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device)
+    return bias.masked_fill_(~key_mask, torch.finfo(dtype).min).repeat(1, 1, 1, segments)
 
 
 class Block(nn.Module):

@@ -33,8 +33,10 @@ def rotation_matrices(times: torch.Tensor, head_dim: int) -> torch.Tensor:
     return r
 
 
-def reference(attn: TemporalAttention, h, ctx, times, mask, v1=None, lam=None):
+def reference(attn: TemporalAttention, h, ctx, times, mask, v1=None, lam=None, keep=None, p=0.0):
     """Σ_F γ_F softmax(T-RoPE(Q(Z)) T-RoPE(K(F))ᵀ/√d_h + mask) V(F), then W_o — by einsum.
+    With `keep` (B, H, T, F·T) the probabilities of stream F are multiplied by its block of
+    the mask and divided by 1 − p (dropout as SDPA's dropout_p defines it).
 
     Also returns the per-stream values (for the value-residual check)."""
     d, hh = D_MODEL, HEADS
@@ -56,7 +58,10 @@ def reference(attn: TemporalAttention, h, ctx, times, mask, v1=None, lam=None):
             v = lam * v + (1 - lam) * v1[f]
         values.append(v)
         scores = torch.einsum("bthd,buhd->bhtu", q, k) / dh ** 0.5 + bias[:, None, None, :]
-        out = out + gammas[f] * torch.einsum("bhtu,buhd->bthd", scores.softmax(-1), v)
+        probs = scores.softmax(-1)
+        if keep is not None:
+            probs = probs * keep[..., f * S * N:(f + 1) * S * N] / (1 - p)
+        out = out + gammas[f] * torch.einsum("bhtu,buhd->bthd", probs, v)
     return out.reshape(B, S * N, d) @ attn.out.weight.T, values
 
 
@@ -86,6 +91,47 @@ def test_attention_equals_einsum_reference(heterogeneous):
     want2, _ = reference(later, h2, ctx, times, mask, v1=ref_values, lam=lam)
     torch.testing.assert_close(got2, want2, atol=1e-12, rtol=1e-10)
     assert (got2 - reference(later, h2, ctx, times, mask)[0]).abs().max() > 1e-6  # the mix matters
+
+
+@pytest.mark.parametrize("heterogeneous", [True, False], ids=["heterogeneous", "self"])
+@pytest.mark.parametrize("rope", [True, False], ids=["trope", "no_rope"])
+def test_training_with_dropout_equals_reference_with_the_same_mask(heterogeneous, rope):
+    """The CPU dropout path (explicit attention, not SDPA) with a given mask is the formula
+    with the mask applied to each stream's probabilities, in value and in every gradient."""
+    g = torch.Generator().manual_seed(4)
+    p = 0.25
+    streams = 3 if heterogeneous else 1
+    first = TemporalAttention(D_MODEL, HEADS, S, heterogeneous, "learned", "learned", first=True, dropout=p).double()
+    later = TemporalAttention(D_MODEL, HEADS, S, heterogeneous, "learned", "learned", first=False, dropout=p).double()
+    for module in (first, later):
+        randomise_parameters(module)
+    h = torch.randn(B, S * N, D_MODEL, generator=g, dtype=torch.float64, requires_grad=True)
+    ctx = torch.randn(B, 2, N, D_MODEL, generator=g, dtype=torch.float64, requires_grad=True)
+    times = torch.cumsum(torch.rand(B, S, generator=g, dtype=torch.float64) * 100, dim=1)
+    if not rope:
+        times = torch.zeros_like(times)  # R = identity, the same as no T-RoPE
+    mask = torch.ones(B, N, dtype=torch.bool)
+    mask[1, -1] = False
+    key_mask = mask[:, None].expand(B, S, N).reshape(B, 1, 1, S * N)
+    table = rope_tables(times, D_MODEL // HEADS, BASE, TAU) if rope else None
+    keep = (torch.rand(B, HEADS, S * N, streams * S * N, generator=g) > p).to(torch.int16)
+    realised = round(p * 65536) / 65536
+    c = ctx if heterogeneous else None
+    _, values1 = first(h, c, table, key_mask, None)
+    got, _ = later(h, c, table, key_mask, values1, keep=keep)
+    _, ref_values = reference(first, h, ctx, times, mask)
+    want, _ = reference(later, h, ctx, times, mask, v1=ref_values, lam=torch.sigmoid(later.alpha),
+                        keep=keep.double(), p=realised)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+    w = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    wrt = [h, ctx] + list(first.parameters()) + list(later.parameters()) if heterogeneous else \
+        [h] + list(first.parameters()) + list(later.parameters())
+    grads = torch.autograd.grad((got * w).sum(), wrt, allow_unused=True)
+    want_grads = torch.autograd.grad((want * w).sum(), wrt, allow_unused=True)
+    for a, e in zip(grads, want_grads):
+        assert (a is None) == (e is None)
+        if a is not None:
+            torch.testing.assert_close(a, e, atol=1e-11, rtol=1e-9)
 
 
 def test_trope_dot_products_depend_only_on_time_differences():
