@@ -13,7 +13,8 @@ from symmetry import call, random_batch, randomise_parameters
 
 from atomray.config import ModelConfig
 from atomray.model import build_model
-from atomray.model.attention import dropout_attention, dropout_levels, keep_mask, value_scale
+from atomray.model import attention
+from atomray.model.attention import AttentionWorkspace, dropout_attention, dropout_levels, keep_mask, value_scale
 
 torch.set_num_threads(1)
 P_DROP = 13107 / 65536  # the realised rate for p = 0.2
@@ -83,28 +84,34 @@ def test_given_mask_equals_formula_with_gradients(segments):
     assert torch.autograd.gradcheck(lambda *x: dropout_attention(*x, p, segments, bias, keep), (q, k, v))
 
 
-def probe_masks(batch: int = 48, heads: int = 4, tokens: int = 32, threads: int = 1, seed: int = 5):
+def probe_masks(batch: int = 48, heads: int = 4, tokens: int = 32, threads: int = 1, seed: int = 5,
+                workspace: AttentionWorkspace | None = None):
     """Read back the masks a fresh forward draws: q = 0 gives uniform probabilities 1/L and
     one-hot values give out = keep / (L (1 − p)). Also returns v's gradient for a random
-    output gradient, which the backward computes from its regenerated masks."""
-    old = torch.get_num_threads()
+    output gradient, which the backward computes from the stored or regenerated masks."""
+    old, old_chunk = torch.get_num_threads(), attention._CHUNK_ENTRIES
     torch.set_num_threads(threads)
+    attention._CHUNK_ENTRIES = 5 * heads * tokens * tokens  # 10 chunks of 5 samples (the last of 3)
     try:
         torch.manual_seed(seed)
         q = torch.zeros(batch, heads, tokens, 8, dtype=torch.float64, requires_grad=True)
         k = torch.randn(batch, heads, tokens, 8, dtype=torch.float64)
         v = torch.eye(tokens, dtype=torch.float64).expand(batch, heads, tokens, tokens).clone().requires_grad_()
-        out = dropout_attention(q, k, v, 0.2, 1)
+        out = dropout_attention(q, k, v, 0.2, 1, workspace=workspace)
         keep = out.detach() * tokens / value_scale(0.2)
         grad_out = torch.randn(out.shape, dtype=torch.float64)
         out.backward(grad_out)
     finally:
         torch.set_num_threads(old)
+        attention._CHUNK_ENTRIES = old_chunk
     return keep, v.grad, grad_out
 
 
-def test_fresh_masks_in_forward_drop_at_rate_p_and_backward_reuses_them():
-    keep, grad_v, grad_out = probe_masks()
+@pytest.mark.parametrize("stored", [False, True], ids=["recomputed", "workspace"])
+def test_fresh_masks_in_forward_drop_at_rate_p_and_backward_reuses_them(stored):
+    workspace = AttentionWorkspace() if stored else None
+    keep, grad_v, grad_out = probe_masks(workspace=workspace)
+    assert workspace is None or workspace.probs is not None  # the workspace was used
     torch.testing.assert_close(keep, keep.round(), atol=1e-12, rtol=0)  # exactly 0 or 1
     n = keep.numel()
     assert n > 190_000
@@ -114,15 +121,41 @@ def test_fresh_masks_in_forward_drop_at_rate_p_and_backward_reuses_them():
     expected = value_scale(0.2) * (keep / tokens).transpose(-1, -2) @ grad_out
     torch.testing.assert_close(grad_v, expected, atol=1e-12, rtol=1e-10)
     # a new call draws a new, independent mask
-    again, _, _ = probe_masks(seed=6)
+    again, _, _ = probe_masks(seed=6, workspace=workspace)
     agree = (again == keep).double().mean().item()
     assert abs(agree - (P_DROP**2 + (1 - P_DROP) ** 2)) < 5 * math.sqrt(0.68 * 0.32 / n)
 
 
-def test_masks_follow_the_seed_not_the_thread_count():
+def test_masks_follow_the_seed_not_the_thread_count_or_workspace():
     one, grad_one, _ = probe_masks(threads=1)
-    two, grad_two, _ = probe_masks(threads=2)
+    two, grad_two, _ = probe_masks(threads=2, workspace=AttentionWorkspace())
     assert torch.equal(one, two) and torch.equal(grad_one, grad_two)
+
+
+def test_a_workspace_held_by_a_pending_graph_is_not_overwritten():
+    """Two forwards share a workspace before either backward (the second must recompute), and
+    a retained graph is differentiated twice (the second time from recomputed masks): every
+    gradient is the formula's with that forward's own mask. One-hot values make the output
+    the scaled dropped probabilities, so the mask is read back as out > 0."""
+    workspace, eye = AttentionWorkspace(), torch.eye(12, dtype=torch.float64)
+    runs = []
+    for seed in (1, 2):
+        g = torch.Generator().manual_seed(seed)
+        q = torch.randn(4, 2, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+        k = torch.randn(4, 2, 12, 5, generator=g, dtype=torch.float64, requires_grad=True)
+        v = eye.expand(4, 2, 12, 12).clone().requires_grad_()
+        runs.append((q, k, v, dropout_attention(q, k, v, 0.4, 2, workspace=workspace)))
+    assert workspace.probs is not None
+    w = torch.randn(4, 2, 6, 12, dtype=torch.float64)
+    for q, k, v, out in reversed(runs):
+        keep = (out.detach() > 0).to(torch.int16)
+        want = dropout_attention(q, k, v, 0.4, 2, keep=keep)
+        torch.testing.assert_close(out, want, atol=1e-12, rtol=1e-10)
+        want_grads = torch.autograd.grad((want * w).sum(), (q, k, v))
+        for _ in range(2):
+            grads = torch.autograd.grad((out * w).sum(), (q, k, v), retain_graph=True)
+            for name, got, expected in zip("qkv", grads, want_grads):
+                torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10, msg=name)
 
 
 def test_dropout_is_unbiased():
