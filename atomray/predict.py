@@ -7,8 +7,8 @@
 The initial state is the molecule's atoms with positions (Å) and velocities (Å/fs); the
 model sees the atoms it was trained on (heavy atoms by default), centred on their centroid,
 with RWPE from the 1.6 Å radius graph, exactly as the window sampler makes them. Lags may be
-any number and any spacing (T-RoPE takes real times), and the output is in the input's
-coordinate frame.
+any number and any spacing (T-RoPE takes real times; they are fed P = data.num_lags at a
+time), and the output is in the input's coordinate frame.
 """
 
 from __future__ import annotations
@@ -132,11 +132,18 @@ def predict(model, cfg: RunConfig, state: InitialState, lags_fs: Sequence[float]
     x0 = (x - origin)[None]  # (1, N, 3)
     v0 = state.velocities[keep].astype(np.float32)[None]
     rwpe = rwpe_of_frames(x0, cfg.data.rwpe_k, cfg.data.radius) if cfg.data.rwpe_k > 0 else None
+    # The models take P = cfg.data.num_lags lags per sample; any other number of lags is cut
+    # into groups of P (the last group padded by repeating its final lag), one sample each.
+    p = cfg.data.num_lags
+    groups = -(-len(lags) // p)
+    padded = np.concatenate([lags, np.full(groups * p - len(lags), lags[-1])]).reshape(groups, p)
+    b, n = groups, len(z)
     with torch.no_grad():
-        out = model(torch.from_numpy(x0), torch.from_numpy(v0), torch.from_numpy(z[None].astype(np.int64)),
-                    torch.from_numpy(lags.astype(np.float32)[None]), torch.ones(1, len(z), dtype=torch.bool),
-                    None if rwpe is None else torch.from_numpy(rwpe))
-    positions = out[0].double().numpy() + origin  # (P, N, 3)
+        out = model(torch.from_numpy(np.repeat(x0, b, 0)), torch.from_numpy(np.repeat(v0, b, 0)),
+                    torch.from_numpy(np.repeat(z[None].astype(np.int64), b, 0)),
+                    torch.from_numpy(padded.astype(np.float32)), torch.ones(b, n, dtype=torch.bool),
+                    None if rwpe is None else torch.from_numpy(np.repeat(rwpe, b, 0)))
+    positions = out.reshape(b * p, n, 3)[: len(lags)].double().numpy() + origin  # (len(lags), N, 3)
     return PredictedFrames(state.name, z, lags, positions, x.astype(np.float64))
 
 

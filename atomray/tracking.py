@@ -249,10 +249,9 @@ def register_best(experiment: str, name: str, alias: str = "champion", metric: s
                                                 filter_string=f"source_run_id = '{run.info.run_id}'")]
     if not models:
         raise LookupError(f"run {run.info.run_id} has no logged model to register")
-    try:
-        c.create_registered_model(name)
-    except Exception:  # already registered
-        pass
-    version = c.create_model_version(name, models[0].model_uri, run_id=run.info.run_id)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    version = mlflow.register_model(models[0].model_uri, name)
     c.set_registered_model_alias(name, alias, version.version)
     return f"models:/{name}@{alias}"

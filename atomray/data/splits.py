@@ -46,17 +46,19 @@ class Split:
     test: tuple[str, ...]
     ranges: dict[str, tuple[float, float]] = field(default_factory=lambda: {"train": FULL, "val": FULL, "test": FULL})
     clusters: dict[str, int] = field(default_factory=dict)
+    embedding: dict[str, tuple[float, float]] = field(default_factory=dict)  # UMAP coordinates
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "fold": self.fold, "train": list(self.train), "val": list(self.val),
                 "test": list(self.test), "ranges": {k: list(v) for k, v in self.ranges.items()},
-                "clusters": dict(self.clusters)}
+                "clusters": dict(self.clusters), "embedding": {k: list(v) for k, v in self.embedding.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Split":
         return cls(d["kind"], int(d["fold"]), tuple(d["train"]), tuple(d["val"]), tuple(d["test"]),
                    {k: (float(v[0]), float(v[1])) for k, v in d["ranges"].items()},
-                   {k: int(v) for k, v in d.get("clusters", {}).items()})
+                   {k: int(v) for k, v in d.get("clusters", {}).items()},
+                   {k: (float(v[0]), float(v[1])) for k, v in d.get("embedding", {}).items()})
 
 
 def ecfp4(smiles: Sequence[str], n_bits: int = 2048) -> np.ndarray:
@@ -123,15 +125,14 @@ def _umap_coordinates(ids: tuple[str, ...], smiles: tuple[str, ...], seed: int) 
     return umap_embedding(ecfp4(smiles), seed)
 
 
-def plot_split(split: "Split", ids: Sequence[str], smiles: Sequence[str], seed: int, path) -> None:
-    """PNG of the UMAP embedding: colour = cluster, marker = role in this fold."""
+def plot_split(split: "Split", path) -> None:
+    """PNG of the split's UMAP embedding: colour = cluster, marker = role in this fold."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    emb = umap_coordinates(ids, smiles, seed)
-    pos = {m: emb[i] for i, m in enumerate(ids)}
+    pos = {m: np.asarray(xy) for m, xy in split.embedding.items()}
     fig, ax = plt.subplots(figsize=(6.5, 5))
     cmap = plt.get_cmap("tab10")
     for role, marker in (("train", "o"), ("val", "s"), ("test", "^")):
@@ -192,7 +193,10 @@ def make_split(ids: Sequence[str], smiles: Sequence[str], cfg: DataConfig) -> Sp
         empty = [r for r, m in members.items() if not m]
         if empty:
             raise DataError(f"fold {cfg.fold}: no molecules in the {empty} clusters")
-        return Split("umap_cluster", cfg.fold, members["train"], members["val"], members["test"], clusters=clusters)
+        emb = umap_coordinates(ids, smiles, cfg.split_seed)
+        embedding = {m: (float(x), float(y)) for m, (x, y) in zip(ids, emb)}
+        return Split("umap_cluster", cfg.fold, members["train"], members["val"], members["test"],
+                     clusters=clusters, embedding=embedding)
     raise DataError(f"data.split: unknown split {cfg.split!r}")
 
 
@@ -233,7 +237,7 @@ def with_training_range(split: Split, fraction: tuple[float, float]) -> Split:
     (so the rest can serve in-distribution tests)."""
     ranges = dict(split.ranges)
     ranges["train"] = fraction
-    return Split(split.kind, split.fold, split.train, split.val, split.test, ranges, split.clusters)
+    return Split(split.kind, split.fold, split.train, split.val, split.test, ranges, split.clusters, split.embedding)
 
 
 def split_rows(split: Split) -> list[dict]:

@@ -131,9 +131,9 @@ def pretrain(cfg: RunConfig, *, split: Split | None = None, eval_sets: list[Eval
         c = tracking.client(cfg.tracking.tracking_uri)
         c.log_text(run_id, split_csv(split), "split/split.csv")
         c.log_dict(run_id, split.to_dict(), "split/split.json")
-        if split.kind == "umap_cluster":
+        if split.embedding:
             figure = run_dir / "split_umap.png"
-            plot_split(split, ids, molecules.column("smiles").to_pylist(), cfg.data.split_seed, figure)
+            plot_split(split, figure)
             c.log_artifact(run_id, str(figure), "split")
         print(f"MLflow run {run_id} at {cfg.tracking.tracking_uri}", flush=True)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from atomray import tracking
 from atomray.config import RunConfig
-from atomray.data.splits import default_eval_sets, fold_clusters, make_split, with_training_range
+from atomray.data.splits import Split, default_eval_sets, fold_clusters, make_split, with_training_range
 from atomray.tune.runner import open_parent, run_trials, runs_table, write_csv
 
 TRAIN_FRACTION = (0.0, 0.8)
@@ -29,14 +29,20 @@ METRICS = {"ID S2T": "best_test_id_s2t", "OOD S2T": "best_test_s2t", "ID S2S": "
            "OOD S2S": "best_test_s2s"}
 
 
-def fold_inputs(cfg: RunConfig, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The split and evaluation sets of one fold (a `run_trials` prepare hook)."""
+def fold_inputs(cfg: RunConfig, trial: dict[str, Any]) -> dict[str, Any]:
+    """The split (computed on the driver, carried in the trial) and evaluation sets of a fold."""
+    split = Split.from_dict(trial["split"])
+    return {"split": split, "eval_sets": default_eval_sets(split, cfg.data, in_distribution=True)}
+
+
+def fold_splits(cfg: RunConfig, folds: Sequence[int]) -> dict[int, Split]:
+    """Each fold's split, training on the first 80 % of every trajectory (one UMAP for all)."""
     from atomray.train.pretrain import usable_molecules
 
     molecules = usable_molecules(cfg.data.path, cfg.data.include_unstable)
-    split = make_split(molecules.column("molecule_id").to_pylist(), molecules.column("smiles").to_pylist(), cfg.data)
-    split = with_training_range(split, TRAIN_FRACTION)
-    return {"split": split, "eval_sets": default_eval_sets(split, cfg.data, in_distribution=True)}
+    ids, smiles = molecules.column("molecule_id").to_pylist(), molecules.column("smiles").to_pylist()
+    return {f: with_training_range(make_split(ids, smiles, dataclasses.replace(cfg.data, fold=f)), TRAIN_FRACTION)
+            for f in folds}
 
 
 def summarise(rows: Sequence[dict[str, Any]], folds: Sequence[int]) -> list[dict[str, Any]]:
@@ -81,8 +87,9 @@ def run_cv(cfg: RunConfig, folds: Sequence[int] | None = None, repeats: int = 1,
     """Cross-validate `cfg` (resolved); returns (parent run id, child rows, summary table)."""
     folds = list(range(cfg.data.num_folds)) if folds is None else list(folds)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, split="umap_cluster"))
-    trials = [{"data.fold": f, "train.seed": cfg.train.seed + r, "label": f"fold{f}-repeat{r}"}
-              for f in folds for r in range(repeats)]
+    splits = fold_splits(cfg, folds)
+    trials = [{"overrides": {"data.fold": f, "train.seed": cfg.train.seed + r}, "label": f"fold{f}-repeat{r}",
+               "split": splits[f].to_dict()} for f in folds for r in range(repeats)]
     uri = cfg.tracking.tracking_uri
     parent = open_parent(cfg, "cv", name, {"cv.model": cfg.model.name, "cv.folds": str(folds),
                                              "cv.repeats": str(repeats)})

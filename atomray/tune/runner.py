@@ -54,7 +54,7 @@ def close_children(uri: str, parent_run_id: str) -> int:
     return n
 
 
-def _trial(config: dict[str, Any], base: dict, parent_run_id: str, sweep: str, prepare: Callable | None) -> None:
+def _trial(trial: dict[str, Any], base: dict, parent_run_id: str, sweep: str, prepare: Callable | None) -> None:
     """The Tune trainable: one whole training run as an MLflow child run."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -63,11 +63,11 @@ def _trial(config: dict[str, Any], base: dict, parent_run_id: str, sweep: str, p
     from atomray.train.pretrain import pretrain
 
     trial_id = ray.tune.get_context().get_trial_id()
-    overrides = dict(config["overrides"])
+    overrides = dict(trial["overrides"])
     cfg = apply_overrides(config_from_dict(base), overrides)
     cfg = dataclasses.replace(cfg, name=f"{sweep}-{trial_id}",
-                              tracking=dataclasses.replace(cfg.tracking, run_name=f"{sweep}-{config.get('label', trial_id)}"))
-    kwargs = prepare(cfg, overrides) if prepare is not None else {}
+                              tracking=dataclasses.replace(cfg.tracking, run_name=f"{sweep}-{trial.get('label') or trial_id}"))
+    kwargs = prepare(cfg, trial) if prepare is not None else {}
     pretrain(cfg, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()],
              extra_tags={TAG_TRIAL: trial_id, "atomray.overrides": json.dumps(overrides, sort_keys=True)},
              **kwargs)
@@ -76,29 +76,30 @@ def _trial(config: dict[str, Any], base: dict, parent_run_id: str, sweep: str, p
 def run_trials(cfg: RunConfig, trials: list[dict[str, Any]] | dict[str, Any], sweep: str, parent_run_id: str,
                *, num_samples: int = 1, scheduler: Any = None, max_concurrent: int = 0,
                prepare: Callable | None = None, metric: str = "val_s2t"):
-    """Run `trials` (a list of override dicts, each with optional "label"; or a Tune search
-    space over override keys) as Tune trials; returns Tune's ResultGrid.
+    """Run trials as Tune trials; returns Tune's ResultGrid.
 
-    `prepare(cfg, overrides) -> dict` may add keyword arguments for `pretrain` (e.g. the
-    split of a fold). `max_concurrent` 0 lets as many trials run as the cluster fits.
+    `trials` is a list of trial dicts {"overrides": {dotted key: value}, "label": str, ...}
+    (grid), or a Tune search space over dotted keys (sampled `num_samples` times).
+    `prepare(cfg, trial) -> dict` may add keyword arguments for `pretrain` (e.g. the split of
+    a fold, computed once on the driver and carried in the trial dict). `max_concurrent` 0
+    lets as many trials run as the cluster fits.
     """
     import ray.tune
     from ray import tune
 
+    from atomray.config import to_dict
+
     if isinstance(trials, list):
         param_space = {"trial": tune.grid_search(trials)}
-        unpack = lambda c: {"overrides": {k: v for k, v in c["trial"].items() if k != "label"},  # noqa: E731
-                            "label": c["trial"].get("label", "")}
+        unpack = lambda c: c["trial"]  # noqa: E731
     else:
         param_space = dict(trials)
         unpack = lambda c: {"overrides": dict(c)}  # noqa: E731
+    base = to_dict(cfg)
 
     def trainable(config: dict[str, Any]) -> None:
         _trial(unpack(config), base, parent_run_id, sweep, prepare)
 
-    from atomray.config import to_dict
-
-    base = to_dict(cfg)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 0.01}),
         param_space=param_space,

@@ -60,7 +60,7 @@ def run_sweep(cfg: RunConfig, trials: list[dict[str, Any]] | dict[str, Any], nam
         scheduler = ASHAScheduler(metric="val_s2t", mode="min", time_attr="training_iteration",
                                   max_t=cfg.train.epochs, grace_period=grace_period, reduction_factor=2)
     if isinstance(trials, list):
-        trials = [{**t, "label": t.get("label") or ablation_label(t)} for t in trials]
+        trials = [{"overrides": t, "label": ablation_label(t)} for t in trials]
     uri = cfg.tracking.tracking_uri
     parent = open_parent(cfg, "sweep", name, {"sweep.trials": str(len(trials) if isinstance(trials, list) else num_samples)})
     status = "FAILED"

@@ -103,7 +103,7 @@ def test_cv_makes_one_parent_and_five_fold_children_with_disjoint_splits(env, cv
 @pytest.fixture(scope="module")
 def sweep(env):
     return run_job(env, "jobs/tune.py", "--config", "jobs/configs/sweep.yaml", "--ablation",
-                   "--switches", "model.lifting", "model.time_encoding", "--max-concurrent", "2",
+                   "--switches", "model.gamma", "model.attention", "model.lifting", "--max-concurrent", "2",
                    "--name", "sweep-test", *TINY, f"data.path={env['data']}", f"storage_path={env['root'] / 'ray'}",
                    "tracking.experiment=sweep-test")
 
@@ -112,10 +112,13 @@ def test_sweep_runs_one_child_per_trial_with_ablation_switches(env, sweep):
     runs = runs_of(env, "sweep-test")
     parents = [r for r in runs if r.data.tags.get("atomray.kind") == "sweep"]
     children = [r for r in runs if r.data.tags.get("atomray.kind") == "train"]
-    assert len(parents) == 1 and len(children) == 5  # default + 2 liftings + 2 time encodings
-    settings = {(r.data.params["model.lifting"], r.data.params["model.time_encoding"]) for r in children}
-    assert settings == {("equivariant", "trope"), ("linear", "trope"), ("canonical", "trope"),
-                        ("equivariant", "sinusoidal"), ("equivariant", "none")}
+    assert len(parents) == 1 and len(children) == 5  # the default, one per alternative switch value
+    settings = {(r.data.params["model.gamma"], r.data.params["model.attention"], r.data.params["model.lifting"])
+                for r in children}
+    assert settings == {("learned", "heterogeneous", "equivariant"), ("fixed", "heterogeneous", "equivariant"),
+                        ("learned", "self", "equivariant"), ("learned", "heterogeneous", "linear"),
+                        ("learned", "heterogeneous", "canonical")}
+    assert all(r.info.status == "FINISHED" for r in children)
     arts = {a.path for a in client(env).list_artifacts(parents[0].info.run_id, "sweep")}
     assert {"sweep/results.csv", "sweep/ablation.png"} <= arts
     assert "default" in sweep
