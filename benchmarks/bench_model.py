@@ -16,10 +16,13 @@ train_utilisation = 3 · flops_per_sample · train_samples_per_s / (matmul_gflop
 The machine may be shared, so the matmul rate is re-measured right before every timed step
 and the utilisation is the median of these paired ratios (`load_average_1min` is printed).
 
-On CPU PyTorch has no fused attention kernel with dropout: with attention dropout > 0 SDPA
-falls back to its unfused "math" path, whose per-entry Bernoulli mask dominates the step.
-The same step without attention dropout (fused flash kernel) is reported as well
-(`*_no_dropout`). The last line printed is one JSON object.
+On CPU PyTorch has no fused attention kernel with dropout (SDPA with dropout_p > 0 falls
+back to its unfused "math" path with a per-entry Bernoulli mask, which dominated the step:
+0.07–0.11 utilisation). Training with attention dropout on CPU therefore runs ATOM's own
+`dropout_attention` (atomray/model/attention.py: chunked explicit attention, bulk 16-bit
+masks, one single-threaded worker per allowed thread); the step without attention dropout
+(SDPA's fused flash kernel) is reported as well (`*_no_dropout`). The last line printed is
+one JSON object.
 """
 
 from __future__ import annotations

@@ -360,8 +360,10 @@ class TemporalAttention(nn.Module):
         return t.view(b, s, -1, self.heads, self.head_dim).permute(0, 3, 1, 2, 4)
 
     def _explicit(self, h: Tensor) -> bool:
-        """Attention dropout on CPU runs `dropout_attention`, not SDPA's unfused math path."""
-        return self.training and self.dropout > 0 and h.device.type == "cpu"
+        """Attention dropout on CPU runs `dropout_attention`, not SDPA's unfused math path
+        (under torch.compile SDPA stays: the compiler generates its own dropout)."""
+        return (self.training and self.dropout > 0 and h.device.type == "cpu"
+                and not torch.compiler.is_compiling())
 
     def forward(self, h: Tensor, ctx: Tensor | None, rope: Tensor | None,
                 key_mask: Tensor | None, v1: tuple[Tensor, ...] | None, keep: Tensor | None = None):
