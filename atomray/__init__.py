@@ -35,6 +35,23 @@ _EXPORTS = {
     "ImportConfig": "atomray.data.importers",
     "import_dataset": "atomray.data.importers",
     "export_molecule": "atomray.data.exporters",
+    # TG80 builder
+    "preset_config": "atomray.tg80.presets",
+    "build_tg80": "atomray.tg80.build:build",
+    "BuildConfig": "atomray.tg80.plan",
+    # model
+    "build_model": "atomray.model",
+    # training, tracking, prediction
+    "pretrain": "atomray.train.pretrain",
+    "resolve": "atomray.train.pretrain",
+    "load_best": "atomray.tracking",
+    "register_best": "atomray.tracking",
+    "load_model_uri": "atomray.tracking",
+    "state_from_smiles": "atomray.predict",
+    "state_from_file": "atomray.predict",
+    "predict": "atomray.predict",
+    "run_cv": "atomray.tune.cv",
+    "run_sweep": "atomray.tune.sweep",
     # windows
     "pad_windows": "atomray.data.windows",
     "sample_windows": "atomray.data.windows",
@@ -44,10 +61,11 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+    target = _EXPORTS.get(name)
+    if target is None:
         raise AttributeError(f"module 'atomray' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    module, _, attr = target.partition(":")
+    value = getattr(importlib.import_module(module), attr or name)
     globals()[name] = value
     return value
 

@@ -126,3 +126,10 @@ def test_variable_length_tuple_field():
     assert config_from_dict({"names": ["a", "b", "c"]}, cls=Names).names == ("a", "b", "c")
     with pytest.raises(ConfigError, match="names\\[1\\]"):
         config_from_dict({"names": ["a", 2]}, cls=Names)
+
+
+def test_every_public_name_resolves():
+    import atomray
+
+    for name in atomray.__all__:
+        assert getattr(atomray, name) is not None, name
