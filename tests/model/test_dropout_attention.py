@@ -13,8 +13,9 @@ from symmetry import call, random_batch, randomise_parameters
 
 from atomray.config import ModelConfig
 from atomray.model import build_model
-from atomray.model import attention
-from atomray.model.attention import AttentionWorkspace, dropout_attention, dropout_levels, keep_mask, value_scale
+import atomray.model.dropout_attention as kernel
+from atomray.model.dropout_attention import (AttentionWorkspace, dropout_attention, dropout_levels, keep_mask,
+                                             value_scale)
 
 torch.set_num_threads(1)
 P_DROP = 13107 / 65536  # the realised rate for p = 0.2
@@ -89,9 +90,9 @@ def probe_masks(batch: int = 48, heads: int = 4, tokens: int = 32, threads: int 
     """Read back the masks a fresh forward draws: q = 0 gives uniform probabilities 1/L and
     one-hot values give out = keep / (L (1 − p)). Also returns v's gradient for a random
     output gradient, which the backward computes from the stored or regenerated masks."""
-    old, old_chunk = torch.get_num_threads(), attention._CHUNK_ENTRIES
+    old, old_chunk = torch.get_num_threads(), kernel._CHUNK_ENTRIES
     torch.set_num_threads(threads)
-    attention._CHUNK_ENTRIES = 5 * heads * tokens * tokens  # 10 chunks of 5 samples (the last of 3)
+    kernel._CHUNK_ENTRIES = 5 * heads * tokens * tokens  # 10 chunks of 5 samples (the last of 3)
     try:
         torch.manual_seed(seed)
         q = torch.zeros(batch, heads, tokens, 8, dtype=torch.float64, requires_grad=True)
@@ -103,7 +104,7 @@ def probe_masks(batch: int = 48, heads: int = 4, tokens: int = 32, threads: int 
         out.backward(grad_out)
     finally:
         torch.set_num_threads(old)
-        attention._CHUNK_ENTRIES = old_chunk
+        kernel._CHUNK_ENTRIES = old_chunk
     return keep, v.grad, grad_out
 
 
