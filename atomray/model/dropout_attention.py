@@ -3,8 +3,10 @@
 SDPA with dropout_p > 0 has no fused CPU kernel: it falls back to the unfused math path,
 whose per-entry Bernoulli draw alone took ~190 ms per MD17 block (train utilisation
 0.07–0.11). `dropout_attention` keeps SDPA's semantics (each probability after the softmax
-is zeroed independently with probability p, the rest are scaled by 1/(1 − p)) and is ~1.3×
-cheaper than SDPA's flash kernel *without* dropout at the MD17 shapes, because
+is zeroed independently with probability p, the rest are scaled by 1/(1 − p)). At the MD17
+shapes (B 100, H 8, T 81, three streams) forward + backward of one block take 79 ms on 2
+threads (SDPA math path with dropout 420 ms, SDPA flash *without* dropout 106 ms; 1 thread:
+131 / 600 / 140 ms), because
 
 - the batch is cut into chunks whose (H, Tq, L) score blocks stay in cache, and the chunks
   run on one single-threaded worker per allowed thread (no per-op fork/join);
