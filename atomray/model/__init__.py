@@ -1,6 +1,7 @@
 """Operators that map one molecular state to P future positions (paper §3.2) and baselines.
 
-Read leaf to root: time_encoding → lifting → canonical → attention → atom; egnn → egno;
+Read leaf to root: time_encoding → lifting → canonical → dropout_attention → attention → atom;
+egnn → egno;
 registry. Importing this package imports torch and e3nn but never Ray.
 """
 

@@ -181,7 +181,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     try:
         for epoch, batches in stream.epochs(state.epoch + 1, cfg.train.epochs):
             model.train()
-            t0, loss_sum, n_batches, waited = time.perf_counter(), torch.zeros(2), 0, 0.0
+            t0, n_batches, waited = time.perf_counter(), 0, 0.0
+            loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
             noise_gen.manual_seed(int(window_seed(cfg.train.seed, epoch, rank, "noise").integers(2**62)))
             while True:
                 t_wait = time.perf_counter()
@@ -199,9 +200,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 optimizer.step()
                 state.step += 1
                 n_batches += 1
-                loss_sum += torch.tensor([loss.item(), 1.0])
+                loss_sum += loss.detach()
             seconds = time.perf_counter() - t0
-            loss_sum = all_reduce_sum(loss_sum.to(device)).cpu()
+            loss_sum = all_reduce_sum(torch.stack([loss_sum.float(), torch.tensor(float(n_batches), device=device)])).cpu()
             v = all_reduce_sum(evaluate(model, val_t, plan.local_batch, autocast).to(device)).cpu()
             row = {
                 "epoch": epoch,
