@@ -73,6 +73,26 @@ def _trial(trial: dict[str, Any], base: dict, parent_run_id: str, sweep: str, pr
              **kwargs)
 
 
+TRIAL_CPUS = 0.01  # the trial's own driver function; its Train workers reserve their own
+
+
+def trials_that_fit(cfg: RunConfig, resources: dict[str, float]) -> int:
+    """How many trials' Train runs the cluster holds at once (at least 1).
+
+    A trial reserves only a sliver for its driver function, so Tune alone would start every
+    trial and their worker groups would then time out waiting for each other's CPUs. Each
+    trial needs its workers' CPUs (and GPUs), plus room for one Ray Data read task.
+    """
+    from atomray.data.pipeline import DATA_TASK_CPUS
+
+    s = cfg.scaling
+    per_trial_cpu = s.num_workers * s.cpus_per_worker + DATA_TASK_CPUS + TRIAL_CPUS
+    fit = int(resources.get("CPU", 0.0) // per_trial_cpu)
+    if s.use_gpu:
+        fit = min(fit, int(resources.get("GPU", 0.0) // (s.num_workers * s.gpus_per_worker)))
+    return max(1, fit)
+
+
 def run_trials(cfg: RunConfig, trials: list[dict[str, Any]] | dict[str, Any], sweep: str, parent_run_id: str,
                *, num_samples: int = 1, scheduler: Any = None, max_concurrent: int = 0,
                prepare: Callable | None = None, metric: str = "val_s2t"):
@@ -82,7 +102,7 @@ def run_trials(cfg: RunConfig, trials: list[dict[str, Any]] | dict[str, Any], sw
     (grid), or a Tune search space over dotted keys (sampled `num_samples` times).
     `prepare(cfg, trial) -> dict` may add keyword arguments for `pretrain` (e.g. the split of
     a fold, computed once on the driver and carried in the trial dict). `max_concurrent` 0
-    lets as many trials run as the cluster fits.
+    runs as many trials at once as the cluster fits (`trials_that_fit`).
     """
     import ray.tune
     from ray import tune
@@ -101,10 +121,10 @@ def run_trials(cfg: RunConfig, trials: list[dict[str, Any]] | dict[str, Any], sw
         _trial(unpack(config), base, parent_run_id, sweep, prepare)
 
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": 0.01}),
+        tune.with_resources(trainable, {"cpu": TRIAL_CPUS}),
         param_space=param_space,
         tune_config=tune.TuneConfig(num_samples=num_samples, scheduler=scheduler,
-                                    max_concurrent_trials=max_concurrent or None,
+                                    max_concurrent_trials=max_concurrent or trials_that_fit(cfg, ray.cluster_resources()),
                                     metric=metric if scheduler is None else None,
                                     mode="min" if scheduler is None else None),
         run_config=ray.tune.RunConfig(name=sweep, storage_path=cfg.storage_path, verbose=1),

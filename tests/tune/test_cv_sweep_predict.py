@@ -68,7 +68,7 @@ def runs_of(env, experiment):
 
 @pytest.fixture(scope="module")
 def cv(env):
-    stdout = run_job(env, "jobs/cv.py", "--config", "jobs/configs/cv.yaml", "--max-concurrent", "2",
+    stdout = run_job(env, "jobs/cv.py", "--config", "jobs/configs/cv.yaml", "--max-concurrent", "3",
                      "--name", "cv-test", *TINY, f"data.path={env['data']}", f"storage_path={env['root'] / 'ray'}",
                      "tracking.experiment=cv-test")
     return stdout
@@ -103,7 +103,7 @@ def test_cv_makes_one_parent_and_five_fold_children_with_disjoint_splits(env, cv
 @pytest.fixture(scope="module")
 def sweep(env):
     return run_job(env, "jobs/tune.py", "--config", "jobs/configs/sweep.yaml", "--ablation",
-                   "--switches", "model.gamma", "model.attention", "model.lifting", "--max-concurrent", "2",
+                   "--switches", "model.gamma", "model.lifting", "--max-concurrent", "2",
                    "--name", "sweep-test", *TINY, f"data.path={env['data']}", f"storage_path={env['root'] / 'ray'}",
                    "tracking.experiment=sweep-test")
 
@@ -112,12 +112,10 @@ def test_sweep_runs_one_child_per_trial_with_ablation_switches(env, sweep):
     runs = runs_of(env, "sweep-test")
     parents = [r for r in runs if r.data.tags.get("atomray.kind") == "sweep"]
     children = [r for r in runs if r.data.tags.get("atomray.kind") == "train"]
-    assert len(parents) == 1 and len(children) == 5  # the default, one per alternative switch value
-    settings = {(r.data.params["model.gamma"], r.data.params["model.attention"], r.data.params["model.lifting"])
-                for r in children}
-    assert settings == {("learned", "heterogeneous", "equivariant"), ("fixed", "heterogeneous", "equivariant"),
-                        ("learned", "self", "equivariant"), ("learned", "heterogeneous", "linear"),
-                        ("learned", "heterogeneous", "canonical")}
+    assert len(parents) == 1 and len(children) == 4  # the default, one per alternative switch value
+    settings = {(r.data.params["model.gamma"], r.data.params["model.lifting"]) for r in children}
+    assert settings == {("learned", "equivariant"), ("fixed", "equivariant"), ("learned", "linear"),
+                        ("learned", "canonical")}
     assert all(r.info.status == "FINISHED" for r in children)
     arts = {a.path for a in client(env).list_artifacts(parents[0].info.run_id, "sweep")}
     assert {"sweep/results.csv", "sweep/ablation.png"} <= arts
