@@ -53,7 +53,9 @@ def main() -> None:
                       "data.batch_size=192"]
     else:
         overrides += ["scaling.num_workers=2", "scaling.cpus_per_worker=0.5"]
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    from atomray.train.pretrain import init_ray
+
+    init_ray("local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as storage:
         memory = run("memory", overrides, storage)
         pipeline = run("ray_data", overrides, storage)

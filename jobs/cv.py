@@ -13,7 +13,6 @@ repeats per fold); every fold is an MLflow child run with its split table and UM
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -40,14 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         parser.error(str(err))
 
-    import ray
-
-    from atomray.train.pretrain import resolve
+    from atomray.train.pretrain import init_ray, resolve
     from atomray.tune.cv import markdown, run_cv
 
     cfg = resolve(cfg)
     name = args.name or f"cv-{cfg.model.name}-{cfg.name}"
-    ray.init(address=os.environ.get("RAY_ADDRESS"))
+    init_ray()
     parent, rows, table = run_cv(cfg, args.folds, args.repeats, name, args.max_concurrent)
     folds = args.folds if args.folds is not None else list(range(cfg.data.num_folds))
     print(markdown(table, folds, cfg.model.name, cfg))

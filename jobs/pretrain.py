@@ -12,7 +12,6 @@ the MLflow run id and the best checkpoint's directory.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -35,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from atomray.train.pretrain import pretrain, resolve
+    from atomray.train.pretrain import init_ray, pretrain, resolve
 
     cfg = resolve(cfg)
-    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    init_ray(log_to_driver=True)
     print(f"atomray pretrain: run {cfg.name!r}, data {cfg.data.path}, {cfg.scaling.num_workers} "
           f"{'GPU' if cfg.scaling.use_gpu else 'CPU'} worker(s), Ray {ray.__version__}", flush=True)
     print(dump_config(cfg), flush=True)

@@ -11,7 +11,6 @@ parent run and written under <storage_path>/<name>/.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -40,16 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         parser.error(str(err))
 
-    import ray
-
-    from atomray.train.pretrain import resolve
+    from atomray.train.pretrain import init_ray, resolve
     from atomray.tune.space import ablation_trials, search_space
     from atomray.tune.sweep import run_sweep
 
     cfg = resolve(cfg)
     name = args.name or ("ablation" if args.ablation else "search") + f"-{cfg.name}"
     trials = ablation_trials(args.switches, args.full_grid) if args.ablation else search_space()
-    ray.init(address=os.environ.get("RAY_ADDRESS"))
+    init_ray()
     parent, rows, chart = run_sweep(cfg, trials, name, num_samples=1 if args.ablation else args.num_samples,
                                     asha=args.asha, max_concurrent=args.max_concurrent)
     for r in sorted(rows, key=lambda r: r.get("best_val_s2t", float("inf"))):

@@ -26,7 +26,9 @@ from atomray.tune.runner import open_parent, run_trials, runs_table, write_csv
 
 TRAIN_FRACTION = (0.0, 0.8)
 METRICS = {"ID S2T": "best_test_id_s2t", "OOD S2T": "best_test_s2t", "ID S2S": "best_test_id_s2s",
-           "OOD S2S": "best_test_s2s"}
+           "OOD S2S": "best_test_s2s",
+           # predicting no motion, x(t+ΔT) = x(t), on the same test windows: the floor to beat
+           "ID S2T no motion": "test_id_s2t_no_motion", "OOD S2T no motion": "test_s2t_no_motion"}
 
 
 def fold_inputs(cfg: RunConfig, trial: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +58,7 @@ def summarise(rows: Sequence[dict[str, Any]], folds: Sequence[int]) -> list[dict
                                and math.isfinite(r[key])])
             if len(values):
                 mean, two_sigma = float(values.mean()), float(2 * values.std(ddof=1)) if len(values) > 1 else 0.0
-                row[f"fold {f}"] = f"{mean:.2f} ± {two_sigma:.2f}"
+                row[f"fold {f}"] = f"{mean:.2f} ± {two_sigma:.2f}" if len(values) > 1 else f"{mean:.2f}"
                 row[f"fold {f} mean"] = mean
                 means.append(mean)
             else:
@@ -69,7 +71,7 @@ def summarise(rows: Sequence[dict[str, Any]], folds: Sequence[int]) -> list[dict
 def markdown(table: list[dict[str, Any]], folds: Sequence[int], model: str, cfg: RunConfig) -> str:
     head = "| metric (x1e-2 A^2) | " + " | ".join(f"fold {f}" for f in folds) + " | mean |"
     lines = [f"Cross-validation of `{model}` on `{cfg.data.path}` (UMAP clusters: {cfg.data.num_clusters}, "
-             f"folds: {cfg.data.num_folds}; mean ± 2σ over repeats)", "", head,
+             f"folds: {cfg.data.num_folds}; mean ± 2σ over repeats where there are several)", "", head,
              "|" + "---|" * (len(folds) + 2)]
     for row in table:
         lines.append(f"| {row['metric']} | " + " | ".join(row.get(f"fold {f}", "n/a") for f in folds)

@@ -97,7 +97,8 @@ def test_cv_makes_one_parent_and_five_fold_children_with_disjoint_splits(env, cv
         assert key in parent.data.metrics, key
     arts = {a.path for a in client(env).list_artifacts(parent.info.run_id, "cv")}
     assert "cv/cv_summary.md" in arts and "cv/cv_summary.csv" in arts
-    assert "OOD S2T" in cv and "fold 4" in cv
+    assert "OOD S2T" in cv and "OOD S2T no motion" in cv and "fold 4" in cv
+    assert "mean_ood_s2t_no_motion" in parent.data.metrics
 
 
 @pytest.fixture(scope="module")
