@@ -169,10 +169,10 @@ def count_starts(segments: Sequence[SegmentInfo], cfg: DataConfig, fraction: tup
 
 
 def build_train_dataset(root: str | Path, molecule_ids: Sequence[str], cfg: DataConfig,
-                        atomic_numbers: dict[str, list[int]], seed: int, num_cpus: float | None = None,
+                        atomic_numbers: dict[str, list[int]], seed: int, num_cpus: float = DATA_TASK_CPUS,
                         fraction: tuple[float, float] = (0.0, 1.0)):
     """The Ray Data plan for training chunks (lazy; Ray Train executes it once per epoch).
-    Each read or chunking task reserves `num_cpus` (default DATA_TASK_CPUS)."""
+    Each read or chunking task reserves `num_cpus`."""
     import ray.data
     from ray.data.expressions import col
 
@@ -186,7 +186,6 @@ def build_train_dataset(root: str | Path, molecule_ids: Sequence[str], cfg: Data
     # Ray 2.60's file-listing Parquet reader (datasource V2) spends ~3 s starting every
     # execution, once per epoch; the classic reader starts in ~0.3 s (measured on 2 cores).
     ctx.use_datasource_v2 = False
-    num_cpus = DATA_TASK_CPUS if num_cpus is None else num_cpus
     files = sorted({s.path for s in scan_segments(root, molecule_ids)})
     if not files:
         raise DataError(f"{root}: no frames for the training molecules {sorted(molecule_ids)[:5]}...")

@@ -57,8 +57,8 @@ def summarise(rows: Sequence[dict[str, Any]], folds: Sequence[int]) -> list[dict
             values = np.array([100 * r[key] for r in rows if int(r.get("data.fold", -1)) == f and key in r
                                and math.isfinite(r[key])])
             if len(values):
-                mean, two_sigma = float(values.mean()), float(2 * values.std(ddof=1)) if len(values) > 1 else 0.0
-                row[f"fold {f}"] = f"{mean:.2f} ± {two_sigma:.2f}" if len(values) > 1 else f"{mean:.2f}"
+                mean = float(values.mean())
+                row[f"fold {f}"] = f"{mean:.2f}" + (f" ± {2 * values.std(ddof=1):.2f}" if len(values) > 1 else "")
                 row[f"fold {f} mean"] = mean
                 means.append(mean)
             else:

@@ -148,7 +148,7 @@ def runs_table(uri: str, parent_run_id: str) -> list[dict[str, Any]]:
         for key in ("test_s2t", "test_s2s", "test_id_s2t", "test_id_s2s"):
             if f"best_{key}" in m:
                 row[f"best_{key}"] = m[f"best_{key}"]
-            if f"{key}_no_motion" in m:  # x(t+ΔT) = x(t) on the same windows: the floor to beat
+            if f"{key}_no_motion" in m:
                 row[f"{key}_no_motion"] = m[f"{key}_no_motion"]
         rows.append(row)
     return rows
