@@ -103,6 +103,7 @@ class DataConfig:
     batch_size: int = 192
     split_seed: int = 0
     chunk_frames: int = 4096
+    read_tasks: int = 0  # read+chunk tasks in flight per epoch; 0: one per training worker
     include_unstable: bool = False
 
 

@@ -1,8 +1,9 @@
 """The streaming training pipeline: Ray Data reads trajectories, the workers cut windows.
 
     Ray Data: read_parquet(frames/*.parquet, filtered to the split's molecules, files shuffled)
-        → map_batches(chunk_segments): each segment becomes chunks of `chunk_frames` start
-          frames plus the largest horizon after them, with velocities filled in
+        → map_batches(chunk_segments), fused into the read (one task per file): each segment
+          becomes chunks of `chunk_frames` start frames plus the largest horizon after them,
+          with velocities filled in
         → streaming split to the Ray Train workers (TorchTrainer `datasets=`)
     worker: WindowStream — for each chunk it receives, draw windows with a generator seeded by
         (seed, epoch, rank, chunk), pool and shuffle windows across chunks, pad to the batch's
@@ -170,9 +171,13 @@ def count_starts(segments: Sequence[SegmentInfo], cfg: DataConfig, fraction: tup
 
 def build_train_dataset(root: str | Path, molecule_ids: Sequence[str], cfg: DataConfig,
                         atomic_numbers: dict[str, list[int]], seed: int, num_cpus: float = DATA_TASK_CPUS,
-                        fraction: tuple[float, float] = (0.0, 1.0)):
+                        fraction: tuple[float, float] = (0.0, 1.0), concurrency: int | None = None):
     """The Ray Data plan for training chunks (lazy; Ray Train executes it once per epoch).
-    Each read or chunking task reserves `num_cpus`."""
+
+    One fused task per frames file reads it and cuts its chunks; each task reserves
+    `num_cpus`, and at most `concurrency` run at once (None: as many as free CPUs allow).
+    Every task and every idle process kept for the next epoch takes CPU from training on a
+    small node, so fewer, larger tasks are cheaper: benchmarks/bench_pipeline.py."""
     import ray.data
     from ray.data.expressions import col
 
@@ -194,10 +199,16 @@ def build_train_dataset(root: str | Path, molecule_ids: Sequence[str], cfg: Data
         columns=FRAMES_SCHEMA.names,
         shuffle=ray.data.FileShuffleConfig(seed=seed),
         num_cpus=num_cpus,
+        concurrency=concurrency,
+        # One block per file: Ray Data would otherwise split each read's output to reach
+        # its default block count, and a split read cannot fuse with the chunking step.
+        override_num_blocks=len(files),
     ).filter(expr=col("molecule_id").is_in(list(molecule_ids)))
     z = {m: list(atomic_numbers[m]) for m in molecule_ids}
+    # batch_size=None (a whole block) and the read's concurrency: both are needed for Ray
+    # Data to fuse the chunking into the read task.
     return ds.map_batches(chunk_segments, fn_args=(cfg, z, tuple(fraction)), batch_format="pyarrow",
-                          batch_size=1, num_cpus=num_cpus, zero_copy_batch=True)
+                          batch_size=None, num_cpus=num_cpus, concurrency=concurrency, zero_copy_batch=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +316,7 @@ class WindowStream:
             pool = [{k: v[rest] for k, v in merged.items()}] if len(rest) and not final else []
             pool_size = len(rest) if pool else 0
 
-        for batch in self.shard.iter_batches(batch_size=1, batch_format="pyarrow", prefetch_batches=2):
+        for batch in self.shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
             for i in range(batch.num_rows):
                 traj, n_starts = chunk_to_trajectory(batch, i)
                 chunk = int(batch.column("chunk")[i].as_py())

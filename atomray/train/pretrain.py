@@ -161,7 +161,8 @@ def pretrain(cfg: RunConfig, *, split: Split | None = None, eval_sets: list[Eval
     dataset = None
     if feed == "ray_data":
         dataset = build_train_dataset(cfg.data.path, split.train, cfg.data, z_of, seed=cfg.train.seed,
-                                      fraction=split.ranges["train"])
+                                      fraction=split.ranges["train"],
+                                      concurrency=cfg.data.read_tasks or cfg.scaling.num_workers)
     result = fit(cfg, split, dataset, total_starts, run_dir, cfg.tracking.tracking_uri, run_id,
                  eval_sets, callbacks, elements, feed)
     if result.error is not None:
