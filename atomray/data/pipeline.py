@@ -208,7 +208,8 @@ def build_train_dataset(root: str | Path, molecule_ids: Sequence[str], cfg: Data
     # batch_size=None (a whole block) and the read's concurrency: both are needed for Ray
     # Data to fuse the chunking into the read task.
     return ds.map_batches(chunk_segments, fn_args=(cfg, z, tuple(fraction)), batch_format="pyarrow",
-                          batch_size=None, num_cpus=num_cpus, concurrency=concurrency, zero_copy_batch=True)
+                          batch_size=None, num_cpus=num_cpus, zero_copy_batch=True,
+                          compute=ray.data.TaskPoolStrategy(size=concurrency))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -227,7 +228,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state.best_val_s2s = min(state.best_val_s2s, row["val_s2s"])
             report(row, model, optimizer, cfg, state, rank, Checkpoint)
             if rank == 0:
-                print(progress_line(row, cfg.train.epochs), flush=True)
+                # Ray Train patches print() to log *and*, when sys.stdout is wrapped (as in a
+                # Ray worker), echo it: the line reached the driver twice. The process's own
+                # stdout is forwarded to the driver once.
+                print(progress_line(row, cfg.train.epochs), file=sys.__stdout__, flush=True)
             if mlflow_client is not None:
                 logged = tracking.log_epochs(mlflow_client, state.mlflow_run_id, [row], logged)
     finally:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from atomray import tracking
-from atomray.config import RunConfig
+from atomray.config import ConfigError, RunConfig
 from atomray.data.frames import DataError, read_molecules
 from atomray.data.pipeline import build_train_dataset, count_starts, scan_segments
 from atomray.data.splits import EvalSet, Split, default_eval_sets, make_split, plot_split, split_rows
@@ -59,9 +59,19 @@ def init_ray(address: str | None = None, **kwargs: Any):
     return ray.init(address=address, **kwargs)
 
 
+def read_tasks(cfg: RunConfig) -> int:
+    """Ray Data read+chunk tasks in flight per epoch: `data.read_tasks`, or one per training
+    worker when 0 (enough to stay an epoch ahead; each more costs a process on the node)."""
+    if cfg.data.read_tasks < 0:
+        raise ConfigError(f"config key 'data.read_tasks': expected 0 (one per training worker) or more, "
+                          f"found {cfg.data.read_tasks}")
+    return cfg.data.read_tasks or cfg.scaling.num_workers
+
+
 def resolve(cfg: RunConfig, cwd: str | Path | None = None) -> RunConfig:
     """Make paths absolute (Ray workers run in other directories), name the run if unnamed,
     pin the tracking URI. The result is what gets saved with the run."""
+    read_tasks(cfg)  # a bad value fails here, before a run directory or MLflow run exists
     base = Path(cwd or Path.cwd())
 
     def absolute(p: str) -> str:
@@ -162,7 +172,7 @@ def pretrain(cfg: RunConfig, *, split: Split | None = None, eval_sets: list[Eval
     if feed == "ray_data":
         dataset = build_train_dataset(cfg.data.path, split.train, cfg.data, z_of, seed=cfg.train.seed,
                                       fraction=split.ranges["train"],
-                                      concurrency=cfg.data.read_tasks or cfg.scaling.num_workers)
+                                      concurrency=read_tasks(cfg))
     result = fit(cfg, split, dataset, total_starts, run_dir, cfg.tracking.tracking_uri, run_id,
                  eval_sets, callbacks, elements, feed)
     if result.error is not None:

@@ -68,6 +68,7 @@ def test_ray_job_submit_tracks_one_run_in_mlflow_server(servers, mmff_dataset, r
                             env=ray_env(), capture_output=True, text=True, timeout=120).stdout
     assert "succeeded" in status.lower(), f"{status}\n--- job log ---\n{logs[-5000:]}"
     assert "MLflow run id:" in logs and "no-motion baseline" in logs
+    assert [logs.count(f"epoch {e}/{epochs} ") for e in range(1, epochs + 1)] == [1] * epochs, logs[-3000:]
 
     c, runs = mlflow_runs(servers["mlflow"], "e2e-job")
     assert len(runs) == 1, [r.info.run_id for r in runs]

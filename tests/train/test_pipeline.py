@@ -3,6 +3,8 @@ reproducible windows for a seed, fixed validation windows — through a real Ray
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,28 @@ def test_fixed_windows_are_identical_each_call(mmff_dataset):
     assert (a["start"] >= 600).all()
     last = a["start"] + (a["lags_fs"][:, -1] / 1.0).astype(int)
     assert (last < 1200).all()
+
+
+def test_read_and_chunking_fuse_into_one_task_per_file(ray_local, mmff_dataset):
+    """The plan's cost per epoch on a small node: one Ray Data task per frames file that both
+    reads and chunks it (a split read or a row-batched map would not fuse)."""
+    ids, z = _molecules(mmff_dataset)
+    files = {s.path for s in scan_segments(mmff_dataset, ids)}
+    ds = build_train_dataset(mmff_dataset, ids, CFG, z, seed=0, concurrency=2)
+    rows = sum(b.num_rows for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+    assert rows == sum(len(chunk_bounds(s.n_frames, CFG, s.dt_fs)) for s in scan_segments(mmff_dataset, ids))
+    stats = ds.stats()
+    assert "ReadParquet->MapBatches(chunk_segments)" in stats, stats
+    assert f"{len(files)} tasks executed" in stats, stats
+
+
+def test_read_tasks_default_to_one_per_worker_and_reject_negatives():
+    from atomray.config import ConfigError, RunConfig
+    from atomray.train.pretrain import read_tasks, resolve
+
+    cfg = RunConfig()
+    assert read_tasks(dataclasses.replace(cfg, scaling=dataclasses.replace(cfg.scaling, num_workers=3))) == 3
+    assert read_tasks(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, read_tasks=5))) == 5
+    bad = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, read_tasks=-1))
+    with pytest.raises(ConfigError, match="data.read_tasks"):
+        resolve(bad)
