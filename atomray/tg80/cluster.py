@@ -1,48 +1,24 @@
-"""Everything in `atomray.tg80` that talks to Ray: one MD task per molecule, and the Ray Data
-scan of a large compound library. Ray is imported inside the functions, so importing this
-module starts nothing; call `ray.init()` (or run under `ray job submit`) first.
+"""Everything in `atomray.tg80` that talks to Ray: `run_ray` runs `simulate_molecule` (from
+`atomray.tg80.simulate`) as one task per molecule, and `select_library_ray` is the Ray Data
+scan of a large compound library. `atomray.tg80.build` chooses these or the in-process
+versions. Ray is imported inside the functions, so importing this module starts nothing;
+call `ray.init()` (or run under `ray job submit`) first.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from atomray.tg80.build import SINGLE_THREAD_ENV, Progress, simulate_molecule, simulated_fs_on_disk
 from atomray.tg80.library import csv_columns, hashed_id, library_files, library_kind, parse_smi_line
 from atomray.tg80.plan import BuildConfig, BuildError, MoleculeSpec
 from atomray.tg80.seeds import Seed
 from atomray.tg80.selection import CRITERIA, Candidate, ScreenResult, SelectionConfig, SelectionResult, diversify, screen
-
-
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    """One thread for the engines' OpenMP / BLAS pools while inside, so one process uses
-    one core (N workers then give ~N×). Uses threadpoolctl when installed (pools that are
-    already loaded), and the environment variables for pools loaded later."""
-    old = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
-    os.environ.update(SINGLE_THREAD_ENV)
-    try:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            limits = contextlib.nullcontext()
-        else:
-            limits = threadpool_limits(limits=1)
-        with limits:
-            yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+from atomray.tg80.simulate import SINGLE_THREAD_ENV, Progress, simulate_molecule, simulated_fs_on_disk, single_threaded
 
 
 def _simulate_task(spec: MoleculeSpec, out: str, cfg: BuildConfig) -> dict:

@@ -1,8 +1,13 @@
-"""What a TG80 build simulates: the build settings and the list of molecules.
+"""What a TG80 build simulates: the build settings (`BuildConfig`, `BuildError`) and the
+list of molecules (`MoleculeSpec`, `plan_molecules`).
 
 A plan is the chosen seed molecules (paper §3.3: 8 MD17 + 32 drug-like) followed by the
 library compounds accepted by the selection protocol (App. C.4), each with its seed parent
 and similarity. Molecule ids name files, so they are restricted to [A-Za-z0-9_.-].
+
+This is the bottom of the build's layers (plan -> simulate -> cluster -> build) and knows
+nothing of Ray: a plan whose library selection runs with Ray Data gets the Ray scan passed
+in (`select_ray`; `atomray.tg80.build` passes `atomray.tg80.cluster.select_library_ray`).
 """
 
 from __future__ import annotations
@@ -11,12 +16,12 @@ import hashlib
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal, Sequence
 
 from atomray.tg80.dynamics import MDConfig
 from atomray.tg80.engines import ENGINES
 from atomray.tg80.library import default_library, library_files, library_label, select_library
-from atomray.tg80.seeds import read_seeds
+from atomray.tg80.seeds import Seed, read_seeds
 from atomray.tg80.selection import SelectionConfig, SelectionResult
 from atomray.tg80.stability import StabilityConfig
 
@@ -85,6 +90,9 @@ class MoleculeSpec:
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
+# (library paths, seeds, selection settings) -> result, e.g. `atomray.tg80.cluster.select_library_ray`
+LibrarySelector = Callable[[Sequence[Path], Sequence[Seed], SelectionConfig], SelectionResult]
+
 
 def library_paths(cfg: BuildConfig) -> list[Path]:
     """The library files of a build (default: RDKit's NCI list)."""
@@ -93,11 +101,13 @@ def library_paths(cfg: BuildConfig) -> list[Path]:
     return library_files([p.strip() for p in cfg.library.split(",") if p.strip()])
 
 
-def run_selection(cfg: BuildConfig, n_select: int) -> SelectionResult:
+def run_selection(cfg: BuildConfig, n_select: int, select_ray: LibrarySelector | None = None) -> SelectionResult:
     """Select `n_select` library compounds in this process or with Ray Data (large libraries).
 
     Every seed of the seed file within `max_heavy_atoms` may be a parent, so criterion 2
-    keeps selected compounds within the cap too.
+    keeps selected compounds within the cap too. The Ray Data scan is `select_ray` (the
+    caller passes `atomray.tg80.cluster.select_library_ray`); without it a build whose
+    selection backend is (or resolves to) "ray" is a BuildError.
     """
     paths = library_paths(cfg)
     scfg = replace(cfg.selection, n_select=n_select, seed=cfg.seed)
@@ -106,15 +116,19 @@ def run_selection(cfg: BuildConfig, n_select: int) -> SelectionResult:
     if backend == "auto":
         backend = "ray" if sum(p.stat().st_size for p in paths) > 100e6 else "local"
     if backend == "ray":
-        from atomray.tg80.cluster import select_library_ray
-
-        return select_library_ray(paths, seeds, scfg)
+        if select_ray is None:
+            raise BuildError(
+                f"build.selection_backend {cfg.selection_backend!r} scans this library with Ray Data, but no Ray "
+                "selector was given: build with atomray.tg80.build.build, or pass "
+                "select_ray=atomray.tg80.cluster.select_library_ray"
+            )
+        return select_ray(paths, seeds, scfg)
     return select_library(paths, seeds, scfg)
 
 
-def plan_molecules(cfg: BuildConfig) -> tuple[list[MoleculeSpec], SelectionResult | None]:
+def plan_molecules(cfg: BuildConfig, select_ray: LibrarySelector | None = None) -> tuple[list[MoleculeSpec], SelectionResult | None]:
     """The molecules a build simulates (seeds first, then selected compounds) and the
-    selection result (None when `n_selected` is 0)."""
+    selection result (None when `n_selected` is 0). `select_ray`: see `run_selection`."""
     cfg.check()
     seeds = read_seeds(cfg.seeds_file or None)
     if cfg.seed_names:
@@ -128,7 +142,7 @@ def plan_molecules(cfg: BuildConfig) -> tuple[list[MoleculeSpec], SelectionResul
     specs = [MoleculeSpec(s.name, s.smiles, "seed", s.name, 1.0, s.heavy_atoms) for s in seeds]
     if cfg.n_selected <= 0:
         return specs, None
-    result = run_selection(cfg, cfg.n_selected)
+    result = run_selection(cfg, cfg.n_selected, select_ray)
     if len(result.selected) < cfg.n_selected:
         raise BuildError(
             f"library {library_label(cfg.library or default_library())}: only {len(result.selected)} of "

@@ -15,9 +15,10 @@ import pytest
 
 from atomray.data.frames import load_trajectories, read_molecules, validate_dataset
 from atomray.data.frames import read_segments
-from atomray.tg80.build import BuildInterrupted, build, molecule_path, read_checkpoint, segment_path, state_path
+from atomray.tg80.build import build
 from atomray.tg80.plan import BuildError
 from atomray.tg80.presets import preset_config
+from atomray.tg80.simulate import BuildInterrupted, molecule_path, read_checkpoint, segment_path, state_path
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from atomray.config import ConfigError
+from atomray.tg80.library import select_library
 from atomray.tg80.plan import BuildError, plan_molecules
 from atomray.tg80.presets import preset_config
 
@@ -44,3 +45,19 @@ def test_full_preset_on_the_small_nci_library_says_what_is_missing():
         plan_molecules(preset_config("full"))
     with pytest.raises(BuildError, match=r"seed_names: \['unobtainium'\] not in the seed file"):
         plan_molecules(preset_config("tiny", ["seed_names=ethanol,unobtainium"]))
+
+
+def test_ray_selection_is_passed_in_by_the_caller():
+    cfg = preset_config("mini", ["selection_backend=ray"])
+    with pytest.raises(BuildError, match="no Ray selector was given.*select_library_ray"):
+        plan_molecules(cfg)
+    calls = []
+
+    def select_ray(paths, seeds, scfg):  # stands in for cluster.select_library_ray (same signature)
+        calls.append(scfg)
+        return select_library(paths, seeds, scfg)
+
+    specs, selection = plan_molecules(cfg, select_ray=select_ray)
+    local_specs, local_selection = plan_molecules(preset_config("mini", ["selection_backend=local"]))
+    assert len(calls) == 1 and calls[0].n_select == 6
+    assert specs == local_specs and selection.rows() == local_selection.rows()
