@@ -45,6 +45,15 @@ class ModelConfig:
     the model reads velocities: v [Å/fs] × 100 fs = Å per 100 fs, the same order as the
     centred positions. ATOM uses `embed_dim`/`num_layers`/`num_heads`; the EGNN-family
     baselines use `gnn_hidden_dim`/`num_layers` (EGNO defaults: hidden 64, 5 layers).
+
+    `prior` (every model): the physics extrapolation the model corrects — "none" (absolute
+    positions, the paper), "x0" (displacements, App. D.4), "rigid" (the rigid-body motion of
+    the atoms the model sees at constant ω) or "rotor" (their exact torque-free rigid-body
+    motion), `atomray.model.prior`; the correction starts at zero.
+    `distance_bias`, `lag_conditioned_output` and `internal_velocity` are ATOM additions to the
+    paper (see `atomray.model.atom`): a per-head attention term of interatomic distances, output
+    features scaled by a learned function of each lag, and (with a rigid / rotor prior)
+    velocities read relative to the rigid-body motion the prior extrapolates.
     """
 
     name: Literal["atom", "egno", "egnn_r", "egnn_s"] = "atom"
@@ -63,7 +72,10 @@ class ModelConfig:
     time_encoding: Literal["trope", "sinusoidal", "none"] = "trope"
     gamma: Literal["learned", "fixed"] = "learned"
     value_residual: Literal["learned", "fixed", "off"] = "learned"
-    delta_prediction: bool = False
+    prior: Literal["none", "x0", "rigid", "rotor"] = "rotor"
+    distance_bias: bool = True
+    lag_conditioned_output: bool = True
+    internal_velocity: bool = True
     latent_equivariance_weight: float = 0.0
     # EGNO / EGNN baselines (REFERENCE.md, "The EGNO single-task protocol").
     gnn_hidden_dim: int = 64
@@ -79,6 +91,17 @@ class DataConfig:
     Times are physical (fs). A window starts at frame t and targets P lags inside a horizon
     ΔT: fixed (`horizon="fixed"`, ΔT = `horizon_fs`) or per window
     ΔT ~ LogUniform(`horizon_min_fs`, `horizon_max_fs`) for multitask pretraining.
+
+    Atoms: `context_atoms` are the atoms the model sees and predicts (heavy atoms, as in the
+    EGNO/ATOM benchmarks, or all atoms, hydrogens included); `score_atoms` are the atoms the
+    metrics score (heavy by default, so figures compare with the papers). Scoring hydrogens
+    needs `context_atoms: all`.
+
+    Training windows: `train_feed: stream` cuts `train_windows` fresh windows every epoch from
+    the Ray Data stream of trajectory chunks; `fixed` draws `train_windows` windows once
+    (seeded) and trains on the same set every epoch (the EGNO/MD17 protocol's fixed 500
+    training samples). `molecules` restricts every split to those ids; `time_split` sets the
+    in-distribution split's time fractions (train before the first, test after the second).
     """
 
     path: str = "data/tg80-mini"
@@ -89,11 +112,14 @@ class DataConfig:
     horizon_max_fs: float = 3000.0
     discretisation: Literal["uniform", "tail"] = "uniform"
     tail_offset_fs: float = 0.0
-    heavy_atoms_only: bool = True
+    context_atoms: Literal["heavy", "all"] = "heavy"
+    score_atoms: Literal["heavy", "all"] = "heavy"
     centre: bool = True
     rwpe_k: int = 8
     radius: float = 1.6
+    molecules: tuple[str, ...] = ()  # restrict the data set to these molecule ids (empty: all)
     split: Literal["umap_cluster", "random", "in_distribution", "all"] = "random"
+    time_split: tuple[float, float] = (0.8, 0.9)  # in_distribution: train | val | test boundaries
     fold: int = 0
     num_folds: int = 5
     num_clusters: int = 10
@@ -102,6 +128,7 @@ class DataConfig:
     test_windows: int = 1000
     batch_size: int = 192
     split_seed: int = 0
+    train_feed: Literal["stream", "fixed"] = "stream"
     chunk_frames: int = 4096
     read_tasks: int = 0  # read+chunk tasks in flight per epoch; 0: one per training worker
     include_unstable: bool = False
@@ -125,7 +152,12 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The training loop: epochs, label noise (paper §3.2.3), seeds, fault injection.
+    """The training loop: epochs, label noise (paper §3.2.3), augmentation, seeds, fault injection.
+
+    `augment: so3` rotates every training window (x0, v0 and targets about the centroid) by a
+    fresh uniformly random rotation each epoch (seeded by seed, epoch and rank), so a
+    quasi-equivariant model learns the dynamics in every orientation instead of memorising
+    the orientations it was trained on.
 
     Every epoch is validated and checkpointed. `fail_at_epoch` >= 0 makes the last worker
     exit hard halfway through that epoch, once (tests of recovery); `max_failures` is Ray
@@ -133,6 +165,7 @@ class TrainConfig:
 
     epochs: int = 250
     label_noise_sigma: float = 0.0
+    augment: Literal["none", "so3"] = "none"
     seed: int = 0
     fail_at_epoch: int = -1
     max_failures: int = 3

@@ -1,5 +1,6 @@
 """Padding-aware trajectory metrics (paper §4), quasi-equivariance ε (App. E.3) and the
-rotation penalty (Table 4).
+rotation penalty (Table 4). Pure PyTorch: the training loss, the training loop's validation
+and `atomray.evaluate` all score with these functions.
 
 S2T ("state to trajectory") is the mean squared error over all P predicted frames, S2S
 ("state to state") the same for the last frame only (REFERENCE.md: mean over frames, atoms
@@ -24,18 +25,23 @@ from torch import Tensor, nn
 _KEYS = ("x0", "v0", "z", "lags_fs", "mask")
 
 
-def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """(B,) per-sample squared error (Å²) of pred/target (B, P, N, 3), mean over the P
-    frames, the real atoms (mask (B, N) True) and xyz."""
+def lag_errors(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """(B, P) squared error (Å²) of pred/target (B, P, N, 3) at each lag, mean over the real
+    atoms (mask (B, N) True) and xyz."""
     if pred.shape != target.shape or pred.dim() != 4 or pred.shape[-1] != 3:
         raise ValueError(f"metrics: pred and target must both be (B, P, N, 3), found "
                          f"{tuple(pred.shape)} and {tuple(target.shape)}")
     if mask.shape != (pred.shape[0], pred.shape[2]):
         raise ValueError(f"metrics: mask must be (B, N) = {(pred.shape[0], pred.shape[2])}, found {tuple(mask.shape)}")
     m = mask.to(pred.dtype)[:, None, :, None]  # (B, 1, N, 1)
-    sq = ((pred - target.to(pred.dtype)) ** 2 * m).sum((1, 2, 3))  # (B,)
-    count = m.sum((1, 2, 3)).clamp_min(1.0) * pred.shape[1] * 3
-    return sq / count
+    sq = ((pred - target.to(pred.dtype)) ** 2 * m).sum((2, 3))  # (B, P)
+    return sq / (m.sum((2, 3)).clamp_min(1.0) * 3)
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """(B,) per-sample squared error (Å²) of pred/target (B, P, N, 3), mean over the P
+    frames, the real atoms (mask (B, N) True) and xyz."""
+    return lag_errors(pred, target, mask).mean(1)
 
 
 def _reduce(values: Tensor, reduction: str) -> Tensor:
@@ -70,6 +76,35 @@ def random_rotation(generator: torch.Generator | None = None, dtype: torch.dtype
     if torch.linalg.det(q) < 0:
         q[:, 0] = -q[:, 0]
     return q.to(dtype)
+
+
+def random_rotations(n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(n, 3, 3) independent Haar-random proper rotations, drawn on the CPU from `generator`
+    (one batched QR; signs fixed so the distribution is uniform on SO(3))."""
+    a = torch.randn(n, 3, 3, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(a)
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+    q[:, :, 0] *= torch.sign(torch.linalg.det(q))[:, None]  # det −1 → flip one axis
+    return q.to(dtype)
+
+
+def rotate_windows(batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+    """Each window's x0, v0 and targets rotated about its centroid (of the real atoms) by its own
+    uniformly random rotation drawn from `generator` (CPU): `train.augment=so3`, and the rotated
+    copies every evaluation scores beside the originals. Context atoms, if present, turn with
+    their window. Other keys are passed through unchanged."""
+    x0, mask = batch["x0"], batch["mask"]
+    r = random_rotations(len(x0), generator, x0.dtype).to(x0.device).transpose(1, 2)  # (B, 3, 3) = Rᵀ
+    m = mask.to(x0.dtype)[..., None]  # (B, N, 1)
+    c = (x0 * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1)  # (B, 1, 3)
+    out = dict(batch)
+    out["x0"] = ((x0 - c) @ r + c) * m
+    out["v0"] = batch["v0"] @ r
+    out["target"] = (((batch["target"] - c[:, None]) @ r[:, None] + c[:, None]) * m[:, None]).to(x0.dtype)
+    if "ctx_x0" in batch:
+        out["ctx_x0"] = (batch["ctx_x0"] - c) @ r + c
+        out["ctx_v0"] = batch["ctx_v0"] @ r
+    return out
 
 
 def _inputs(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Tensor]:

@@ -20,7 +20,7 @@ class AtomCheckpointModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from pathlib import Path
 
-        from atomray.train.checkpoint import load_model
+        from atomray.checkpoint import load_model
 
         directory = Path(context.artifacts["model"]).parent
         self.model, self.config = load_model(directory)

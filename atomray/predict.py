@@ -5,8 +5,9 @@
     write_extxyz("paracetamol.extxyz", frames)
 
 The initial state is the molecule's atoms with positions (Å) and velocities (Å/fs); the
-model sees the atoms it was trained on (heavy atoms by default), centred on their centroid,
-with RWPE from the 1.6 Å radius graph, exactly as the window sampler makes them. Lags may be
+model sees the atoms it was trained on (`data.context_atoms`: heavy atoms, or every atom),
+centred on their centroid, with RWPE from the 1.6 Å radius graph, exactly as the window
+sampler makes them. Lags may be
 any number and any spacing (T-RoPE takes real times; they are fed P = data.num_lags at a
 time), and the output is in the input's coordinate frame.
 """
@@ -34,7 +35,7 @@ class InitialState:
 
 @dataclass
 class PredictedFrames:
-    """The model's prediction: atoms it predicts (heavy atoms by default) at each lag."""
+    """The model's prediction: the atoms it predicts (heavy atoms, or every atom) at each lag."""
 
     name: str
     atomic_numbers: np.ndarray  # (N,)
@@ -94,26 +95,12 @@ def model_atoms(cfg: RunConfig, z: np.ndarray) -> np.ndarray:
     """Indices of the atoms the model predicts (the sampler's selection)."""
     from atomray.data.windows import atom_selection
 
-    return atom_selection(z, cfg.data.heavy_atoms_only)
-
-
-def check_elements(z: np.ndarray, elements: Sequence[int], name: str) -> None:
-    """Refuse elements the model never saw in training (they have untrained embeddings)."""
-    if not elements:
-        return
-    unseen = sorted(set(int(x) for x in z) - set(int(e) for e in elements))
-    if unseen:
-        from ase.data import chemical_symbols
-
-        raise DataError(
-            f"{name}: elements {[chemical_symbols[u] for u in unseen]} (Z={unseen}) never occurred in "
-            f"the model's training data (it saw Z={sorted(elements)}); its prediction would be meaningless"
-        )
+    return atom_selection(z, cfg.data.context_atoms)
 
 
 def predict(model, cfg: RunConfig, state: InitialState, lags_fs: Sequence[float],
             elements: Sequence[int] = ()) -> PredictedFrames:
-    """Predict the positions of `state`'s (heavy) atoms at `lags_fs` (fs after the state)."""
+    """Predict the positions of `state`'s model atoms at `lags_fs` (fs after the state)."""
     import torch
 
     from atomray.data.windows import rwpe_of_frames
@@ -126,6 +113,8 @@ def predict(model, cfg: RunConfig, state: InitialState, lags_fs: Sequence[float]
     if cfg.model.max_atomic_number and z.max() > cfg.model.max_atomic_number:
         raise DataError(f"{state.name}: atomic number {int(z.max())} exceeds the model's max_atomic_number "
                         f"{cfg.model.max_atomic_number}")
+    from atomray.evaluate import check_elements
+
     check_elements(z, elements, state.name)
     x = state.positions[keep].astype(np.float32)
     origin = x.mean(0)

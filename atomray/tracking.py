@@ -222,7 +222,7 @@ def download_checkpoint(uri: str, source: str, dst: str | Path | None = None) ->
 def load_model_uri(uri: str, source: str):
     """(model in eval mode, RunConfig, checkpoint directory) for any `download_checkpoint`
     source. Weights load with torch.load(weights_only=True)."""
-    from atomray.train.checkpoint import load_model
+    from atomray.checkpoint import load_model
 
     directory = download_checkpoint(uri, source)
     model, cfg = load_model(directory)

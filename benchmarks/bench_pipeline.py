@@ -37,10 +37,11 @@ def run(feed: str, overrides: list[str], storage: str) -> dict:
 
     cfg = resolve(load_config(ROOT / "jobs" / "configs" / "pretrain.yaml",
                               overrides + [f"storage_path={storage}", f"name=bench-{feed}-{time.time_ns()}",
-                                           "tracking.enabled=false"]), ROOT)
+                                           "tracking.enabled=false",
+                                           f"data.train_feed={'fixed' if feed == 'memory' else 'stream'}"]), ROOT)
     init_ray("local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
-        result = pretrain(cfg, feed=feed)
+        result = pretrain(cfg)
     finally:
         ray.shutdown()
     rates = [r["train_samples_per_s"] for r in result.history[1:]]

@@ -55,7 +55,7 @@ def main() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     cfg = DataConfig(num_lags=8, horizon="loguniform", horizon_min_fs=8.0, horizon_max_fs=3000.0,
-                     rwpe_k=8, heavy_atoms_only=True)
+                     rwpe_k=8, context_atoms="heavy")
     result = {
         "windows_per_s": round(windows_per_s(molecule_trajectory(30_000, 9, 21), cfg)),
         "windows_per_s_13_heavy": round(windows_per_s(molecule_trajectory(30_000, 13, 21), cfg)),

@@ -23,7 +23,7 @@ import logging  # noqa: E402
 import shlex  # noqa: E402
 import sys  # noqa: E402
 
-from atomray.data.frames import validate_dataset  # noqa: E402
+from atomray.data.dataset import validate_dataset  # noqa: E402
 from atomray.tg80.build import build  # noqa: E402
 from atomray.tg80.presets import PRESETS, preset_config  # noqa: E402
 

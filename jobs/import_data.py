@@ -22,7 +22,8 @@ import sys
 from atomray.config import ConfigError
 from atomray.data.exporters import export_molecule
 from atomray.data.frames import DataError
-from atomray.data.importers import FORMATS, ImportConfig, import_dataset
+from atomray.data.importers import import_dataset
+from atomray.data.sources import FORMATS, ImportConfig
 
 EPILOG = "Export a molecule instead: import_data.py export --data DIR --molecule ID --to FILE"
 

@@ -7,8 +7,9 @@
 --model is a checkpoint directory, runs:/<run_id>/checkpoint, or models:/<name>@<alias>
 (looked up at $MLFLOW_TRACKING_URI or --tracking-uri). A SMILES is embedded in 3-D (RDKit
 ETKDG + MMFF94) with Maxwell–Boltzmann velocities at --temperature; a structure file keeps its
-velocities when it has them. Writes one extxyz frame per lag (the model's atoms, heavy atoms by
-default, `lag_fs` in each frame's info) and prints the time taken.
+velocities when it has them. Writes one extxyz frame per lag (the model's atoms: every atom,
+hydrogens included, for a model trained with data.context_atoms=all, else the heavy atoms;
+`lag_fs` in each frame's info) and prints the time taken.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from atomray.config import ConfigError, TrackingConfig
     from atomray.data.frames import DataError
     from atomray.predict import predict, state_from_file, state_from_smiles, write_extxyz
-    from atomray.train.checkpoint import read_state
+    from atomray.checkpoint import read_state
 
     t0 = time.perf_counter()
     try:

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         parser.error(str(err))
 
+    from atomray.evaluate import FLOORS
     from atomray.train.pretrain import init_ray, resolve
     from atomray.tune.space import ablation_trials, search_space
     from atomray.tune.sweep import run_sweep
@@ -50,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     parent, rows, chart = run_sweep(cfg, trials, name, num_samples=1 if args.ablation else args.num_samples,
                                     asha=args.asha, max_concurrent=args.max_concurrent)
     for r in sorted(rows, key=lambda r: r.get("best_val_s2t", float("inf"))):
-        print(f"{r['label']:<40} {r['status']:<9} epochs {r['epochs']:>3}  best val S2T {100 * r['best_val_s2t']:.3f} x1e-2 A^2")
+        floors = {f: r[f"val_s2t_{f}"] for f in FLOORS if f"val_s2t_{f}" in r}
+        strongest = min(floors, key=floors.get) if floors else ""
+        vs = f" = {r['best_val_s2t'] / floors[strongest]:.2f}x {strongest} ({100 * floors[strongest]:.3f})" if floors else ""
+        print(f"{r['label']:<40} {r['status']:<9} epochs {r['epochs']:>3}  best val S2T {100 * r['best_val_s2t']:.3f}"
+              f"{vs} x1e-2 A^2")
     print(f"MLflow parent run: {parent} ({len(rows)} trials); chart: {chart}")
     return 0
 

@@ -7,7 +7,7 @@ import torch
 
 from atomray.config import RunConfig, config_from_dict
 from atomray.model import build_model
-from atomray.train.checkpoint import (
+from atomray.checkpoint import (
     TrainState,
     load_model,
     load_optimizer,

@@ -4,7 +4,6 @@ cluster/ parses with the tool that consumes it (STYLE.md §10)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -31,12 +31,12 @@ def test_defaults_are_frozen_dataclasses():
 def test_yaml_and_dotted_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("model:\n  embed_dim: 64\noptim:\n  lr: 1e-3\n  betas: [0.9, 0.95]\n")
-    cfg = load_config(path, ["model.num_layers=6", "optim.lr=3e-4", "data.heavy_atoms_only=false"])
+    cfg = load_config(path, ["model.num_layers=6", "optim.lr=3e-4", "data.context_atoms=all"])
     assert cfg.model.embed_dim == 64
     assert cfg.model.num_layers == 6
     assert cfg.optim.lr == pytest.approx(3e-4)
     assert cfg.optim.betas == (0.9, 0.95)
-    assert cfg.data.heavy_atoms_only is False
+    assert cfg.data.context_atoms == "all"
 
 
 def test_int_accepted_for_float_field():

@@ -11,7 +11,7 @@ import torch
 from atomray.config import ModelConfig
 from atomray.model import build_model
 from atomray.train.loss import add_label_noise, trajectory_loss
-from atomray.train.metrics import quasi_equivariance_epsilon, random_rotation, rotation_penalty, s2s, s2t
+from atomray.metrics import quasi_equivariance_epsilon, random_rotation, rotation_penalty, s2s, s2t
 
 torch.set_num_threads(1)
 
@@ -98,9 +98,9 @@ def tiny(**switches):
     cfg = replace(ModelConfig(embed_dim=32, num_layers=2, num_heads=4, attn_dropout=0.0, gnn_hidden_dim=16), **switches)
     torch.manual_seed(0)
     model = build_model(cfg, 2, 0).double()
-    with torch.no_grad():  # lift the zero-initialised projections so the trunk acts
+    with torch.no_grad():  # lift the zero-initialised projections (and output head) so the trunk acts
         for p in model.parameters():
-            if p.dim() > 1 and p.abs().max() == 0:
+            if p.abs().max() == 0:
                 p.normal_(0, 0.2)
     return model
 

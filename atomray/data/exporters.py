@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from atomray.config import ConfigError
-from atomray.data.frames import DataError, MOLECULES_FILE, load_trajectories, read_molecules
+from atomray.data.frames import DataError, MOLECULES_FILE
+from atomray.data.dataset import load_trajectories, read_molecules
 
 ASE_FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".traj": "traj"}
 

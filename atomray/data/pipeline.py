@@ -39,15 +39,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from atomray.config import DataConfig
-from atomray.data.frames import (
-    FRAMES_SCHEMA,
-    DataError,
-    Trajectory,
-    finite_difference_velocities,
-    frame_files,
-    read_molecules,
-    read_segments,
-)
+from atomray.data.frames import FRAMES_SCHEMA, DataError, Trajectory, finite_difference_velocities
+from atomray.data.dataset import frame_files, read_molecules, read_segments
 from atomray.data.windows import (
     Windows,
     max_horizon_frames,
@@ -326,7 +319,7 @@ class WindowStream:
                 held = (held + [(traj, n_starts, chunk)])[-self.pool_chunks:]
                 if n == 0 or made >= plan.steps_per_epoch:
                     continue
-                pool.append(sample_windows(traj, n, cfg, rng, start_range=(0, n_starts)))
+                pool.append(sample_windows(traj, n, cfg, rng, start_range=(0, n_starts), with_context=False))
                 pool_size += n
                 if len(pool) >= self.pool_chunks:
                     yield from drain(final=False)
@@ -338,7 +331,8 @@ class WindowStream:
             traj, n_starts, chunk = held[top_up % len(held)]
             rng = window_seed(self.seed, epoch, traj.molecule_id, chunk, "top-up", top_up)
             missing = need - made * plan.local_batch - pool_size
-            pool.append(sample_windows(traj, max(missing, plan.local_batch), cfg, rng, start_range=(0, n_starts)))
+            pool.append(sample_windows(traj, max(missing, plan.local_batch), cfg, rng, start_range=(0, n_starts),
+                                       with_context=False))
             pool_size += len(pool[-1]["x0"])
             top_up += 1
             yield from drain(final=False)
@@ -387,7 +381,7 @@ class InMemoryStream:
     """
 
     def __init__(self, windows: dict[str, Any], plan: EpochPlan, seed: int, rank: int, device: Any = "cpu"):
-        self.windows = to_torch(windows, device)
+        self.windows = to_torch({k: v for k, v in windows.items() if not k.startswith("ctx_")}, device)
         self.plan, self.seed, self.rank = plan, seed, rank
         n = len(self.windows["x0"])
         if n < plan.local_batch:
@@ -419,36 +413,53 @@ def fixed_windows(root: str | Path, molecule_ids: Sequence[str], n: int, cfg: Da
     """`n` evaluation windows spread evenly over `molecule_ids`, drawn once with `seed`.
 
     Windows lie inside one frames row each, within its `frame_fraction` (as training chunks
-    do, so time-disjoint splits stay disjoint). Reads one molecule at a time and keeps only
-    the windows. Returns a padded batch (numpy), the same on every call with the same
-    arguments.
+    do, so time-disjoint splits stay disjoint), and carry the context atoms the physics floors
+    need. Reads one molecule at a time and keeps only the windows. Returns a padded batch
+    (numpy), the same on every call with the same arguments.
     """
     if not molecule_ids:
         raise DataError("no molecules to draw evaluation windows from")
-    groups = []
     per_mol = np.full(len(molecule_ids), n // len(molecule_ids))
     per_mol[: n % len(molecule_ids)] += 1
-    files: dict[str, list[str]] = {}
-    for s in scan_segments(root, molecule_ids):
-        files.setdefault(s.molecule_id, []).append(s.path)
+    files = molecule_files(root, molecule_ids)
+    groups = []
     for mid, k in zip(molecule_ids, per_mol):
         if k == 0:
             continue
-        z = read_atomic_numbers(root, mid)
-        segments = [seg for path in sorted(set(files.get(mid, []))) for seg in read_segments(path, [mid])]
-        segments.sort(key=lambda seg: (seg.t0_fs, seg.segment))
-        if not segments:
-            raise DataError(f"{root}: molecule {mid!r} has no frames")
-        spans = np.array([np.subtract(*row_range(seg.n_frames, frame_fraction)[::-1]) for seg in segments], float)
-        rng = window_seed(seed, mid, "eval")
-        counts = rng.multinomial(k, spans / spans.sum())
-        for seg, c in zip(segments, counts):
-            if c == 0:
-                continue
-            vel = seg.velocities if seg.velocities is not None else finite_difference_velocities(seg.positions, seg.dt_fs)
-            traj = Trajectory(mid, z, seg.dt_fs, seg.t0_fs, seg.positions, vel)
-            groups.append(sample_windows(traj, int(c), cfg, rng, frame_range=row_range(seg.n_frames, frame_fraction)))
+        trajectory = molecule_segments(root, mid, files.get(mid, []))
+        groups += segment_windows(trajectory, int(k), cfg, window_seed(seed, mid, "eval"), frame_fraction)
     return pad_windows(groups)
+
+
+def molecule_files(root: str | Path, molecule_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The frames files that hold each molecule's segments (from the metadata columns only)."""
+    files: dict[str, list[str]] = {}
+    for s in scan_segments(root, molecule_ids):
+        files.setdefault(s.molecule_id, []).append(s.path)
+    return files
+
+
+def molecule_segments(root: str | Path, molecule_id: str, files: Sequence[str]) -> list[Trajectory]:
+    """A molecule's frames rows as trajectories in time order, velocities filled in."""
+    z = read_atomic_numbers(root, molecule_id)
+    segments = [seg for path in sorted(set(files)) for seg in read_segments(path, [molecule_id])]
+    segments.sort(key=lambda seg: (seg.t0_fs, seg.segment))
+    if not segments:
+        raise DataError(f"{root}: molecule {molecule_id!r} has no frames")
+    out = []
+    for seg in segments:
+        vel = seg.velocities if seg.velocities is not None else finite_difference_velocities(seg.positions, seg.dt_fs)
+        out.append(Trajectory(molecule_id, z, seg.dt_fs, seg.t0_fs, seg.positions, vel))
+    return out
+
+
+def segment_windows(segments: Sequence[Trajectory], n: int, cfg: DataConfig, rng: np.random.Generator,
+                    frame_fraction: tuple[float, float] = (0.0, 1.0)) -> list[Windows]:
+    """`n` windows over a molecule's segments, in proportion to each segment's usable frames."""
+    spans = np.array([np.subtract(*row_range(seg.n_frames, frame_fraction)[::-1]) for seg in segments], float)
+    counts = rng.multinomial(n, spans / spans.sum())
+    return [sample_windows(seg, int(c), cfg, rng, frame_range=row_range(seg.n_frames, frame_fraction))
+            for seg, c in zip(segments, counts) if c]
 
 
 def read_atomic_numbers(root: str | Path, molecule_id: str) -> np.ndarray:

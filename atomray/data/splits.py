@@ -30,6 +30,7 @@ import numpy as np
 
 from atomray.config import DataConfig
 from atomray.data.frames import DataError
+from atomray.data.dataset import read_molecules
 
 FULL = (0.0, 1.0)
 ID_RANGES = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}
@@ -169,7 +170,11 @@ def make_split(ids: Sequence[str], smiles: Sequence[str], cfg: DataConfig) -> Sp
     if not ids:
         raise DataError("the data set has no molecules")
     if cfg.split in ("in_distribution", "all"):
-        ranges = dict(ID_RANGES) if cfg.split == "in_distribution" else {"train": (0.0, 0.9), "val": (0.9, 1.0), "test": (0.9, 1.0)}
+        a, b = cfg.time_split
+        if not 0.0 < a < b < 1.0:
+            raise DataError(f"data.time_split: expected 0 < train end < test start < 1, found {list(cfg.time_split)}")
+        ranges = ({"train": (0.0, a), "val": (a, b), "test": (b, 1.0)} if cfg.split == "in_distribution"
+                  else {"train": (0.0, b), "val": (b, 1.0), "test": (b, 1.0)})
         return Split(cfg.split, cfg.fold, tuple(ids), tuple(ids), tuple(ids), ranges)
     if len(ids) < 3:
         raise DataError(
@@ -198,6 +203,31 @@ def make_split(ids: Sequence[str], smiles: Sequence[str], cfg: DataConfig) -> Sp
         return Split("umap_cluster", cfg.fold, members["train"], members["val"], members["test"],
                      clusters=clusters, embedding=embedding)
     raise DataError(f"data.split: unknown split {cfg.split!r}")
+
+
+def usable_molecules(cfg: DataConfig):
+    """The molecules table of `cfg.path`, restricted to `cfg.molecules` when given, without
+    molecules the data set's stability report flagged (column `stable` False) unless
+    `cfg.include_unstable`; the excluded ones are printed."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    molecules = read_molecules(cfg.path)
+    if cfg.molecules:
+        ids = molecules.column("molecule_id").to_pylist()
+        unknown = [m for m in cfg.molecules if m not in ids]
+        if unknown:
+            raise DataError(f"data.molecules: {unknown} not in {cfg.path} (it holds {', '.join(ids[:20])})")
+        molecules = molecules.filter(pc.is_in(molecules.column("molecule_id"), pa.array(list(cfg.molecules))))
+    if cfg.include_unstable or "stable" not in molecules.column_names:
+        return molecules
+    stable = pc.fill_null(molecules.column("stable"), True)
+    dropped = molecules.filter(pc.invert(stable))
+    if dropped.num_rows:
+        reasons = dropped.column("stability_reason").to_pylist() if "stability_reason" in dropped.column_names else [""] * dropped.num_rows
+        print("excluding molecules flagged by the stability report (data.include_unstable=true keeps them): "
+              + "; ".join(f"{m} ({r})" for m, r in zip(dropped.column("molecule_id").to_pylist(), reasons)), flush=True)
+    return molecules.filter(stable)
 
 
 @dataclass(frozen=True)

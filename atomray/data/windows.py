@@ -177,28 +177,48 @@ def rwpe_of_frames(x: np.ndarray, k: int, radius: float) -> np.ndarray:
 # cutting windows
 
 
-def atom_selection(atomic_numbers: np.ndarray, heavy_atoms_only: bool, where: str = "molecule") -> np.ndarray:
-    """Indices of the atoms the model sees: heavy atoms (Z > 1) by default, else all."""
+def atom_selection(atomic_numbers: np.ndarray, context_atoms: str = "heavy", where: str = "molecule") -> np.ndarray:
+    """Indices of the atoms the model sees and predicts: heavy atoms (Z > 1) or all atoms."""
     z = np.asarray(atomic_numbers)
-    keep = np.flatnonzero(z > 1) if heavy_atoms_only else np.arange(len(z))
+    if context_atoms not in ("heavy", "all"):
+        raise ValueError(f"context_atoms must be 'heavy' or 'all', found {context_atoms!r}")
+    keep = np.flatnonzero(z > 1) if context_atoms == "heavy" else np.arange(len(z))
     if keep.size == 0:
-        raise DataError(f"{where}: no heavy atoms (Z > 1); set data.heavy_atoms_only=false")
+        raise DataError(f"{where}: no heavy atoms (Z > 1); set data.context_atoms=all")
     return keep
+
+
+def atomic_masses(atomic_numbers: np.ndarray) -> np.ndarray:
+    """Standard atomic masses (u, IUPAC values as tabulated by ASE) of atomic numbers; 0 → 0."""
+    from ase.data import atomic_masses as table
+
+    z = np.asarray(atomic_numbers, dtype=np.int64)
+    return np.where(z > 0, table[np.clip(z, 0, len(table) - 1)], 0.0).astype(np.float32)
 
 
 def cut_windows(positions: np.ndarray, velocities: np.ndarray, atomic_numbers: np.ndarray,
                 dt_fs: float, starts: np.ndarray, offsets: np.ndarray, cfg: DataConfig,
-                molecule_id: str = "") -> Windows:
+                molecule_id: str = "", with_context: bool = True) -> Windows:
     """Cut windows at `starts` (W,) with lag `offsets` (W, P) frames from one trajectory.
 
-    Returns a dict of arrays with leading dimension W:
+    Returns a dict of arrays with leading dimension W, for the N atoms the model sees
+    (`cfg.context_atoms`):
       x0 (W,N,3), v0 (W,N,3) Å/fs, target (W,P,N,3) Å — centred on the start frame's centroid
-      when `cfg.centre` (the subtracted `origin` (W,3) is returned too); z (W,N) int64;
-      lags_fs (W,P) float32; start (W,) int64; rwpe (W,N,K) float32 when cfg.rwpe_k > 0;
-      molecule_id (W,) str.
+      of those atoms when `cfg.centre` (the subtracted `origin` (W,3) is returned too);
+      z (W,N) int64; mass (W,N) u; score (W,N) bool, the atoms the metrics score
+      (`cfg.score_atoms`); lags_fs (W,P) float32; start (W,) int64; rwpe (W,N,K) float32 when
+      cfg.rwpe_k > 0; molecule_id (W,) str.
+    With `with_context`, also the molecule's other atoms (the hydrogens when only heavy atoms
+    are model atoms; M = 0 otherwise) in the same frame: ctx_x0 (W,M,3), ctx_v0 (W,M,3),
+    ctx_mass (W,M). They take part in the physics floors (the rigid body "from all atoms"),
+    never in the model.
     """
     where = f"molecule {molecule_id!r}" if molecule_id else "trajectory"
-    keep = atom_selection(atomic_numbers, cfg.heavy_atoms_only, where)
+    if cfg.score_atoms == "all" and cfg.context_atoms != "all":
+        raise DataError(f"{where}: data.score_atoms=all needs data.context_atoms=all (the model predicts "
+                        f"only the atoms it sees)")
+    z_all = np.asarray(atomic_numbers, np.int64)
+    keep = atom_selection(z_all, cfg.context_atoms, where)
     starts = np.asarray(starts, dtype=np.int64)
     offsets = np.asarray(offsets, dtype=np.int64)
     last = int((starts[:, None] + offsets).max(initial=0))
@@ -217,16 +237,25 @@ def cut_windows(positions: np.ndarray, velocities: np.ndarray, atomic_numbers: n
         target = target - origin[:, None, None, :]
     else:
         origin = np.zeros((w, 3), dtype=np.float32)
+    z = z_all[keep]
+    scored = z > 1 if cfg.score_atoms == "heavy" else np.ones(n, bool)
     out: Windows = {
         "x0": x0.astype(np.float32, copy=False),
         "v0": v0.astype(np.float32, copy=False),
         "target": target.astype(np.float32, copy=False),
-        "z": np.broadcast_to(np.asarray(atomic_numbers, np.int64)[keep], (w, n)).copy(),
+        "z": np.broadcast_to(z, (w, n)).copy(),
+        "mass": np.broadcast_to(atomic_masses(z), (w, n)).copy(),
+        "score": np.broadcast_to(scored, (w, n)).copy(),
         "lags_fs": (offsets * dt_fs).astype(np.float32),
         "start": starts,
         "origin": origin.astype(np.float32, copy=False),
         "molecule_id": np.full(w, molecule_id, dtype=object),
     }
+    if with_context:
+        other = np.setdiff1d(np.arange(len(z_all)), keep)
+        out["ctx_x0"] = (positions[starts[:, None], other[None, :]] - origin[:, None, :]).astype(np.float32)
+        out["ctx_v0"] = velocities[starts[:, None], other[None, :]].astype(np.float32)
+        out["ctx_mass"] = np.broadcast_to(atomic_masses(z_all[other]), (w, len(other))).copy()
     if cfg.rwpe_k > 0:
         out["rwpe"] = rwpe_of_frames(out["x0"], cfg.rwpe_k, cfg.radius)
     return out
@@ -234,13 +263,14 @@ def cut_windows(positions: np.ndarray, velocities: np.ndarray, atomic_numbers: n
 
 def sample_windows(traj: Trajectory, n: int, cfg: DataConfig, rng: np.random.Generator,
                    frame_range: tuple[int, int] | None = None,
-                   start_range: tuple[int, int] | None = None) -> Windows:
+                   start_range: tuple[int, int] | None = None, with_context: bool = True) -> Windows:
     """Draw `n` windows from a trajectory: horizons, lags, then starts, then `cut_windows`.
 
     Every window lies inside `frame_range` (default: the whole trajectory) and starts inside
     `start_range` (default: anywhere it fits). With log-uniform horizons, a horizon too long
     to fit is redrawn (a few times, then shortened to the longest that fits), so short
     trajectory pieces still yield windows; a fixed horizon that does not fit is an error.
+    `with_context`: see `cut_windows` (training batches leave the context atoms out).
     """
     where = f"molecule {traj.molecule_id!r}"
     lo, hi = frame_range if frame_range is not None else (0, traj.n_frames)
@@ -260,34 +290,46 @@ def sample_windows(traj: Trajectory, n: int, cfg: DataConfig, rng: np.random.Gen
     offsets = lag_offsets(horizons, cfg.num_lags, cfg.discretisation, tail)
     starts = draw_starts(rng, offsets[:, -1], (lo, hi), where, (s_lo, s_hi))
     return cut_windows(traj.positions, traj.velocities, traj.atomic_numbers, traj.dt_fs,
-                       starts, offsets, cfg, traj.molecule_id)
+                       starts, offsets, cfg, traj.molecule_id, with_context)
 
 
 # ---------------------------------------------------------------------------------------------
 # padding many molecules into one batch
 
 
+# Which axis of each array counts atoms, and which atom set it belongs to: the model's atoms,
+# or the context atoms that only the physics floors use.
+ATOM_AXES = {"x0": (1, "model"), "v0": (1, "model"), "z": (1, "model"), "rwpe": (1, "model"),
+             "mask": (1, "model"), "mass": (1, "model"), "score": (1, "model"), "target": (2, "model"),
+             "ctx_x0": (1, "context"), "ctx_v0": (1, "context"), "ctx_mass": (1, "context")}
+
+
 def pad_windows(groups: Sequence[Windows]) -> dict[str, Any]:
-    """Concatenate window groups of different atom counts, padding atoms to the largest N.
+    """Concatenate window groups of different atom counts, padding atoms to the largest N
+    (and context atoms to the largest M).
 
     Returns the same keys plus `mask` (B, N) bool, True for real atoms. Padded atoms have
-    zero coordinates and z = 0. Groups may themselves be padded batches (with a `mask`).
+    zero coordinates, mass and z, and are never scored. Groups may themselves be padded
+    batches (with a `mask`).
     """
     groups = [g for g in groups if len(g["x0"])]
     if not groups:
         raise ValueError("pad_windows: no windows")
-    n_max = max(g["x0"].shape[1] for g in groups)
-    atom_axis = {"x0": 1, "v0": 1, "z": 1, "rwpe": 1, "mask": 1, "target": 2}
-    out: dict[str, Any] = {}
     keys = [k for k in groups[0] if k != "mask"] + ["mask"]
+    missing = {k for g in groups for k in keys if k != "mask" and k not in g}
+    if missing:
+        raise ValueError(f"pad_windows: groups differ in their keys (some lack {sorted(missing)})")
+    sizes = {"model": max(g["x0"].shape[1] for g in groups),
+             "context": max((g["ctx_x0"].shape[1] for g in groups if "ctx_x0" in g), default=0)}
+    out: dict[str, Any] = {}
     for key in keys:
         parts = []
         for g in groups:
             arr = g[key] if key in g else np.ones(g["x0"].shape[:2], dtype=bool)
-            axis = atom_axis.get(key)
-            if axis is not None and arr.shape[axis] < n_max:
+            axis, atoms = ATOM_AXES.get(key, (None, ""))
+            if axis is not None and arr.shape[axis] < sizes[atoms]:
                 pad = [(0, 0)] * arr.ndim
-                pad[axis] = (0, n_max - arr.shape[axis])
+                pad[axis] = (0, sizes[atoms] - arr.shape[axis])
                 arr = np.pad(arr, pad)
             parts.append(arr)
         out[key] = np.concatenate(parts)

@@ -12,7 +12,19 @@ is relative (it sees only t_{s'} − t_s), so slot 0 is what tells the model the
 every query at t_p attends to the initial state at offset t_p − t_0, and to the other
 queries at offsets t_{p'} − t_p ("ATOM takes a time lag Δt as input, to modulate T-RoPE
 phase", §3.3). t_0 defaults to 0; shifting every timestamp, t_0 included, leaves the output
-unchanged (tested). Slot 0's output is discarded; the output has P frames.
+unchanged (tested). Slot 0's output is discarded; the output has P frames. The number of
+lags is read from `lags_fs`, so a model trained with P lags predicts any number of lags at
+any times (§4.3, ΔT and P invariance), except with `time_encoding=none`, whose learned slot
+embeddings exist only for the trained P.
+
+Output = prior + R(Δt) · correction (`ModelConfig.prior`, `atomray.model.prior`): the
+equivariant projection of the P lag tokens is a correction to a physics extrapolation — none
+(absolute positions, the paper), x0 (delta prediction, App. D.4), or the rigid-body motion of
+the atoms the model sees at constant ω (rigid) or exactly (rotor: L conserved, ω precessing).
+The correction is a displacement in the body frame at t_0, turned with the body by the
+prior's orientation R(Δt): what the model learns (vibrations, relaxation) is then the same
+whichever way the molecule spins. The projection starts at zero, so at initialisation the
+model predicts the prior exactly and training only has to learn what physics does not say.
 
 Ablation switches (ModelConfig, paper §4.4 and App. D):
   lifting        equivariant (e3nn, §3.2.1) | linear (no equivariant lift) | canonical (App. D.1:
@@ -24,21 +36,41 @@ Ablation switches (ModelConfig, paper §4.4 and App. D):
                  to every token of slot s) | none (no time value at all: a learned embedding of
                  the slot index only, so the model cannot know ΔT)
   gamma          learned | fixed (1/3 each);  value_residual  learned | fixed | off (App. D.3)
-  delta_prediction   output = projection + x0 (App. D.4)
   output_heads   > 1: gated multi-head output, Σ_h softmax(g(scalars))_h · o3.Linear_h(vectors)
   latent_equivariance_weight > 0 builds a transip-style MLP (see `latent_equivariance_loss`).
 Label noise (§3.2.3) is applied by the training loss (`atomray.train.loss`), not here.
 
-Parameter count, MD17 config (d 128, 5 blocks, 8 heads, P 8, 1 output head, RWPE 8):
-  lifting 1 856 (X 64, V 64, Z 1 728) + context RMSNorm 128 + 5 blocks × 148 740 − 1 (block 1
-  has no value-residual α) + final RMSNorm 128 + head 32 = 745 843 (paper: 754 468, −1.1 %).
-  Multitask (d 256, 6 blocks, 8 heads, 8 gated output heads): 3 571 871 (paper: 3 557 840,
-  +0.4 %). `tests/model/test_atom.py` checks both within 10 %.
+Additions to the paper, each a switch (measured in the README's ablation table):
+  distance_bias  a per-head attention term b_h(d_ij) of the start frame's interatomic
+                 distances (`DistanceBias`), shared by all blocks and streams. The paper's
+                 trunk sees geometry only through dot products of lifted vectors; this gives
+                 attention bond lengths directly. Invariant, so no symmetry is lost.
+  lag_conditioned_output  the final token features of slot p are scaled channel-wise by
+                 1 + g(Δt_p), g a zero-initialised linear map of sinusoidal features of the lag:
+                 the lag itself can scale the output (displacements grow with Δt), where
+                 T-RoPE alone only re-weights attention. Scalar and vector channels are scaled
+                 by invariants, so the projection stays equivariant.
+  prior          as above (the paper's delta prediction is prior=x0).
+  internal_velocity  with a rigid / rotor prior the lifting reads each atom's velocity relative
+                 to the rigid-body motion the prior already extrapolates (v − u − ω × r): what is
+                 left to predict is the internal motion, and that is what the model sees.
+
+Differences from the paper's Table 19 / App. D and the authors' code (REFERENCE.md) that remain
+in every configuration: attention scale 1/√d_h (the authors' code: 1/d_h); the residual
+stream is the phase stream Z, not X, and the value residual mixes attention values, not block
+outputs; one pre-norm RMSNorm per sub-layer and a final RMSNorm; SwiGLU of width ≈ 5d/3 with no
+dropout by default (the authors: width d, dropout 0.1); attention dropout on the probabilities;
+the lifted X and V enter attention unnormalised (an RMSNorm there would keep only directions).
+
+Parameter count, MD17 config (d 128, 5 blocks, 8 heads, P 8, 1 output head, RWPE 8, distance
+bias 16 RBFs, lag-conditioned output): lifting 3 008 + 5 × 148 740 − 1 + distance bias 136 +
+lag conditioning 4 224 + final RMSNorm 128 + head 32 = 751 227 (paper: 754 468, −0.4 %).
+`tests/model/test_atom.py` checks the MD17 and multitask configs within 10 %.
 
 Velocities enter in units of Å per `velocity_scale_fs` (100 fs), so their size matches the
 centred positions. The model follows the dtype and device of its parameters; inputs are cast
 to the parameter dtype and the output is returned in x0's dtype. Under bf16 autocast the
-canonical frame and time angles stay in float32.
+canonical frame, the prior and time angles stay in float32 or better.
 """
 
 from __future__ import annotations
@@ -48,14 +80,15 @@ from e3nn import o3
 from torch import Tensor, nn
 
 from atomray.config import ModelConfig
-from atomray.model.attention import Block
-from atomray.model.canonical import canonicalise, decanonicalise
+from atomray.model.attention import AttentionBias, Block, DistanceBias
+from atomray.model.canonical import canonicalise
 from atomray.model.lifting import EquivariantLifting, LinearLifting, chemistry_features, hidden_irreps
-from atomray.model.time_encoding import SinusoidalTimeEmbedding, rope_tables
+from atomray.model.prior import Prior
+from atomray.model.time_encoding import SinusoidalTimeEmbedding, rope_tables, sinusoidal_embedding
 
 
 class OutputHead(nn.Module):
-    """Equivariant projection of token features (…, d) to 3-vectors (…, 3).
+    """Equivariant projection of token features (…, d) to 3-vectors (…, 3), zero at init.
 
     One head: o3.Linear(m×0e + n×1o → 1×1o) (a weighted sum of the n vector channels).
     H heads: o3.Linear(→ H×1o) gives H candidate vectors, mixed by softmax gates computed
@@ -67,6 +100,8 @@ class OutputHead(nn.Module):
         irreps = hidden_irreps(dim)
         self.heads, self.scalars = heads, irreps[0].mul
         self.vectors = o3.Linear(irreps, f"{heads}x1o")
+        with torch.no_grad():
+            self.vectors.weight.zero_()  # the model starts at its prior
         self.gate = nn.Linear(self.scalars, heads) if heads > 1 else None
 
     def forward(self, h: Tensor) -> Tensor:
@@ -77,29 +112,54 @@ class OutputHead(nn.Module):
         return (vec.unflatten(-1, (self.heads, 3)) * g[..., None]).sum(-2)  # (…, 3)
 
 
+class LagConditioning(nn.Module):
+    """Channel gains 1 + g(Δt) for the final token features of each lag (…, d), g linear in
+    sinusoidal features of Δt (fs) and zero at init; a vector channel's three components share
+    one gain, so scaling commutes with rotations of the lifted vectors."""
+
+    def __init__(self, dim: int, features: int, base: float, tau_fs: float):
+        super().__init__()
+        irreps = hidden_irreps(dim)
+        self.scalars, self.vectors = irreps[0].mul, irreps[1].mul
+        self.features, self.base, self.tau_fs = features, base, tau_fs
+        self.proj = nn.Linear(features, self.scalars + self.vectors)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, h: Tensor, lags_fs: Tensor) -> Tensor:
+        """h (B, P, N, d), lags (B, P) → (B, P, N, d)."""
+        feats = sinusoidal_embedding(lags_fs.float(), self.features, self.base, self.tau_fs)  # (B, P, F)
+        g = self.proj(feats.to(self.proj.weight.dtype))  # (B, P, m + n)
+        gains = 1 + torch.cat((g[..., : self.scalars], g[..., self.scalars:].repeat_interleave(3, dim=-1)), dim=-1)
+        return h * gains[:, :, None].to(h.dtype)
+
+
 class ATOM(nn.Module):
-    """The ATOM operator; see the module docstring. Build it with `build_model(cfg, P, K)`."""
+    """The ATOM operator; see the module docstring. Build it with `build_model(cfg, P, K)`;
+    P is the number of lags it trains with (it predicts any number)."""
 
     def __init__(self, cfg: ModelConfig, num_lags: int, rwpe_dim: int = 0):
         super().__init__()
         self.cfg, self.num_lags, self.rwpe_dim = cfg, num_lags, rwpe_dim
         d = cfg.embed_dim
-        self.slots = num_lags + 1
         chem_dim = cfg.max_atomic_number + rwpe_dim
         lift = LinearLifting if cfg.lifting == "linear" else EquivariantLifting
         self.lifting = lift(d, chem_dim)
+        self.prior = Prior(cfg.prior, cfg.max_atomic_number)
         self.heterogeneous = cfg.attention == "heterogeneous"
-        self.ctx_norm = nn.RMSNorm(d, eps=1e-6) if self.heterogeneous else None
         if cfg.time_encoding == "sinusoidal":
             self.time_embed = SinusoidalTimeEmbedding(cfg.time_embed_dim, d, cfg.rope_base, cfg.tau_fs)
         elif cfg.time_encoding == "none":
-            self.slot_embed = nn.Parameter(torch.randn(self.slots, d) * 0.02)
+            self.slot_embed = nn.Parameter(torch.randn(num_lags + 1, d) * 0.02)
+        self.distance = DistanceBias(cfg.num_heads) if cfg.distance_bias else None
         self.blocks = nn.ModuleList(
-            Block(d, cfg.num_heads, self.slots, self.heterogeneous, cfg.gamma, cfg.value_residual,
+            Block(d, cfg.num_heads, self.heterogeneous, cfg.gamma, cfg.value_residual,
                   first=(i == 0), attn_dropout=cfg.attn_dropout, mlp_dropout=cfg.mlp_dropout)
             for i in range(cfg.num_layers)
         )
         self.final_norm = nn.RMSNorm(d, eps=1e-6)
+        self.lag_gain = (LagConditioning(d, cfg.time_embed_dim, cfg.rope_base, cfg.tau_fs)
+                         if cfg.lag_conditioned_output else None)
         self.head = OutputHead(d, cfg.output_heads)
         if cfg.latent_equivariance_weight > 0:
             # transip-style transformation network τ(embedding, vec(R)) → embedding of R·input
@@ -108,9 +168,12 @@ class ATOM(nn.Module):
     # -- pieces ---------------------------------------------------------------------------
 
     def _check(self, x0: Tensor, lags_fs: Tensor, rwpe: Tensor | None) -> None:
-        b, n, _ = x0.shape
-        if lags_fs.shape != (b, self.num_lags):
-            raise ValueError(f"ATOM: lags_fs must be (B, P) = ({b}, {self.num_lags}), found {tuple(lags_fs.shape)}")
+        b = x0.shape[0]
+        if lags_fs.dim() != 2 or lags_fs.shape[0] != b or lags_fs.shape[1] < 1:
+            raise ValueError(f"ATOM: lags_fs must be (B, P) with B = {b} and P >= 1, found {tuple(lags_fs.shape)}")
+        if self.cfg.time_encoding == "none" and lags_fs.shape[1] != self.num_lags:
+            raise ValueError(f"ATOM with time_encoding=none learned one embedding per lag slot for P = "
+                             f"{self.num_lags} lags; it cannot predict P = {lags_fs.shape[1]}")
         k = 0 if rwpe is None else rwpe.shape[-1]
         if k != self.rwpe_dim:
             raise ValueError(f"ATOM: built for RWPE length {self.rwpe_dim}, found rwpe with {k} features")
@@ -118,16 +181,23 @@ class ATOM(nn.Module):
     def embed(self, x0: Tensor, v0: Tensor, z: Tensor, lags_fs: Tensor, mask: Tensor,
               rwpe: Tensor | None = None, t0_fs: float | Tensor = 0.0) -> tuple[Tensor, dict]:
         """Run lifting and trunk: (B, P, N, d) final-normed token features of the P lag slots,
-        plus the state needed to project them (canonical frame, x0)."""
+        plus the state needed to project them (canonical frame, mask)."""
         self._check(x0, lags_fs, rwpe)
         cfg, dtype = self.cfg, self.final_norm.weight.dtype
         b, n, _ = x0.shape
-        s = self.slots
-        x, v, mask = x0.to(dtype), v0.to(dtype) * cfg.velocity_scale_fs, mask.bool()
+        s = lags_fs.shape[1] + 1
+        mask = mask.bool()
+        x, v = x0.to(dtype), v0.to(dtype) * cfg.velocity_scale_fs
         frame = None
-        if cfg.lifting == "canonical":
-            x, v, q, mu = canonicalise(x, v, mask)
+        if cfg.lifting == "canonical":  # the frame's signs come from the lab velocities (App. D.1)
+            x, v_frame, q, mu = canonicalise(x, v, mask)
             frame = (q, mu)
+        m_frame = mask.to(dtype)[..., None]
+        if cfg.internal_velocity:
+            v = self.prior.internal_velocity(x0, v0, z, mask).to(dtype) * cfg.velocity_scale_fs
+            v = (v @ frame[0]).to(dtype) * m_frame if frame is not None else v  # into the canonical frame, like x
+        elif frame is not None:
+            v = v_frame
         chem = chemistry_features(z, cfg.max_atomic_number, rwpe, dtype)
         lx, lv, lz = self.lifting(x, v, chem)  # (B, N, d) each
         m = mask.to(dtype)[..., None]
@@ -137,7 +207,7 @@ class ATOM(nn.Module):
         t0 = torch.as_tensor(t0_fs, dtype=work, device=lags.device).expand(b, 1)
         times = torch.cat((t0, t0 + lags), dim=1)  # (B, S) fs, slot 0 = initial state
         if self.heterogeneous:
-            ctx = self.ctx_norm(torch.stack((lx, lv), dim=1))  # (B, 2, N, d)
+            ctx = torch.stack((lx, lv), dim=1)  # (B, 2, N, d)
             tok = lz[:, None].expand(b, s, n, -1)  # (B, S, N, d)
         else:
             ctx, tok = None, (lx + lv + lz)[:, None].expand(b, s, n, -1)
@@ -149,24 +219,28 @@ class ATOM(nn.Module):
         else:
             tok = tok + self.slot_embed.to(dtype)[None, :, None]
         h = tok.reshape(b, s * n, -1)  # (B, T, d)
-        key_mask = None
-        if torch.compiler.is_compiling() or not bool(mask.all()):
-            key_mask = mask[:, None, :].expand(b, s, n).reshape(b, 1, 1, s * n)  # (B, 1, 1, T)
+        padded = torch.compiler.is_compiling() or not bool(mask.all())
+        pair = self.distance(x, mask) if self.distance is not None else None  # (B, H, N, N)
+        bias = AttentionBias(s, mask if padded else None, pair)
         v1 = None
         for i, blk in enumerate(self.blocks):
-            h, values = blk(h, ctx, rope, key_mask, v1)
+            h, values = blk(h, ctx, rope, bias, v1)
             if i == 0:
                 v1 = values
         h = self.final_norm(h.view(b, s, n, -1)[:, 1:])  # (B, P, N, d)
-        return h, {"frame": frame, "x": x, "mask": m}
+        if self.lag_gain is not None:
+            h = self.lag_gain(h, lags)
+        return h, {"frame": frame, "mask": m}
 
     def project(self, h: Tensor, state: dict) -> Tensor:
-        """Token features (B, P, N, d) → positions (B, P, N, 3) in the input frame."""
+        """Token features (B, P, N, d) → correction (B, P, N, 3) in the input frame (a
+        displacement; absolute positions in the centred frame when the prior is none)."""
         y = self.head(h)  # (B, P, N, 3)
-        if self.cfg.delta_prediction:
-            y = y + state["x"][:, None]
         if state["frame"] is not None:
-            y = decanonicalise(y, *state["frame"])
+            q, mu = state["frame"]
+            y = y @ q.transpose(1, 2)[:, None].to(y.dtype)  # eq. 6, rotation back
+            if self.cfg.prior == "none":
+                y = y + mu[:, None, None].to(y.dtype)  # absolute positions: translation back too
         return y * state["mask"][:, None]
 
     # -- public ---------------------------------------------------------------------------
@@ -179,7 +253,11 @@ class ATOM(nn.Module):
         on lags_fs, so any t0 gives the same result with T-RoPE (a test checks it).
         """
         h, state = self.embed(x0, v0, z, lags_fs, mask, rwpe, t0_fs)
-        return self.project(h, state).to(x0.dtype)
+        y = self.project(h, state)
+        base, rot = self.prior(x0.to(y.dtype), v0.to(y.dtype), z, mask, lags_fs)
+        if base is not None:  # the correction turns with the body: R(Δt) δ
+            y = (base + y @ rot.transpose(-1, -2).to(y.dtype)) * state["mask"][:, None]
+        return y.to(x0.dtype)
 
     def latent_equivariance_loss(self, x0: Tensor, v0: Tensor, z: Tensor, lags_fs: Tensor,
                                  mask: Tensor, rwpe: Tensor | None, rotation: Tensor) -> Tensor:

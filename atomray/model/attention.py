@@ -4,7 +4,7 @@ Paper §3.2.2. Tokens are (slot s, atom i) pairs flattened to T = S·N, slot-maj
 residual stream is the phase-feature stream Z; X and V are the lifted position and velocity
 embeddings, constant across blocks (duplicated over slots). One head computes
 
-    Σ_{F ∈ {X, V, Z}} γ_F · softmax( T-RoPE(Q(Z)) T-RoPE(K(F))ᵀ / √d_h + mask ) V(F)
+    Σ_{F ∈ {X, V, Z}} γ_F · softmax( T-RoPE(Q(Z)) T-RoPE(K(F))ᵀ / √d_h + B ) V(F)
 
 with one set of Q/K/V/O projections shared by the three streams and γ_F learned (init 1/3)
 or fixed at 1/3. The three softmaxes are separate (this is a sum of three attentions, not one
@@ -17,8 +17,11 @@ Value residual (App. D.3): block l mixes its values with block 1's, v ← λ v +
 λ = σ(α) learned (α = 0 ⇒ 0.5), or fixed at 0.5, or off. Block 1's λ is locked at 0.5, where
 the mix is the identity (v = v_1).
 
-Padding: a boolean key mask (B, 1, 1, T) hides padded atoms from every query; padded query
-rows still see the real atoms, so no row is empty and nothing becomes NaN.
+B is the `AttentionBias` shared by all blocks: it hides padded atoms from every query (padded
+query rows still see the real atoms, so no row is empty and nothing becomes NaN) and, with
+`ModelConfig.distance_bias`, adds the `DistanceBias` term b_h(d_ij) of the start frame's
+interatomic distances to every token pair of atoms i and j (an addition to the paper, see
+`atomray.model.atom`).
 
 Attention dropout (Table 19: 0.2) acts on the attention probabilities after the softmax and
 rescales the kept ones by 1/(1 − p), as SDPA's `dropout_p` does. On CUDA, in eval mode and
@@ -69,13 +72,14 @@ class SwiGLU(nn.Module):
 class TemporalAttention(nn.Module):
     """Heterogeneous (or, as the ablation, plain self-) attention over S·N tokens with T-RoPE.
 
-    forward(h (B,T,d) normed Z stream, ctx (B,2,N,d) normed X,V or None, rope (B,S,D/2)
-    complex slot rotations or None, key_mask (B,1,1,T) bool or None, v1 = block 1's values or None,
+    forward(h (B,T,d) normed Z stream, ctx (B,2,N,d) lifted X,V or None, rope (B,S,D/2)
+    complex slot rotations or None, bias: the AttentionBias of this forward (slot count, padded
+    keys, optional pair term), v1 = block 1's values or None,
     keep = an attention-dropout mask (B,H,T,F·T) 0/1 to use instead of a fresh one, tests only)
     → (out (B,T,d), values for the value residual).
     """
 
-    def __init__(self, dim: int, num_heads: int, slots: int, heterogeneous: bool = True,
+    def __init__(self, dim: int, num_heads: int, heterogeneous: bool = True,
                  gamma: str = "learned", value_residual: str = "learned", first: bool = False,
                  dropout: float = 0.0):
         super().__init__()
@@ -85,7 +89,7 @@ class TemporalAttention(nn.Module):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"attention: attn_dropout must be in [0, 1), found {dropout}")
-        self.dim, self.heads, self.head_dim, self.slots = dim, num_heads, dim // num_heads, slots
+        self.dim, self.heads, self.head_dim = dim, num_heads, dim // num_heads
         self.heterogeneous, self.dropout = heterogeneous, dropout
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
@@ -113,11 +117,12 @@ class TemporalAttention(nn.Module):
         return (self.training and self.dropout > 0 and h.device.type == "cpu"
                 and not torch.compiler.is_compiling())
 
-    def forward(self, h: Tensor, ctx: Tensor | None, rope: Tensor | None,
-                key_mask: Tensor | None, v1: tuple[Tensor, ...] | None, keep: Tensor | None = None):
+    def forward(self, h: Tensor, ctx: Tensor | None, rope: Tensor | None, bias: "AttentionBias",
+                v1: tuple[Tensor, ...] | None, keep: Tensor | None = None):
         b, t, d = h.shape
-        s, hh, dh = self.slots, self.heads, self.head_dim
+        s, hh, dh = bias.slots, self.heads, self.head_dim
         n = t // s
+        streams = 3 if self.heterogeneous else 1
         q, k, v = self.qkv(h).chunk(3, dim=-1)  # (B, T, d) each
         q, k, v = self._heads(q, b, s), self._heads(k, b, s), self._heads(v, b, s)  # (B, H, S, N, D)
         if self.heterogeneous:
@@ -131,7 +136,7 @@ class TemporalAttention(nn.Module):
                 v = lam * v + (1 - lam) * v1[1]
             values = (vc, v)
             if self._explicit(h):
-                return self.out(self._dropout_streams(q, k, v, kc, vc, rope, key_mask, keep)), values
+                return self.out(self._dropout_streams(q, k, v, kc, vc, rope, bias.explicit(streams, q.dtype), keep)), values
             if rope is not None:
                 q, k, kc = apply_rope(q, rope), apply_rope(k, rope), apply_rope(kc, rope)
             else:
@@ -140,7 +145,7 @@ class TemporalAttention(nn.Module):
             vals = torch.cat((vc.expand(b, 2 * hh, s, n, dh), v), dim=1).reshape(b, 3 * hh, t, dh)
             qs = q.reshape(b, 1, hh, t, dh).expand(b, 3, hh, t, dh).reshape(b, 3 * hh, t, dh)
             o = F.scaled_dot_product_attention(
-                qs, keys, vals, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
+                qs, keys, vals, attn_mask=bias.sdpa(streams, q.dtype), dropout_p=self.dropout if self.training else 0.0
             )  # (B, 3H, T, D)
             o = torch.einsum("f,bfhtd->bthd", self.gamma.to(o.dtype), o.view(b, 3, hh, t, dh))
         else:
@@ -152,24 +157,24 @@ class TemporalAttention(nn.Module):
                 q = apply_rope(q, rope * dh**-0.5) if rope is not None else q * dh**-0.5
                 k = apply_rope(k, rope) if rope is not None else k
                 o = dropout_attention(q.reshape(b, hh, t, dh), k.reshape(b, hh, t, dh), v.reshape(b, hh, t, dh),
-                                      self.dropout, 1, _key_bias(key_mask, 1, q.dtype), keep,
-                                      workspace=self.workspace)
+                                      self.dropout, 1, bias.explicit(1, q.dtype), keep, workspace=self.workspace)
                 return self.out(o.transpose(1, 2).reshape(b, t, d)), values
             if rope is not None:
                 q, k = apply_rope(q, rope), apply_rope(k, rope)
             o = F.scaled_dot_product_attention(
                 q.reshape(b, hh, t, dh), k.reshape(b, hh, t, dh), v.reshape(b, hh, t, dh),
-                attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0,
+                attn_mask=bias.sdpa(1, q.dtype), dropout_p=self.dropout if self.training else 0.0,
             ).transpose(1, 2)  # (B, T, H, D)
         return self.out(o.reshape(b, t, d)), values
 
     def _dropout_streams(self, q: Tensor, k: Tensor, v: Tensor, kc: Tensor, vc: Tensor, rope: Tensor | None,
-                         key_mask: Tensor | None, keep: Tensor | None) -> Tensor:
+                         bias: Tensor | None, keep: Tensor | None) -> Tensor:
         """Heterogeneous attention with dropout through `dropout_attention`: keys and values
         of the X, V, Z streams side by side, (B, H, 3T, D), so one (T × 3T) score matrix per
         head holds the three softmaxes; γ_F and 1/(1 − p) are folded into the values and
         1/√D into the query rotation. q, k, v (B, H, S, N, D); kc, vc (B, 2H, 1, N, D)
-        per-atom X/V keys and values. Returns (B, T, d) before the output projection."""
+        per-atom X/V keys and values; bias (B, 1|H, 1|T, 3T) additive. Returns (B, T, d) before
+        the output projection."""
         b, hh, s, n, dh = q.shape
         t = s * n
         if rope is not None:
@@ -181,35 +186,96 @@ class TemporalAttention(nn.Module):
         vx = (vc.reshape(b, 2, hh, 1, n, dh) * g[:2].view(1, 2, 1, 1, 1, 1)).transpose(1, 2)  # (B, H, 2, 1, N, D)
         vals = torch.cat((vx.expand(b, hh, 2, s, n, dh), (v * g[2]).unsqueeze(2)), dim=2)  # (B, H, 3, S, N, D)
         o = dropout_attention(q.reshape(b, hh, t, dh), keys.view(b, hh, 3 * t, dh), vals.view(b, hh, 3 * t, dh),
-                              self.dropout, 3, _key_bias(key_mask, 3, q.dtype), keep, scaled_values=True,
+                              self.dropout, 3, bias, keep, scaled_values=True,
                               workspace=self.workspace)
         return o.transpose(1, 2).reshape(b, t, hh * dh)  # (B, T, d)
 
 
-def _key_bias(key_mask: Tensor | None, segments: int, dtype: torch.dtype) -> Tensor | None:
-    """(B, 1, 1, T) bool key mask → (B, 1, 1, F·T) additive bias: 0 at real keys, the most
-    negative finite number at padded ones (exp underflows to exactly 0, and a row with no
-    real key would stay finite instead of NaN)."""
-    if key_mask is None:
-        return None
-    bias = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device)
-    return bias.masked_fill_(~key_mask, torch.finfo(dtype).min).repeat(1, 1, 1, segments)
+class AttentionBias:
+    """The additive attention logits every block of one forward shares: padded keys (never
+    attended) and, optionally, a per-head term between atoms i and j (B, H, N, N) that applies
+    to every (slot, slot') pair of their tokens and to every stream. Built lazily, once per
+    forward, in the layout each attention path needs: `sdpa` for SDPA's attn_mask (streams
+    stacked on the head axis, F·H), `explicit` for `dropout_attention` (streams side by side on
+    the key axis, F·T). Padded keys get the most negative finite number, so exp underflows to 0
+    and no row is empty."""
+
+    def __init__(self, slots: int, key_mask: Tensor | None, pair: Tensor | None = None):
+        self.slots, self.key_mask, self.pair = slots, key_mask, pair
+        self._cache: dict = {}
+
+    def _tokens(self, dtype: torch.dtype) -> Tensor | None:
+        """(B, H|1, T|1, T) float: pair term over slot pairs plus the padding term, or None."""
+        s = self.slots
+        out = None
+        if self.pair is not None:
+            b, h, n, _ = self.pair.shape
+            out = self.pair.to(dtype)[:, :, None, :, None, :].expand(b, h, s, n, s, n).reshape(b, h, s * n, s * n)
+        if self.key_mask is not None:
+            keys = self.key_mask[:, None, :].expand(-1, s, -1).reshape(len(self.key_mask), 1, 1, -1)  # (B, 1, 1, T)
+            pad = torch.zeros(keys.shape, dtype=dtype, device=keys.device).masked_fill_(~keys, torch.finfo(dtype).min)
+            out = pad if out is None else out.masked_fill(~keys, torch.finfo(dtype).min)
+        return out
+
+    def sdpa(self, streams: int, dtype: torch.dtype) -> Tensor | None:
+        key = ("sdpa", streams, dtype)
+        if key not in self._cache:
+            if self.pair is None and self.key_mask is not None:  # bool keys: SDPA's cheapest mask
+                keys = self.key_mask[:, None, :].expand(-1, self.slots, -1)
+                self._cache[key] = keys.reshape(len(self.key_mask), 1, 1, -1)
+            else:
+                tok = self._tokens(dtype)
+                self._cache[key] = tok if tok is None or tok.shape[1] == 1 else tok.repeat(1, streams, 1, 1)
+        return self._cache[key]
+
+    def explicit(self, streams: int, dtype: torch.dtype) -> Tensor | None:
+        key = ("explicit", streams, dtype)
+        if key not in self._cache:
+            tok = self._tokens(dtype)
+            self._cache[key] = None if tok is None else tok.repeat(1, 1, 1, streams)
+        return self._cache[key]
+
+
+class DistanceBias(nn.Module):
+    """A per-head attention term from the start frame's interatomic distances d_ij (Å):
+
+        b_h(d) = −s_h d,   s_h = 2^(1 − 8h/H) per Å (h = 0 … H−1: 2, 0.5, 0.125, … for H = 4)
+
+    the 3-D analogue of ALiBi's fixed geometric slopes. It is invariant under rotations,
+    translations and reflections, and it is how interatomic geometry reaches the trunk in a
+    form attention can use: steep heads attend to bonded neighbours, shallow heads to the whole
+    molecule, and every query weighs its keys by distance. The slopes are fixed, not learned:
+    a learned term needs the gradient of the full (B, 3H, T, T) bias, which takes SDPA off its
+    fused path (3x slower per step on CPU, measured); what attends to what is still learned by
+    the queries and keys, which hold the positions. forward(x (B,N,3), mask) → (B, H, N, N).
+    """
+
+    def __init__(self, heads: int):
+        super().__init__()
+        slopes = 2.0 ** (1.0 - 8.0 * torch.arange(heads, dtype=torch.float64) / heads)
+        self.register_buffer("slopes", slopes.float(), persistent=False)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xw = x.float() * mask.float()[..., None]
+            d = torch.cdist(xw, xw)  # (B, N, N)
+            return -self.slopes[:, None, None] * d[:, None]
 
 
 class Block(nn.Module):
     """Pre-norm transformer block: z ← z + Attn(RMSNorm(z)); z ← z + SwiGLU(RMSNorm(z))."""
 
-    def __init__(self, dim: int, num_heads: int, slots: int, heterogeneous: bool, gamma: str,
+    def __init__(self, dim: int, num_heads: int, heterogeneous: bool, gamma: str,
                  value_residual: str, first: bool, attn_dropout: float, mlp_dropout: float):
         super().__init__()
         self.norm1 = nn.RMSNorm(dim, eps=1e-6)
-        self.attn = TemporalAttention(dim, num_heads, slots, heterogeneous, gamma, value_residual,
+        self.attn = TemporalAttention(dim, num_heads, heterogeneous, gamma, value_residual,
                                       first, attn_dropout)
         self.norm2 = nn.RMSNorm(dim, eps=1e-6)
         self.mlp = SwiGLU(dim, swiglu_width(dim), mlp_dropout)
 
     def forward(self, z: Tensor, ctx: Tensor | None, rope: Tensor | None,
-                key_mask: Tensor | None, v1: tuple[Tensor, ...] | None):
-        a, values = self.attn(self.norm1(z), ctx, rope, key_mask, v1)
+                bias: AttentionBias, v1: tuple[Tensor, ...] | None):
+        a, values = self.attn(self.norm1(z), ctx, rope, bias, v1)
         z = z + a
         return z + self.mlp(self.norm2(z)), values

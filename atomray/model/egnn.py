@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atomray.config import ModelConfig
+from atomray.model.prior import Prior
 from atomray.model.time_encoding import SinusoidalTimeEmbedding
 
 COORD_CLAMP = 100.0  # EGNN's clamp on the per-edge coordinate update weight
@@ -105,12 +106,18 @@ class EGNNBaseline(nn.Module):
         hid = cfg.gnn_hidden_dim
         self.node_embed = nn.Linear(2 + rwpe_dim, hid)
         self.time_embed = SinusoidalTimeEmbedding(cfg.time_embed_dim, hid, cfg.rope_base, cfg.tau_fs)
+        self.prior = Prior(cfg.prior, cfg.max_atomic_number)
+        if cfg.prior != "none":
+            self.alpha = nn.Parameter(torch.zeros(()))  # prior + α (x̂ − prior): the prior at init
 
     def _inputs(self, x0: Tensor, v0: Tensor, z: Tensor, lags_fs: Tensor, mask: Tensor, rwpe: Tensor | None):
         b = x0.shape[0]
-        if lags_fs.shape != (b, self.num_lags):
-            raise ValueError(f"{type(self).__name__}: lags_fs must be (B, P) = ({b}, {self.num_lags}), "
-                             f"found {tuple(lags_fs.shape)}")
+        if lags_fs.dim() != 2 or lags_fs.shape[0] != b:
+            raise ValueError(f"{type(self).__name__}: lags_fs must be (B, P) with B = {b}, found {tuple(lags_fs.shape)}")
+        if lags_fs.shape[1] != self.num_lags:
+            raise ValueError(f"{type(self).__name__} was built for P = {self.num_lags} lags (its layers are tied to "
+                             f"the lag count) and cannot predict P = {lags_fs.shape[1]}; evaluate it with "
+                             f"{self.num_lags} lags, or use ATOM, which predicts any number")
         k = 0 if rwpe is None else rwpe.shape[-1]
         if k != self.rwpe_dim:
             raise ValueError(f"{type(self).__name__}: built for RWPE length {self.rwpe_dim}, found {k}")
@@ -121,6 +128,16 @@ class EGNNBaseline(nn.Module):
         edges, attr = radius_graph(x, mask, self.cfg.radius)
         h = self.node_embed(node_features(v, z, rwpe, self.cfg)) * m  # (B, N, H)
         return x, v, h, edges, attr, m
+
+    def _finish(self, pred: Tensor, base: Tensor | None, m: Tensor, dtype: torch.dtype) -> Tensor:
+        """The output (B, P, N, 3): the network's positions, or prior + α (x̂ − prior)."""
+        if base is not None:
+            pred = (base + self.alpha * (pred - base)) * m[:, None]
+        return pred.to(dtype)
+
+    def _prior(self, x0: Tensor, v0: Tensor, z: Tensor, mask: Tensor, lags_fs: Tensor, m: Tensor) -> Tensor | None:
+        base, _ = self.prior(x0.to(m.dtype), v0.to(m.dtype), z, mask, lags_fs)
+        return None if base is None else base * m[:, None]
 
 
 class EGNNRollout(EGNNBaseline):
@@ -145,7 +162,8 @@ class EGNNRollout(EGNNBaseline):
             v = (xp - x) / step * self.cfg.velocity_scale_fs * m  # finite-difference velocity
             x, h = xp * m, h * m
             out.append(x)
-        return torch.stack(out, dim=1).to(x0.dtype)  # (B, P, N, 3)
+        base = self._prior(x0, v0, z, mask, lags_fs, m)
+        return self._finish(torch.stack(out, dim=1), base, m, x0.dtype)  # (B, P, N, 3)
 
 
 class EGNNSequential(EGNNBaseline):
@@ -171,4 +189,5 @@ class EGNNSequential(EGNNBaseline):
             v = (xp - x) / steps[:, p, None, None].clamp_min(1e-6) * self.cfg.velocity_scale_fs * m
             h, x = h * m, xp * m
             out.append(x)
-        return torch.stack(out, dim=1).to(x0.dtype)  # (B, P, N, 3)
+        base = self._prior(x0, v0, z, mask, lags_fs, m)
+        return self._finish(torch.stack(out, dim=1), base, m, x0.dtype)  # (B, P, N, 3)

@@ -72,7 +72,8 @@ class EGNO(EGNNBaseline):
         p = self.num_lags
         temb = self.time_embed(lags_fs.to(x.dtype))  # (B, P, H)
         h = (h[:, None] + temb[:, :, None]) * m[:, None]  # (B, P, N, H)
-        xs = x[:, None].expand(b, p, n, 3)  # (B, P, N, 3)
+        base = self._prior(x0, v0, z, mask, lags_fs, m)
+        xs = x[:, None].expand(b, p, n, 3) if base is None else base  # (B, P, N, 3)
         flat = lambda t: t.reshape(b * p, *t.shape[2:])  # noqa: E731  (B, P, …) → (B·P, …)
         v_f = flat(v[:, None].expand(b, p, n, 3))
         edges_f = flat(edges[:, None].expand(b, p, n, n))
@@ -83,4 +84,4 @@ class EGNO(EGNNBaseline):
             hf, xf = layer(flat(h), flat(xs), v_f, edges_f, attr_f)
             h = hf.view(b, p, n, -1) * m[:, None]
             xs = xf.view(b, p, n, 3) * m[:, None]
-        return xs.to(x0.dtype)
+        return self._finish(xs, base, m, x0.dtype)

@@ -2,25 +2,29 @@
 
 Paper §3.2.1 ("E(3) equivariant lifting"): each atom's position and velocity are augmented
 with their norms, (x, ‖x‖) and (v, ‖v‖), and lifted by E(3)-equivariant linear layers (e3nn
-`o3.Linear`); the phase features (v, ‖v‖) are combined with the atomic number (and, in the
-multitask setting, the random-walk positional encoding of App. D.2) by a learnable
-equivariant map. The lifted features use the irreps `m×0e + n×1o` with n = d // 4 and
-m = d − 3n (d = 128: 32 scalars + 32 vectors), flattened to d numbers per atom.
+`o3.Linear`); phase-space features — position and velocity, "augmented with atomic number"
+(and, in the multitask setting, the random-walk positional encoding of App. D.2) — are
+lifted by a learnable equivariant map. The lifted features use the irreps `m×0e + n×1o` with
+n = d // 4 and m = d − 3n (d = 128: 32 scalars + 32 vectors), flattened to d numbers per atom.
 
-    X = Linear_x([x, ‖x‖])                        (1o + 0e → m×0e + n×1o)
-    V = Linear_v([v, ‖v‖])                        (1o + 0e → m×0e + n×1o)
-    Z = TP([v, ‖v‖, 1] ⊗ [onehot(Z), RWPE])       (1o + 2×0e) ⊗ (S×0e) → m×0e + n×1o
+    X = Linear_x([x, ‖x‖])                                (1o + 0e → m×0e + n×1o)
+    V = Linear_v([v, ‖v‖])                                (1o + 0e → m×0e + n×1o)
+    Z = TP([x, v, ‖x‖, ‖v‖, 1] ⊗ [onehot(Z), RWPE])       (2×1o + 3×0e) ⊗ (S×0e) → m×0e + n×1o
 
-The phase map is a fully connected tensor product: a bilinear fusion of the velocity
-features with the (invariant) chemistry features, so vector channels are v·f(Z, RWPE) and
-scalar channels ‖v‖·g(Z, RWPE) + h(Z, RWPE). All three maps are exactly E(3)-equivariant
-(x and v are polar vectors, 1o); tests check `lift(x Rᵀ) = lift(x) D(R)ᵀ` with reflections.
+The phase map is a fully connected tensor product: a bilinear fusion of the phase-space
+features with the (invariant) chemistry features, so vector channels are x·f(Z, RWPE) +
+v·g(Z, RWPE) and scalar channels ‖x‖·h + ‖v‖·k + l (all functions of Z, RWPE). The phase
+stream is the attention query and the residual stream (§3.2.2), so it must hold the position:
+without it no query knows where its atom is, and attention cannot weigh neighbours by
+distance (the authors' code also forms the phase as a product of lifted x with lifted (v, Z);
+REFERENCE.md). All three maps are exactly E(3)-equivariant (x and v are polar vectors, 1o);
+tests check `lift(x Rᵀ) = lift(x) D(R)ᵀ` with reflections.
 
 `LinearLifting` is the "no equivariant lift" ablation (§4.4): plain `nn.Linear` layers on
 the same concatenated inputs. Velocities arrive already scaled to the model's unit (the
 caller multiplies Å/fs by `ModelConfig.velocity_scale_fs`).
 
-Parameter count (d = 128, 10 elements, RWPE 8): X 64, V 64, Z 96·18 = 1 728.
+Parameter count (d = 128, 10 elements, RWPE 8): X 64, V 64, Z (2·32 + 3·32)·18 = 2 880.
 """
 
 from __future__ import annotations
@@ -38,19 +42,24 @@ def hidden_irreps(dim: int) -> o3.Irreps:
     return o3.Irreps(f"{dim - 3 * n}x0e + {n}x1o")
 
 
+def check_atomic_numbers(z: Tensor, max_atomic_number: int) -> None:
+    """ValueError unless every Z lies in 0..max_atomic_number (checked on the host; skipped
+    while `torch.compile` traces)."""
+    if torch.compiler.is_compiling() or not z.numel():
+        return
+    lo, hi = int(z.min()), int(z.max())
+    if hi > max_atomic_number or lo < 0:
+        raise ValueError(f"atomic numbers must lie in 0..{max_atomic_number} (0 = padding; "
+                         f"ModelConfig.max_atomic_number), found {lo}..{hi}")
+
+
 def chemistry_features(z: Tensor, max_atomic_number: int, rwpe: Tensor | None, dtype: torch.dtype) -> Tensor:
     """(B, N, Zmax [+ K]) invariant per-atom features: one-hot Z (index Z−1) and RWPE.
 
     Padding atoms (Z = 0) get an all-zero one-hot. Raises ValueError if any Z exceeds
     `max_atomic_number` (checked on the host; skipped while `torch.compile` traces).
     """
-    if not torch.compiler.is_compiling():
-        zmax = int(z.max()) if z.numel() else 0
-        if zmax > max_atomic_number or (z.numel() and int(z.min()) < 0):
-            raise ValueError(
-                f"atomic numbers must lie in 0..{max_atomic_number} (0 = padding; "
-                f"ModelConfig.max_atomic_number), found {int(z.min())}..{zmax}"
-            )
+    check_atomic_numbers(z, max_atomic_number)
     onehot = nn.functional.one_hot(z.long(), max_atomic_number + 1)[..., 1:].to(dtype)  # (B, N, Zmax)
     if rwpe is None:
         return onehot
@@ -74,13 +83,17 @@ class EquivariantLifting(nn.Module):
         self.irreps = hidden_irreps(dim)
         self.lift_x = o3.Linear("1x1o + 1x0e", self.irreps)
         self.lift_v = o3.Linear("1x1o + 1x0e", self.irreps)
-        self.lift_z = o3.FullyConnectedTensorProduct("1x1o + 2x0e", f"{chem_dim}x0e", self.irreps)
+        self.lift_z = o3.FullyConnectedTensorProduct("2x1o + 3x0e", f"{chem_dim}x0e", self.irreps)
 
     def forward(self, x: Tensor, v: Tensor, chem: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         xv = with_norm(x)  # (B, N, 4)
         vv = with_norm(v)  # (B, N, 4)
-        phase = torch.cat((vv, torch.ones_like(vv[..., :1])), dim=-1)  # (B, N, 5): v, ‖v‖, 1
-        return self.lift_x(xv), self.lift_v(vv), self.lift_z(phase, chem)
+        return self.lift_x(xv), self.lift_v(vv), self.lift_z(phase_features(xv, vv), chem)
+
+
+def phase_features(xv: Tensor, vv: Tensor) -> Tensor:
+    """(B, N, 9) [x, v, ‖x‖, ‖v‖, 1] in e3nn layout "2x1o + 3x0e" from [x, ‖x‖] and [v, ‖v‖]."""
+    return torch.cat((xv[..., :3], vv[..., :3], xv[..., 3:], vv[..., 3:], torch.ones_like(xv[..., :1])), dim=-1)
 
 
 class LinearLifting(nn.Module):
@@ -91,8 +104,8 @@ class LinearLifting(nn.Module):
         self.irreps = hidden_irreps(dim)
         self.lift_x = nn.Linear(4, dim)
         self.lift_v = nn.Linear(4, dim)
-        self.lift_z = nn.Linear(4 + chem_dim, dim)
+        self.lift_z = nn.Linear(9 + chem_dim, dim)
 
     def forward(self, x: Tensor, v: Tensor, chem: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        vv = with_norm(v)
-        return self.lift_x(with_norm(x)), self.lift_v(vv), self.lift_z(torch.cat((vv, chem), dim=-1))
+        xv, vv = with_norm(x), with_norm(v)
+        return self.lift_x(xv), self.lift_v(vv), self.lift_z(torch.cat((phase_features(xv, vv), chem), dim=-1))

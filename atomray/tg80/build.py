@@ -33,7 +33,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from atomray.config import flatten
-from atomray.data.frames import FRAMES_DIR, Molecule, provenance_json, read_segments, write_molecules
+from atomray.data.frames import FRAMES_DIR, Molecule, provenance_json, write_molecules
+from atomray.data.dataset import read_segments
 from atomray.tg80.cluster import run_ray, select_library_ray
 from atomray.tg80.engines import engine_theory, engine_version, molecule_with_hydrogens
 from atomray.tg80.plan import BuildConfig, BuildError, MoleculeSpec, plan_molecules

@@ -30,7 +30,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from atomray.data.frames import FRAMES_DIR, Segment, read_segments, write_segments
+from atomray.data.frames import FRAMES_DIR, Segment, write_segments
+from atomray.data.dataset import read_segments
 from atomray.tg80.dynamics import MDState, config_json, prepare_state, run_steps
 from atomray.tg80.engines import embed, make_engine, molecule_with_hydrogens
 from atomray.tg80.plan import BuildConfig, BuildError, MoleculeSpec

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,28 +27,14 @@ import numpy as np
 import torch
 
 from atomray.config import RunConfig, config_from_dict, to_dict
-from atomray.data.pipeline import EpochPlan, InMemoryStream, WindowStream, fixed_windows, to_torch, window_seed
+from atomray.data.pipeline import EpochPlan, InMemoryStream, WindowStream, fixed_windows, to_torch
 from atomray.data.splits import EvalSet, Split
-from atomray.train.metrics import s2s, s2t
-from atomray.train.checkpoint import TrainState, load_optimizer, load_weights, read_state, save_checkpoint, unwrap
+from atomray.evaluate import (FLOORS, ErrorTable, model_errors, rotated_copy, score_windows, strongest_floor,
+                              summarise, validation_windows)
+from atomray.checkpoint import TrainState, load_optimizer, load_weights, read_state, save_checkpoint
+from atomray.metrics import rotate_windows
+from atomray.train.loss import epoch_generator, training_loss
 from atomray.train.optim import build_optimizer, lr_at, set_lr
-
-MODEL_INPUTS = ("x0", "v0", "z", "lags_fs", "mask")
-
-
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {k: batch[k] for k in MODEL_INPUTS}
-    out["rwpe"] = batch.get("rwpe")
-    return out
-
-
-def error_sums(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[Σ S2T, Σ S2S, number of samples] of a padded batch (Å²), so that ranks and batches
-    aggregate exactly (paper §4 "Metrics"; per-sample values from atomray.train.metrics)."""
-    pred, target = pred.float(), target.float()
-    return torch.stack([s2t(pred, target, mask, "sum"), s2s(pred, target, mask, "sum"),
-                        torch.tensor(float(len(pred)), device=pred.device)])
-
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -56,24 +43,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def training_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: RunConfig,
-                  generator: torch.Generator, autocast: Any) -> torch.Tensor:
-    """The training objective on one batch: label noise (paper §3.2.3), the L2 trajectory
-    loss (eq. 1), plus the optional latent-equivariance regulariser."""
-    from atomray.train.loss import add_label_noise, trajectory_loss
-    from atomray.train.metrics import random_rotation
-
-    x0, v0, target = add_label_noise(batch["x0"], batch["v0"], batch["target"], batch["mask"],
-                                     cfg.train.label_noise_sigma, generator)
-    with autocast:
-        pred = model(x0, v0, batch["z"], batch["lags_fs"], batch["mask"], batch.get("rwpe"))
-        loss = trajectory_loss(pred.float(), target, batch["mask"])
-        weight = cfg.model.latent_equivariance_weight
-        if weight > 0:
-            rot = random_rotation(generator, dtype=torch.float32).to(x0.device)
-            loss = loss + weight * unwrap(model).latent_equivariance_loss(
-                x0, v0, batch["z"], batch["lags_fs"], batch["mask"], batch.get("rwpe"), rot)
-    return loss
+def gather_tables(table: ErrorTable) -> ErrorTable:
+    """Every rank's ErrorTable of its slice of an evaluation set, joined (on every rank)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return table
+    parts: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, table)
+    return ErrorTable.concat(parts)
 
 
 def find_unused_parameters(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: RunConfig) -> bool:
@@ -86,29 +62,27 @@ def find_unused_parameters(model: torch.nn.Module, batch: dict[str, torch.Tensor
     return unused
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, windows: dict[str, torch.Tensor], batch_size: int,
-             autocast: Any) -> torch.Tensor:
-    """Error sums of the model on a padded window set (see `error_sums`)."""
-    model.eval()
-    sums = torch.zeros(3)
-    n = len(windows["x0"])
-    for s in range(0, n, batch_size):
-        part = {k: v[s : s + batch_size] for k, v in windows.items()}
-        with autocast:
-            pred = model(**model_inputs(part))
-        sums += error_sums(pred, part["target"], part["mask"]).cpu()
-    return sums
+@dataclass
+class RankEvalSet:
+    """This rank's slice of a fixed evaluation set: the windows on the device and the floors'
+    errors on them (computed once; the model's are added every epoch)."""
 
+    name: str
+    windows: dict[str, torch.Tensor]
+    rotated: dict[str, torch.Tensor]
+    floors: ErrorTable
 
-def no_motion_sums(windows: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Error sums of predicting x(t+Δt) = x(t) on the same windows (the baseline to beat)."""
-    still = windows["x0"][:, None].expand_as(windows["target"])
-    return error_sums(still, windows["target"], windows["mask"])
+    @classmethod
+    def make(cls, name: str, windows: dict[str, np.ndarray], rank: int, world: int, device: Any) -> "RankEvalSet":
+        rotated = rotated_copy(windows)  # the same rotations whatever the number of ranks
+        part, turned = ({k: v[rank::world] for k, v in w.items()} for w in (windows, rotated))
+        return cls(name, to_torch(part, device), to_torch(turned, device), score_windows(None, part))
 
-
-def rank_slice(windows: dict[str, np.ndarray], rank: int, world: int, device: Any) -> dict[str, torch.Tensor]:
-    return to_torch({k: v[rank::world] for k, v in windows.items()}, device)
+    def metrics(self, model: torch.nn.Module, batch_size: int, autocast: Any, breakdown: bool) -> dict[str, float]:
+        local = ErrorTable(self.floors.lags_fs, self.floors.molecule_id,
+                           {**self.floors.errors, "model": model_errors(model, self.windows, batch_size, autocast),
+                            "model_rotated": model_errors(model, self.rotated, batch_size, autocast)})
+        return summarise(gather_tables(local), self.name, breakdown)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -140,15 +114,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state = read_state(d)
 
     data = cfg.data
-    val = fixed_windows(data.path, split.val, data.val_windows, data, data.split_seed + 1, split.ranges["val"])
-    val_t = rank_slice(val, rank, world, device)
-    eval_sets = {}
+    eval_sets = [RankEvalSet.make("val", validation_windows(data, split), rank, world, device)]
     for d in config.get("eval_sets", []):
         es = EvalSet.from_dict(d)
         windows = fixed_windows(data.path, es.molecules, es.n, data, es.seed, es.frame_fraction)
-        eval_sets[es.name] = rank_slice(windows, rank, world, device)
+        eval_sets.append(RankEvalSet.make(es.name, windows, rank, world, device))
 
-    probe = {k: v[:2] for k, v in val_t.items()}
+    probe = {k: v[:2] for k, v in eval_sets[0].windows.items()}
     unused = find_unused_parameters(model, probe, cfg)
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
     if cfg.scaling.compile:
@@ -156,20 +128,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     use_bf16 = cfg.scaling.precision == "bf16" and device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
-    baseline = all_reduce_sum(no_motion_sums(val_t).to(device)).cpu()
-    eval_baselines = {}
-    for name, windows in eval_sets.items():
-        b = all_reduce_sum(no_motion_sums(windows).to(device)).cpu()
-        eval_baselines[name] = (float(b[0] / b[2]), float(b[1] / b[2]))
     plan = EpochPlan.make(data, int(config["total_starts"]), world)
     total_steps = plan.steps_per_epoch * cfg.train.epochs
-    if config.get("feed", "ray_data") == "memory":  # benchmarks: the same loop without Ray Data
-        held = fixed_windows(data.path, split.train, plan.steps_per_epoch * plan.local_batch, data,
-                             cfg.train.seed + 1000 * (rank + 1), split.ranges["train"])
-        stream = InMemoryStream(held, plan, cfg.train.seed, rank, device)
+    if data.train_feed == "fixed":  # one set of windows, drawn once, every epoch
+        held = fixed_windows(data.path, split.train, data.train_windows, data, data.split_seed + 4, split.ranges["train"])
+        stream = InMemoryStream({k: v[rank::world] for k, v in held.items()}, plan, cfg.train.seed, rank, device)
     else:
         stream = WindowStream(ray.train.get_dataset_shard("train"), data, plan, cfg.train.seed, rank, device)
-    noise_gen = torch.Generator(device="cpu")
 
     mlflow_client, logged = None, set()
     if rank == 0 and config.get("mlflow_uri") and state.mlflow_run_id:
@@ -184,7 +149,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             model.train()
             t0, n_batches, waited = time.perf_counter(), 0, 0.0
             loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
-            noise_gen.manual_seed(int(window_seed(cfg.train.seed, epoch, rank, "noise").integers(2**62)))
+            noise_gen = epoch_generator(cfg.train.seed, epoch, rank, "noise")
+            augment_gen = epoch_generator(cfg.train.seed, epoch, rank, "augment")
             while True:
                 t_wait = time.perf_counter()
                 batch = next(batches, None)
@@ -193,6 +159,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     break
                 maybe_inject_fault(cfg, config, epoch, n_batches, plan.steps_per_epoch, rank, world)
                 set_lr(optimizer, lr_at(state.step, total_steps, cfg.optim))
+                if cfg.train.augment == "so3":
+                    batch = rotate_windows(batch, augment_gen)
                 loss = training_loss(model, batch, cfg, noise_gen, autocast)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -204,23 +172,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 loss_sum += loss.detach()
             seconds = time.perf_counter() - t0
             loss_sum = all_reduce_sum(torch.stack([loss_sum.float(), torch.tensor(float(n_batches), device=device)])).cpu()
-            v = all_reduce_sum(evaluate(model, val_t, plan.local_batch, autocast).to(device)).cpu()
             row = {
                 "epoch": epoch,
                 "train_loss": float(loss_sum[0] / loss_sum[1]),
-                "val_s2t": float(v[0] / v[2]),
-                "val_s2s": float(v[1] / v[2]),
-                "val_s2t_no_motion": float(baseline[0] / baseline[2]),
-                "val_s2s_no_motion": float(baseline[1] / baseline[2]),
                 "lr": lr_at(max(state.step - 1, 0), total_steps, cfg.optim),
                 "epoch_seconds": seconds,
                 "train_samples_per_s": plan.steps_per_epoch * plan.local_batch * world / max(seconds, 1e-9),
                 "data_wait_fraction": waited / max(seconds, 1e-9),
             }
-            for name, windows in eval_sets.items():
-                t = all_reduce_sum(evaluate(model, windows, plan.local_batch, autocast).to(device)).cpu()
-                row.update({f"{name}_s2t": float(t[0] / t[2]), f"{name}_s2s": float(t[1] / t[2]),
-                            f"{name}_s2t_no_motion": eval_baselines[name][0], f"{name}_s2s_no_motion": eval_baselines[name][1]})
+            for es in eval_sets:  # validation breaks down by lag and ΔT decade; test sets do not
+                row.update(es.metrics(model, plan.local_batch, autocast, breakdown=es.name == "val"))
             if not all(math.isfinite(x) for x in row.values()):
                 raise FloatingPointError(f"non-finite metrics at epoch {epoch}: {row}")
             state.epoch = epoch
@@ -239,14 +200,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def progress_line(row: dict[str, float], epochs: int) -> str:
-    """One line per epoch for the driver's log (S2T/S2S in 10⁻² Å² like the paper's tables)."""
+    """One line per epoch for the driver's log: validation S2T/S2S beside the floors on the same
+    windows, and how the model compares with the strongest (10⁻² Å², like the paper's tables)."""
+    floors = ", ".join(f"{f} {100 * row[f'val_s2t_{f}']:.3f}" for f in FLOORS if f"val_s2t_{f}" in row)
+    name, floor = strongest_floor(row, "val_s2t")
     line = (f"epoch {int(row['epoch']) + 1}/{epochs}  loss {row['train_loss']:.4g}  "
             f"val S2T {100 * row['val_s2t']:.3f}  S2S {100 * row['val_s2s']:.3f}  "
-            f"(no motion: S2T {100 * row['val_s2t_no_motion']:.3f})  x1e-2 A^2  "
+            f"= {row['val_s2t'] / floor:.2f}x {name}  (rotated copies {100 * row['val_s2t_rotated']:.3f}; "
+            f"floors S2T: {floors})  x1e-2 A^2  "
             f"{row['epoch_seconds']:.1f} s, {row['train_samples_per_s']:.0f} samples/s, "
             f"{100 * row['data_wait_fraction']:.0f}% waiting for data")
-    for key in sorted(k for k in row if k.endswith("_s2t") and not k.startswith("val")):
-        line += f"  {key[:-4]} S2T {100 * row[key]:.3f} (no motion {100 * row[key + '_no_motion']:.3f})"
+    sets = sorted({k[: -len("_s2t")] for k in row if k.endswith("_s2t")} - {"val"})
+    for name in sets:
+        best, floor = strongest_floor(row, f"{name}_s2t")
+        line += f"  | {name} S2T {100 * row[name + '_s2t']:.3f} = {row[name + '_s2t'] / floor:.2f}x {best}"
     return line
 
 
@@ -295,7 +262,7 @@ def maybe_inject_fault(cfg: RunConfig, config: dict, epoch: int, step: int, step
 
 def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: Path,
         mlflow_uri: str = "", mlflow_run_id: str = "", eval_sets: list | None = None,
-        callbacks: list | None = None, elements: list[int] | None = None, feed: str = "ray_data"):
+        callbacks: list | None = None, elements: list[int] | None = None):
     """Run the TorchTrainer for `cfg` and return Ray Train's `Result`."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -318,7 +285,6 @@ def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: 
             "mlflow_run_id": mlflow_run_id,
             "eval_sets": [e.to_dict() for e in eval_sets or []],
             "elements": list(elements or []),
-            "feed": feed,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers,
                                                use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources,
@@ -331,7 +297,7 @@ def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: 
                                                          checkpoint_score_order="min"),
             callbacks=callbacks or None,
         ),
-        datasets={"train": dataset} if feed == "ray_data" else None,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]) if feed == "ray_data" else None,
+        datasets={"train": dataset} if dataset is not None else None,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]) if dataset is not None else None,
     )
     return trainer.fit()

@@ -10,14 +10,20 @@ Label noise (§3.2.3): during training the inputs x, v and every target frame ge
 Gaussian noise, x + ξ_x, v + ξ_v, x^{(t+Δt_p)} + ξ_x^p. The model never adds noise itself.
 The latent-equivariance regulariser lives on the model (`ATOM.latent_equivariance_loss`);
 the loop adds `ModelConfig.latent_equivariance_weight` × that loss when the weight is > 0.
+Augmentation (`train.augment=so3`, `atomray.metrics.rotate_windows`) turns every training window by a random
+rotation before noise and loss, so orientation carries no information to memorise.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from atomray.train.metrics import masked_mse
+from atomray.checkpoint import unwrap
+from atomray.config import RunConfig
+from atomray.metrics import masked_mse, random_rotation
 
 
 def trajectory_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -50,3 +56,28 @@ def add_label_noise(x0: Tensor, v0: Tensor, target: Tensor, mask: Tensor, sigma:
 
     m = mask.to(x0.dtype)[..., None]  # (B, N, 1)
     return (x0 + noise(x0, sigma) * m, v0 + noise(v0, sv) * m, target + noise(target, sigma) * m[:, None])
+
+
+def epoch_generator(seed: int, epoch: int, rank: int, purpose: str) -> torch.Generator:
+    """A CPU generator for one (seed, epoch, rank, purpose): label noise and augmentation draw
+    fresh values every epoch and on every rank, and the same values when a run is repeated."""
+    from atomray.data.pipeline import window_seed
+
+    return torch.Generator(device="cpu").manual_seed(int(window_seed(seed, epoch, rank, purpose).integers(2**62)))
+
+
+def training_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: RunConfig,
+                  generator: torch.Generator, autocast: Any) -> torch.Tensor:
+    """The training objective on one batch: label noise (paper §3.2.3), the L2 trajectory
+    loss (eq. 1), plus the optional latent-equivariance regulariser."""
+    x0, v0, target = add_label_noise(batch["x0"], batch["v0"], batch["target"], batch["mask"],
+                                     cfg.train.label_noise_sigma, generator)
+    with autocast:
+        pred = model(x0, v0, batch["z"], batch["lags_fs"], batch["mask"], batch.get("rwpe"))
+        loss = trajectory_loss(pred.float(), target, batch["mask"])
+        weight = cfg.model.latent_equivariance_weight
+        if weight > 0:
+            rot = random_rotation(generator, dtype=torch.float32).to(x0.device)
+            loss = loss + weight * unwrap(model).latent_equivariance_loss(
+                x0, v0, batch["z"], batch["lags_fs"], batch["mask"], batch.get("rwpe"), rot)
+    return loss

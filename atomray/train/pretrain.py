@@ -19,9 +19,9 @@ from typing import Any
 
 from atomray import tracking
 from atomray.config import ConfigError, RunConfig
-from atomray.data.frames import DataError, read_molecules
+from atomray.data.frames import DataError
 from atomray.data.pipeline import build_train_dataset, count_starts, scan_segments
-from atomray.data.splits import EvalSet, Split, default_eval_sets, make_split, plot_split, split_rows
+from atomray.data.splits import EvalSet, Split, default_eval_sets, make_split, plot_split, split_rows, usable_molecules
 
 
 @dataclass
@@ -111,37 +111,20 @@ def run_tags(cfg: RunConfig, split: Split) -> dict[str, str]:
     return tags
 
 
-def usable_molecules(path: str, include_unstable: bool = False):
-    """The molecules table, without molecules the data set's stability report flagged
-    (column `stable` False) unless `include_unstable`; the excluded ones are printed."""
-    import pyarrow.compute as pc
-
-    molecules = read_molecules(path)
-    if include_unstable or "stable" not in molecules.column_names:
-        return molecules
-    stable = pc.fill_null(molecules.column("stable"), True)
-    dropped = molecules.filter(pc.invert(stable))
-    if dropped.num_rows:
-        reasons = dropped.column("stability_reason").to_pylist() if "stability_reason" in dropped.column_names else [""] * dropped.num_rows
-        print("excluding molecules flagged by the stability report (data.include_unstable=true keeps them): "
-              + "; ".join(f"{m} ({r})" for m, r in zip(dropped.column("molecule_id").to_pylist(), reasons)), flush=True)
-    return molecules.filter(stable)
-
-
 def pretrain(cfg: RunConfig, *, split: Split | None = None, eval_sets: list[EvalSet] | None = None,
              parent_run_id: str = "", callbacks: list | None = None,
-             extra_tags: dict[str, str] | None = None, feed: str = "ray_data") -> PretrainResult:
+             extra_tags: dict[str, str] | None = None) -> PretrainResult:
     """Train `cfg` (already `resolve`d) on the current Ray cluster; returns the summary.
 
     `split` defaults to `make_split` of the data set's (stable) molecules; `eval_sets`
     defaults to the split's test set; each is evaluated every epoch, and `best` holds the
-    epoch with the best validation S2S (the paper's early-stopping rule). `feed="memory"`
-    trains the same loop on windows drawn once into memory (benchmarks only)."""
-    from atomray.train.checkpoint import export_checkpoint, read_state
+    epoch with the best validation S2S (the paper's early-stopping rule). Training windows
+    stream through Ray Data, or with `data.train_feed=fixed` are drawn once into memory."""
+    from atomray.checkpoint import export_checkpoint, read_state
     from atomray.train.loop import fit
 
     t0 = time.perf_counter()
-    molecules = usable_molecules(cfg.data.path, cfg.data.include_unstable)
+    molecules = usable_molecules(cfg.data)
     ids = molecules.column("molecule_id").to_pylist()
     z_of = dict(zip(ids, molecules.column("atomic_numbers").to_pylist()))
     if split is None:
@@ -153,7 +136,7 @@ def pretrain(cfg: RunConfig, *, split: Split | None = None, eval_sets: list[Eval
     if total_starts == 0:
         raise DataError(f"{cfg.data.path}: the training molecules have no trajectory long enough for the horizon")
 
-    elements = sorted({int(z) for m in split.train for z in z_of[m] if z > 1 or not cfg.data.heavy_atoms_only})
+    elements = sorted({int(z) for m in split.train for z in z_of[m] if z > 1 or cfg.data.context_atoms == "all"})
     run_dir = Path(cfg.storage_path) / cfg.name
     run_id = ""
     if cfg.tracking.enabled:
@@ -169,12 +152,12 @@ def pretrain(cfg: RunConfig, *, split: Split | None = None, eval_sets: list[Eval
         print(f"MLflow run {run_id} at {cfg.tracking.tracking_uri}", flush=True)
 
     dataset = None
-    if feed == "ray_data":
+    if cfg.data.train_feed == "stream":
         dataset = build_train_dataset(cfg.data.path, split.train, cfg.data, z_of, seed=cfg.train.seed,
                                       fraction=split.ranges["train"],
                                       concurrency=read_tasks(cfg))
     result = fit(cfg, split, dataset, total_starts, run_dir, cfg.tracking.tracking_uri, run_id,
-                 eval_sets, callbacks, elements, feed)
+                 eval_sets, callbacks, elements)
     if result.error is not None:
         if run_id:
             tracking.finish_run(cfg.tracking.tracking_uri, run_id, "FAILED")

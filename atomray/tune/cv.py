@@ -21,14 +21,16 @@ import numpy as np
 
 from atomray import tracking
 from atomray.config import RunConfig
-from atomray.data.splits import Split, default_eval_sets, fold_clusters, make_split, with_training_range
+from atomray.data.splits import Split, default_eval_sets, fold_clusters, make_split, usable_molecules, with_training_range
+from atomray.evaluate import FLOORS
 from atomray.tune.runner import open_parent, run_trials, runs_table, write_csv
 
 TRAIN_FRACTION = (0.0, 0.8)
 METRICS = {"ID S2T": "best_test_id_s2t", "OOD S2T": "best_test_s2t", "ID S2S": "best_test_id_s2s",
            "OOD S2S": "best_test_s2s",
-           # predicting no motion, x(t+ΔT) = x(t), on the same test windows: the floor to beat
-           "ID S2T no motion": "test_id_s2t_no_motion", "OOD S2T no motion": "test_s2t_no_motion"}
+           # the physics floors on the same test windows (atomray.evaluate): what the model must beat
+           **{f"{kind} S2T {floor}": f"test{suffix}_s2t_{floor}" for floor in FLOORS
+              for kind, suffix in (("OOD", ""), ("ID", "_id"))}}
 
 
 def fold_inputs(cfg: RunConfig, trial: dict[str, Any]) -> dict[str, Any]:
@@ -39,9 +41,7 @@ def fold_inputs(cfg: RunConfig, trial: dict[str, Any]) -> dict[str, Any]:
 
 def fold_splits(cfg: RunConfig, folds: Sequence[int]) -> dict[int, Split]:
     """Each fold's split, training on the first 80 % of every trajectory (one UMAP for all)."""
-    from atomray.train.pretrain import usable_molecules
-
-    molecules = usable_molecules(cfg.data.path, cfg.data.include_unstable)
+    molecules = usable_molecules(cfg.data)
     ids, smiles = molecules.column("molecule_id").to_pylist(), molecules.column("smiles").to_pylist()
     return {f: with_training_range(make_split(ids, smiles, dataclasses.replace(cfg.data, fold=f)), TRAIN_FRACTION)
             for f in folds}
@@ -76,6 +76,16 @@ def markdown(table: list[dict[str, Any]], folds: Sequence[int], model: str, cfg:
     for row in table:
         lines.append(f"| {row['metric']} | " + " | ".join(row.get(f"fold {f}", "n/a") for f in folds)
                      + f" | {row['mean over folds']:.2f} |")
+    lines.append("")
+    for kind in ("OOD", "ID"):
+        model = next(r for r in table if r["metric"] == f"{kind} S2T")["mean over folds"]
+        floors = [(r["metric"].split()[-1], r["mean over folds"]) for r in table
+                  if r["metric"].startswith(f"{kind} S2T ") and math.isfinite(r["mean over folds"])]
+        if floors and math.isfinite(model):
+            name, value = min(floors, key=lambda nv: nv[1])
+            word = "beats" if model < value else "does NOT beat"
+            lines.append(f"- {kind}: mean S2T {model:.3f} = {model / value:.2f}x the strongest floor ({name} "
+                         f"{value:.3f}): the model {word} it")
     lines.append("")
     for f in folds:
         roles = fold_clusters(f, cfg.data.num_clusters, cfg.data.num_folds)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from atomray import tracking
 from atomray.config import RunConfig, flatten
+from atomray.evaluate import FLOORS
 from atomray.tune.space import apply_overrides
 
 TAG_TRIAL = "atomray.trial"
@@ -148,8 +149,8 @@ def runs_table(uri: str, parent_run_id: str) -> list[dict[str, Any]]:
         for key in ("test_s2t", "test_s2s", "test_id_s2t", "test_id_s2s"):
             if f"best_{key}" in m:
                 row[f"best_{key}"] = m[f"best_{key}"]
-            if f"{key}_no_motion" in m:
-                row[f"{key}_no_motion"] = m[f"{key}_no_motion"]
+        for key in ("val_s2t", "test_s2t", "test_id_s2t"):  # the floors on the same windows
+            row.update({f"{key}_{f}": m[f"{key}_{f}"] for f in FLOORS if f"{key}_{f}" in m})
         rows.append(row)
     return rows
 

@@ -4,9 +4,10 @@ Keys are dotted RunConfig keys, so a trial's overrides apply with `apply_overrid
 
 - `SEARCH_SPACE`: learning rate, width, depth, heads, label noise σ, the T-RoPE timescale τ
   and the log-uniform horizon's Δt_min and ΔT_max.
-- `ABLATIONS`: each paper ablation and its alternatives; `ablation_trials` makes the
-  one-switch-at-a-time list (the default model plus one trial per alternative value), or the
-  full factorial grid.
+- `ABLATIONS`: each paper ablation and each of atomray's additions (prior, context atoms,
+  augmentation, distance bias, lag-conditioned output, internal velocities) with its
+  alternatives, the default first; `ablation_trials` makes the one-switch-at-a-time list (the
+  default model plus one trial per alternative value), or the full factorial grid.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ ABLATIONS: dict[str, list[Any]] = {
     "model.gamma": ["learned", "fixed"],
     "model.lifting": ["equivariant", "linear", "canonical"],
     "model.attention": ["heterogeneous", "self"],
+    "model.prior": ["rotor", "rigid", "x0", "none"],
+    "data.context_atoms": ["all", "heavy"],
+    "train.augment": ["so3", "none"],
+    "model.distance_bias": [True, False],
+    "model.lag_conditioned_output": [True, False],
+    "model.internal_velocity": [True, False],
 }
 
 

@@ -17,13 +17,15 @@ from typing import Any
 
 from atomray import tracking
 from atomray.config import RunConfig
+from atomray.evaluate import FLOORS
 from atomray.tune.runner import close_children, open_parent, run_trials, runs_table, write_csv
 from atomray.tune.space import ablation_label
 
 
 def ablation_chart(rows: list[dict[str, Any]], path: Path, metric: str = "best_val_s2t") -> Path:
     """Bar chart of `metric` (×10⁻² Å²) per trial label, best first; the default model's bar
-    is highlighted."""
+    is highlighted, and a black tick on each bar marks that trial's strongest physics floor
+    on the same validation windows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,6 +43,12 @@ def ablation_chart(rows: list[dict[str, Any]], path: Path, metric: str = "best_v
     for i, r in enumerate(done):
         if r.get("status") == "KILLED":
             ax.text(values[i], i, "  stopped early", va="center", fontsize=7)
+        floors = {f: r[f"val_s2t_{f}"] for f in FLOORS if f"val_s2t_{f}" in r}
+        if floors:  # each trial's strongest floor on its own validation windows
+            name = min(floors, key=floors.get)
+            ax.plot([100 * floors[name]] * 2, [i - 0.4, i + 0.4], color="k", lw=1.5)
+            if i == 0:
+                ax.text(100 * floors[name], -0.6, f"strongest floor ({name})", fontsize=7, ha="center")
     ax.set_title("ATOM ablations / trials")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -11,14 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from atomray.config import ConfigError, DataConfig, load_config
-from atomray.data.frames import (
-    DataError,
-    Trajectory,
-    load_trajectories,
-    read_segments,
-    validate_dataset,
-)
-from atomray.data.importers import ImportConfig, import_dataset
+from atomray.data.frames import DataError, Trajectory
+from atomray.data.dataset import load_trajectories, read_segments, validate_dataset
+from atomray.data.importers import import_dataset
+from atomray.data.sources import ImportConfig
 from atomray.data.windows import egno_start_frames, sample_windows
 
 

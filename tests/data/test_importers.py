@@ -16,8 +16,10 @@ import pytest
 
 from atomray.config import ConfigError
 from atomray.data.exporters import export_molecule
-from atomray.data.frames import DataError, load_trajectories, read_molecules, read_segments, validate_dataset
-from atomray.data.importers import ImportConfig, import_dataset, molecule_id_from_path
+from atomray.data.frames import DataError
+from atomray.data.dataset import load_trajectories, read_molecules, read_segments, validate_dataset
+from atomray.data.importers import import_dataset, molecule_id_from_path
+from atomray.data.sources import ImportConfig
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = ("positions", "velocities")

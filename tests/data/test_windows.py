@@ -3,11 +3,14 @@ RWPE and padding."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from atomray.config import DataConfig
-from atomray.data.frames import DataError, Molecule, Trajectory, load_trajectories, write_dataset
+from atomray.data.frames import DataError, Molecule, Trajectory, write_dataset
+from atomray.data.dataset import load_trajectories
 from atomray.data.windows import (
     cut_windows,
     egno_start_frames,
@@ -145,11 +148,31 @@ def test_sampling_is_seeded():
     assert not np.array_equal(a["start"], c["start"])
 
 
-def test_all_atoms_when_heavy_filter_off():
+def test_all_atoms_are_model_atoms_with_context_all_and_heavy_ones_are_scored():
     traj = _traj()
-    cfg = DataConfig(heavy_atoms_only=False, rwpe_k=0, horizon_max_fs=500)
+    cfg = DataConfig(context_atoms="all", rwpe_k=0, horizon_max_fs=500)
     w = sample_windows(traj, 8, cfg, np.random.default_rng(0))
-    assert w["x0"].shape[1] == len(ASPIRIN_Z)
+    assert w["x0"].shape[1] == len(ASPIRIN_Z) and w["ctx_x0"].shape == (8, 0, 3)
+    np.testing.assert_array_equal(w["score"][0], ASPIRIN_Z > 1)
+    w = sample_windows(traj, 8, dataclasses.replace(cfg, score_atoms="all"), np.random.default_rng(0))
+    assert w["score"].all()
+    with pytest.raises(DataError, match="score_atoms=all needs data.context_atoms=all"):
+        sample_windows(traj, 8, dataclasses.replace(cfg, context_atoms="heavy", score_atoms="all"),
+                       np.random.default_rng(0))
+
+
+def test_heavy_atom_windows_carry_the_hydrogens_as_context_in_the_same_frame():
+    traj = _traj()
+    cfg = DataConfig(rwpe_k=0, horizon_max_fs=500)
+    w = sample_windows(traj, 8, cfg, np.random.default_rng(0))
+    heavy, hydrogen = ASPIRIN_Z > 1, ASPIRIN_Z == 1
+    assert w["x0"].shape[1] == heavy.sum() and w["ctx_x0"].shape == (8, hydrogen.sum(), 3)
+    start = w["start"]
+    np.testing.assert_allclose(w["ctx_x0"] + w["origin"][:, None], traj.positions[start][:, hydrogen], atol=1e-5)
+    np.testing.assert_array_equal(w["ctx_v0"], traj.velocities[start][:, hydrogen])
+    np.testing.assert_allclose(w["mass"][0], [12.011] * 7 + [15.999] * 3 + [12.011] * 2 + [15.999], rtol=1e-4)
+    np.testing.assert_allclose(w["ctx_mass"], 1.008, rtol=1e-3)
+    assert "ctx_x0" not in sample_windows(traj, 8, cfg, np.random.default_rng(0), with_context=False)
 
 
 def test_horizon_longer_than_trajectory_is_an_error():
@@ -193,3 +216,6 @@ def test_pad_windows_masks_padding():
     assert batch["x0"].shape == (5, 13, 3) and batch["target"].shape == (5, 8, 13, 3)
     assert batch["mask"][:3].sum(1).tolist() == [2, 2, 2] and batch["mask"][3:].all()
     assert (batch["z"][:3, 2:] == 0).all() and (batch["x0"][:3, 2:] == 0).all()
+    assert not batch["score"][:3, 2:].any() and (batch["mass"][:3, 2:] == 0).all()
+    # context atoms pad to their own largest count (2 and 8 hydrogens), with mass 0
+    assert batch["ctx_x0"].shape == (5, 8, 3) and (batch["ctx_mass"][:3, 2:] == 0).all()

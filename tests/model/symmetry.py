@@ -11,7 +11,7 @@ import zlib
 import torch
 from torch import Tensor, nn
 
-from atomray.train.metrics import random_rotation
+from atomray.metrics import random_rotation
 
 __all__ = ["irreps_matrix", "random_rotation", "random_reflection", "random_permutation", "random_batch", "call",
            "rotate_batch", "permute_batch", "assert_equivariant_output", "randomise_parameters"]

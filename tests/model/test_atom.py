@@ -27,11 +27,15 @@ VARIANTS = {
     "gamma_fixed": {"gamma": "fixed"},
     "value_residual_fixed": {"value_residual": "fixed"},
     "value_residual_off": {"value_residual": "off"},
-    "delta": {"delta_prediction": True},
+    "prior_none": {"prior": "none"},
+    "prior_x0": {"prior": "x0"},
+    "no_distance_bias": {"distance_bias": False},
+    "no_lag_output": {"lag_conditioned_output": False},
     "gated_heads": {"output_heads": 3},
     "egno": {"name": "egno"},
     "egnn_r": {"name": "egnn_r"},
     "egnn_s": {"name": "egnn_s"},
+    "egno_prior_none": {"name": "egno", "prior": "none"},
 }
 
 
@@ -81,7 +85,10 @@ SWITCHES = {
     "gamma=fixed": {"gamma": "fixed"},
     "value_residual=fixed": {"value_residual": "fixed"},
     "value_residual=off": {"value_residual": "off"},
-    "delta_prediction": {"delta_prediction": True},
+    "prior=none": {"prior": "none"},
+    "prior=x0": {"prior": "x0"},
+    "distance_bias=false": {"distance_bias": False},
+    "lag_conditioned_output=false": {"lag_conditioned_output": False},
     "output_heads=3": {"output_heads": 3},
 }
 
@@ -142,7 +149,7 @@ def test_bad_inputs_name_what_is_wrong():
     batch = random_batch(g, b=2, n=5, p=P, rwpe_dim=K, dtype=torch.float32)
     model = build_model(TINY, P, K)
     with pytest.raises(ValueError, match="lags_fs"):
-        call(model, dict(batch, lags_fs=batch["lags_fs"][:, :2]))
+        call(model, dict(batch, lags_fs=batch["lags_fs"][0]))
     with pytest.raises(ValueError, match="RWPE"):
         call(model, dict(batch, rwpe=None))
     with pytest.raises(ValueError, match="atomic numbers"):
@@ -151,6 +158,25 @@ def test_bad_inputs_name_what_is_wrong():
         build_model(replace(TINY, name="transformer"), P, K)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="heads"):
         build_model(replace(TINY, num_heads=5), P, K)
+
+
+def test_atom_predicts_any_number_of_lags_and_the_egnn_family_refuses_another():
+    """§4.3: T-RoPE needs no retraining for other lags; EGNO's layers are tied to P."""
+    g = torch.Generator().manual_seed(18)
+    batch = random_batch(g, b=2, n=5, p=P, rwpe_dim=K)
+    model = make("atom")
+    full = call(model, batch)
+    for lags in (batch["lags_fs"][:, :1], batch["lags_fs"][:, [1, 3]], torch.cat([batch["lags_fs"]] * 4, 1)):
+        out = call(model, dict(batch, lags_fs=lags))
+        assert out.shape == (2, lags.shape[1], 5, 3) and torch.isfinite(out).all()
+    # a query slot sees the other slots, so a lag's prediction depends on its company, but the
+    # same lags in the same order give the same prediction
+    torch.testing.assert_close(call(model, dict(batch, lags_fs=batch["lags_fs"].clone())), full)
+    for name in ("egno", "egnn_r", "egnn_s"):
+        with pytest.raises(ValueError, match=rf"built for P = {P} lags .* cannot predict P = 2"):
+            call(make(name), dict(batch, lags_fs=batch["lags_fs"][:, :2]))
+    with pytest.raises(ValueError, match="time_encoding=none .* cannot predict P = 2"):
+        call(make("no_time"), dict(batch, lags_fs=batch["lags_fs"][:, :2]))
 
 
 def test_latent_equivariance_regulariser():

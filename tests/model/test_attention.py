@@ -3,7 +3,6 @@ einsum; T-RoPE depends only on time differences. float64 where exactness is clai
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from symmetry import call, random_batch, randomise_parameters
 
 from atomray.config import ModelConfig
 from atomray.model import build_model
-from atomray.model.attention import TemporalAttention
+from atomray.model.attention import AttentionBias, TemporalAttention
 from atomray.model.time_encoding import apply_rope, rope_tables
 
 torch.set_num_threads(1)
@@ -68,8 +67,8 @@ def reference(attn: TemporalAttention, h, ctx, times, mask, v1=None, lam=None, k
 @pytest.mark.parametrize("heterogeneous", [True, False], ids=["heterogeneous", "self"])
 def test_attention_equals_einsum_reference(heterogeneous):
     g = torch.Generator().manual_seed(0)
-    first = TemporalAttention(D_MODEL, HEADS, S, heterogeneous, "learned", "learned", first=True).double()
-    later = TemporalAttention(D_MODEL, HEADS, S, heterogeneous, "learned", "learned", first=False).double()
+    first = TemporalAttention(D_MODEL, HEADS, heterogeneous, "learned", "learned", first=True).double()
+    later = TemporalAttention(D_MODEL, HEADS, heterogeneous, "learned", "learned", first=False).double()
     for module in (first, later):
         randomise_parameters(module)
     h = torch.randn(B, S * N, D_MODEL, generator=g, dtype=torch.float64)
@@ -77,7 +76,7 @@ def test_attention_equals_einsum_reference(heterogeneous):
     times = torch.cumsum(torch.rand(B, S, generator=g, dtype=torch.float64) * 100, dim=1)
     mask = torch.ones(B, N, dtype=torch.bool)
     mask[1, -1] = False
-    key_mask = mask[:, None].expand(B, S, N).reshape(B, 1, 1, S * N)
+    key_mask = AttentionBias(S, mask)
     rope = rope_tables(times, D_MODEL // HEADS, BASE, TAU)
 
     got1, values1 = first(h, ctx if heterogeneous else None, rope, key_mask, None)
@@ -101,8 +100,8 @@ def test_training_with_dropout_equals_reference_with_the_same_mask(heterogeneous
     g = torch.Generator().manual_seed(4)
     p = 0.25
     streams = 3 if heterogeneous else 1
-    first = TemporalAttention(D_MODEL, HEADS, S, heterogeneous, "learned", "learned", first=True, dropout=p).double()
-    later = TemporalAttention(D_MODEL, HEADS, S, heterogeneous, "learned", "learned", first=False, dropout=p).double()
+    first = TemporalAttention(D_MODEL, HEADS, heterogeneous, "learned", "learned", first=True, dropout=p).double()
+    later = TemporalAttention(D_MODEL, HEADS, heterogeneous, "learned", "learned", first=False, dropout=p).double()
     for module in (first, later):
         randomise_parameters(module)
     h = torch.randn(B, S * N, D_MODEL, generator=g, dtype=torch.float64, requires_grad=True)
@@ -112,7 +111,7 @@ def test_training_with_dropout_equals_reference_with_the_same_mask(heterogeneous
         times = torch.zeros_like(times)  # R = identity, the same as no T-RoPE
     mask = torch.ones(B, N, dtype=torch.bool)
     mask[1, -1] = False
-    key_mask = mask[:, None].expand(B, S, N).reshape(B, 1, 1, S * N)
+    key_mask = AttentionBias(S, mask)
     table = rope_tables(times, D_MODEL // HEADS, BASE, TAU) if rope else None
     keep = (torch.rand(B, HEADS, S * N, streams * S * N, generator=g) > p).to(torch.int16)
     realised = round(p * 65536) / 65536

@@ -79,11 +79,11 @@ def test_canonical_frame_without_velocities_uses_the_third_moment():
     torch.testing.assert_close(xr, xt, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("delta", [False, True], ids=["absolute", "delta"])
-def test_canonical_atom_is_exactly_se3_equivariant(delta):
+@pytest.mark.parametrize("prior", ["none", "x0", "rigid"])
+def test_canonical_atom_is_exactly_se3_equivariant(prior):
     g = torch.Generator().manual_seed(4)
     batch = random_batch(g, b=3, n=6, p=4, rwpe_dim=3, pad=1)
-    cfg = replace(TINY, lifting="canonical", delta_prediction=delta)
+    cfg = replace(TINY, lifting="canonical", prior=prior)
     model = randomise_parameters(build_model(cfg, 4, 3).double()).eval()
     r, t = random_rotation(g), torch.randn(3, generator=g, dtype=torch.float64) * 3
     assert_equivariant_output(model, batch, r, t, atol=1e-10, rtol=1e-10)

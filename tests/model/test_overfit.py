@@ -43,16 +43,18 @@ def harmonic_batch(seed: int = 0, b: int = 4, n: int = 5) -> dict[str, torch.Ten
     return {"x0": x0, "v0": v0, "z": z, "lags_fs": lags, "mask": mask, "target": target}
 
 
-TINY = ModelConfig(embed_dim=32, num_layers=2, num_heads=4, attn_dropout=0.0, gnn_hidden_dim=32)
+TINY = ModelConfig(embed_dim=32, num_layers=2, num_heads=4, attn_dropout=0.0, gnn_hidden_dim=32, prior="none")
 
 
 @pytest.mark.parametrize("variant", [
     {"name": "atom"},
+    {"name": "atom", "prior": "rigid"},
     {"name": "atom", "lifting": "canonical"},
     {"name": "egno"},
+    {"name": "egno", "prior": "rigid"},
     {"name": "egnn_r"},
     {"name": "egnn_s"},
-], ids=["atom", "atom_canonical", "egno", "egnn_r", "egnn_s"])
+], ids=["atom", "atom_rigid_prior", "atom_canonical", "egno", "egno_rigid_prior", "egnn_r", "egnn_s"])
 def test_model_overfits_a_few_trajectories(variant):
     torch.manual_seed(0)
     batch = harmonic_batch()

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from atomray.data.frames import load_trajectories, read_molecules, validate_dataset
-from atomray.data.frames import read_segments
+from atomray.data.dataset import load_trajectories, read_molecules, validate_dataset
+from atomray.data.dataset import read_segments
 from atomray.tg80.build import build
 from atomray.tg80.plan import BuildError
 from atomray.tg80.presets import preset_config

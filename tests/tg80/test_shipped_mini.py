@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from atomray.data.frames import read_molecules, validate_dataset
+from atomray.data.dataset import read_molecules, validate_dataset
 from atomray.tg80.seeds import MD17_NAMES
 
 MINI = Path(__file__).resolve().parents[2] / "data" / "tg80-mini"

@@ -67,7 +67,8 @@ def test_ray_job_submit_tracks_one_run_in_mlflow_server(servers, mmff_dataset, r
     status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", servers["dashboard"], job_id],
                             env=ray_env(), capture_output=True, text=True, timeout=120).stdout
     assert "succeeded" in status.lower(), f"{status}\n--- job log ---\n{logs[-5000:]}"
-    assert "MLflow run id:" in logs and "no-motion baseline" in logs
+    assert "MLflow run id:" in logs and "physics floors on the same windows" in logs
+    assert "the strongest floor (" in logs  # the verdict names the strongest floor
     assert [logs.count(f"epoch {e}/{epochs} ") for e in range(1, epochs + 1)] == [1] * epochs, logs[-3000:]
 
     c, runs = mlflow_runs(servers["mlflow"], "e2e-job")

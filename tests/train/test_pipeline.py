@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from atomray.config import DataConfig
-from atomray.data.frames import read_molecules
+from atomray.data.dataset import read_molecules
 from atomray.data.pipeline import (
     EpochPlan,
     WindowStream,

@@ -97,8 +97,10 @@ def test_cv_makes_one_parent_and_five_fold_children_with_disjoint_splits(env, cv
         assert key in parent.data.metrics, key
     arts = {a.path for a in client(env).list_artifacts(parent.info.run_id, "cv")}
     assert "cv/cv_summary.md" in arts and "cv/cv_summary.csv" in arts
-    assert "OOD S2T" in cv and "OOD S2T no motion" in cv and "fold 4" in cv
-    assert "mean_ood_s2t_no_motion" in parent.data.metrics
+    assert "OOD S2T" in cv and "OOD S2T no_motion" in cv and "OOD S2T rotor_all" in cv and "fold 4" in cv
+    assert "the strongest floor (" in cv  # the summary's verdict, model against the strongest floor
+    for floor in ("no_motion", "linear", "rigid_heavy", "rigid_all", "rotor_all"):
+        assert f"mean_ood_s2t_{floor}" in parent.data.metrics, floor
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +153,10 @@ def test_register_and_predict_a_new_molecule(env, sweep, tmp_path):
     assert "time:" in stdout
     frames = ase.io.read(out, index=":")
     assert len(frames) == len(lags)
-    assert [list(f.numbers) for f in frames] == [[6, 6, 8, 7, 6, 6, 6, 6, 8, 6, 6]] * len(lags)  # heavy atoms
+    from rdkit import Chem
+
+    every_atom = [a.GetAtomicNum() for a in Chem.AddHs(Chem.MolFromSmiles("CC(=O)Nc1ccc(O)cc1")).GetAtoms()]
+    assert [list(f.numbers) for f in frames] == [every_atom] * len(lags)  # data.context_atoms=all: hydrogens too
     assert [f.info["lag_fs"] for f in frames] == [float(x) for x in lags]
 
 
@@ -198,4 +203,4 @@ def test_notebooks_execute_headless(env, sweep):
         "REGISTERED_NAME": "atom-notebook", "ALIAS": "champion", "MOLECULE": "", "START_FRAME": 10,
         "LAGS_FS": [5, 10, 20, 40, 80]}, ROOT / "notebooks")
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "no motion" in text and "models:/atom-notebook@champion" in text
+    assert "no motion" in text and "rotor_all" in text and "models:/atom-notebook@champion" in text

@@ -1,0 +1,500 @@
+"""Scoring a model beside the physics floors, on fixed windows of any data set (no Ray needed).
+
+One home for "how good is it": the training loop's validation and test sets, cross-validation,
+sweeps, the notebooks and `jobs/evaluate.py` all score through `score_windows` and `summarise`,
+so a checkpoint evaluated here reproduces the figures its run logged on the same windows.
+
+    model, cfg, directory = load_model_uri(uri, "models:/atom@champion")       # atomray.tracking
+    rows, table = evaluate_dataset(model, cfg, "data/tg80-mini", horizons_fs=[25, 100, 400, 1000])
+
+Floors (predictors that need no learning, `atomray.physics`), scored on exactly the model's
+windows and atoms:
+
+    no_motion     x0
+    linear        x0 + v0 Δt
+    rigid_heavy   the rigid-body motion (centre-of-mass drift, rotation exp(ω Δt), ω = I⁻¹L)
+                  that the heavy atoms' x0, v0 and masses tell
+    rigid_all     the same from every atom of the molecule, hydrogens included (windows carry
+                  the atoms the model does not see as context atoms)
+    rotor_all     the exact torque-free rigid-body motion from every atom (L conserved, ω
+                  precessing as the body turns; Euler's equations): the strongest floor at long
+                  lags, since a free molecule's ω is not constant
+
+Errors are kept per window and lag (`ErrorTable`, Å², mean over the scored atoms and xyz), so
+any breakdown is a reduction of one table: S2T (mean over lags), S2S (last lag), per lag
+index, per ΔT decade (`summarise`), per molecule and horizon (`evaluate_dataset`).
+
+Every model is also scored on a randomly rotated copy of the same windows ("model_rotated",
+each window turned about its centroid by its own fixed random rotation): floors are
+equivariant and score the same there, so the gap between the two model figures measures how
+much a quasi-equivariant model memorised the orientations it trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from atomray import physics
+from atomray.config import DataConfig, RunConfig
+from atomray.data.frames import DataError
+from atomray.data.dataset import frame_files, read_molecules
+from atomray.data.pipeline import (fixed_windows, molecule_files, molecule_segments, scan_segments, segment_windows,
+                                   window_seed)
+from atomray.data.splits import Split, make_split, usable_molecules
+from atomray.data.windows import max_horizon_frames, pad_windows
+from atomray.metrics import lag_errors, rotate_windows
+
+FLOORS = ("no_motion", "linear", "rigid_heavy", "rigid_all", "rotor_all")
+PREDICTORS = ("model", "model_rotated") + FLOORS
+MODEL_INPUTS = ("x0", "v0", "z", "lags_fs", "mask")
+DT_DECADES = tuple(10.0 ** k for k in range(0, 7))  # ΔT bins (lo, hi] in fs
+
+
+def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+    """The keyword arguments of a model's forward from a window batch."""
+    out = {k: batch[k] for k in MODEL_INPUTS}
+    out["rwpe"] = batch.get("rwpe")
+    return out
+
+
+def score_mask(batch: Mapping[str, Any]) -> Any:
+    """The atoms the metrics score: `score` when the windows carry it, else every real atom."""
+    return batch["score"] if "score" in batch else batch["mask"]
+
+
+# ---------------------------------------------------------------------------------------------
+# floors as predictors
+
+
+def floor_predictions(batch: Mapping[str, torch.Tensor], names: Sequence[str] = FLOORS) -> dict[str, torch.Tensor]:
+    """(B, P, N, 3) prediction of each floor for a window batch (float64)."""
+    x0, v0, lags = batch["x0"].double(), batch["v0"].double(), batch["lags_fs"].double()
+    mass = batch["mass"].double() * batch["mask"].double()
+    out = {}
+    for name in names:
+        if name == "no_motion":
+            out[name] = physics.no_motion(x0, lags)
+        elif name == "linear":
+            out[name] = physics.linear(x0, v0, lags)
+        elif name == "rigid_heavy":
+            out[name] = physics.rigid(x0, v0, mass * (batch["z"] > 1).double(), lags)
+        elif name in ("rigid_all", "rotor_all"):
+            context = None
+            if "ctx_x0" in batch:
+                context = (batch["ctx_x0"].double(), batch["ctx_v0"].double(), batch["ctx_mass"].double())
+            out[name] = (physics.rigid if name == "rigid_all" else physics.rotor)(x0, v0, mass, lags, context)
+        else:
+            raise ValueError(f"unknown floor {name!r}; known: {', '.join(FLOORS)}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# per-window, per-lag errors
+
+
+@dataclass
+class ErrorTable:
+    """Squared errors (Å²) per window and lag: errors[predictor] (W, P) float64, mean over the
+    scored atoms and xyz; lags_fs (W, P); molecule_id (W,)."""
+
+    lags_fs: np.ndarray
+    molecule_id: np.ndarray
+    errors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.lags_fs)
+
+    def select(self, keep: np.ndarray) -> "ErrorTable":
+        return ErrorTable(self.lags_fs[keep], self.molecule_id[keep], {k: v[keep] for k, v in self.errors.items()})
+
+    @classmethod
+    def concat(cls, tables: Sequence["ErrorTable"]) -> "ErrorTable":
+        tables = [t for t in tables if len(t)]
+        if not tables:
+            raise ValueError("ErrorTable.concat: no windows")
+        keys = [k for k in tables[0].errors if all(k in t.errors for t in tables)]
+        return cls(np.concatenate([t.lags_fs for t in tables]), np.concatenate([t.molecule_id for t in tables]),
+                   {k: np.concatenate([t.errors[k] for t in tables]) for k in keys})
+
+
+def _batches(windows: Mapping[str, Any], batch_size: int) -> Iterable[dict[str, Any]]:
+    n = len(windows["x0"])
+    for s in range(0, n, batch_size):
+        yield {k: v[s : s + batch_size] for k, v in windows.items()}
+
+
+@torch.no_grad()
+def model_errors(model: torch.nn.Module, windows: Mapping[str, Any], batch_size: int = 256,
+                 autocast: Any = None) -> np.ndarray:
+    """(W, P) errors of `model` on a padded window set (numpy or torch arrays; tensors stay on
+    their device, numpy arrays go to the model's device). The model is put in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for part in _batches(windows, batch_size):
+        part = {k: (torch.as_tensor(v, device=device) if isinstance(v, np.ndarray) and v.dtype != object else v)
+                for k, v in part.items()}
+        with autocast if autocast is not None else nullcontext():
+            pred = model(**model_inputs(part))
+        out.append(lag_errors(pred.double(), part["target"].double(), score_mask(part).bool()).cpu())
+    return torch.cat(out).numpy()
+
+
+def floor_errors(windows: Mapping[str, Any], names: Sequence[str] = FLOORS, batch_size: int = 1024) -> dict[str, np.ndarray]:
+    """(W, P) errors of each floor on a padded window set (computed on the CPU in float64)."""
+    out: dict[str, list] = {n: [] for n in names}
+    for part in _batches(windows, batch_size):
+        t = {k: torch.as_tensor(v).cpu() for k, v in part.items() if not (isinstance(v, np.ndarray) and v.dtype == object)}
+        target, mask = t["target"].double(), score_mask(t).bool()
+        for name, pred in floor_predictions(t, names).items():
+            out[name].append(lag_errors(pred, target, mask))
+    return {n: torch.cat(v).numpy() for n, v in out.items()}
+
+
+ROTATION_SEED = 20260  # the fixed rotations of the rotated copies
+
+
+def rotated_copy(windows: Mapping[str, Any], seed: int = ROTATION_SEED) -> dict[str, Any]:
+    """The windows, each turned about its centroid by its own fixed random rotation (numpy in,
+    numpy out; torch in, torch out on the same device)."""
+    numpy = isinstance(windows["x0"], np.ndarray)
+    t = {k: torch.as_tensor(v) for k, v in windows.items() if not (isinstance(v, np.ndarray) and v.dtype == object)}
+    out = rotate_windows(t, torch.Generator().manual_seed(seed))
+    if numpy:
+        out = {k: v.numpy() for k, v in out.items()}
+    out.update({k: v for k, v in windows.items() if k not in out})
+    return out
+
+
+def score_windows(model: torch.nn.Module | None, windows: Mapping[str, Any], batch_size: int = 256,
+                  autocast: Any = None, floors: Sequence[str] = FLOORS,
+                  rotated: Mapping[str, Any] | None = None) -> ErrorTable:
+    """The ErrorTable of a window set: the model (if given) on the windows and on `rotated`
+    (default: `rotated_copy(windows)`), and the floors on the same windows."""
+    ids = windows.get("molecule_id")
+    lags = np.asarray(windows["lags_fs"].cpu() if isinstance(windows["lags_fs"], torch.Tensor) else windows["lags_fs"])
+    table = ErrorTable(lags.astype(np.float64), np.asarray(ids if ids is not None else [""] * len(lags), dtype=object),
+                       floor_errors(windows, floors))
+    if model is not None:
+        table.errors["model"] = model_errors(model, windows, batch_size, autocast)
+        rotated = rotated if rotated is not None else rotated_copy(windows)
+        table.errors["model_rotated"] = model_errors(model, rotated, batch_size, autocast)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# reductions
+
+
+def _dt_bins(horizons: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    bins = []
+    for lo, hi in zip(DT_DECADES[:-1], DT_DECADES[1:]):
+        keep = (horizons > lo) & (horizons <= hi)
+        if keep.any():
+            bins.append((f"dt_{lo:g}-{hi:g}fs", keep))
+    return bins
+
+
+def summarise(table: ErrorTable, prefix: str, breakdown: bool = True) -> dict[str, float]:
+    """Metrics of an ErrorTable, keys `{prefix}_{metric}[_{floor}]` (Å²): s2t, s2s (the model on
+    the rotated copies: `_rotated`); with `breakdown` also s2t_lag{p} per lag index and
+    s2t_dt_{lo}-{hi}fs per ΔT decade (lo, hi], for the model and every floor."""
+    out: dict[str, float] = {}
+    groups = [("", np.ones(len(table), bool))]
+    if breakdown:
+        groups += _dt_bins(table.lags_fs[:, -1])
+    for name, err in table.errors.items():
+        suffix = {"model": "", "model_rotated": "_rotated"}.get(name, f"_{name}")
+        out[f"{prefix}_s2t{suffix}"] = float(err.mean())
+        out[f"{prefix}_s2s{suffix}"] = float(err[:, -1].mean())
+        if not breakdown or name == "model_rotated":
+            continue
+        for p in range(err.shape[1]):
+            out[f"{prefix}_s2t_lag{p + 1}{suffix}"] = float(err[:, p].mean())
+        for label, keep in groups[1:]:
+            out[f"{prefix}_s2t_{label}{suffix}"] = float(err[keep].mean())
+    return out
+
+
+def strongest_floor(metrics: Mapping[str, float], key: str) -> tuple[str, float]:
+    """(name, value) of the floor with the lowest `key` (e.g. "val_s2t") among those present."""
+    present = [(f, metrics[f"{key}_{f}"]) for f in FLOORS if f"{key}_{f}" in metrics]
+    if not present:
+        raise KeyError(f"no floor figures for {key!r} (expected e.g. {key}_rigid_all)")
+    return min(present, key=lambda fv: fv[1])
+
+
+def verdict(metrics: Mapping[str, float], key: str) -> str:
+    """One sentence comparing the model's `key` with the strongest floor, as the numbers say."""
+    name, floor = strongest_floor(metrics, key)
+    value = metrics[key]
+    ratio = value / floor if floor > 0 else math.inf
+    if value < floor:
+        return f"the model beats the strongest floor ({name}) on {key}: {ratio:.2f}x its error"
+    return f"the model does NOT beat the strongest floor ({name}) on {key}: {ratio:.2f}x its error"
+
+
+def check_elements(z: Iterable[int], elements: Sequence[int], name: str) -> None:
+    """Refuse elements the model never saw in training (they have untrained embeddings)."""
+    if not elements:
+        return
+    unseen = sorted(set(int(x) for x in z if int(x) > 0) - set(int(e) for e in elements))
+    if unseen:
+        from ase.data import chemical_symbols
+
+        raise DataError(
+            f"{name}: elements {[chemical_symbols[u] for u in unseen]} (Z={unseen}) never occurred in "
+            f"the model's training data (it saw Z={sorted(elements)}); its prediction would be meaningless"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# any data set, fixed horizons, any number of lags
+
+
+def data_digest(root: str | Path) -> str:
+    """sha256 (first 16 hex) of a data set's files: identifies exactly what was evaluated."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for path in [root / "molecules.parquet", *frame_files(root)]:
+        digest.update(path.name.encode())
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def check_request(root: str | Path, molecules: Sequence[str] | None, horizons_fs: Sequence[float],
+                  num_lags: Sequence[int]) -> list[str]:
+    """The molecules to evaluate (all when None), after checking that they exist and that every
+    horizon fits in each molecule's longest trajectory piece; errors name what is wrong."""
+    table = read_molecules(root)
+    ids = table.column("molecule_id").to_pylist()
+    wanted = list(molecules) if molecules else ids
+    unknown = [m for m in wanted if m not in ids]
+    if unknown:
+        raise DataError(f"{root}: no molecule {unknown[0]!r} in the data set (it holds {', '.join(ids[:20])}"
+                        f"{' ...' if len(ids) > 20 else ''})")
+    if not horizons_fs or any(not (h > 0 and math.isfinite(h)) for h in horizons_fs):
+        raise DataError(f"horizons must be positive times in fs, found {list(horizons_fs)}")
+    if not num_lags or any(p < 1 for p in num_lags):
+        raise DataError(f"numbers of lags must be at least 1, found {list(num_lags)}")
+    longest: dict[str, tuple[int, float]] = {}
+    for s in scan_segments(root, wanted):
+        if s.n_frames > longest.get(s.molecule_id, (0, 0.0))[0]:
+            longest[s.molecule_id] = (s.n_frames, s.dt_fs)
+    for m in wanted:
+        frames, dt = longest.get(m, (0, 1.0))
+        for h in horizons_fs:
+            for p in num_lags:
+                need = max(int(np.rint(h / dt)), p) + 1
+                if need > frames:
+                    raise DataError(f"{root}: molecule {m!r}: a horizon of {h:g} fs with {p} lags needs {need} "
+                                    f"frames, but its longest trajectory piece has {frames} ({(frames - 1) * dt:g} fs)")
+    return wanted
+
+
+def evaluate_dataset(model: torch.nn.Module, cfg: RunConfig, root: str | Path, molecules: Sequence[str] | None = None,
+                     horizons_fs: Sequence[float] = (25.0, 100.0, 400.0, 1000.0), num_lags: Sequence[int] = (8,),
+                     windows: int = 200, seed: int = 0, batch_size: int = 256, elements: Sequence[int] = (),
+                     progress: bool = False) -> tuple[list[dict[str, Any]], ErrorTable]:
+    """Score `model` (trained with `cfg`) on `windows` fixed windows per molecule, horizon ΔT
+    (uniform lags) and number of lags P of the data set at `root`.
+
+    Windows are cut the way the model was trained (its atoms, centring, RWPE), with the
+    horizon fixed and P lags, from anywhere in each trajectory, seeded by (seed, molecule, P,
+    ΔT). Returns one row per (P, molecule, ΔT) with S2T/S2S of the model and every floor and
+    their ratios, plus a mean row per (P, ΔT) (molecule_id "mean"), and the ErrorTable of all
+    windows (its `errors` hold every predictor; rows' order follows the loops).
+    """
+    from tqdm import tqdm
+
+    wanted = check_request(root, molecules, horizons_fs, num_lags)
+    files = molecule_files(root, wanted)
+    rows, tables = [], []
+    steps = tqdm(total=len(wanted) * len(horizons_fs) * len(num_lags), desc="evaluate", unit="set",
+                 disable=not progress)
+    for mid in wanted:
+        segments = molecule_segments(root, mid, files.get(mid, []))
+        check_elements(segments[0].atomic_numbers[segments[0].atomic_numbers > 1] if cfg.data.context_atoms == "heavy"
+                       else segments[0].atomic_numbers, elements, f"{root}: molecule {mid!r}")
+        for p in num_lags:
+            for h in horizons_fs:
+                dcfg = replace(cfg.data, horizon="fixed", horizon_fs=float(h), num_lags=int(p))
+                usable = [s for s in segments if s.n_frames > max_horizon_frames(dcfg, s.dt_fs)]
+                w = pad_windows(segment_windows(usable, windows, dcfg, window_seed(seed, mid, "evaluate", p, float(h))))
+                table = score_windows(model, w, batch_size)
+                tables.append(table)
+                rows.append(_row(table, {"num_lags": int(p), "molecule_id": mid, "horizon_fs": float(h)}))
+                steps.update()
+    steps.close()
+    for p in num_lags:
+        for h in horizons_fs:
+            group = [r for r in rows if r["num_lags"] == p and r["horizon_fs"] == float(h)]
+            mean = {k: float(np.mean([r[k] for r in group])) for k in group[0] if k.endswith(("_s2t", "_s2s"))}
+            rows.append(_ratios({"num_lags": int(p), "molecule_id": "mean", "horizon_fs": float(h),
+                                 "windows": sum(r["windows"] for r in group), **mean}))
+    return rows, ErrorTable.concat(tables)
+
+
+def _row(table: ErrorTable, head: dict[str, Any]) -> dict[str, Any]:
+    row = {**head, "windows": len(table)}
+    for name in PREDICTORS:
+        if name in table.errors:
+            row[f"{name}_s2t"] = float(table.errors[name].mean())
+            row[f"{name}_s2s"] = float(table.errors[name][:, -1].mean())
+    return _ratios(row)
+
+
+def _ratios(row: dict[str, Any]) -> dict[str, Any]:
+    if "model_s2t" not in row:
+        return row
+    if "model_rotated_s2t" in row:
+        row["rotation_gap"] = row["model_rotated_s2t"] / row["model_s2t"] if row["model_s2t"] > 0 else math.inf
+    for f in FLOORS:
+        row[f"ratio_{f}"] = row["model_s2t"] / row[f"{f}_s2t"] if row[f"{f}_s2t"] > 0 else math.inf
+    best = min(FLOORS, key=lambda f: row[f"{f}_s2t"])
+    row["strongest_floor"], row["ratio_strongest"] = best, row[f"ratio_{best}"]
+    return row
+
+
+def validation_windows(data: DataConfig, split: Split) -> dict[str, np.ndarray]:
+    """The fixed validation windows of a training run: the same on every rank, every epoch and
+    when `run_validation` re-scores a checkpoint."""
+    return fixed_windows(data.path, split.val, data.val_windows, data, data.split_seed + 1, split.ranges["val"])
+
+
+def run_validation(model: torch.nn.Module, cfg: RunConfig, path: str | Path | None = None,
+                   batch_size: int = 256) -> tuple[dict[str, float], int]:
+    """Re-score `model` on the validation windows of the run that trained it (config `cfg`,
+    data at `path`, default cfg.data.path): (metrics as its run logged them — val_s2t, val_s2s,
+    floors, per-lag and per-ΔT breakdowns — and the number of windows)."""
+    data = replace(cfg.data, path=str(path or cfg.data.path))
+    molecules = usable_molecules(data)
+    split = make_split(molecules.column("molecule_id").to_pylist(), molecules.column("smiles").to_pylist(), data)
+    windows = validation_windows(data, split)
+    return summarise(score_windows(model, windows, batch_size), "val"), len(windows["x0"])
+
+
+def log_evaluation(uri: str, experiment: str, params: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+                   files: Sequence[Path]) -> str:
+    """One MLflow run in `experiment`: `params`, the mean S2T of the model and every floor and
+    their ratio per P and ΔT as metrics (`s2t_P8_dt100fs`, `s2t_rigid_all_P8_dt100fs`,
+    `ratio_strongest_P8_dt100fs`, ...) and `files` as artifacts. Returns the run id."""
+    from atomray import tracking
+
+    c = tracking.client(uri)
+    run_id = c.create_run(tracking.experiment_id(c, experiment), run_name=f"eval-{params.get('model_name', '')}",
+                          tags={tracking.TAG_KIND: "evaluate"}).info.run_id
+    try:
+        tracking.log_params(c, run_id, dict(params))
+        for r in (r for r in rows if r["molecule_id"] == "mean"):
+            tag = f"P{r['num_lags']}_dt{r['horizon_fs']:g}fs"
+            for name in PREDICTORS:
+                if f"{name}_s2t" in r:
+                    c.log_metric(run_id, f"s2t_{tag}" if name == "model" else f"s2t_{name}_{tag}", r[f"{name}_s2t"])
+            if "ratio_strongest" in r:
+                c.log_metric(run_id, f"ratio_strongest_{tag}", r["ratio_strongest"])
+        for f in files:
+            c.log_artifact(run_id, str(f))
+    except BaseException:
+        c.set_terminated(run_id, "FAILED")
+        raise
+    c.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+# ---------------------------------------------------------------------------------------------
+# reports: CSV, markdown, plot
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    import csv
+
+    path = Path(path)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return path
+
+
+def markdown(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
+    """Tables a person reads: per number of lags, the mean over molecules per ΔT (model, every
+    floor, model / strongest floor), then model and floors per molecule (S2T, ×10⁻² Å²)."""
+    lines = [f"# {title}" if title else "# Evaluation", "",
+             "S2T = mean squared error over the P lags, the scored atoms and xyz, in 10^-2 A^2. "
+             "Floors: no_motion x0; linear x0 + v0 dt; rigid_heavy / rigid_all the rigid-body motion "
+             "at constant w = I^-1 L (centre of mass drift, rotation exp(w dt)) told by the heavy atoms / "
+             "all atoms; rotor_all the exact torque-free rigid-body motion (L conserved) of all atoms. "
+             "model_rotated: the model on the same windows, each turned by a random rotation (the gap to "
+             "model measures orientation memorisation; floors are unchanged by it).", ""]
+    has_model = any("model_s2t" in r for r in rows)
+    cols = (["model", "model_rotated"] if has_model else []) + list(FLOORS)
+    for p in sorted({r["num_lags"] for r in rows}):
+        group = [r for r in rows if r["num_lags"] == p]
+        lines += [f"## P = {p} lags: mean over molecules", "",
+                  "| dT (fs) | " + " | ".join(cols) + (" | model / strongest floor |" if has_model else " |"),
+                  "|" + "---|" * (len(cols) + 1 + has_model)]
+        for r in (r for r in group if r["molecule_id"] == "mean"):
+            cells = [f"{100 * r[c + '_s2t']:.3f}" for c in cols]
+            tail = f" | {r['ratio_strongest']:.2f} ({r['strongest_floor']})" if has_model else ""
+            lines.append(f"| {r['horizon_fs']:g} | " + " | ".join(cells) + tail + " |")
+        lines += ["", f"## P = {p} lags: per molecule", "",
+                  "| molecule | dT (fs) | windows | " + " | ".join(cols) + (" | model / strongest |" if has_model else " |"),
+                  "|" + "---|" * (len(cols) + 3 + has_model)]
+        for r in (r for r in group if r["molecule_id"] != "mean"):
+            cells = [f"{100 * r[c + '_s2t']:.3f}" for c in cols]
+            tail = f" | {r['ratio_strongest']:.2f}" if has_model else ""
+            lines.append(f"| {r['molecule_id']} | {r['horizon_fs']:g} | {r['windows']} | " + " | ".join(cells) + tail + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_s2t_vs_dt(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Log–log S2T against ΔT: per number of lags one panel; the model per molecule (thin) and
+    its mean (thick), each floor's mean (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lag_counts = sorted({r["num_lags"] for r in rows})
+    fig, axes = plt.subplots(1, len(lag_counts), figsize=(5.5 * len(lag_counts), 4.5), squeeze=False)
+    colours = {"no_motion": "tab:grey", "linear": "tab:purple", "rigid_heavy": "tab:orange", "rigid_all": "tab:red",
+               "rotor_all": "tab:green"}
+    for ax, p in zip(axes[0], lag_counts):
+        group = [r for r in rows if r["num_lags"] == p]
+        mean = sorted((r for r in group if r["molecule_id"] == "mean"), key=lambda r: r["horizon_fs"])
+        dts = [r["horizon_fs"] for r in mean]
+        if any("model_s2t" in r for r in group):
+            for mid in sorted({r["molecule_id"] for r in group} - {"mean"}):
+                mol = sorted((r for r in group if r["molecule_id"] == mid), key=lambda r: r["horizon_fs"])
+                ax.plot([r["horizon_fs"] for r in mol], [100 * r["model_s2t"] for r in mol], color="tab:blue",
+                        alpha=0.25, lw=0.8)
+            ax.plot(dts, [100 * r["model_s2t"] for r in mean], color="tab:blue", lw=2.5, marker="o", label="model (mean)")
+        for f in FLOORS:
+            ax.plot(dts, [100 * r[f"{f}_s2t"] for r in mean], color=colours[f], ls="--", marker=".", label=f)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("horizon dT (fs)")
+        ax.set_ylabel("S2T (x1e-2 A^2)")
+        ax.set_title(f"P = {p} lags (thin: model per molecule)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

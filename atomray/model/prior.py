@@ -1,0 +1,79 @@
+"""The physics prior a model corrects (`ModelConfig.prior`), shared by ATOM and the EGNN family.
+
+    none    the model predicts absolute positions (the paper's setting)
+    x0      the model predicts displacements from x0 (App. D.4, "delta prediction")
+    rigid   the model predicts corrections to the rigid-body extrapolation of the atoms it
+            sees: centre-of-mass drift plus rotation exp(ω Δt) about the centre of mass,
+            ω = I⁻¹L from their x0, v0 and masses (`atomray.physics.rigid`)
+    rotor   the same with the exact torque-free rigid-body motion (L conserved, ω precessing;
+            `atomray.physics.rotor`)
+
+With `data.context_atoms=all` the rigid / rotor priors are the `rigid_all` / `rotor_all`
+floors; with heavy atoms only, the rigid prior is the `rigid_heavy` floor. Every model
+initialises its correction at zero, so at step 0 it predicts the prior exactly.
+
+The prior also returns the body's orientation R(Δt) at each lag (identity for none and x0),
+so a model can express its correction in the frame that turns with the molecule: the
+internal motion it learns is then the same whichever way the molecule happens to spin.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from atomray import physics
+from atomray.data.windows import atomic_masses
+from atomray.model.lifting import check_atomic_numbers
+
+
+class Prior(nn.Module):
+    """prior(x (B,N,3) Å, v (B,N,3) Å/fs, z (B,N), mask (B,N), lags (B,P) fs) → (positions
+    (B,P,N,3) Å, orientation R (B,P,3,3)), or (None, None) for prior "none". Padded atoms get
+    mass 0, so they never move the rigid body."""
+
+    def __init__(self, kind: str, max_atomic_number: int):
+        super().__init__()
+        if kind not in ("none", "x0", "rigid", "rotor"):
+            raise ValueError(f"prior must be 'none', 'x0', 'rigid' or 'rotor', found {kind!r}")
+        self.kind = kind
+        masses = torch.from_numpy(atomic_masses(np.arange(max_atomic_number + 1)))
+        self.register_buffer("masses", masses, persistent=False)  # (Zmax + 1,) u, index 0 = padding
+
+    def _mass(self, z: Tensor, mask: Tensor) -> Tensor:
+        """(B, N) float64 masses of atomic numbers z, 0 at padding."""
+        check_atomic_numbers(z, len(self.masses) - 1)
+        return self.masses[z.long()].to(torch.float64) * mask
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, v: Tensor, z: Tensor, mask: Tensor, lags: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        if self.kind == "none":
+            return None, None
+        b, p = lags.shape
+        if self.kind == "x0":
+            eye = torch.eye(3, dtype=x.dtype, device=x.device).expand(b, p, 3, 3)
+            return physics.no_motion(x, lags), eye
+        mass = self._mass(z, mask)  # (B, N)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if self.kind == "rigid":
+                c, u, omega, _, _ = physics.rigid_motion(x, v, mass)
+                theta = omega[:, None] * lags.double()[..., None]  # (B, P, 3)
+                rot = physics.rotate(torch.eye(3, dtype=torch.float64, device=x.device).expand(b, p, 3, 3), theta)
+                rot = rot.transpose(-1, -2)  # rotate() acted on the rows e_k; R has them as columns
+            else:
+                c, u, rot = physics.rotor_motion(x, v, mass, lags)
+            return physics.carry(x, c, u, rot, lags), rot.to(x.dtype)
+
+    @torch.no_grad()
+    def internal_velocity(self, x: Tensor, v: Tensor, z: Tensor, mask: Tensor) -> Tensor:
+        """(B, N, 3) v − (u + ω × (x − c)): each atom's velocity relative to the rigid-body
+        motion the prior extrapolates (rigid / rotor priors; v itself otherwise). Equivariant."""
+        if self.kind not in ("rigid", "rotor"):
+            return v
+        mass = self._mass(z, mask)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            c, u, omega, _, _ = physics.rigid_motion(x, v, mass)
+            r = x.double() - c[:, None]
+            rigid = u[:, None] + torch.linalg.cross(omega[:, None].expand_as(r), r, dim=-1)
+            return ((v.double() - rigid) * mask[..., None]).to(v.dtype)

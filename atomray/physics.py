@@ -1,0 +1,170 @@
+"""Physics floors: what x0, v0 and the masses predict about an isolated molecule, with no learning.
+
+An isolated molecule (vacuum MD) moves as a rigid body plus internal vibrations. Four
+extrapolations of its initial state to a lag Δt serve as floors every model must beat
+(DESIGN.md, REFERENCE.md "Physics floors") and as priors a model can correct
+(`ModelConfig.prior`):
+
+    no_motion   x(Δt) = x0
+    linear      x(Δt) = x0 + v0 Δt                                   (exact for free particles)
+    rigid       x(Δt) = c + u Δt + exp([ω]× Δt) (x0 − c)             (exact for a rigid body
+                                                                      spinning about a principal axis)
+    rotor       x(Δt) = c + u Δt + R(Δt) (x0 − c)                    (exact for any rigid body)
+
+with c, u the centre of mass and its velocity, L = Σ m (x − c) × (v − u) the angular momentum
+about c, I = Σ m (|r|² 𝟙 − r rᵀ) the inertia tensor and ω = I⁻¹ L. `rigid` keeps ω constant
+and applies exp([ω]× Δt) exactly (Rodrigues' formula). But a free body conserves L, not ω:
+unless it spins about a principal axis, ω precesses as the body turns (Euler's equations; a
+benzene ring at 300 K is off by more than its whole vibrational amplitude after 1 ps).
+`rotor` integrates the torque-free motion, dR/dt = [ω(t)]× R with ω(t) = R I⁻¹ Rᵀ L (I the
+inertia tensor at Δt = 0), by classical RK4 on the unit quaternion of R (4th order; steps of at
+most 0.1 rad, so its error is far below any vibration). Linear or single-atom bodies have a
+singular I: ω is then the pseudo-inverse solution (no spin about the molecular axis).
+
+The rigid motion may come from more atoms than are extrapolated: `rigid(x0, v0, mass, lags,
+context=(x, v, m))` takes c, u, ω from the atoms (x0, v0, mass) plus the context atoms (e.g. the
+hydrogens when only heavy atoms are predicted) and moves the atoms of x0 with it. Atoms of mass
+0 (padding) take no part in c, u, ω.
+
+Every function is vectorised over a batch of B states and P lags, works in any float dtype
+(the rigid motion is solved in float64), and is SE(3)- and permutation-equivariant: rotating
+and translating x0 (and rotating v0) rotates and translates the output. Shapes: x0, v0
+(B, N, 3) Å and Å/fs; mass (B, N) u; lags (B, P) fs; output (B, P, N, 3) Å.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+FLOORS = ("no_motion", "linear", "rigid", "rotor")
+ROTOR_STEP_RAD = 0.1  # largest rotation per RK4 step of `rotor`
+ROTOR_MAX_STEPS = 4096
+
+
+def no_motion(x0: Tensor, lags: Tensor) -> Tensor:
+    """(B, P, N, 3): x0 at every lag."""
+    return x0[:, None].expand(x0.shape[0], lags.shape[1], *x0.shape[1:])
+
+
+def linear(x0: Tensor, v0: Tensor, lags: Tensor) -> Tensor:
+    """(B, P, N, 3): x0 + v0 Δt."""
+    return x0[:, None] + v0[:, None] * lags.to(x0.dtype)[:, :, None, None]
+
+
+def rigid_motion(x: Tensor, v: Tensor, mass: Tensor, rtol: float = 1e-9) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Centre of mass c (B, 3), its velocity u (B, 3), angular velocity ω = I⁻¹L (B, 3) rad/fs,
+    angular momentum L (B, 3) and the pseudo-inverse inertia tensor I⁻¹ (B, 3, 3), in float64.
+    Principal moments below `rtol` × the largest are treated as zero (pseudo-inverse)."""
+    x, v, m = x.double(), v.double(), mass.double()[..., None]  # (B, N, 1)
+    total = m.sum(1).clamp_min(1e-300)  # (B, 1)
+    c = (m * x).sum(1) / total  # (B, 3)
+    u = (m * v).sum(1) / total
+    r, w = x - c[:, None], v - u[:, None]  # (B, N, 3) relative position, velocity
+    ang = (m * torch.linalg.cross(r, w, dim=-1)).sum(1)  # (B, 3) angular momentum L
+    r2 = (m * r * r).sum((1, 2))  # (B,) Σ m |r|²
+    inertia = r2[:, None, None] * torch.eye(3, dtype=r.dtype, device=r.device) - torch.einsum("bn,bni,bnj->bij", m[..., 0], r, r)
+    lam, vec = torch.linalg.eigh(inertia)  # ascending principal moments, (B, 3), (B, 3, 3)
+    keep = lam > rtol * lam[:, -1:].clamp_min(1e-300)
+    inv = torch.where(keep, 1.0 / torch.where(keep, lam, torch.ones_like(lam)), torch.zeros_like(lam))
+    inertia_inv = torch.einsum("bij,bj,bkj->bik", vec, inv, vec)  # V diag(1/λ) Vᵀ
+    return c, u, (inertia_inv @ ang[..., None])[..., 0], ang, inertia_inv
+
+
+def rotate(r: Tensor, theta: Tensor) -> Tensor:
+    """Rotate vectors r (B, P, N, 3) by the rotation vectors θ (B, P, 3) (axis θ/|θ|, angle |θ|):
+    r cos a + (θ × r) sin(a)/a + θ (θ·r)(1 − cos a)/a², a = |θ| (series near a = 0)."""
+    a2 = (theta * theta).sum(-1, keepdim=True)  # (B, P, 1)
+    a = a2.sqrt()
+    small = a < 1e-4
+    safe = torch.where(small, torch.ones_like(a), a)
+    sinc = torch.where(small, 1 - a2 / 6, torch.sin(safe) / safe)
+    cosc = torch.where(small, 0.5 - a2 / 24, (1 - torch.cos(safe)) / (safe * safe))
+    th = theta[:, :, None]  # (B, P, 1, 3)
+    cross = torch.linalg.cross(th.expand_as(r), r, dim=-1)
+    dot = (th * r).sum(-1, keepdim=True)
+    return r * torch.cos(a)[..., None] + cross * sinc[..., None] + th * dot * cosc[..., None]
+
+
+def _with_context(x0: Tensor, v0: Tensor, mass: Tensor,
+                  context: tuple[Tensor, Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
+    if context is None or not context[0].shape[1]:
+        return x0, v0, mass
+    return tuple(torch.cat((a, b.to(a.dtype)), dim=1) for a, b in zip((x0, v0, mass), context))
+
+
+def rigid(x0: Tensor, v0: Tensor, mass: Tensor, lags: Tensor,
+          context: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+    """(B, P, N, 3): the atoms of x0 carried along by the molecule's rigid motion at constant ω
+    (see module docstring); `context` = (x, v, mass) of further atoms (B, M, 3), (B, M, 3),
+    (B, M) that take part in c, u and ω but are not returned."""
+    c, u, omega, _, _ = rigid_motion(*_with_context(x0, v0, mass, context))
+    t = lags.double()[:, :, None]  # (B, P, 1)
+    r = (x0.double() - c[:, None])[:, None].expand(-1, t.shape[1], -1, -1)  # (B, P, N, 3)
+    out = c[:, None, None] + (u[:, None] * t)[:, :, None] + rotate(r, omega[:, None] * t)
+    return out.to(x0.dtype)
+
+
+def quaternion_matrix(q: Tensor) -> Tensor:
+    """(…, 3, 3) rotation matrices of unit quaternions q = (w, x, y, z) (…, 4)."""
+    w, x, y, z = q.unbind(-1)
+    return torch.stack((
+        torch.stack((1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)), -1),
+        torch.stack((2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)), -1),
+        torch.stack((2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)), -1),
+    ), -2)
+
+
+def rotor_rotations(ang: Tensor, inertia_inv: Tensor, lags: Tensor) -> Tensor:
+    """(B, P, 3, 3) orientations R(Δt) of torque-free rigid bodies (R(0) = 𝟙): L (B, 3) conserved,
+    ω(t) = R I⁻¹ Rᵀ L, dq/dt = ½ (0, ω) ⊗ q integrated by RK4 in float64 with equal steps per
+    lag, as many as keep every step below ROTOR_STEP_RAD (at most ROTOR_MAX_STEPS)."""
+    b, p = lags.shape
+    t = lags.double()
+    # |ω(t)| ≤ |L| / smallest nonzero principal moment = |L| · ‖I⁻¹‖₂
+    bound = torch.linalg.vector_norm(ang, dim=-1) * torch.linalg.matrix_norm(inertia_inv, ord=2)  # (B,)
+    angle = float((bound[:, None] * t.abs()).max()) if t.numel() else 0.0
+    steps = int(min(ROTOR_MAX_STEPS, max(1, -(-angle // ROTOR_STEP_RAD))))
+    h = (t / steps)[..., None]  # (B, P, 1)
+    iinv, el = inertia_inv[:, None].expand(b, p, 3, 3), ang[:, None].expand(b, p, 3)
+
+    def rate(q: Tensor) -> Tensor:
+        r = quaternion_matrix(q)
+        w = (r @ (iinv @ (r.transpose(-1, -2) @ el[..., None])))[..., 0]  # (B, P, 3) lab-frame ω
+        qw, qv = q[..., :1], q[..., 1:]
+        return 0.5 * torch.cat((-(w * qv).sum(-1, keepdim=True), qw * w + torch.linalg.cross(w, qv, dim=-1)), -1)
+
+    q = torch.zeros(b, p, 4, dtype=torch.float64, device=lags.device)
+    q[..., 0] = 1.0
+    for _ in range(steps):
+        k1 = rate(q)
+        k2 = rate(q + 0.5 * h * k1)
+        k3 = rate(q + 0.5 * h * k2)
+        k4 = rate(q + h * k3)
+        q = q + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        q = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True)
+    return quaternion_matrix(q)
+
+
+def rotor_motion(x0: Tensor, v0: Tensor, mass: Tensor, lags: Tensor,
+                 context: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The torque-free rigid-body motion told by (x0, v0, mass) and the context atoms, in float64:
+    centre of mass c (B, 3), its velocity u (B, 3), orientations R(Δt) (B, P, 3, 3)."""
+    c, u, _, ang, inertia_inv = rigid_motion(*_with_context(x0, v0, mass, context))
+    return c, u, rotor_rotations(ang, inertia_inv, lags)
+
+
+def carry(x0: Tensor, c: Tensor, u: Tensor, rot: Tensor, lags: Tensor) -> Tensor:
+    """(B, P, N, 3) = c + u Δt + R(Δt)(x0 − c): points moved with a rigid motion (float64 in,
+    x0's dtype out)."""
+    r = x0.double() - c[:, None]  # (B, N, 3)
+    out = c[:, None, None] + (u[:, None] * lags.double()[..., None])[:, :, None] + torch.einsum("bpij,bnj->bpni", rot, r)
+    return out.to(x0.dtype)
+
+
+def rotor(x0: Tensor, v0: Tensor, mass: Tensor, lags: Tensor,
+          context: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+    """(B, P, N, 3): the atoms of x0 carried along by the molecule's torque-free rigid-body
+    motion (see module docstring); `context` as for `rigid`."""
+    c, u, rot = rotor_motion(x0, v0, mass, lags, context)
+    return carry(x0, c, u, rot, lags)

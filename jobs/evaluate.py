@@ -1,0 +1,96 @@
+"""Evaluate a trained model on any data set beside the physics floors on the same windows.
+
+    python jobs/evaluate.py --model models:/atom@champion --data data/tg80-mini
+    python jobs/evaluate.py --model ray_results/<run>/best --data data/md17-aspirin \\
+        --horizons-fs 25 100 400 1000 --num-lags 4 8 16 32 --windows 200 --out eval/
+    python jobs/evaluate.py --model ray_results/<run>/best --validation     # the run's own val windows
+
+--model is a checkpoint directory, runs:/<run_id>/checkpoint or models:/<name>@<alias> (looked
+up at $MLFLOW_TRACKING_URI or --tracking-uri); --data any data set `validate_dataset` accepts
+(TG80 frames, imported MD17 / MD22 / npz / extxyz). For every molecule, horizon ΔT and number
+of lags P it draws --windows fixed windows (uniform lags, seeded) and scores the model and the
+floors — no motion, linear (x0 + v0 Δt), rigid body from the heavy atoms and from all atoms —
+on exactly those windows. Writes evaluation.csv (a row per P × molecule × ΔT, and a mean row
+per P × ΔT), evaluation.md (the tables to read) and s2t_vs_dt.png to --out, and logs them with
+the means to an MLflow run in the `atomray-eval` experiment (params: model, data directory and
+a digest of its files). ATOM evaluates at any P; EGNO / EGNN refuse a P other than their own.
+
+--validation re-scores the checkpoint on its own training run's validation windows (same
+molecules, seed and horizons) and prints the figures its run logged for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint dir, runs:/ID/checkpoint or models:/NAME@ALIAS")
+    parser.add_argument("--data", default="", help="data set directory (default with --validation: the run's)")
+    parser.add_argument("--molecules", nargs="*", default=None, help="molecule ids (default: all)")
+    parser.add_argument("--horizons-fs", type=float, nargs="+", default=[25.0, 100.0, 400.0, 1000.0])
+    parser.add_argument("--num-lags", type=int, nargs="+", default=[8], help="P; one table per value")
+    parser.add_argument("--windows", type=int, default=200, help="windows per molecule, horizon and P")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--out", default="evaluation", help="output directory (default: %(default)s)")
+    parser.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
+                                                             "or sqlite:///mlflow.db)")
+    parser.add_argument("--experiment", default="atomray-eval")
+    parser.add_argument("--no-mlflow", action="store_true", help="write the files only")
+    parser.add_argument("--validation", action="store_true", help="score the run's own validation windows")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from atomray import tracking
+    from atomray.checkpoint import read_state
+    from atomray.config import ConfigError, TrackingConfig
+    from atomray.data.frames import DataError
+    from atomray.evaluate import (FLOORS, data_digest, evaluate_dataset, log_evaluation, markdown, plot_s2t_vs_dt,
+                                  run_validation, verdict, write_csv)
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t0 = time.perf_counter()
+    try:
+        uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
+        model, cfg, directory = tracking.load_model_uri(uri, args.model)
+        elements = read_state(directory).elements
+        if args.validation:
+            metrics, n = run_validation(model, cfg, args.data or cfg.data.path, args.batch_size)
+            print(f"validation windows of {args.model} ({n} windows): "
+                  f"S2T {100 * metrics['val_s2t']:.4f}, S2S {100 * metrics['val_s2s']:.4f} x1e-2 A^2; floors S2T "
+                  + ", ".join(f"{f} {100 * metrics[f'val_s2t_{f}']:.4f}" for f in FLOORS))
+            print(verdict(metrics, "val_s2t"))
+            return 0
+        if not args.data:
+            raise DataError("--data is required (or --validation)")
+        rows, _ = evaluate_dataset(model, cfg, args.data, args.molecules, args.horizons_fs, args.num_lags,
+                                   args.windows, args.seed, args.batch_size, elements, progress=True)
+        seconds = time.perf_counter() - t0
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        title = f"{cfg.model.name} {args.model} on {args.data}"
+        files = [write_csv(rows, out / "evaluation.csv"), out / "evaluation.md", plot_s2t_vs_dt(rows, out / "s2t_vs_dt.png")]
+        files[1].write_text(markdown(rows, title))
+        run_id = ""
+        if not args.no_mlflow:
+            params = {"model": args.model, "model_name": cfg.model.name, "data": str(Path(args.data).resolve()),
+                      "data_digest": data_digest(args.data), "horizons_fs": args.horizons_fs, "num_lags": args.num_lags,
+                      "windows": args.windows, "seed": args.seed, "molecules": args.molecules or "all"}
+            run_id = log_evaluation(uri, args.experiment, params, rows, files)
+    except (DataError, ConfigError, LookupError, FileNotFoundError, ValueError) as err:
+        print(f"evaluate: error: {err}", file=sys.stderr)
+        return 2
+    print(files[1].read_text())
+    print(f"wrote {', '.join(str(f) for f in files)}; {sum(r['windows'] for r in rows if r['molecule_id'] != 'mean')} "
+          f"windows in {seconds:.1f} s" + (f"; MLflow run {run_id} ({uri})" if run_id else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
