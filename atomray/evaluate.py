@@ -305,15 +305,15 @@ def check_request(root: str | Path, molecules: Sequence[str] | None, horizons_fs
 def evaluate_dataset(model: torch.nn.Module, cfg: RunConfig, root: str | Path, molecules: Sequence[str] | None = None,
                      horizons_fs: Sequence[float] = (25.0, 100.0, 400.0, 1000.0), num_lags: Sequence[int] = (8,),
                      windows: int = 200, seed: int = 0, batch_size: int = 256, elements: Sequence[int] = (),
-                     progress: bool = False) -> tuple[list[dict[str, Any]], ErrorTable]:
+                     progress: bool = False) -> tuple[list[dict[str, Any]], dict[int, ErrorTable]]:
     """Score `model` (trained with `cfg`) on `windows` fixed windows per molecule, horizon ΔT
     (uniform lags) and number of lags P of the data set at `root`.
 
     Windows are cut the way the model was trained (its atoms, centring, RWPE), with the
     horizon fixed and P lags, from anywhere in each trajectory, seeded by (seed, molecule, P,
     ΔT). Returns one row per (P, molecule, ΔT) with S2T/S2S of the model and every floor and
-    their ratios, plus a mean row per (P, ΔT) (molecule_id "mean"), and the ErrorTable of all
-    windows (its `errors` hold every predictor; rows' order follows the loops).
+    their ratios, plus a mean row per (P, ΔT) (molecule_id "mean"), and per P the ErrorTable
+    of all its windows (its `errors` hold every predictor).
     """
     from tqdm import tqdm
 
@@ -332,7 +332,7 @@ def evaluate_dataset(model: torch.nn.Module, cfg: RunConfig, root: str | Path, m
                 usable = [s for s in segments if s.n_frames > max_horizon_frames(dcfg, s.dt_fs)]
                 w = pad_windows(segment_windows(usable, windows, dcfg, window_seed(seed, mid, "evaluate", p, float(h))))
                 table = score_windows(model, w, batch_size)
-                tables.append(table)
+                tables.append((int(p), table))
                 rows.append(_row(table, {"num_lags": int(p), "molecule_id": mid, "horizon_fs": float(h)}))
                 steps.update()
     steps.close()
@@ -342,7 +342,7 @@ def evaluate_dataset(model: torch.nn.Module, cfg: RunConfig, root: str | Path, m
             mean = {k: float(np.mean([r[k] for r in group])) for k in group[0] if k.endswith(("_s2t", "_s2s"))}
             rows.append(_ratios({"num_lags": int(p), "molecule_id": "mean", "horizon_fs": float(h),
                                  "windows": sum(r["windows"] for r in group), **mean}))
-    return rows, ErrorTable.concat(tables)
+    return rows, {p: ErrorTable.concat([t for q, t in tables if q == p]) for p in num_lags}
 
 
 def _row(table: ErrorTable, head: dict[str, Any]) -> dict[str, Any]:
@@ -382,119 +382,3 @@ def run_validation(model: torch.nn.Module, cfg: RunConfig, path: str | Path | No
     split = make_split(molecules.column("molecule_id").to_pylist(), molecules.column("smiles").to_pylist(), data)
     windows = validation_windows(data, split)
     return summarise(score_windows(model, windows, batch_size), "val"), len(windows["x0"])
-
-
-def log_evaluation(uri: str, experiment: str, params: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
-                   files: Sequence[Path]) -> str:
-    """One MLflow run in `experiment`: `params`, the mean S2T of the model and every floor and
-    their ratio per P and ΔT as metrics (`s2t_P8_dt100fs`, `s2t_rigid_all_P8_dt100fs`,
-    `ratio_strongest_P8_dt100fs`, ...) and `files` as artifacts. Returns the run id."""
-    from atomray import tracking
-
-    c = tracking.client(uri)
-    run_id = c.create_run(tracking.experiment_id(c, experiment), run_name=f"eval-{params.get('model_name', '')}",
-                          tags={tracking.TAG_KIND: "evaluate"}).info.run_id
-    try:
-        tracking.log_params(c, run_id, dict(params))
-        for r in (r for r in rows if r["molecule_id"] == "mean"):
-            tag = f"P{r['num_lags']}_dt{r['horizon_fs']:g}fs"
-            for name in PREDICTORS:
-                if f"{name}_s2t" in r:
-                    c.log_metric(run_id, f"s2t_{tag}" if name == "model" else f"s2t_{name}_{tag}", r[f"{name}_s2t"])
-            if "ratio_strongest" in r:
-                c.log_metric(run_id, f"ratio_strongest_{tag}", r["ratio_strongest"])
-        for f in files:
-            c.log_artifact(run_id, str(f))
-    except BaseException:
-        c.set_terminated(run_id, "FAILED")
-        raise
-    c.set_terminated(run_id, "FINISHED")
-    return run_id
-
-
-# ---------------------------------------------------------------------------------------------
-# reports: CSV, markdown, plot
-
-
-def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    import csv
-
-    path = Path(path)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-    return path
-
-
-def markdown(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
-    """Tables a person reads: per number of lags, the mean over molecules per ΔT (model, every
-    floor, model / strongest floor), then model and floors per molecule (S2T, ×10⁻² Å²)."""
-    lines = [f"# {title}" if title else "# Evaluation", "",
-             "S2T = mean squared error over the P lags, the scored atoms and xyz, in 10^-2 A^2. "
-             "Floors: no_motion x0; linear x0 + v0 dt; rigid_heavy / rigid_all the rigid-body motion "
-             "at constant w = I^-1 L (centre of mass drift, rotation exp(w dt)) told by the heavy atoms / "
-             "all atoms; rotor_all the exact torque-free rigid-body motion (L conserved) of all atoms. "
-             "model_rotated: the model on the same windows, each turned by a random rotation (the gap to "
-             "model measures orientation memorisation; floors are unchanged by it).", ""]
-    has_model = any("model_s2t" in r for r in rows)
-    cols = (["model", "model_rotated"] if has_model else []) + list(FLOORS)
-    for p in sorted({r["num_lags"] for r in rows}):
-        group = [r for r in rows if r["num_lags"] == p]
-        lines += [f"## P = {p} lags: mean over molecules", "",
-                  "| dT (fs) | " + " | ".join(cols) + (" | model / strongest floor |" if has_model else " |"),
-                  "|" + "---|" * (len(cols) + 1 + has_model)]
-        for r in (r for r in group if r["molecule_id"] == "mean"):
-            cells = [f"{100 * r[c + '_s2t']:.3f}" for c in cols]
-            tail = f" | {r['ratio_strongest']:.2f} ({r['strongest_floor']})" if has_model else ""
-            lines.append(f"| {r['horizon_fs']:g} | " + " | ".join(cells) + tail + " |")
-        lines += ["", f"## P = {p} lags: per molecule", "",
-                  "| molecule | dT (fs) | windows | " + " | ".join(cols) + (" | model / strongest |" if has_model else " |"),
-                  "|" + "---|" * (len(cols) + 3 + has_model)]
-        for r in (r for r in group if r["molecule_id"] != "mean"):
-            cells = [f"{100 * r[c + '_s2t']:.3f}" for c in cols]
-            tail = f" | {r['ratio_strongest']:.2f}" if has_model else ""
-            lines.append(f"| {r['molecule_id']} | {r['horizon_fs']:g} | {r['windows']} | " + " | ".join(cells) + tail + " |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def plot_s2t_vs_dt(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Log–log S2T against ΔT: per number of lags one panel; the model per molecule (thin) and
-    its mean (thick), each floor's mean (dashed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lag_counts = sorted({r["num_lags"] for r in rows})
-    fig, axes = plt.subplots(1, len(lag_counts), figsize=(5.5 * len(lag_counts), 4.5), squeeze=False)
-    colours = {"no_motion": "tab:grey", "linear": "tab:purple", "rigid_heavy": "tab:orange", "rigid_all": "tab:red",
-               "rotor_all": "tab:green"}
-    for ax, p in zip(axes[0], lag_counts):
-        group = [r for r in rows if r["num_lags"] == p]
-        mean = sorted((r for r in group if r["molecule_id"] == "mean"), key=lambda r: r["horizon_fs"])
-        dts = [r["horizon_fs"] for r in mean]
-        if any("model_s2t" in r for r in group):
-            for mid in sorted({r["molecule_id"] for r in group} - {"mean"}):
-                mol = sorted((r for r in group if r["molecule_id"] == mid), key=lambda r: r["horizon_fs"])
-                ax.plot([r["horizon_fs"] for r in mol], [100 * r["model_s2t"] for r in mol], color="tab:blue",
-                        alpha=0.25, lw=0.8)
-            ax.plot(dts, [100 * r["model_s2t"] for r in mean], color="tab:blue", lw=2.5, marker="o", label="model (mean)")
-        for f in FLOORS:
-            ax.plot(dts, [100 * r[f"{f}_s2t"] for r in mean], color=colours[f], ls="--", marker=".", label=f)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("horizon dT (fs)")
-        ax.set_ylabel("S2T (x1e-2 A^2)")
-        ax.set_title(f"P = {p} lags (thin: model per molecule)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

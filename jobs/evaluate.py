@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     from atomray.checkpoint import read_state
     from atomray.config import ConfigError, TrackingConfig
     from atomray.data.frames import DataError
-    from atomray.evaluate import (FLOORS, data_digest, evaluate_dataset, log_evaluation, markdown, plot_s2t_vs_dt,
-                                  run_validation, verdict, write_csv)
+    from atomray.evaluate import FLOORS, data_digest, evaluate_dataset, run_validation, verdict
+    from atomray.report import log_evaluation, markdown, plot_s2t_vs_dt, write_csv
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()

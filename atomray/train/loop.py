@@ -36,6 +36,7 @@ from atomray.metrics import rotate_windows
 from atomray.train.loss import epoch_generator, training_loss
 from atomray.train.optim import build_optimizer, lr_at, set_lr
 
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         t = t.clone()

@@ -23,7 +23,8 @@ from atomray import tracking
 from atomray.config import RunConfig
 from atomray.data.splits import Split, default_eval_sets, fold_clusters, make_split, usable_molecules, with_training_range
 from atomray.evaluate import FLOORS
-from atomray.tune.runner import open_parent, run_trials, runs_table, write_csv
+from atomray.report import write_csv
+from atomray.tune.runner import open_parent, run_trials, runs_table
 
 TRAIN_FRACTION = (0.0, 0.8)
 METRICS = {"ID S2T": "best_test_id_s2t", "OOD S2T": "best_test_s2t", "ID S2S": "best_test_id_s2s",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 from typing import Any, Callable
 
 from atomray import tracking
@@ -153,14 +152,3 @@ def runs_table(uri: str, parent_run_id: str) -> list[dict[str, Any]]:
             row.update({f"{key}_{f}": m[f"{key}_{f}"] for f in FLOORS if f"{key}_{f}" in m})
         rows.append(row)
     return rows
-
-
-def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    import csv
-
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path

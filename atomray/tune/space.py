@@ -17,19 +17,27 @@ from typing import Any
 
 from atomray.config import RunConfig, config_from_dict, to_dict
 
+# The first value of each switch is the default model (jobs/configs/pretrain.yaml, cv.yaml).
 ABLATIONS: dict[str, list[Any]] = {
     "data.rwpe_k": [8, 0],
     "model.time_encoding": ["trope", "sinusoidal", "none"],
     "model.gamma": ["learned", "fixed"],
-    "model.lifting": ["equivariant", "linear", "canonical"],
-    "model.attention": ["heterogeneous", "self"],
+    "model.lifting": ["canonical", "equivariant", "linear"],
+    "model.attention": ["self", "heterogeneous"],
     "model.prior": ["rotor", "rigid", "x0", "none"],
     "data.context_atoms": ["all", "heavy"],
-    "train.augment": ["so3", "none"],
+    "train.augment": ["none", "so3"],
     "model.distance_bias": [True, False],
     "model.lag_conditioned_output": [True, False],
     "model.internal_velocity": [True, False],
 }
+# Alternatives that only make sense together: the quasi-equivariant lifting learns rotations
+# from augmented data (on the exactly equivariant default, augmentation changes nothing), and
+# the paper's own default (quasi-equivariant, heterogeneous attention, augmented).
+COMBINED: list[dict[str, Any]] = [
+    {"model.lifting": "equivariant", "train.augment": "so3"},
+    {"model.lifting": "equivariant", "model.attention": "heterogeneous", "train.augment": "so3"},
+]
 
 
 def search_space() -> dict[str, Any]:
@@ -50,7 +58,8 @@ def search_space() -> dict[str, Any]:
 
 def ablation_trials(keys: list[str] | None = None, full_grid: bool = False) -> list[dict[str, Any]]:
     """Override dicts, one per trial. One at a time: the defaults (first values) plus each
-    alternative of each switch; `full_grid`: every combination."""
+    alternative of each switch, plus each COMBINED alternative whose switches are all among
+    `keys`; `full_grid`: every combination."""
     keys = keys or list(ABLATIONS)
     unknown = [k for k in keys if k not in ABLATIONS]
     if unknown:
@@ -62,6 +71,7 @@ def ablation_trials(keys: list[str] | None = None, full_grid: bool = False) -> l
     for k in keys:
         for alt in ABLATIONS[k][1:]:
             trials.append({**base, k: alt})
+    trials += [{**base, **combo} for combo in COMBINED if set(combo) <= set(keys)]
     return trials
 
 

@@ -18,7 +18,8 @@ from typing import Any
 from atomray import tracking
 from atomray.config import RunConfig
 from atomray.evaluate import FLOORS
-from atomray.tune.runner import close_children, open_parent, run_trials, runs_table, write_csv
+from atomray.report import write_csv
+from atomray.tune.runner import close_children, open_parent, run_trials, runs_table
 from atomray.tune.space import ablation_label
 
 

@@ -117,8 +117,8 @@ def test_sweep_runs_one_child_per_trial_with_ablation_switches(env, sweep):
     children = [r for r in runs if r.data.tags.get("atomray.kind") == "train"]
     assert len(parents) == 1 and len(children) == 4  # the default, one per alternative switch value
     settings = {(r.data.params["model.gamma"], r.data.params["model.lifting"]) for r in children}
-    assert settings == {("learned", "equivariant"), ("fixed", "equivariant"), ("learned", "linear"),
-                        ("learned", "canonical")}
+    assert settings == {("learned", "canonical"), ("fixed", "canonical"), ("learned", "equivariant"),
+                        ("learned", "linear")}
     assert all(r.info.status == "FINISHED" for r in children)
     arts = {a.path for a in client(env).list_artifacts(parents[0].info.run_id, "sweep")}
     assert {"sweep/results.csv", "sweep/ablation.png"} <= arts
