@@ -112,9 +112,6 @@ class ErrorTable:
     def __len__(self) -> int:
         return len(self.lags_fs)
 
-    def select(self, keep: np.ndarray) -> "ErrorTable":
-        return ErrorTable(self.lags_fs[keep], self.molecule_id[keep], {k: v[keep] for k, v in self.errors.items()})
-
     @classmethod
     def concat(cls, tables: Sequence["ErrorTable"]) -> "ErrorTable":
         tables = [t for t in tables if len(t)]

@@ -68,3 +68,21 @@ def test_split_round_trips_and_tabulates():
     assert Split.from_dict(s.to_dict()) == s
     rows = split_rows(s)
     assert len(rows) == len(IDS) and {r["role"] for r in rows} == {"train", "val", "test"}
+
+
+def test_in_distribution_time_split_is_configurable_and_checked():
+    s = make_split(IDS[:1], SMILES[:1], DataConfig(split="in_distribution", time_split=(0.5, 0.75)))
+    assert s.ranges == {"train": (0.0, 0.5), "val": (0.5, 0.75), "test": (0.75, 1.0)}
+    for bad in ((0.8, 0.5), (0.0, 0.5), (0.5, 1.0)):
+        with pytest.raises(DataError, match="data.time_split"):
+            make_split(IDS[:1], SMILES[:1], DataConfig(split="in_distribution", time_split=bad))
+
+
+def test_data_molecules_restricts_the_data_set_and_names_unknown_ids(repo_root):
+    from atomray.data.splits import usable_molecules
+
+    path = str(repo_root / "data" / "tg80-mini")
+    table = usable_molecules(DataConfig(path=path, molecules=("aspirin", "benzene")))
+    assert sorted(table.column("molecule_id").to_pylist()) == ["aspirin", "benzene"]
+    with pytest.raises(DataError, match=r"data.molecules: \['caffeine'\] not in"):
+        usable_molecules(DataConfig(path=path, molecules=("aspirin", "caffeine")))
