@@ -205,9 +205,7 @@ def summarise(table: ErrorTable, prefix: str, breakdown: bool = True) -> dict[st
     the rotated copies: `_rotated`); with `breakdown` also s2t_lag{p} per lag index and
     s2t_dt_{lo}-{hi}fs per ΔT decade (lo, hi], for the model and every floor."""
     out: dict[str, float] = {}
-    groups = [("", np.ones(len(table), bool))]
-    if breakdown:
-        groups += _dt_bins(table.lags_fs[:, -1])
+    bins = _dt_bins(table.lags_fs[:, -1]) if breakdown else []
     for name, err in table.errors.items():
         suffix = {"model": "", "model_rotated": "_rotated"}.get(name, f"_{name}")
         out[f"{prefix}_s2t{suffix}"] = float(err.mean())
@@ -216,7 +214,7 @@ def summarise(table: ErrorTable, prefix: str, breakdown: bool = True) -> dict[st
             continue
         for p in range(err.shape[1]):
             out[f"{prefix}_s2t_lag{p + 1}{suffix}"] = float(err[:, p].mean())
-        for label, keep in groups[1:]:
+        for label, keep in bins:
             out[f"{prefix}_s2t_{label}{suffix}"] = float(err[keep].mean())
     return out
 

@@ -1,9 +1,13 @@
 """Throughput and FLOP utilisation of ATOM at the paper's MD17 configuration on CPU.
 
     .venv/bin/python benchmarks/bench_model.py            # MD17 config, batch 100, 9 atoms, P 8, 2 threads
+    .venv/bin/python benchmarks/bench_model.py --atoms 21 # aspirin with its hydrogens as tokens
+    .venv/bin/python benchmarks/bench_model.py --config pretrain --atoms 21   # the make-pretrain model
 
 Model: ModelConfig() defaults = Table 19 MD17 column (embedding 128, 5 blocks, 8 heads, 1
-output head, attention dropout 0.2, RWPE 8). A training step is what the worker loop does:
+output head, attention dropout 0.2, RWPE 8), or with `--config NAME` the model section of
+jobs/configs/NAME.yaml. `--atoms` sets N (hydrogens as tokens, `data.context_atoms=all`, turn
+aspirin's 13 heavy atoms into 21 tokens per slot: attention grows as N²). A training step is what the worker loop does:
 label noise σ 0.1, forward, L2 loss, backward, grad-norm clip 1.0, AdamW-AMSGrad step.
 Inference is eval mode under `torch.inference_mode`. Times are medians over repeats after
 warm-up.
@@ -136,10 +140,17 @@ def main() -> None:
     parser.add_argument("--rwpe", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--config", default="", help="jobs/configs/<name>.yaml model section (default: MD17, Table 19)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     cfg = ModelConfig()  # Table 19, MD17 column
+    if args.config:
+        from pathlib import Path
+
+        from atomray.config import load_config
+
+        cfg = load_config(Path(__file__).resolve().parents[1] / "jobs" / "configs" / f"{args.config}.yaml").model
     data = synthetic_batch(args.batch, args.atoms, args.lags, args.rwpe)
     flops = forward_flops(cfg, args.atoms, args.lags)
     probe = MatmulProbe()
@@ -148,7 +159,7 @@ def main() -> None:
     # utilisation = achieved FLOP/s ÷ matmul FLOP/s, from rates measured back to back
     util = lambda ratio, factor: factor * flops * ratio / 1e9  # noqa: E731  ratio = samples/s per GFLOP/s
     result = {
-        "config": "md17", "batch": args.batch, "atoms": args.atoms, "lags": args.lags, "threads": args.threads,
+        "config": args.config or "md17", "batch": args.batch, "atoms": args.atoms, "lags": args.lags, "threads": args.threads,
         "parameters": count_parameters(build_model(cfg, args.lags, args.rwpe)),
         "train_samples_per_s": round(paper["train"], 2),
         "infer_samples_per_s": round(paper["infer"], 2),

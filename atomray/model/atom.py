@@ -62,10 +62,11 @@ outputs; one pre-norm RMSNorm per sub-layer and a final RMSNorm; SwiGLU of width
 dropout by default (the authors: width d, dropout 0.1); attention dropout on the probabilities;
 the lifted X and V enter attention unnormalised (an RMSNorm there would keep only directions).
 
-Parameter count, MD17 config (d 128, 5 blocks, 8 heads, P 8, 1 output head, RWPE 8, distance
-bias 16 RBFs, lag-conditioned output): lifting 3 008 + 5 × 148 740 − 1 + distance bias 136 +
-lag conditioning 4 224 + final RMSNorm 128 + head 32 = 751 227 (paper: 754 468, −0.4 %).
-`tests/model/test_atom.py` checks the MD17 and multitask configs within 10 %.
+Parameter count, MD17 config (d 128, 5 blocks, 8 heads, P 8, 1 output head, RWPE 8): lifting
+3 008 + 5 blocks 743 699 + lag conditioning 2 112 + final RMSNorm 128 + head 32 = 748 979
+(paper: 754 468, −0.7 %); the distance bias and the prior have no parameters. Multitask (d 256,
+6 blocks, 8 heads, 8 gated output heads): 3 578 143 (paper: 3 557 840, +0.6 %).
+`tests/model/test_atom.py` checks both within 10 %.
 
 Velocities enter in units of Å per `velocity_scale_fs` (100 fs), so their size matches the
 centred positions. The model follows the dtype and device of its parameters; inputs are cast

@@ -8,8 +8,9 @@ EGNN (Satorras et al. 2021) with velocity, as used by EGNO (REFERENCE.md):
 
 The graph is built once on the start frame: 1-hop edges between atoms closer than `radius`
 (1.6 Å) plus 2-hop edges, padding excluded; e_ij = [1-hop, 2-hop, start-frame distance].
-Molecules here are small (≤ ~50 atoms), so the graph is a dense (B, N, N) mask and messages
-are computed for all pairs and masked: one batched matmul per MLP layer, no edge lists.
+The graph is found densely ((B, N, N) distances; molecules here are small), then turned into an
+edge list (`EdgeList`) so that messages are computed on edges only: with hydrogens as nodes a
+molecule has far fewer edges than atom pairs.
 Every update is built from differences x_i − x_j, velocities and invariants, so the layers
 are exactly E(3)-equivariant and permutation-equivariant; padded atoms neither send nor
 receive messages.
@@ -32,6 +33,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from dataclasses import dataclass
 
 from atomray.config import ModelConfig
 from atomray.model.prior import Prior
@@ -63,17 +66,44 @@ def node_features(v: Tensor, z: Tensor, rwpe: Tensor | None, cfg: ModelConfig) -
     return torch.cat(feats, dim=-1)
 
 
-class EGNNLayer(nn.Module):
-    """One E(n)-equivariant layer with velocity on a dense masked graph.
+@dataclass
+class EdgeList:
+    """A batch of G graphs of N nodes as an edge list over the G·N flattened nodes: messages go
+    from `send` to `recv` (E,), with edge attributes `attr` (E, A) and the receivers' degrees
+    `deg` (G·N, 1, at least 1). Only real edges are computed: a dense (G, N, N) pass spends
+    most of its time on pairs that are not edges."""
 
-    forward(h (G,N,H), x (G,N,3), v (G,N,3), edges (G,N,N) bool, attr (G,N,N,E))
-    → (h, x) updated. G is any batch of graphs (e.g. B·P time slices).
+    recv: Tensor
+    send: Tensor
+    attr: Tensor
+    deg: Tensor
+
+    @classmethod
+    def from_dense(cls, edges: Tensor, attr: Tensor, copies: int = 1) -> "EdgeList":
+        """Edges (B, N, N) bool and attributes (B, N, N, A) of B graphs, each graph repeated
+        `copies` times (graph b, copy p is graph b·copies + p, as `reshape(B·P, …)` orders it)."""
+        b, n, _ = edges.shape
+        gb, i, j = edges.nonzero(as_tuple=True)  # (E,) graph, receiver, sender
+        offsets = (gb[:, None] * copies + torch.arange(copies, device=edges.device)) * n  # (E, copies)
+        recv = (offsets + i[:, None]).T.reshape(-1)  # copy-major blocks of E edges
+        send = (offsets + j[:, None]).T.reshape(-1)
+        feats = attr[gb, i, j].repeat(copies, 1)  # (E·copies, A)
+        deg = torch.zeros(b * copies * n, 1, dtype=attr.dtype, device=attr.device)
+        deg.index_add_(0, recv, torch.ones(len(recv), 1, dtype=attr.dtype, device=attr.device))
+        return cls(recv, send, feats, deg.clamp_min(1.0))
+
+
+class EGNNLayer(nn.Module):
+    """One E(n)-equivariant layer with velocity, messages on the edges of an `EdgeList`.
+
+    forward(h (G,N,H), x (G,N,3), v (G,N,3), graph: EdgeList) → (h, x) updated. G is any batch
+    of graphs (e.g. B·P time slices).
     """
 
     def __init__(self, hidden: int, edge_dim: int = 3):
         super().__init__()
         # φ_e's first layer on [h_i, h_j, d², e_ij] split by input so that the per-node parts
-        # are computed once per node instead of once per pair.
+        # are computed once per node instead of once per edge.
         self.e_src = nn.Linear(hidden, hidden)
         self.e_dst = nn.Linear(hidden, hidden, bias=False)
         self.e_geo = nn.Linear(1 + edge_dim, hidden, bias=False)
@@ -83,17 +113,19 @@ class EGNNLayer(nn.Module):
         self.phi_v = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
         self.phi_h = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
-    def forward(self, h: Tensor, x: Tensor, v: Tensor, edges: Tensor, attr: Tensor) -> tuple[Tensor, Tensor]:
-        diff = x[:, :, None] - x[:, None]  # (G, N, N, 3) x_i − x_j
-        d2 = diff.square().sum(-1, keepdim=True)  # (G, N, N, 1)
-        pre = self.e_src(h)[:, :, None] + self.e_dst(h)[:, None] + self.e_geo(torch.cat((d2, attr), -1))
-        m = F.silu(self.e_out(F.silu(pre)))  # (G, N, N, H)
-        w = edges[..., None].to(m.dtype)  # (G, N, N, 1)
-        m = m * w
-        deg = w.sum(2).clamp_min(1.0)  # (G, N, 1)
-        trans = (diff * self.phi_x(m).clamp(-COORD_CLAMP, COORD_CLAMP) * w).sum(2) / deg  # (G, N, 3)
-        x = x + trans + self.phi_v(h) * v
-        h = h + self.phi_h(torch.cat((h, m.sum(2)), dim=-1))
+    def forward(self, h: Tensor, x: Tensor, v: Tensor, graph: EdgeList) -> tuple[Tensor, Tensor]:
+        shape = h.shape
+        hf, xf = h.reshape(-1, shape[-1]), x.reshape(-1, 3)  # (G·N, H), (G·N, 3)
+        diff = xf[graph.recv] - xf[graph.send]  # (E, 3) x_i − x_j
+        d2 = diff.square().sum(-1, keepdim=True)  # (E, 1)
+        pre = self.e_src(hf)[graph.recv] + self.e_dst(hf)[graph.send] + self.e_geo(torch.cat((d2, graph.attr.to(d2.dtype)), -1))
+        m = F.silu(self.e_out(F.silu(pre)))  # (E, H)
+        moves = diff * self.phi_x(m).clamp(-COORD_CLAMP, COORD_CLAMP)  # (E, 3)
+        # scatter in the messages' dtype (bf16 under autocast), back to the stream's after
+        trans = moves.new_zeros(xf.shape).index_add_(0, graph.recv, moves).to(xf.dtype) / graph.deg.to(xf.dtype)
+        agg = m.new_zeros(hf.shape).index_add_(0, graph.recv, m).to(hf.dtype)  # (G·N, H)
+        x = x + trans.view(x.shape) + self.phi_v(h) * v
+        h = h + self.phi_h(torch.cat((h, agg.view(shape)), dim=-1))
         return h, x
 
 
@@ -150,6 +182,7 @@ class EGNNRollout(EGNNBaseline):
     def forward(self, x0: Tensor, v0: Tensor, z: Tensor, lags_fs: Tensor, mask: Tensor,
                 rwpe: Tensor | None = None) -> Tensor:
         x, v, h0, edges, attr, m = self._inputs(x0, v0, z, lags_fs, mask, rwpe)
+        graph = EdgeList.from_dense(edges, attr)
         lags = lags_fs.to(x.dtype)
         steps = torch.diff(lags, dim=1, prepend=torch.zeros_like(lags[:, :1]))  # (B, P) fs
         temb = self.time_embed(steps)  # (B, P, H)
@@ -157,7 +190,7 @@ class EGNNRollout(EGNNBaseline):
         for p in range(self.num_lags):  # autoregressive by definition: step p needs step p−1
             h, xp = h + temb[:, p, None] * m, x
             for layer in self.layers:
-                h, xp = layer(h, xp, v, edges, attr)
+                h, xp = layer(h, xp, v, graph)
             step = steps[:, p, None, None].clamp_min(1e-6)
             v = (xp - x) / step * self.cfg.velocity_scale_fs * m  # finite-difference velocity
             x, h = xp * m, h * m
@@ -178,6 +211,7 @@ class EGNNSequential(EGNNBaseline):
     def forward(self, x0: Tensor, v0: Tensor, z: Tensor, lags_fs: Tensor, mask: Tensor,
                 rwpe: Tensor | None = None) -> Tensor:
         x, v, h, edges, attr, m = self._inputs(x0, v0, z, lags_fs, mask, rwpe)
+        graph = EdgeList.from_dense(edges, attr)
         lags = lags_fs.to(x.dtype)
         steps = torch.diff(lags, dim=1, prepend=torch.zeros_like(lags[:, :1]))  # (B, P) fs
         temb = self.time_embed(lags)  # (B, P, H)
@@ -185,7 +219,7 @@ class EGNNSequential(EGNNBaseline):
         for p, layers in enumerate(self.frames):  # one EGNN per frame, in sequence
             h, xp = h + temb[:, p, None] * m, x
             for layer in layers:
-                h, xp = layer(h, xp, v, edges, attr)
+                h, xp = layer(h, xp, v, graph)
             v = (xp - x) / steps[:, p, None, None].clamp_min(1e-6) * self.cfg.velocity_scale_fs * m
             h, x = h * m, xp * m
             out.append(x)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atomray.config import ModelConfig
-from atomray.model.egnn import EGNNLayer, EGNNBaseline
+from atomray.model.egnn import EdgeList, EGNNBaseline, EGNNLayer
 
 
 class SpectralConv(nn.Module):
@@ -76,12 +76,11 @@ class EGNO(EGNNBaseline):
         xs = x[:, None].expand(b, p, n, 3) if base is None else base  # (B, P, N, 3)
         flat = lambda t: t.reshape(b * p, *t.shape[2:])  # noqa: E731  (B, P, …) → (B·P, …)
         v_f = flat(v[:, None].expand(b, p, n, 3))
-        edges_f = flat(edges[:, None].expand(b, p, n, n))
-        attr_f = flat(attr[:, None].expand(b, p, n, n, attr.shape[-1]))
+        graph = EdgeList.from_dense(edges, attr, copies=p)  # the start-frame graph in every slice
         for conv_h, lin_h, conv_x, layer in zip(self.conv_h, self.lin_h, self.conv_x, self.layers):
             h = h + F.leaky_relu(conv_h(h) + lin_h(h))
             xs = xs + conv_x((xs - x[:, None])[..., None])[..., 0]
-            hf, xf = layer(flat(h), flat(xs), v_f, edges_f, attr_f)
+            hf, xf = layer(flat(h), flat(xs), v_f, graph)
             h = hf.view(b, p, n, -1) * m[:, None]
             xs = xf.view(b, p, n, 3) * m[:, None]
         return self._finish(xs, base, m, x0.dtype)
