@@ -77,7 +77,9 @@ def score_mask(batch: Mapping[str, Any]) -> Any:
 def floor_predictions(batch: Mapping[str, torch.Tensor], names: Sequence[str] = FLOORS) -> dict[str, torch.Tensor]:
     """(B, P, N, 3) prediction of each floor for a window batch (float64)."""
     x0, v0, lags = batch["x0"].double(), batch["v0"].double(), batch["lags_fs"].double()
-    mass = batch["mass"].double() * batch["mask"].double()
+    mass = batch["mass"].double()
+    if "mask" in batch:  # padded batches; windows straight from cut_windows have no padding
+        mass = mass * batch["mask"].double()
     out = {}
     for name in names:
         if name == "no_motion":

@@ -177,3 +177,22 @@ def test_rotor_equals_rigid_for_a_spin_about_a_principal_axis():
     batch = rigid_rotor(axis=1, spin=0.02)
     err = floor_errors(batch)
     assert err["rotor_all"].max() < 1e-10 and err["rigid_all"].max() < 1e-10
+
+
+def test_floors_take_unpadded_windows_straight_from_cut_windows():
+    """`cut_windows` output (no padding, so no `mask`) is what a user scoring one start has
+    in hand (the best_checkpoint notebook): the floors accept it and equal the padded path."""
+    from atomray.config import DataConfig
+    from atomray.data.windows import cut_windows, pad_windows
+
+    batch = rigid_rotor(seed=4, windows=1)
+    z = np.concatenate([batch["z"][0].numpy(), np.ones(batch["ctx_mass"].shape[1], np.int64)])
+    x = torch.cat([batch["x0"], batch["ctx_x0"]], 1).numpy()
+    v = torch.cat([batch["v0"], batch["ctx_v0"]], 1).numpy()
+    positions, velocities = np.stack([x[0], x[0] + 10 * v[0]]), np.stack([v[0], v[0]])
+    cfg = DataConfig(context_atoms="heavy", score_atoms="heavy", rwpe_k=0)
+    window = cut_windows(positions, velocities, z, 10.0, np.array([0]), np.array([[1]]), cfg, "rotor")
+    plain = floor_predictions({k: torch.as_tensor(v) for k, v in window.items() if v.dtype != object})
+    padded = floor_predictions({k: torch.as_tensor(v) for k, v in pad_windows([window]).items() if v.dtype != object})
+    for name in FLOORS:
+        torch.testing.assert_close(plain[name], padded[name], msg=name)
