@@ -18,8 +18,9 @@ unless it spins about a principal axis, ω precesses as the body turns (Euler's 
 benzene ring at 300 K is off by more than its whole vibrational amplitude after 1 ps).
 `rotor` integrates the torque-free motion, dR/dt = [ω(t)]× R with ω(t) = R I⁻¹ Rᵀ L (I the
 inertia tensor at Δt = 0), by classical RK4 on the unit quaternion of R (4th order; steps of at
-most 0.1 rad, so its error is far below any vibration). Linear or single-atom bodies have a
-singular I: ω is then the pseudo-inverse solution (no spin about the molecular axis).
+most 0.2 rad keep positions within 1e-5 Å of an independent DOP853 solution after 1.5 ps, far
+below any vibration). Linear or single-atom bodies have a singular I: ω is then the
+pseudo-inverse solution (no spin about the molecular axis).
 
 The rigid motion may come from more atoms than are extrapolated: `rigid(x0, v0, mass, lags,
 context=(x, v, m))` takes c, u, ω from the atoms (x0, v0, mass) plus the context atoms (e.g. the
@@ -38,7 +39,7 @@ import torch
 from torch import Tensor
 
 FLOORS = ("no_motion", "linear", "rigid", "rotor")
-ROTOR_STEP_RAD = 0.1  # largest rotation per RK4 step of `rotor`
+ROTOR_STEP_RAD = 0.2  # largest rotation per RK4 step of `rotor`
 ROTOR_MAX_STEPS = 4096
 
 

@@ -109,4 +109,4 @@ def ray_head(root: Path, num_cpus: int = 2) -> Iterator[dict[str, str]]:
                  headers={"Authorization": f"Bearer {token}"})
         yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "log": str(log)}
     finally:
-        stop(proc)
+        stop(proc, timeout=10)  # a head that ran jobs can take ~40 s to stop gracefully; its group is killed after 10

@@ -46,6 +46,9 @@ class Prior(nn.Module):
         check_atomic_numbers(z, len(self.masses) - 1)
         return self.masses[z.long()].to(torch.float64) * mask
 
+    # Eager under torch.compile: float64 physics with a data-dependent number of RK4 steps
+    # (the rotor) would be unrolled and recompiled for every step count.
+    @torch.compiler.disable
     @torch.no_grad()
     def forward(self, x: Tensor, v: Tensor, z: Tensor, mask: Tensor, lags: Tensor) -> tuple[Tensor | None, Tensor | None]:
         if self.kind == "none":
@@ -65,6 +68,7 @@ class Prior(nn.Module):
                 c, u, rot = physics.rotor_motion(x, v, mass, lags)
             return physics.carry(x, c, u, rot, lags), rot.to(x.dtype)
 
+    @torch.compiler.disable
     @torch.no_grad()
     def internal_velocity(self, x: Tensor, v: Tensor, z: Tensor, mask: Tensor) -> Tensor:
         """(B, N, 3) v − (u + ω × (x − c)): each atom's velocity relative to the rigid-body
