@@ -106,7 +106,7 @@ def test_cv_makes_one_parent_and_five_fold_children_with_disjoint_splits(env, cv
 @pytest.fixture(scope="module")
 def sweep(env):
     return run_job(env, "jobs/tune.py", "--config", "jobs/configs/sweep.yaml", "--ablation",
-                   "--switches", "model.gamma", "model.lifting", "--max-concurrent", "2",
+                   "--switches", "model.gamma", "model.attention", "--max-concurrent", "2",
                    "--name", "sweep-test", *TINY, f"data.path={env['data']}", f"storage_path={env['root'] / 'ray'}",
                    "tracking.experiment=sweep-test")
 
@@ -115,10 +115,9 @@ def test_sweep_runs_one_child_per_trial_with_ablation_switches(env, sweep):
     runs = runs_of(env, "sweep-test")
     parents = [r for r in runs if r.data.tags.get("atomray.kind") == "sweep"]
     children = [r for r in runs if r.data.tags.get("atomray.kind") == "train"]
-    assert len(parents) == 1 and len(children) == 4  # the default, one per alternative switch value
-    settings = {(r.data.params["model.gamma"], r.data.params["model.lifting"]) for r in children}
-    assert settings == {("learned", "canonical"), ("fixed", "canonical"), ("learned", "equivariant"),
-                        ("learned", "linear")}
+    assert len(parents) == 1 and len(children) == 3  # the default, one per alternative switch value
+    settings = {(r.data.params["model.gamma"], r.data.params["model.attention"]) for r in children}
+    assert settings == {("learned", "self"), ("fixed", "self"), ("learned", "heterogeneous")}
     assert all(r.info.status == "FINISHED" for r in children)
     arts = {a.path for a in client(env).list_artifacts(parents[0].info.run_id, "sweep")}
     assert {"sweep/results.csv", "sweep/ablation.png"} <= arts
@@ -135,7 +134,7 @@ def test_load_best_returns_the_run_mlflow_ranks_best(env, sweep):
                                 order_by=["metrics.best_val_s2t ASC"])
     model, cfg, run_id = load_best("sweep-test", "best_val_s2t", "min", env["uri"])
     assert run_id == ranked.iloc[0]["run_id"]
-    assert cfg.model.lifting == ranked.iloc[0]["params.model.lifting"]
+    assert cfg.model.attention == ranked.iloc[0]["params.model.attention"]
     assert not model.training
 
 
