@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pretrain: error: {err}", file=sys.stderr)
         return 2
     best = result.best
-    print(f"\nbest epoch {int(best['epoch']) + 1} of {len(result.history)}: validation S2T {100 * best['val_s2t']:.3f}, "
-          f"S2S {100 * best['val_s2s']:.3f} x1e-2 A^2")
+    print(f"\nbest epoch {int(best['epoch']) + 1} of {len(result.history)} (lowest validation S2S, the paper's "
+          f"early-stopping rule): validation S2T {100 * best['val_s2t']:.3f}, S2S {100 * best['val_s2s']:.3f} x1e-2 A^2")
     print("physics floors on the same windows (S2T / S2S x1e-2 A^2): " + ", ".join(
         f"{f} {100 * best[f'val_s2t_{f}']:.3f} / {100 * best[f'val_s2s_{f}']:.3f}" for f in FLOORS))
     print(verdict(best, "val_s2t"))
