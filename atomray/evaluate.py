@@ -229,14 +229,25 @@ def strongest_floor(metrics: Mapping[str, float], key: str) -> tuple[str, float]
     return min(present, key=lambda fv: fv[1])
 
 
+LEVEL = 0.01  # a model within 1 % of a floor is level with it, neither better nor worse
+
+
+def comparison(ratio: float) -> str:
+    """What a model/floor error ratio says: "beats", "is level with" (within LEVEL) or "does
+    NOT beat". A 0.1 % difference on a few hundred windows is noise, not a result."""
+    if ratio < 1 - LEVEL:
+        return "beats"
+    if ratio <= 1 + LEVEL:
+        return f"is level with (within {LEVEL:.0%})"
+    return "does NOT beat"
+
+
 def verdict(metrics: Mapping[str, float], key: str) -> str:
     """One sentence comparing the model's `key` with the strongest floor, as the numbers say."""
     name, floor = strongest_floor(metrics, key)
     value = metrics[key]
     ratio = value / floor if floor > 0 else math.inf
-    if value < floor:
-        return f"the model beats the strongest floor ({name}) on {key}: {ratio:.2f}x its error"
-    return f"the model does NOT beat the strongest floor ({name}) on {key}: {ratio:.2f}x its error"
+    return f"the model {comparison(ratio)} the strongest floor ({name}) on {key}: {ratio:.2f}x its error"
 
 
 def check_elements(z: Iterable[int], elements: Sequence[int], name: str) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from atomray import tracking
 from atomray.config import RunConfig
 from atomray.data.splits import Split, default_eval_sets, fold_clusters, make_split, usable_molecules, with_training_range
-from atomray.evaluate import FLOORS
+from atomray.evaluate import FLOORS, comparison
 from atomray.report import write_csv
 from atomray.tune.runner import open_parent, run_trials, runs_table
 
@@ -84,9 +84,8 @@ def markdown(table: list[dict[str, Any]], folds: Sequence[int], model: str, cfg:
                   if r["metric"].startswith(f"{kind} S2T ") and math.isfinite(r["mean over folds"])]
         if floors and math.isfinite(model):
             name, value = min(floors, key=lambda nv: nv[1])
-            word = "beats" if model < value else "does NOT beat"
             lines.append(f"- {kind}: mean S2T {model:.3f} = {model / value:.2f}x the strongest floor ({name} "
-                         f"{value:.3f}): the model {word} it")
+                         f"{value:.3f}): the model {comparison(model / value)} it")
     lines.append("")
     for f in folds:
         roles = fold_clusters(f, cfg.data.num_clusters, cfg.data.num_folds)
