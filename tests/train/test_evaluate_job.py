@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from jobrun import job_main
 from servers import mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -43,6 +44,7 @@ def trained(ray_local, mmff_dataset, tmp_path_factory):
 
 
 def evaluate_job(trained, *args, expect: int = 0):
+    """`python jobs/evaluate.py ARGS` as a user runs it (a process of its own)."""
     import os
 
     env = dict(os.environ, MLFLOW_TRACKING_URI=trained["uri"], PYTHONPATH=str(ROOT))
@@ -50,6 +52,10 @@ def evaluate_job(trained, *args, expect: int = 0):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == expect, out.stdout[-4000:] + "\n--- stderr ---\n" + out.stderr[-4000:]
     return out
+
+
+def evaluate_main(capsys, *args, expect: int = 0):
+    return job_main(capsys, "evaluate.py", *args, expect=expect)
 
 
 def test_evaluate_reproduces_the_validation_figures_the_run_logged(trained):
@@ -98,7 +104,7 @@ def test_evaluate_job_writes_tables_plot_and_one_mlflow_run(trained, tmp_path):
     assert {a.path for a in c.list_artifacts(run.info.run_id)} == {"evaluation.csv", "evaluation.md", "s2t_vs_dt.png"}
 
 
-def test_egno_checkpoint_refuses_another_number_of_lags(trained, tmp_path):
+def test_egno_checkpoint_refuses_another_number_of_lags(trained, tmp_path, capsys):
     from dataclasses import replace
 
     from atomray.checkpoint import TrainState, read_config, read_state, save_checkpoint
@@ -111,9 +117,9 @@ def test_egno_checkpoint_refuses_another_number_of_lags(trained, tmp_path):
                     TrainState(elements=read_state(trained["result"].checkpoint).elements))
     base = ["--model", egno, "--data", trained["data"], "--molecules", "ethanol", "--horizons-fs", "50",
             "--windows", "8", "--no-mlflow", "--out", tmp_path / "out"]
-    evaluate_job(trained, *base, "--num-lags", "8")
-    out = evaluate_job(trained, *base, "--num-lags", "4", expect=2)
-    assert "built for P = 8 lags" in out.stderr and "cannot predict P = 4" in out.stderr
+    evaluate_main(capsys, *base, "--num-lags", "8")
+    out = evaluate_main(capsys, *base, "--num-lags", "4", expect=2)
+    assert "built for P = 8 lags" in out.err and "cannot predict P = 4" in out.err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -121,8 +127,8 @@ def test_egno_checkpoint_refuses_another_number_of_lags(trained, tmp_path):
     (["--molecules", "ethanol", "--horizons-fs", "5000"], "needs 5001 frames"),
     (["--molecules", "caffeine"], "no molecule 'caffeine'"),
 ])
-def test_bad_requests_are_named(trained, tmp_path, args, message):
-    out = evaluate_job(trained, "--model", trained["result"].checkpoint, "--data", trained["data"], "--windows", "4",
-                       "--no-mlflow", "--out", tmp_path / "bad", *args, expect=2)
-    assert message in out.stderr, out.stderr[-2000:]
+def test_bad_requests_are_named(trained, tmp_path, capsys, args, message):
+    out = evaluate_main(capsys, "--model", trained["result"].checkpoint, "--data", trained["data"], "--windows", "4",
+                        "--no-mlflow", "--out", tmp_path / "bad", *args, expect=2)
+    assert message in out.err, out.err[-2000:]
     assert not (tmp_path / "bad" / "evaluation.csv").exists()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jobrun import job_main
 from servers import mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -164,13 +165,13 @@ def test_register_and_predict_a_new_molecule(env, sweep, tmp_path):
     (["--smiles", "CC(F)O", "--model", "models:/atom-test@champion"], "never occurred"),
     (["--smiles", "CCO", "--model", "models:/atom-test@nonexistent"], "models:/atom-test@nonexistent"),
 ])
-def test_predict_errors_are_clear(env, sweep, tmp_path, args, message):
+def test_predict_errors_are_clear(env, sweep, tmp_path, capsys, monkeypatch, args, message):
     from atomray.tracking import register_best
 
     register_best("sweep-test", "atom-test", "champion", tracking_uri=env["uri"])
-    out = subprocess.run([sys.executable, "jobs/predict.py", *args, "--lags-fs", "10", "--out", str(tmp_path / "x.extxyz")],
-                         env=env["env"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2 and message in out.stderr, out.stderr[-3000:]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["uri"])
+    out = job_main(capsys, "predict.py", *args, "--lags-fs", "10", "--out", tmp_path / "x.extxyz", expect=2)
+    assert message in out.err, out.err[-3000:]
     assert not (tmp_path / "x.extxyz").exists()
 
 
