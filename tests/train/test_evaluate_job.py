@@ -54,10 +54,6 @@ def evaluate_job(trained, *args, expect: int = 0):
     return out
 
 
-def evaluate_main(capsys, *args, expect: int = 0):
-    return job_main(capsys, "evaluate.py", *args, expect=expect)
-
-
 def test_evaluate_reproduces_the_validation_figures_the_run_logged(trained):
     from mlflow.tracking import MlflowClient
 
@@ -117,8 +113,8 @@ def test_egno_checkpoint_refuses_another_number_of_lags(trained, tmp_path, capsy
                     TrainState(elements=read_state(trained["result"].checkpoint).elements))
     base = ["--model", egno, "--data", trained["data"], "--molecules", "ethanol", "--horizons-fs", "50",
             "--windows", "8", "--no-mlflow", "--out", tmp_path / "out"]
-    evaluate_main(capsys, *base, "--num-lags", "8")
-    out = evaluate_main(capsys, *base, "--num-lags", "4", expect=2)
+    job_main(capsys, "evaluate.py", *base, "--num-lags", "8")
+    out = job_main(capsys, "evaluate.py", *base, "--num-lags", "4", expect=2)
     assert "built for P = 8 lags" in out.err and "cannot predict P = 4" in out.err
 
 
@@ -128,7 +124,7 @@ def test_egno_checkpoint_refuses_another_number_of_lags(trained, tmp_path, capsy
     (["--molecules", "caffeine"], "no molecule 'caffeine'"),
 ])
 def test_bad_requests_are_named(trained, tmp_path, capsys, args, message):
-    out = evaluate_main(capsys, "--model", trained["result"].checkpoint, "--data", trained["data"], "--windows", "4",
-                        "--no-mlflow", "--out", tmp_path / "bad", *args, expect=2)
+    out = job_main(capsys, "evaluate.py", "--model", trained["result"].checkpoint, "--data", trained["data"],
+                   "--windows", "4", "--no-mlflow", "--out", tmp_path / "bad", *args, expect=2)
     assert message in out.err, out.err[-2000:]
     assert not (tmp_path / "bad" / "evaluation.csv").exists()
