@@ -30,11 +30,11 @@ Node features: [‖v‖ (scaled), Z / Z_max] (+ RWPE). Velocities are scaled by
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from dataclasses import dataclass
 
 from atomray.config import ModelConfig
 from atomray.model.prior import Prior
@@ -118,7 +118,8 @@ class EGNNLayer(nn.Module):
         hf, xf = h.reshape(-1, shape[-1]), x.reshape(-1, 3)  # (G·N, H), (G·N, 3)
         diff = xf[graph.recv] - xf[graph.send]  # (E, 3) x_i − x_j
         d2 = diff.square().sum(-1, keepdim=True)  # (E, 1)
-        pre = self.e_src(hf)[graph.recv] + self.e_dst(hf)[graph.send] + self.e_geo(torch.cat((d2, graph.attr.to(d2.dtype)), -1))
+        geo = torch.cat((d2, graph.attr.to(d2.dtype)), -1)  # (E, 1 + A)
+        pre = self.e_src(hf)[graph.recv] + self.e_dst(hf)[graph.send] + self.e_geo(geo)
         m = F.silu(self.e_out(F.silu(pre)))  # (E, H)
         moves = diff * self.phi_x(m).clamp(-COORD_CLAMP, COORD_CLAMP)  # (E, 3)
         # scatter in the messages' dtype (bf16 under autocast), back to the stream's after
