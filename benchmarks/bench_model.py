@@ -7,8 +7,8 @@
 Model: ModelConfig() defaults = Table 19 MD17 column (embedding 128, 5 blocks, 8 heads, 1
 output head, attention dropout 0.2, RWPE 8), or with `--config NAME` the model section of
 jobs/configs/NAME.yaml. `--atoms` sets N (hydrogens as tokens, `data.context_atoms=all`, turn
-aspirin's 13 heavy atoms into 21 tokens per slot: attention grows as N²). A training step is what the worker loop does:
-label noise σ 0.1, forward, L2 loss, backward, grad-norm clip 1.0, AdamW-AMSGrad step.
+aspirin's 13 heavy atoms into 21 tokens per slot: attention grows as N²). A training step is
+what the worker loop does: label noise σ 0.1, forward, L2 loss, backward, grad-norm clip 1.0, AdamW-AMSGrad step.
 Inference is eval mode under `torch.inference_mode`. Times are medians over repeats after
 warm-up.
 
