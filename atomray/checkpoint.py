@@ -38,6 +38,7 @@ class TrainState:
     mlflow_run_id: str = ""
     best_val_s2s: float = float("inf")
     elements: list[int] = field(default_factory=list)  # atomic numbers the model trained on
+    resumed_at: list[int] = field(default_factory=list)  # first epoch of each attempt that resumed
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

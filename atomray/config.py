@@ -159,15 +159,17 @@ class TrainConfig:
     quasi-equivariant model learns the dynamics in every orientation instead of memorising
     the orientations it was trained on.
 
-    Every epoch is validated and checkpointed. `fail_at_epoch` >= 0 makes the last worker
-    exit hard halfway through that epoch, once (tests of recovery); `max_failures` is Ray
-    Train's FailureConfig."""
+    Every epoch is validated and checkpointed. Fault injection for tests of recovery:
+    `fail_at_epoch` >= 0 makes the last worker exit hard halfway through that epoch, and
+    `fail_after_report` >= 0 right after it reported that epoch (before Ray Train commits
+    it), each once per run; `max_failures` is Ray Train's FailureConfig."""
 
     epochs: int = 250
     label_noise_sigma: float = 0.0
     augment: Literal["none", "so3"] = "none"
     seed: int = 0
     fail_at_epoch: int = -1
+    fail_after_report: int = -1
     max_failures: int = 3
 
 

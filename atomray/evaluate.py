@@ -42,7 +42,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from atomray import physics
+from atomray import physics, storage
 from atomray.config import DataConfig, RunConfig
 from atomray.data.frames import DataError
 from atomray.data.dataset import frame_files, read_molecules
@@ -270,11 +270,10 @@ def check_elements(z: Iterable[int], elements: Sequence[int], name: str) -> None
 
 def data_digest(root: str | Path) -> str:
     """sha256 (first 16 hex) of a data set's files: identifies exactly what was evaluated."""
-    root = Path(root)
     digest = hashlib.sha256()
-    for path in [root / "molecules.parquet", *frame_files(root)]:
-        digest.update(path.name.encode())
-        with open(path, "rb") as fh:
+    for path in [storage.join(root, "molecules.parquet"), *frame_files(root)]:
+        digest.update(storage.basename(path).encode())
+        with storage.open_input(path) as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
@@ -86,17 +87,19 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def open_run(cfg: RunConfig, run_dir: Path, uri: str, tags: dict[str, str] | None = None,
+def open_run(cfg: RunConfig, run_dir: str | Path, uri: str, tags: dict[str, str] | None = None,
              parent_run_id: str = "") -> str:
-    """Create the MLflow run of a training run, or reopen it if `run_dir` names one.
+    """Create the MLflow run of a training run, or reopen it if `run_dir` (a path or URI)
+    names one.
 
     Logs the resolved config as params (dotted keys) and `tags` (git revision, package
     versions, cluster resources...). Returns the run id, also written to run_dir/mlflow_run_id.
     """
+    from atomray import storage
+
     c = client(uri)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    id_file = run_dir / RUN_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.exists() else ""
+    id_file = storage.join(run_dir, RUN_ID_FILE)
+    run_id = storage.read_text(id_file).strip() if storage.is_file(id_file) else ""
     if run_id:
         try:
             c.get_run(run_id)
@@ -109,9 +112,7 @@ def open_run(cfg: RunConfig, run_dir: Path, uri: str, tags: dict[str, str] | Non
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run_id = c.create_run(exp, tags=all_tags, run_name=cfg.tracking.run_name or cfg.name).info.run_id
-        tmp = id_file.with_name(id_file.name + ".tmp")
-        tmp.write_text(run_id)
-        tmp.replace(id_file)
+        storage.write_text(id_file, run_id)
         log_params(c, run_id, flatten(cfg))
     for key, value in (tags or {}).items():
         c.set_tag(run_id, key, str(value)[:5000])
@@ -157,6 +158,21 @@ def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(uri).set_terminated(run_id, status=status)
 
 
+TAG_ERROR = "atomray.error"
+
+
+def fail_run(uri: str, run_id: str, err: BaseException) -> None:
+    """End a run that raised: FAILED (KILLED for Ctrl-C) with the error as the tag
+    `atomray.error`. Never raises: the original error is what the caller must see."""
+    status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+    try:
+        c = client(uri)
+        c.set_tag(run_id, TAG_ERROR, f"{type(err).__name__}: {err}"[:5000])
+        c.set_terminated(run_id, status=status)
+    except Exception as log_err:  # noqa: BLE001 - the tracking server may be what failed
+        print(f"warning: could not mark MLflow run {run_id} {status} ({log_err})", flush=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # models: log, find the best, register, load back (never unpickling anything)
 
@@ -173,7 +189,9 @@ def log_checkpoint_model(uri: str, run_id: str, checkpoint_dir: str | Path) -> s
     checkpoint_dir = Path(checkpoint_dir)
     artifacts = {name.split(".")[0]: str(checkpoint_dir / name) for name in ("model.pt", "config.yaml", "state.json")}
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # The pyfunc takes a dict of arrays on purpose (no schema to infer from type hints).
+        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
         info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_FILE_PY), artifacts=artifacts,
                                        pip_requirements=[f"atomray=={package_versions()['atomray']}"])
     return info.model_uri

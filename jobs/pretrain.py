@@ -5,9 +5,11 @@
     ray job submit --working-dir . -- python jobs/pretrain.py scaling.use_gpu=true
 
 Connects to the Ray cluster in $RAY_ADDRESS (set by `ray job submit`) or starts a local one.
-Prints one line per epoch, then the best validation S2T/S2S beside the physics floors (no
-motion, linear, rigid body from heavy / all atoms) on the same windows, a verdict against the
-strongest floor, the MLflow run id and the best checkpoint's directory.
+Prints one line per epoch (once Ray Train has committed its checkpoint), then the best
+validation S2T/S2S beside the physics floors (no motion, linear, rigid body from heavy / all
+atoms) on the same windows, a verdict against the strongest floor, the MLflow run id and the
+best checkpoint's directory. `data.path` and `storage_path` take local paths or URIs
+(s3://, gs://, file://). `--verbose` adds the full config and Ray's and MLflow's INFO logs.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML run config (default: %(default)s)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=5")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print the resolved config and Ray's / MLflow's informational logs")
     args = parser.parse_args(argv)
 
     from atomray.config import ConfigError, dump_config, load_config
     from atomray.data.frames import DataError
+    from atomray.storage import StorageError
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -39,13 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     from atomray.train.pretrain import init_ray, pretrain, resolve
 
     cfg = resolve(cfg)
-    init_ray(log_to_driver=True)
+    init_ray(verbose=args.verbose, log_to_driver=True)
     print(f"atomray pretrain: run {cfg.name!r}, data {cfg.data.path}, {cfg.scaling.num_workers} "
           f"{'GPU' if cfg.scaling.use_gpu else 'CPU'} worker(s), Ray {ray.__version__}", flush=True)
-    print(dump_config(cfg), flush=True)
+    print(f"config: {args.config} {' '.join(args.overrides)} (resolved: MLflow params, and config.yaml in "
+          f"every checkpoint{'' if args.verbose else '; --verbose prints it'})", flush=True)
+    if args.verbose:
+        print(dump_config(cfg), flush=True)
     try:
         result = pretrain(cfg)
-    except (DataError, ConfigError) as err:
+    except (DataError, ConfigError, StorageError) as err:
         print(f"pretrain: error: {err}", file=sys.stderr)
         return 2
     best = result.best

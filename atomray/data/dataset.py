@@ -19,35 +19,56 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from atomray import storage
 from atomray.data.frames import (
     FRAMES_DIR, FRAMES_SCHEMA, MOLECULES_FILE, DataError, Segment, Trajectory, check_schema,
     check_coordinates, check_dt, check_molecules_table, finite_difference_velocities,
 )
 
 
-def _read_parquet(path: Path, columns: Sequence[str] | None = None, filters: Any = None) -> pa.Table:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+def read_parquet(path: str | Path, columns: Sequence[str] | None = None, filters: Any = None) -> pa.Table:
+    """A Parquet file (local path or URI) as a table; DataError naming the file otherwise."""
     try:
-        return pq.read_table(path, columns=columns, filters=filters)
+        if not storage.is_file(path):
+            raise DataError(f"{path}: file not found")
+        fs, inner = storage.filesystem(path)
+        return pq.read_table(inner, columns=columns, filters=filters, filesystem=fs)
+    except storage.StorageError as err:
+        raise DataError(str(err)) from None
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+
+
+def read_parquet_schema(path: str | Path) -> pa.Schema:
+    """A Parquet file's schema (its footer only)."""
+    try:
+        fs, inner = storage.filesystem(path)
+        return pq.read_schema(inner, filesystem=fs)
+    except storage.StorageError as err:
+        raise DataError(str(err)) from None
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"{path}: not a readable Parquet file ({err})") from None
 
 
 def read_molecules(root: str | Path) -> pa.Table:
     """The validated molecules table of a data set."""
-    path = Path(root) / MOLECULES_FILE
-    table = _read_parquet(path)
+    path = storage.join(root, MOLECULES_FILE)
+    table = read_parquet(path)
     check_molecules_table(table, path)
     return table
 
 
-def frame_files(root: str | Path) -> list[Path]:
-    """Shard files under root/frames, sorted (hidden temporaries excluded)."""
-    d = Path(root) / FRAMES_DIR
-    if not d.is_dir():
-        raise DataError(f"{d}: frames directory not found")
-    return sorted(p for p in d.glob("*.parquet") if not p.name.startswith("."))
+def frame_files(root: str | Path) -> list[str]:
+    """Shard files under root/frames (paths, or URIs for a URI root), sorted (hidden
+    temporaries excluded)."""
+    d = storage.join(root, FRAMES_DIR)
+    try:
+        if not storage.is_dir(d):
+            raise DataError(f"{d}: frames directory not found")
+        names = storage.listdir(d, "file")
+    except storage.StorageError as err:
+        raise DataError(str(err)) from None
+    return [storage.join(d, n) for n in names if n.endswith(".parquet") and not n.startswith(".")]
 
 
 def row_to_segment(row: dict[str, Any], where: str) -> Segment:
@@ -83,11 +104,10 @@ def _list_values(col: pa.ChunkedArray, i: int) -> np.ndarray | None:
 
 def read_segments(path: str | Path, molecule_ids: Iterable[str] | None = None) -> list[Segment]:
     """All (or the selected molecules') segments of one shard, each checked."""
-    path = Path(path)
     filters = None
     if molecule_ids is not None:
         filters = [("molecule_id", "in", list(molecule_ids))]
-    table = _read_parquet(path, filters=filters)
+    table = read_parquet(path, filters=filters)
     check_schema(table, FRAMES_SCHEMA, path)
     out = []
     for i in range(table.num_rows):
@@ -157,7 +177,7 @@ def load_trajectories(root: str | Path, molecule_ids: Iterable[str] | None = Non
     wanted = list(z_of) if molecule_ids is None else list(molecule_ids)
     for mid in wanted:
         if mid not in z_of:
-            raise DataError(f"{Path(root) / MOLECULES_FILE}: no molecule {mid!r}")
+            raise DataError(f"{storage.join(root, MOLECULES_FILE)}: no molecule {mid!r}")
     by_mol: dict[str, list[Segment]] = {m: [] for m in wanted}
     for seg in iter_segments(root, wanted):
         by_mol[seg.molecule_id].append(seg)
@@ -174,7 +194,6 @@ def validate_dataset(root: str | Path) -> dict[str, Any]:
     segments of each molecule do not overlap; n_frames in the molecules table equals the sum
     over its segments.
     """
-    root = Path(root)
     molecules = read_molecules(root)
     info = {
         mid: (n, dt, nf)

@@ -211,7 +211,7 @@ def finite_difference_velocities(positions: np.ndarray, dt_fs: float) -> np.ndar
 
 
 def atomic_write_table(table: pa.Table, path: str | Path, **options: Any) -> Path:
-    """Write a Parquet file under a temporary name in the same directory, then rename."""
+    """Write a local Parquet file under a temporary name in the same directory, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -354,18 +354,23 @@ def _safe_name(molecule_id: str) -> str:
 # schema checks (writers and readers)
 
 
-def check_schema(table: pa.Table, schema: pa.Schema, path: Path) -> None:
+def check_fields(found: pa.Schema, schema: pa.Schema, path: str | Path) -> None:
+    """Every column of `schema` is in `found`, with the same type."""
     for f in schema:
-        if f.name not in table.column_names:
+        if f.name not in found.names:
             raise DataError(f"{path}: missing column {f.name!r} (expected type {f.type})")
-        found = table.schema.field(f.name).type
-        if found != f.type:
-            raise DataError(f"{path}: column {f.name!r} has type {found}, expected {f.type}")
+        if found.field(f.name).type != f.type:
+            raise DataError(f"{path}: column {f.name!r} has type {found.field(f.name).type}, expected {f.type}")
+
+
+def check_schema(table: pa.Table, schema: pa.Schema, path: str | Path) -> None:
+    check_fields(table.schema, schema, path)
+    for f in schema:
         if not f.nullable and table.column(f.name).null_count:
             raise DataError(f"{path}: column {f.name!r} has null values; expected none")
 
 
-def check_molecules_table(table: pa.Table, path: Path) -> None:
+def check_molecules_table(table: pa.Table, path: str | Path) -> None:
     check_schema(table, MOLECULES_SCHEMA, path)
     ids = table.column("molecule_id").to_pylist()
     if len(set(ids)) != len(ids):

@@ -17,6 +17,7 @@ import hashlib
 import importlib.metadata
 import re
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,9 @@ from typing import Sequence
 
 import numpy as np
 
+from atomray import storage
 from atomray.config import ConfigError
-from atomray.data.frames import FRAMES_DIR, DataError, Molecule, Segment, provenance_json, write_molecules, write_segments
+from atomray.data.frames import FRAMES_DIR, MOLECULES_FILE, DataError, Molecule, Segment, provenance_json, write_molecules, write_segments
 from atomray.data.dataset import validate_dataset
 from atomray.data.sources import FORWARD_DIFFERENCES, TEMPERATURE_K, ImportConfig, SourceTrajectory, read_source
 
@@ -190,6 +192,8 @@ def import_dataset(inputs: Sequence[str | Path], out: str | Path, cfg: ImportCon
     provenance together with the input file name and its sha256. Raises ConfigError for bad
     options and DataError for bad files; either way `out` is left untouched.
     """
+    if storage.is_uri(out):
+        return _import_to_uri(inputs, str(out), cfg, command)
     paths = [Path(p) for p in inputs]
     if not paths:
         raise ConfigError("import: expected at least one input file, found none")
@@ -235,4 +239,21 @@ def import_dataset(inputs: Sequence[str | Path], out: str | Path, cfg: ImportCon
             except OSError:
                 break
         raise
+    return summaries
+
+
+def _import_to_uri(inputs: Sequence[str | Path], out: str, cfg: ImportConfig, command: str) -> list[ImportSummary]:
+    """Import into a local staging directory, then copy it to the URI `out` with the molecules
+    table last: a reader finds no data set until every frames file is in place."""
+    try:
+        if storage.listdir(out) and not cfg.overwrite:
+            raise ConfigError(f"output {out}: exists and is not empty; expected a new or empty location "
+                              f"(or pass --overwrite)")
+        with tempfile.TemporaryDirectory(prefix="atomray-import-") as tmp:
+            staged = Path(tmp) / "dataset"
+            summaries = import_dataset(inputs, staged, cfg, command)
+            storage.delete_dir(out)
+            storage.upload_dir(staged, out, last=(MOLECULES_FILE,))
+    except storage.StorageError as err:
+        raise DataError(str(err)) from None
     return summaries

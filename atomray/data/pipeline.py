@@ -27,6 +27,7 @@ trajectory data per worker, so the data set size is bounded by storage, not memo
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import zlib
@@ -36,11 +37,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from atomray.config import DataConfig
-from atomray.data.frames import FRAMES_SCHEMA, DataError, Trajectory, finite_difference_velocities
-from atomray.data.dataset import frame_files, read_molecules, read_segments
+from atomray import storage
+from atomray.data.frames import FRAMES_SCHEMA, DataError, Trajectory, check_fields, finite_difference_velocities
+from atomray.data.dataset import frame_files, read_molecules, read_parquet, read_parquet_schema, read_segments
 from atomray.data.windows import (
     Windows,
     max_horizon_frames,
@@ -147,10 +148,9 @@ def scan_segments(root: str | Path, molecule_ids: Sequence[str] | None = None) -
     wanted = None if molecule_ids is None else set(molecule_ids)
     out = []
     for path in frame_files(root):
-        try:
-            t = pq.read_table(path, columns=["molecule_id", "segment", "dt_fs", "n_atoms", "n_frames"])
-        except (pa.ArrowException, OSError) as err:
-            raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+        # Every file's schema, not just the metadata columns: the training read trusts it.
+        check_fields(read_parquet_schema(path), FRAMES_SCHEMA, path)
+        t = read_parquet(path, columns=["molecule_id", "segment", "dt_fs", "n_atoms", "n_frames"])
         for mid, seg, dt, n, f in zip(*(t.column(c).to_pylist() for c in t.column_names)):
             if wanted is None or mid in wanted:
                 out.append(SegmentInfo(str(path), mid, int(seg), float(dt), int(n), int(f)))
@@ -178,6 +178,7 @@ def build_train_dataset(root: str | Path, molecule_ids: Sequence[str], cfg: Data
     # (the worker loop prints one line per epoch instead).
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = os.environ.get("RAY_DATA_LOG_LEVEL", "INFO").upper() in ("DEBUG", "INFO")
     # Chunks arrive in file order (shuffled per epoch by seed), not in task-completion order,
     # so a run's windows depend only on its seeds.
     ctx.execution_options.preserve_order = True
@@ -187,8 +188,10 @@ def build_train_dataset(root: str | Path, molecule_ids: Sequence[str], cfg: Data
     files = sorted({s.path for s in scan_segments(root, molecule_ids)})
     if not files:
         raise DataError(f"{root}: no frames for the training molecules {sorted(molecule_ids)[:5]}...")
+    fs, _ = storage.filesystem(files[0])
     ds = ray.data.read_parquet(
-        files,
+        [storage.filesystem(f)[1] for f in files],
+        filesystem=fs,
         columns=FRAMES_SCHEMA.names,
         shuffle=ray.data.FileShuffleConfig(seed=seed),
         num_cpus=num_cpus,

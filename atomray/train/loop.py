@@ -3,16 +3,21 @@
 This is the only module that calls `ray.train.*` (DESIGN.md). The worker loop builds the
 model and data inside the worker, wraps the model with `prepare_model` (DDP: gloo on CPU,
 NCCL on CUDA), trains on its Ray Data shard through `WindowStream`, validates on fixed
-windows every epoch, and reports metrics with a checkpoint directory. Rank 0 also logs each
-committed epoch to MLflow.
+windows every epoch, and reports metrics with a checkpoint directory. `EpochRecorder`, a
+callback on the Ray Train controller, prints and logs to MLflow each epoch only once its
+checkpoint is committed, from that checkpoint's own history: the record never holds an epoch
+that a dead attempt ran but never committed.
 
 Resume is automatic: after a worker failure (`FailureConfig(max_failures)`) or when the same
 `storage_path` + `name` is submitted again, Ray Train hands the latest checkpoint to
-`ray.train.get_checkpoint()` and the loop continues from the next epoch.
+`ray.train.get_checkpoint()` and the loop continues from the next epoch; rank 0 first removes
+checkpoint directories a dead attempt uploaded but never committed.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import sys
@@ -20,12 +25,12 @@ import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from atomray import storage
 from atomray.config import RunConfig, config_from_dict, to_dict
 from atomray.data.pipeline import EpochPlan, InMemoryStream, WindowStream, fixed_windows, to_torch
 from atomray.data.splits import EvalSet, Split
@@ -97,11 +102,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     cfg: RunConfig = config_from_dict(config["run"])
     split = Split.from_dict(config["split"])
+    # Ray Train sets this process's root logger to INFO, and some of its records (every report,
+    # in full) reach the root logger: the run's log level applies to them too.
+    logging.getLogger().setLevel(config["log_level"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    record_placement(Path(config["run_dir"]), rank, world, device)
+    record_placement(config["run_dir"], rank, world, device)
 
     # -- model, optimiser, resume --------------------------------------------------------
     model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).to(device)
@@ -113,6 +121,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             load_weights(d, model, device)
             load_optimizer(d, optimizer, device)
             state = read_state(d)
+        state.resumed_at.append(state.epoch + 1)
+    if rank == 0:
+        remove_uncommitted_checkpoints(config["run_dir"], checkpoint)
 
     data = cfg.data
     eval_sets = [RankEvalSet.make("val", validation_windows(data, split), rank, world, device)]
@@ -136,14 +147,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         stream = InMemoryStream({k: v[rank::world] for k, v in held.items()}, plan, cfg.train.seed, rank, device)
     else:
         stream = WindowStream(ray.train.get_dataset_shard("train"), data, plan, cfg.train.seed, rank, device)
-
-    mlflow_client, logged = None, set()
-    if rank == 0 and config.get("mlflow_uri") and state.mlflow_run_id:
-        from atomray import tracking
-
-        mlflow_client = tracking.client(config["mlflow_uri"])
-        logged = tracking.log_epochs(mlflow_client, state.mlflow_run_id, state.history,
-                                     tracking.logged_steps(mlflow_client, state.mlflow_run_id, "val_s2t"))
 
     try:
         for epoch, batches in stream.epochs(state.epoch + 1, cfg.train.epochs):
@@ -189,13 +192,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state.history.append(row)
             state.best_val_s2s = min(state.best_val_s2s, row["val_s2s"])
             report(row, model, optimizer, cfg, state, rank, Checkpoint)
-            if rank == 0:
-                # Ray Train patches print() to log *and*, when sys.stdout is wrapped (as in a
-                # Ray worker), echo it: the line reached the driver twice. The process's own
-                # stdout is forwarded to the driver once.
-                print(progress_line(row, cfg.train.epochs), file=sys.__stdout__, flush=True)
-            if mlflow_client is not None:
-                logged = tracking.log_epochs(mlflow_client, state.mlflow_run_id, [row], logged)
+            maybe_exit_after_report(cfg, config, epoch, rank, world)
     finally:
         stream.close()
 
@@ -231,7 +228,7 @@ def report(row: dict[str, float], model, optimizer, cfg: RunConfig, state: Train
             ray.train.report(row)
 
 
-def record_placement(run_dir: Path, rank: int, world: int, device: Any) -> None:
+def record_placement(run_dir: str, rank: int, world: int, device: Any) -> None:
     """Write run_dir/placement/rank-<r>.json: which node, process and device run this rank."""
     import json
     import socket
@@ -241,27 +238,110 @@ def record_placement(run_dir: Path, rank: int, world: int, device: Any) -> None:
     info = {"rank": rank, "world_size": world, "node_id": ray.get_runtime_context().get_node_id(),
             "hostname": socket.gethostname(), "pid": os.getpid(), "device": str(device),
             "torch_threads": torch.get_num_threads()}
-    path = run_dir / "placement" / f"rank-{rank}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info))
-    tmp.replace(path)
+    storage.write_text(storage.join(run_dir, "placement", f"rank-{rank}.json"), json.dumps(info))
+
+
+CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's checkpoint directories under storage_path/name
+
+
+def remove_uncommitted_checkpoints(run_dir: str, committed: Any) -> list[str]:
+    """Delete the checkpoint directories of `run_dir` that a dead attempt uploaded but Ray Train
+    never committed: every one (there is no committed checkpoint yet) or, with `committed` the
+    latest committed checkpoint, those unreadable or not older than it (a committed later one
+    would be the latest). Older ones are the best-so-far Ray keeps. Returns the names removed."""
+    from atomray.checkpoint import STATE_FILE
+
+    latest_name, latest_epoch = "", -1
+    if committed is not None:
+        latest_name = storage.basename(committed.path)
+        latest_epoch = json.loads(storage.read_text(storage.join(run_dir, latest_name, STATE_FILE)))["epoch"]
+    removed = []
+    for name in storage.listdir(run_dir, "dir"):
+        if not name.startswith(CHECKPOINT_PREFIX) or name == latest_name:
+            continue
+        try:
+            epoch = json.loads(storage.read_text(storage.join(run_dir, name, STATE_FILE)))["epoch"]
+        except (storage.StorageError, ValueError, KeyError):
+            epoch = latest_epoch  # half uploaded: never committed
+        if epoch >= latest_epoch:
+            storage.delete_dir(storage.join(run_dir, name))
+            removed.append(name)
+    if removed:
+        print(f"removed {len(removed)} checkpoint(s) a failed attempt left uncommitted: {', '.join(removed)}",
+              file=sys.__stdout__, flush=True)
+    return removed
+
+
+def inject_fault_once(config: dict, kind: str, epoch: int, rank: int) -> None:
+    """Exit this process hard, once per run and kind (a marker beside the run remembers it)."""
+    marker = storage.join(config["run_dir"], f".fault_{kind}")
+    if storage.exists(marker):
+        return
+    storage.write_text(marker, f"{kind} epoch {epoch} rank {rank}\n")
+    os._exit(1)
 
 
 def maybe_inject_fault(cfg: RunConfig, config: dict, epoch: int, step: int, steps: int, rank: int, world: int) -> None:
     """Fault injection for tests (`train.fail_at_epoch`): the last rank exits hard halfway
-    through that epoch, once per run (a marker file beside the run remembers it)."""
-    if cfg.train.fail_at_epoch != epoch or rank != world - 1 or step != steps // 2:
-        return
-    marker = Path(config["run_dir"]) / ".fault_injected"
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"epoch {epoch} step {step} rank {rank}\n")
-    os._exit(1)
+    through that epoch, once per run."""
+    if cfg.train.fail_at_epoch == epoch and rank == world - 1 and step == steps // 2:
+        inject_fault_once(config, "mid_epoch", epoch, rank)
 
 
-def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: Path,
+def maybe_exit_after_report(cfg: RunConfig, config: dict, epoch: int, rank: int, world: int) -> None:
+    """Fault injection for tests (`train.fail_after_report`): the last rank exits hard right
+    after reporting that epoch, before Ray Train can commit it (rank 0 has uploaded its
+    checkpoint by then: the directory a dead attempt leaves behind), once per run."""
+    if cfg.train.fail_after_report == epoch and rank == world - 1 and world > 1:
+        inject_fault_once(config, "after_report", epoch, rank)
+
+
+def committed_history(checkpoint: Any) -> list[dict[str, float]]:
+    """The metric history saved in a (committed) Ray Train checkpoint, read from its storage."""
+    import posixpath
+
+    from atomray.checkpoint import STATE_FILE
+
+    with checkpoint.filesystem.open_input_stream(posixpath.join(checkpoint.path, STATE_FILE)) as fh:
+        return json.loads(fh.read())["history"]
+
+
+def record_epochs(epochs: int, mlflow_uri: str = "", mlflow_run_id: str = ""):
+    """An `EpochRecorder` (a Ray Train `UserCallback`, built here so that `ray.train` is
+    imported only where a run starts)."""
+    from ray.train import UserCallback
+
+    class EpochRecorder(UserCallback):
+        """Runs on the Ray Train controller, after Ray Train has committed a report's checkpoint:
+        prints the epoch line and logs to MLflow every row of the committed checkpoint's history
+        not logged yet. An epoch a dead attempt reported but never committed is never recorded;
+        the epoch it re-runs is recorded once, with the values of the checkpoint that stays."""
+
+        def __init__(self) -> None:
+            self.logged: set[int] | None = None
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            if checkpoint is None:
+                return
+            history = committed_history(checkpoint)
+            print(progress_line(history[-1], epochs), flush=True)
+            if not mlflow_run_id:
+                return
+            from atomray import tracking
+
+            try:
+                c = tracking.client(mlflow_uri)
+                if self.logged is None:
+                    self.logged = tracking.logged_steps(c, mlflow_run_id, "val_s2t")
+                self.logged = tracking.log_epochs(c, mlflow_run_id, history, self.logged)
+            except Exception as err:  # MLflow unreachable: the driver logs what is missing at the end
+                print(f"warning: MLflow logging of epoch {int(history[-1]['epoch']) + 1} failed ({err}); "
+                      f"it is logged when the run ends", flush=True)
+
+    return EpochRecorder()
+
+
+def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: str,
         mlflow_uri: str = "", mlflow_run_id: str = "", eval_sets: list | None = None,
         callbacks: list | None = None, elements: list[int] | None = None):
     """Run the TorchTrainer for `cfg` and return Ray Train's `Result`."""
@@ -275,17 +355,19 @@ def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: 
         resources["memory"] = 256 * 1024**2
     if cfg.scaling.use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker
+    log_level = os.environ.get("ATOMRAY_LOG_LEVEL", "INFO")  # set by atomray.train.pretrain.quiet_logs
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "run": to_dict(cfg),
             "split": split.to_dict(),
             "total_starts": total_starts,
-            "run_dir": str(run_dir),
+            "run_dir": run_dir,
             "mlflow_uri": mlflow_uri,
             "mlflow_run_id": mlflow_run_id,
             "eval_sets": [e.to_dict() for e in eval_sets or []],
             "elements": list(elements or []),
+            "log_level": log_level,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers,
                                                use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources,
@@ -296,7 +378,9 @@ def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: 
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_s2s",
                                                          checkpoint_score_order="min"),
-            callbacks=callbacks or None,
+            callbacks=[record_epochs(cfg.train.epochs, mlflow_uri, mlflow_run_id), *(callbacks or [])],
+            # Ray Train's own INFO lines (every report, every checkpoint) only when asked for.
+            logging_config=ray.train.LoggingConfig(log_level=log_level),
         ),
         datasets={"train": dataset} if dataset is not None else None,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]) if dataset is not None else None,

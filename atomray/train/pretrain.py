@@ -12,12 +12,13 @@ import csv
 import dataclasses
 import io
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atomray import tracking
+from atomray import storage, tracking
 from atomray.config import ConfigError, RunConfig
 from atomray.data.frames import DataError
 from atomray.data.pipeline import build_train_dataset, count_starts, scan_segments
@@ -30,7 +31,7 @@ class PretrainResult:
 
     run_id: str
     tracking_uri: str
-    checkpoint: str  # directory of the best-by-validation checkpoint (exported copy)
+    checkpoint: str  # directory (path or URI) of the best-by-validation checkpoint (exported copy)
     best: dict[str, float]  # history row of the best validation S2S epoch
     final: dict[str, float]  # last epoch's row
     history: list[dict[str, float]] = field(default_factory=list)
@@ -38,8 +39,9 @@ class PretrainResult:
     seconds: float = 0.0
 
 
-def init_ray(address: str | None = None, **kwargs: Any):
+def init_ray(address: str | None = None, verbose: bool = False, **kwargs: Any):
     """`ray.init` for atomray's jobs: `address` defaults to $RAY_ADDRESS (unset: a local instance).
+    Unless `verbose`, Ray's and MLflow's informational logs are turned down (`quiet_logs`).
 
     Starting a local instance, keep up to 4 idle worker processes per CPU alive
     ($RAY_num_workers_soft_limit, unless already set). Ray keeps only as many idle workers as
@@ -53,10 +55,29 @@ def init_ray(address: str | None = None, **kwargs: Any):
 
     import ray
 
+    quiet_logs(verbose)
     address = address if address is not None else os.environ.get("RAY_ADDRESS")
     if not address or address == "local":
         os.environ.setdefault("RAY_num_workers_soft_limit", str(4 * (os.cpu_count() or 1)))
     return ray.init(address=address, **kwargs)
+
+
+LOG_LEVEL_ENV = "ATOMRAY_LOG_LEVEL"  # Ray Train's console log level for the runs this process starts
+
+
+def quiet_logs(verbose: bool = False) -> None:
+    """Leave a job's log to its epoch lines, summary and real warnings, through the switches Ray
+    and MLflow provide (environment variables read by this process and the Ray processes it
+    starts; an explicit setting wins): Ray Train's console level (`ray.train.LoggingConfig`, see
+    `atomray.train.loop.fit`), Ray Data's log level, MLflow's log level and artifact progress
+    bars. `verbose` keeps everything at INFO. On a cluster started elsewhere, Ray Data's actors
+    take RAY_DATA_LOG_LEVEL from the job's runtime_env (cluster/runtime_env.yaml sets it)."""
+    import os
+
+    level = "INFO" if verbose else "WARNING"
+    for key, value in ((LOG_LEVEL_ENV, level), ("RAY_DATA_LOG_LEVEL", level), ("MLFLOW_LOGGING_LEVEL", level),
+                       ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true" if verbose else "false")):
+        os.environ.setdefault(key, value)
 
 
 def read_tasks(cfg: RunConfig) -> int:
@@ -73,19 +94,13 @@ def resolve(cfg: RunConfig, cwd: str | Path | None = None) -> RunConfig:
     pin the tracking URI. The result is what gets saved with the run."""
     read_tasks(cfg)  # a bad value fails here, before a run directory or MLflow run exists
     base = Path(cwd or Path.cwd())
-
-    def absolute(p: str) -> str:
-        if "://" in p:
-            return p
-        return str((base / Path(p).expanduser()).resolve())
-
     name = cfg.name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking, base) if cfg.tracking.enabled else ""
     return dataclasses.replace(
         cfg,
         name=name,
-        storage_path=absolute(cfg.storage_path),
-        data=dataclasses.replace(cfg.data, path=absolute(cfg.data.path)),
+        storage_path=storage.absolute(cfg.storage_path, base),
+        data=dataclasses.replace(cfg.data, path=storage.absolute(cfg.data.path, base)),
         tracking=dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri),
     )
 
@@ -137,49 +152,67 @@ def pretrain(cfg: RunConfig, *, split: Split | None = None, eval_sets: list[Eval
         raise DataError(f"{cfg.data.path}: the training molecules have no trajectory long enough for the horizon")
 
     elements = sorted({int(z) for m in split.train for z in z_of[m] if z > 1 or cfg.data.context_atoms == "all"})
-    run_dir = Path(cfg.storage_path) / cfg.name
+    run_dir = storage.join(cfg.storage_path, cfg.name)
     run_id = ""
     if cfg.tracking.enabled:
         tags = {**run_tags(cfg, split), **(extra_tags or {})}
         run_id = tracking.open_run(cfg, run_dir, cfg.tracking.tracking_uri, tags, parent_run_id)
-        c = tracking.client(cfg.tracking.tracking_uri)
-        c.log_text(run_id, split_csv(split), "split/split.csv")
-        c.log_dict(run_id, split.to_dict(), "split/split.json")
-        if split.embedding:
-            figure = run_dir / "split_umap.png"
+    try:
+        if run_id:
+            log_split(cfg.tracking.tracking_uri, run_id, split)
+            print(f"MLflow run {run_id} at {cfg.tracking.tracking_uri}", flush=True)
+        dataset = None
+        if cfg.data.train_feed == "stream":
+            dataset = build_train_dataset(cfg.data.path, split.train, cfg.data, z_of, seed=cfg.train.seed,
+                                          fraction=split.ranges["train"], concurrency=read_tasks(cfg))
+        result = fit(cfg, split, dataset, total_starts, run_dir, cfg.tracking.tracking_uri, run_id,
+                     eval_sets, callbacks, elements)
+        if result.error is not None:  # Ray versions that return the error instead of raising it
+            raise RuntimeError(f"training run {cfg.name!r} failed") from result.error
+        best_ckpt = min(result.best_checkpoints, key=lambda cm: cm[1]["val_s2s"])[0] if result.best_checkpoints else result.checkpoint
+        if best_ckpt is None:
+            raise RuntimeError(f"training run {cfg.name!r} produced no checkpoint")
+        with result.checkpoint.as_directory() as d:
+            history = read_state(d).history
+        export_dir = storage.join(run_dir, "best")
+        with best_ckpt.as_directory() as d, tempfile.TemporaryDirectory(prefix="atomray-best-") as tmp:
+            best_state = read_state(d)
+            staged = Path(export_dir) if not storage.is_uri(export_dir) else Path(tmp) / "best"
+            export_checkpoint(d, staged)
+            if storage.is_uri(export_dir):
+                storage.upload_dir(staged, export_dir)
+            best = next(r for r in history if r["epoch"] == best_state.epoch)
+            if run_id:
+                record_best(cfg.tracking.tracking_uri, run_id, staged, history, best)
+    except BaseException as err:
+        if run_id:
+            tracking.fail_run(cfg.tracking.tracking_uri, run_id, err)
+        raise
+    return PretrainResult(run_id, cfg.tracking.tracking_uri, export_dir, best, history[-1], history,
+                          split.to_dict(), time.perf_counter() - t0)
+
+
+def log_split(uri: str, run_id: str, split: Split) -> None:
+    """The split as CSV and JSON artifacts of the run, with its UMAP figure when it has one."""
+    c = tracking.client(uri)
+    c.log_text(run_id, split_csv(split), "split/split.csv")
+    c.log_dict(run_id, split.to_dict(), "split/split.json")
+    if split.embedding:
+        with tempfile.TemporaryDirectory(prefix="atomray-split-") as tmp:
+            figure = Path(tmp) / "split_umap.png"
             plot_split(split, figure)
             c.log_artifact(run_id, str(figure), "split")
-        print(f"MLflow run {run_id} at {cfg.tracking.tracking_uri}", flush=True)
 
-    dataset = None
-    if cfg.data.train_feed == "stream":
-        dataset = build_train_dataset(cfg.data.path, split.train, cfg.data, z_of, seed=cfg.train.seed,
-                                      fraction=split.ranges["train"],
-                                      concurrency=read_tasks(cfg))
-    result = fit(cfg, split, dataset, total_starts, run_dir, cfg.tracking.tracking_uri, run_id,
-                 eval_sets, callbacks, elements)
-    if result.error is not None:
-        if run_id:
-            tracking.finish_run(cfg.tracking.tracking_uri, run_id, "FAILED")
-        raise RuntimeError(f"training run {cfg.name!r} failed") from result.error
 
-    best_ckpt = min(result.best_checkpoints, key=lambda cm: cm[1]["val_s2s"])[0] if result.best_checkpoints else result.checkpoint
-    if best_ckpt is None:
-        raise RuntimeError(f"training run {cfg.name!r} produced no checkpoint")
-    export_dir = run_dir / "best"
-    with best_ckpt.as_directory() as d:
-        best_state = read_state(d)
-        export_checkpoint(d, export_dir)
-    with result.checkpoint.as_directory() as d:
-        history = read_state(d).history
-    best = next(r for r in history if r["epoch"] == best_state.epoch)
-    if run_id:
-        c = tracking.client(cfg.tracking.tracking_uri)
-        tracking.log_artifact_dir(cfg.tracking.tracking_uri, run_id, export_dir, "checkpoint")
-        tracking.log_checkpoint_model(cfg.tracking.tracking_uri, run_id, export_dir)
-        for key in sorted(k for k in best if k.endswith(("_s2t", "_s2s"))):
-            c.log_metric(run_id, f"best_{key}", best[key])
-        c.set_tag(run_id, "best_epoch", str(best["epoch"]))
-        tracking.finish_run(cfg.tracking.tracking_uri, run_id)
-    return PretrainResult(run_id, cfg.tracking.tracking_uri, str(export_dir), best, history[-1], history,
-                          split.to_dict(), time.perf_counter() - t0)
+def record_best(uri: str, run_id: str, export_dir: Path, history: list[dict[str, float]],
+                best: dict[str, float]) -> None:
+    """Finish the MLflow record of a run that ended well: any committed epoch the controller
+    could not log, the best checkpoint (files and pyfunc model), best_* metrics; FINISHED."""
+    c = tracking.client(uri)
+    tracking.log_epochs(c, run_id, history, tracking.logged_steps(c, run_id, "val_s2t"))
+    tracking.log_artifact_dir(uri, run_id, export_dir, "checkpoint")
+    tracking.log_checkpoint_model(uri, run_id, export_dir)
+    for key in sorted(k for k in best if k.endswith(("_s2t", "_s2s"))):
+        c.log_metric(run_id, f"best_{key}", best[key])
+    c.set_tag(run_id, "best_epoch", str(best["epoch"]))
+    tracking.finish_run(uri, run_id)
