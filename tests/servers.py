@@ -1,5 +1,5 @@
 """Real servers for end-to-end tests, all on 127.0.0.1: an `mlflow server` with a SQLite
-backend, and a Ray head started with `ray start --head --block` (so stopping it stops only the
+backend, moto's S3-compatible server, and a Ray head started with `ray start --head --block` (so stopping it stops only the
 processes it started, never another Ray instance on the machine)."""
 
 from __future__ import annotations
@@ -83,10 +83,29 @@ def ray_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def ray_head(root: Path, num_cpus: int = 2) -> Iterator[dict[str, str]]:
-    """`ray start --head --block` on 127.0.0.1; yields {"gcs": host:port, "dashboard": url}."""
+def s3_server(root: Path) -> Iterator[dict[str, str]]:
+    """moto's standalone S3-compatible server on 127.0.0.1 (the way s3fs tests against S3);
+    yields the environment that points pyarrow, boto3 and Ray's processes at it."""
     root.mkdir(parents=True, exist_ok=True)
-    env = ray_env()
+    port = free_port()
+    log = root / "moto-server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/moto-api/", 60, proc, log)
+        yield {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    finally:
+        stop(proc, timeout=10)
+
+
+@contextlib.contextmanager
+def ray_head(root: Path, num_cpus: int = 2, env: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+    """`ray start --head --block` on 127.0.0.1; yields {"gcs": host:port, "dashboard": url}.
+    `env` is added to the environment of the head and every Ray process it starts."""
+    root.mkdir(parents=True, exist_ok=True)
+    env = {**ray_env(), **(env or {})}
     subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, check=True,
                    capture_output=True)
     gcs, dash = free_port(), free_port()

@@ -1,5 +1,6 @@
 """End to end on real parts: `ray job submit` against a Ray head on 127.0.0.1 tracking into a
-real `mlflow server`; a worker killed mid-epoch; two Ray nodes with one worker each."""
+real `mlflow server`; workers killed mid-epoch and at an epoch boundary; two Ray nodes with one
+worker each."""
 
 from __future__ import annotations
 
@@ -93,31 +94,61 @@ def test_ray_job_submit_tracks_one_run_in_mlflow_server(servers, mmff_dataset, r
     model.load_state_dict(state, strict=True)
 
 
-def test_worker_killed_mid_epoch_resumes_without_gaps(servers, mmff_dataset, tmp_path):
-    """train.fail_at_epoch=1 kills the last rank halfway through epoch 1 (once); Ray Train
-    restarts the workers from the epoch-0 checkpoint and the run finishes all epochs."""
+def assert_mlflow_equals_history(c, run_id: str, history: list[dict]) -> None:
+    """Every metric MLflow holds for the run equals the committed checkpoint history, step by
+    step: each epoch once, none missing, none from an attempt that was never committed."""
+    for key in sorted(k for k in history[0] if k != "epoch"):
+        logged = sorted((m.step, m.value) for m in c.get_metric_history(run_id, key))
+        expected = [(int(r["epoch"]), float(r[key])) for r in history]
+        assert logged == expected, f"{key}: MLflow {logged} != committed checkpoint history {expected}"
+
+
+def test_workers_killed_mid_epoch_and_at_an_epoch_boundary_resume_with_an_exact_record(servers, mmff_dataset, tmp_path):
+    """The last rank is killed halfway through epoch 1 (train.fail_at_epoch) and again right
+    after it reported epoch 2, before Ray Train committed it (train.fail_after_report): rank 0
+    had uploaded epoch 2's checkpoint by then. Ray Train restarts the workers twice; the run
+    resumes each time from the last committed checkpoint, MLflow equals the committed
+    history step by step, and the uncommitted checkpoint is gone."""
+    epochs = 4
     code = f"""
-import ray, sys
+import json, ray
 from atomray.config import load_config
 from atomray.train.pretrain import pretrain, resolve
 cfg = resolve(load_config("jobs/configs/tiny.yaml", {TINY + [
         f"data.path={mmff_dataset}", f"storage_path={tmp_path / 'results'}", "name=fault",
-        "train.epochs=3", "train.fail_at_epoch=1", "tracking.experiment=fault",
-        f"tracking.tracking_uri={servers['mlflow']}"]!r}))
+        f"train.epochs={epochs}", "train.fail_at_epoch=1", "train.fail_after_report=2",
+        "tracking.experiment=fault", f"tracking.tracking_uri={servers['mlflow']}"]!r}))
 ray.init(address="{servers['gcs']}")
 result = pretrain(cfg)
-print("EPOCHS", [int(r["epoch"]) for r in result.history])
+print("HISTORY", json.dumps(result.history))
 """
     out = subprocess.run([sys.executable, "-c", code], env=ray_env(), capture_output=True, text=True,
                          timeout=900, cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    assert "EPOCHS [0, 1, 2]" in out.stdout
-    marker = tmp_path / "results" / "fault" / ".fault_injected"
-    assert marker.exists(), "the fault was never injected"
+    run_dir = tmp_path / "results" / "fault"
+    assert (run_dir / ".fault_mid_epoch").exists() and (run_dir / ".fault_after_report").exists(), \
+        "a fault was never injected"
+    history = json.loads(next(l for l in out.stdout.splitlines() if l.startswith("HISTORY"))[len("HISTORY "):])
+    assert [int(r["epoch"]) for r in history] == list(range(epochs))
+
     c, runs = mlflow_runs(servers["mlflow"], "fault")
-    assert len(runs) == 1
-    assert runs[0].info.status == "FINISHED"
-    assert_epochs_logged_once(c, runs[0].info.run_id, 3)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert_mlflow_equals_history(c, runs[0].info.run_id, history)
+
+    # Resumed, not restarted: each attempt began after the epochs committed before it.
+    states = {d.name: json.loads((d / "state.json").read_text()) for d in run_dir.glob("checkpoint_*")}
+    latest = max(states.values(), key=lambda s: s["epoch"])
+    assert latest["epoch"] == epochs - 1
+    assert len(latest["resumed_at"]) == 2 and latest["resumed_at"][0] == 1 and latest["resumed_at"][1] in (2, 3), \
+        latest["resumed_at"]
+    # Each epoch line printed once: only committed epochs are reported.
+    assert [out.stdout.count(f"epoch {e}/{epochs} ") for e in range(1, epochs + 1)] == [1] * epochs, out.stdout[-3000:]
+    # No orphan: every checkpoint left is one Ray Train keeps (the latest and the best), each
+    # with a readable state of a different epoch.
+    epochs_on_disk = sorted(s["epoch"] for s in states.values())
+    best = min(history, key=lambda r: r["val_s2s"])["epoch"]
+    assert len(set(epochs_on_disk)) == len(epochs_on_disk) and set(epochs_on_disk) <= {epochs - 1, best}, \
+        f"checkpoints on disk: {sorted(states)} with epochs {epochs_on_disk}"
 
 
 def test_two_nodes_one_worker_each(mmff_dataset, tmp_path):
