@@ -47,6 +47,8 @@ _EXPORTS = {
     "load_best": "atomray.tracking",
     "register_best": "atomray.tracking",
     "load_model_uri": "atomray.tracking",
+    "CheckpointError": "atomray.checkpoint",
+    "OutputError": "atomray.outputs",
     "state_from_smiles": "atomray.predict",
     "state_from_file": "atomray.predict",
     "predict": "atomray.predict",

@@ -76,8 +76,20 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, cfg: RunConfi
     return directory
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file is missing or unreadable; the message names the file."""
+
+
+def _require(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found (expected {what})")
+
+
 def read_config(directory: str | Path) -> RunConfig:
-    return load_config(Path(directory) / CONFIG_FILE)
+    """The RunConfig a checkpoint was trained with (checked like any config file)."""
+    path = Path(directory) / CONFIG_FILE
+    _require(path, "the run's resolved config")
+    return load_config(path)
 
 
 def read_state(directory: str | Path) -> TrainState:
@@ -85,21 +97,48 @@ def read_state(directory: str | Path) -> TrainState:
     try:
         return TrainState(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: not a readable checkpoint state ({err})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint state ({err})") from None
+
+
+def _torch_load(path: Path, what: str, map_location: Any) -> dict:
+    """`torch.load(weights_only=True)` of a checkpoint file that must hold a dict, or a
+    CheckpointError naming the file (never torch's advice to load with weights_only=False)."""
+    _require(path, what)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways (pickle, zip, EOF, key)
+        raise CheckpointError(f"{path}: checkpoint file is not a valid PyTorch weights file "
+                              f"({_load_failure(err)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: checkpoint file holds a {type(state).__name__}, expected {what} (a dict)")
+    return state
+
+
+def _load_failure(err: Exception) -> str:
+    """What went wrong in a failed torch.load, without torch's generic advice."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:  # weights_only refused the content
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    first = " ".join(text.split()).split(". ")[0]
+    if not first or "weights_only" in first:
+        first = "the file may be truncated or damaged"
+    return f"{type(err).__name__}: {first}"
 
 
 def load_weights(directory: str | Path, model: torch.nn.Module, map_location: Any = "cpu") -> None:
-    """Load model.pt into `model` strictly, with weights_only=True."""
-    path = Path(directory) / MODEL_FILE
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    """Load model.pt into `model` strictly, with weights_only=True. A missing or damaged file
+    is a CheckpointError naming it; weights of another architecture a RuntimeError."""
+    state = _torch_load(Path(directory) / MODEL_FILE, "the model's state_dict", map_location)
     unwrap(model).load_state_dict(state, strict=True)
 
 
 def load_optimizer(directory: str | Path, optimizer: torch.optim.Optimizer, map_location: Any = "cpu") -> bool:
+    """Load optimizer.pt into `optimizer` (weights_only=True); False when there is none
+    (an exported checkpoint)."""
     path = Path(directory) / OPTIMIZER_FILE
     if not path.exists():
         return False
-    optimizer.load_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+    optimizer.load_state_dict(_torch_load(path, "the optimiser's state_dict", map_location))
     return True
 
 

@@ -8,9 +8,9 @@ mutated afterwards; `dataclasses.replace` makes modified copies.
     cfg.model.num_layers   # 6
     dump_config(cfg)       # YAML text that load_config reads back to an equal config
 
-Unknown keys, wrong types and values outside a field's allowed choices raise `ConfigError`
-naming the dotted key, what was expected and what was found (and, for unknown keys, the
-closest valid ones).
+Unknown keys, wrong types, values outside a field's allowed choices or numeric range
+(`atomray.config_ranges`) and inconsistent values raise `ConfigError` naming the dotted key,
+what was expected and what was found (and, for unknown keys, the closest valid ones).
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ class TrainConfig:
     Every epoch is validated and checkpointed. Fault injection for tests of recovery:
     `fail_at_epoch` >= 0 makes the last worker exit hard halfway through that epoch, and
     `fail_after_report` >= 0 right after it reported that epoch (before Ray Train commits
-    it), each once per run; `max_failures` is Ray Train's FailureConfig."""
+    it), each once per run; `max_failures` is Ray Train's FailureConfig (-1: retry without limit)."""
 
     epochs: int = 250
     label_noise_sigma: float = 0.0
@@ -367,11 +367,16 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
 
 
 def config_from_dict(data: Mapping[str, Any] | None, overrides: Sequence[str] = (), cls: type = RunConfig) -> Any:
-    """Build a validated config of type `cls` from a nested dict plus dotted overrides."""
+    """Build a validated config of type `cls` from a nested dict plus dotted overrides.
+
+    A RunConfig's values are also range-checked (`atomray.config_ranges.check_values`)."""
+    from atomray.config_ranges import check_values  # it imports this module
+
     tree = _deep_copy(dict(data or {}))
     for key, value in parse_overrides(overrides):
         _set_dotted(tree, key, value, cls)
-    return _from_dict(cls, tree)
+    cfg = _from_dict(cls, tree)
+    return check_values(cfg) if isinstance(cfg, RunConfig) else cfg
 
 
 def _deep_copy(d: Any) -> Any:

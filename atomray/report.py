@@ -2,12 +2,13 @@
 reads, the S2T-against-ΔT plot, and the MLflow run that keeps them.
 
     rows, _ = evaluate_dataset(model, cfg, "data/tg80-mini")
-    write_csv(rows, "eval/evaluation.csv"); Path("eval/evaluation.md").write_text(markdown(rows))
-    plot_s2t_vs_dt(rows, "eval/s2t_vs_dt.png")
+    write_evaluation(rows, "eval/", title)   # evaluation.csv, evaluation.md, s2t_vs_dt.png
 """
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -124,3 +125,30 @@ def plot_s2t_vs_dt(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def write_evaluation(rows: Sequence[Mapping[str, Any]], out: str | Path, title: str = "") -> list[Path]:
+    """evaluation.csv, evaluation.md and s2t_vs_dt.png in directory `out`, all three or none:
+    each is written under a temporary name and renamed once all exist; on failure the
+    temporaries and any directory made for them are removed. Returns the three paths."""
+    out = Path(out)
+    made = [d for d in (out, *out.parents) if not d.exists()]
+    final = [out / "evaluation.csv", out / "evaluation.md", out / "s2t_vs_dt.png"]
+    tmp = [out / f".{uuid.uuid4().hex[:8]}.{f.name}" for f in final]  # the suffix picks the plot's format
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(rows, tmp[0])
+        tmp[1].write_text(markdown(rows, title))
+        plot_s2t_vs_dt(rows, tmp[2])
+        for t, f in zip(tmp, final):
+            os.replace(t, f)
+    except BaseException:
+        for t in tmp:
+            t.unlink(missing_ok=True)
+        for d in made:  # innermost first: undo our mkdir -p
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+    return final

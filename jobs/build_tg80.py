@@ -23,9 +23,15 @@ import logging  # noqa: E402
 import shlex  # noqa: E402
 import sys  # noqa: E402
 
+from atomray.config import ConfigError  # noqa: E402
 from atomray.data.dataset import validate_dataset  # noqa: E402
+from atomray.data.frames import DataError  # noqa: E402
+from atomray.outputs import OutputError, check_output_dir  # noqa: E402
 from atomray.tg80.build import build  # noqa: E402
+from atomray.tg80.library import LibraryError  # noqa: E402
+from atomray.tg80.plan import BuildError, library_paths  # noqa: E402
 from atomray.tg80.presets import PRESETS, preset_config  # noqa: E402
+from atomray.tg80.seeds import SeedError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,19 +54,25 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"engine={args.engine}")
     if args.library:
         overrides.append(f"library={args.library}")
-    cfg = preset_config(args.preset, overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     command = "python " + " ".join(shlex.quote(a) for a in ([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])))
+    try:
+        cfg = preset_config(args.preset, overrides)
+        check_output_dir(args.out)  # these two fail before Ray starts or anything is written
+        if cfg.library:
+            library_paths(cfg)
+        if args.executor == "ray":
+            import ray
 
-    if args.executor == "ray":
-        import ray
-
-        address = args.address or ("local" if args.num_cpus else None)
-        ray.init(address=address, num_cpus=args.num_cpus, include_dashboard=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-        logging.info("[tg80] ray resources: %s", ray.cluster_resources())
-    summary = build(cfg, args.out, executor=args.executor, command=command, poll_s=args.poll_s)
-    summary["validation"] = validate_dataset(args.out)
+            address = args.address or ("local" if args.num_cpus else None)
+            ray.init(address=address, num_cpus=args.num_cpus, include_dashboard=False,
+                     runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+            logging.info("[tg80] ray resources: %s", ray.cluster_resources())
+        summary = build(cfg, args.out, executor=args.executor, command=command, poll_s=args.poll_s)
+        summary["validation"] = validate_dataset(args.out)
+    except (ConfigError, BuildError, LibraryError, SeedError, OutputError, DataError) as err:
+        print(f"build_tg80: error: {err}", file=sys.stderr)
+        return 2
     summary.pop("computed")
     print(json.dumps(summary, default=str))
     return 0

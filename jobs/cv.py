@@ -33,11 +33,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from atomray.config import ConfigError, load_config
 
-    overrides = list(args.overrides) + ([f"model.name={args.model}"] if args.model else [])
+    # run_cv always splits by UMAP cluster; saying so here checks the cluster counts up front
+    overrides = list(args.overrides) + ([f"model.name={args.model}"] if args.model else []) + ["data.split=umap_cluster"]
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as err:
         parser.error(str(err))
+    bad = [f for f in args.folds or [] if not 0 <= f < cfg.data.num_folds]
+    if bad:
+        parser.error(f"--folds: expected folds in [0, data.num_folds) = [0, {cfg.data.num_folds}), found {bad}")
 
     from atomray.train.pretrain import init_ray, resolve
     from atomray.tune.cv import markdown, run_cv

@@ -52,11 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     from atomray.config import ConfigError, TrackingConfig
     from atomray.data.frames import DataError
     from atomray.evaluate import FLOORS, data_digest, evaluate_dataset, run_validation, verdict
-    from atomray.report import log_evaluation, markdown, plot_s2t_vs_dt, write_csv
+    from atomray.outputs import check_output_dir
+    from atomray.report import log_evaluation, write_evaluation
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     try:
+        if not args.validation:  # before any work: an unwritable --out fails now, not after evaluating
+            check_output_dir(args.out)
         uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
         model, cfg, directory = tracking.load_model_uri(uri, args.model)
         elements = read_state(directory).elements
@@ -72,18 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         rows, _ = evaluate_dataset(model, cfg, args.data, args.molecules, args.horizons_fs, args.num_lags,
                                    args.windows, args.seed, args.batch_size, elements, progress=True)
         seconds = time.perf_counter() - t0
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        title = f"{cfg.model.name} {args.model} on {args.data}"
-        files = [write_csv(rows, out / "evaluation.csv"), out / "evaluation.md", plot_s2t_vs_dt(rows, out / "s2t_vs_dt.png")]
-        files[1].write_text(markdown(rows, title))
+        files = write_evaluation(rows, args.out, f"{cfg.model.name} {args.model} on {args.data}")
         run_id = ""
         if not args.no_mlflow:
             params = {"model": args.model, "model_name": cfg.model.name, "data": str(Path(args.data).resolve()),
                       "data_digest": data_digest(args.data), "horizons_fs": args.horizons_fs, "num_lags": args.num_lags,
                       "windows": args.windows, "seed": args.seed, "molecules": args.molecules or "all"}
             run_id = log_evaluation(uri, args.experiment, params, rows, files)
-    except (DataError, ConfigError, LookupError, FileNotFoundError, ValueError) as err:
+    except (DataError, ConfigError, LookupError, ValueError, OSError) as err:  # OSError: writing --out
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 2
     print(files[1].read_text())

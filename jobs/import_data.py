@@ -24,6 +24,7 @@ from atomray.data.exporters import export_molecule
 from atomray.data.frames import DataError
 from atomray.data.importers import import_dataset
 from atomray.data.sources import FORMATS, ImportConfig
+from atomray.outputs import OutputError
 
 EPILOG = "Export a molecule instead: import_data.py export --data DIR --molecule ID --to FILE"
 
@@ -85,7 +86,7 @@ def main(argv: list[str]) -> int:
             print(summary.line())
         print(f"wrote {args.out}")
         return 0
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, OutputError) as err:
         print(f"import_data: error: {err}", file=sys.stderr)
         return 2
 

@@ -35,20 +35,23 @@ def main(argv: list[str] | None = None) -> int:
     from atomray import tracking
     from atomray.config import ConfigError, TrackingConfig
     from atomray.data.frames import DataError
+    from atomray.checkpoint import CheckpointError, read_state
+    from atomray.outputs import OutputError, check_output_file
     from atomray.predict import predict, state_from_file, state_from_smiles, write_extxyz
-    from atomray.checkpoint import read_state
 
     t0 = time.perf_counter()
     try:
+        check_output_file(args.out)  # before any work
         uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
         model, cfg, directory = tracking.load_model_uri(uri, args.model)
+        elements = read_state(directory).elements
         state = (state_from_smiles(args.smiles, args.temperature, args.seed) if args.smiles
                  else state_from_file(args.structure, args.temperature, args.seed))
         t1 = time.perf_counter()
-        frames = predict(model, cfg, state, args.lags_fs, read_state(directory).elements)
+        frames = predict(model, cfg, state, args.lags_fs, elements)
         t2 = time.perf_counter()
         path = write_extxyz(args.out, frames)
-    except (DataError, ConfigError, LookupError, FileNotFoundError) as err:
+    except (DataError, ConfigError, CheckpointError, OutputError, LookupError, OSError) as err:
         print(f"predict: error: {err}", file=sys.stderr)
         return 2
     print(f"predicted {len(frames.lags_fs)} frames of {len(frames.atomic_numbers)} atoms of {state.name!r} "

@@ -16,7 +16,10 @@ def job_main(capsys, script: str, *args, expect: int = 0):
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
     capsys.readouterr()
-    status = job.main([str(a) for a in args])
+    try:
+        status = job.main([str(a) for a in args])
+    except SystemExit as exit:  # argparse's parser.error exits with status 2
+        status = exit.code
     out = capsys.readouterr()
     assert status == expect, out.out[-4000:] + "\n--- stderr ---\n" + out.err[-4000:]
     return out

@@ -1,6 +1,9 @@
-"""Checkpoint directories: weights_only loading, strict architecture match, atomic files."""
+"""Checkpoint directories: weights_only loading, strict architecture match, atomic files, and
+a clear error naming the file for a missing or damaged one."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -8,6 +11,7 @@ import torch
 from atomray.config import RunConfig, config_from_dict
 from atomray.model import build_model
 from atomray.checkpoint import (
+    CheckpointError,
     TrainState,
     load_model,
     load_optimizer,
@@ -63,3 +67,45 @@ def test_unwraps_ddp_free_compiled_module(tmp_path):
     save_checkpoint(tmp_path, wrapped, CFG, TrainState())
     keys = torch.load(tmp_path / "model.pt", weights_only=True).keys()
     assert set(keys) == set(model.state_dict().keys())
+
+
+@pytest.mark.parametrize("content", [os.urandom(256), b"", b"not a checkpoint\n"], ids=["random", "empty", "text"])
+def test_damaged_weights_name_the_file_without_unsafe_advice(tmp_path, content):
+    save_checkpoint(tmp_path, model_of(CFG), CFG, TrainState())
+    (tmp_path / "model.pt").write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        load_model(tmp_path)
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'model.pt'}: checkpoint file is not a valid PyTorch weights file (")
+    assert "weights_only=False" not in msg and "weights_only" not in msg and "\n" not in msg
+
+
+def test_damaged_optimizer_state_names_the_file(tmp_path):
+    model = model_of(CFG)
+    save_checkpoint(tmp_path, model, CFG, TrainState(), torch.optim.AdamW(model.parameters()))
+    (tmp_path / "optimizer.pt").write_bytes(os.urandom(128))
+    with pytest.raises(CheckpointError, match="optimizer.pt: checkpoint file is not a valid PyTorch weights file"):
+        load_optimizer(tmp_path, torch.optim.AdamW(model.parameters()))
+
+
+def test_weights_that_are_not_a_state_dict_are_refused(tmp_path):
+    save_checkpoint(tmp_path, model_of(CFG), CFG, TrainState())
+    torch.save(torch.zeros(3), tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match="model.pt: checkpoint file holds a Tensor"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["model.pt", "config.yaml"])
+def test_missing_file_is_named(tmp_path, name):
+    save_checkpoint(tmp_path, model_of(CFG), CFG, TrainState())
+    (tmp_path / name).unlink()
+    with pytest.raises(CheckpointError) as err:
+        load_model(tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / name}: checkpoint file not found")
+
+
+def test_damaged_state_names_the_file(tmp_path):
+    save_checkpoint(tmp_path, model_of(CFG), CFG, TrainState())
+    (tmp_path / "state.json").write_text('{"epoch": 3,')
+    with pytest.raises(CheckpointError, match="state.json: not a readable checkpoint state"):
+        read_state(tmp_path)

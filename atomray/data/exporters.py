@@ -26,6 +26,7 @@ import numpy as np
 from atomray.config import ConfigError
 from atomray.data.frames import DataError, MOLECULES_FILE
 from atomray.data.dataset import load_trajectories, read_molecules
+from atomray.outputs import check_output_file
 
 ASE_FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".traj": "traj"}
 
@@ -74,6 +75,7 @@ def _temporary(path: Path) -> Path:
 
 
 def _check_target(path: Path, overwrite: bool) -> None:
+    check_output_file(path)  # an unwritable place fails before the data set is read
     if path.exists() and not overwrite:
         raise ConfigError(f"output {path}: file exists; expected a new path (or pass --overwrite)")
 

@@ -30,6 +30,7 @@ from atomray.config import ConfigError
 from atomray.data.frames import FRAMES_DIR, MOLECULES_FILE, DataError, Molecule, Segment, provenance_json, write_molecules, write_segments
 from atomray.data.dataset import validate_dataset
 from atomray.data.sources import FORWARD_DIFFERENCES, TEMPERATURE_K, ImportConfig, SourceTrajectory, read_source
+from atomray.outputs import check_output_dir
 
 @dataclass(frozen=True)
 class ImportSummary:
@@ -159,6 +160,7 @@ def _check_destination(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"output {out}: directory exists and is not empty; expected a new or empty "
                           f"directory (or pass --overwrite)")
+    check_output_dir(out, built_beside=True)
 
 
 def _shard_name(index: int, molecule_id: str) -> str:
@@ -190,7 +192,8 @@ def import_dataset(inputs: Sequence[str | Path], out: str | Path, cfg: ImportCon
 
     Returns one ImportSummary per molecule. `command` is recorded in each molecule's
     provenance together with the input file name and its sha256. Raises ConfigError for bad
-    options and DataError for bad files; either way `out` is left untouched.
+    options, DataError for bad files and OutputError for an unwritable `out`; either way `out`
+    is left untouched.
     """
     if storage.is_uri(out):
         return _import_to_uri(inputs, str(out), cfg, command)

@@ -147,8 +147,11 @@ def build(
     specs, selection = plan_molecules(cfg, select_ray=select_library_ray)
     _check_out_dir(out, cfg, specs)
     if selection is not None:
+        if selection.invalid_note():
+            log.warning("[tg80] library %s: %s", cfg.library or "rdkit:NCI/first_5K.smi", selection.invalid_note())
         _write_json(out / "selection.json", dict(screened=selection.screened, yields=selection.yields,
-                                                 unexamined=selection.unexamined, selected=selection.rows()))
+                                                 unexamined=selection.unexamined, selected=selection.rows(),
+                                                 invalid_smiles=selection.invalid))
     todo = [s for s in specs if not is_finished(out, s)]
     log.info("[tg80] %d molecules planned, %d finished, %d to simulate with %s", len(specs), len(specs) - len(todo), len(todo), cfg.engine)
     if executor == "ray":

@@ -79,7 +79,7 @@ def run_ray(
 def _screen_rows(ids: list[str], smiles: list[str], seeds: list[Seed], cfg: SelectionConfig) -> dict[str, list]:
     res = screen(smiles, ids, seeds, cfg)
     return dict(screened=[res.screened], rejected=[json.dumps(res.rejected)],
-                survivors=[json.dumps([c.__dict__ for c in res.survivors])])
+                survivors=[json.dumps([c.__dict__ for c in res.survivors])], invalid=[json.dumps(res.invalid)])
 
 
 def _screen_text_batch(batch: dict[str, np.ndarray], seeds: list[Seed], cfg: SelectionConfig) -> dict[str, list]:
@@ -115,7 +115,8 @@ def select_library_ray(
     which applies criterion 8 in the seeded-hash order. A gzipped file is read by one task
     (gzip cannot be split), so split a 10⁸-line dump into parts for parallel reading; the
     screening itself runs in parallel either way. Gives the same result as
-    `atomray.tg80.library.select_library` on the same files.
+    `atomray.tg80.library.select_library` on the same files, except that invalid SMILES are
+    named by compound id (Ray Data's text reader keeps no line numbers).
     """
     import ray
 
@@ -135,5 +136,6 @@ def select_library_ray(
         for row in ds.iter_rows():
             rejected = json.loads(row["rejected"])
             survivors = [Candidate(**c) for c in json.loads(row["survivors"])]
-            total = total.merge(ScreenResult(survivors, int(row["screened"]), {c: rejected.get(c, 0) for c in CRITERIA}))
+            total = total.merge(ScreenResult(survivors, int(row["screened"]), {c: rejected.get(c, 0) for c in CRITERIA},
+                                             json.loads(row["invalid"])))
     return diversify(total, cfg)

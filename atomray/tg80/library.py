@@ -90,8 +90,9 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", errors="replace", newline="")
 
 
-def read_library(path: str | Path) -> Iterator[tuple[str, str]]:
-    """Stream (compound id, SMILES) pairs from one library file, never holding it in memory."""
+def read_library_lines(path: str | Path) -> Iterator[tuple[int, str, str]]:
+    """Stream (line number, compound id, SMILES) from one library file, never holding it in
+    memory; the line number (1-based, of the decompressed text) says where a bad SMILES is."""
     path = Path(path)
     if not path.is_file():
         raise LibraryError(f"{path}: library file not found")
@@ -99,19 +100,25 @@ def read_library(path: str | Path) -> Iterator[tuple[str, str]]:
     try:
         with _open_text(path) as fh:
             if kind == "smi":
-                for line in fh:
+                for number, line in enumerate(fh, 1):
                     parsed = parse_smi_line(line)
                     if parsed is not None:
-                        yield parsed
+                        yield number, *parsed
             else:
                 reader = csv.DictReader(fh)
                 smiles_col, id_col = csv_columns(reader.fieldnames or [], str(path))
                 for row in reader:
                     smiles = (row.get(smiles_col) or "").strip()
                     cid = (row.get(id_col) or "").strip() if id_col else ""
-                    yield (cid or hashed_id(smiles)), smiles
+                    yield reader.line_num, (cid or hashed_id(smiles)), smiles
     except (OSError, EOFError, gzip.BadGzipFile) as err:
         raise LibraryError(f"{path}: cannot read library ({err})") from None
+
+
+def read_library(path: str | Path) -> Iterator[tuple[str, str]]:
+    """Stream (compound id, SMILES) pairs from one library file, never holding it in memory."""
+    for _, cid, smiles in read_library_lines(path):
+        yield cid, smiles
 
 
 def library_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
@@ -150,20 +157,23 @@ def select_library(
     """Run the whole selection protocol over library files in this process, streaming.
 
     Memory holds one batch plus the survivors of criteria 1–7 (few). Returns the accepted
-    compounds and the per-criterion yield (see `atomray.tg80.selection`).
+    compounds, the per-criterion yield (see `atomray.tg80.selection`) and the file:line of the
+    first invalid SMILES (`SelectionResult.invalid_note`).
     """
     total = ScreenResult([], 0)
     for path in library_files(paths):
         ids: list[str] = []
         smiles: list[str] = []
-        for cid, smi in read_library(path):
+        where: list[str] = []  # file:line of each compound, to name invalid SMILES
+        for line, cid, smi in read_library_lines(path):
             ids.append(cid)
             smiles.append(smi)
+            where.append(f"{path}:{line}")
             if len(ids) >= batch_size:
-                total = total.merge(screen(smiles, ids, seeds, cfg))
-                ids, smiles = [], []
+                total = total.merge(screen(smiles, ids, seeds, cfg, where))
+                ids, smiles, where = [], [], []
         if ids:
-            total = total.merge(screen(smiles, ids, seeds, cfg))
+            total = total.merge(screen(smiles, ids, seeds, cfg, where))
     return diversify(total, cfg)
 
 

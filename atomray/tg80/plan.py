@@ -150,6 +150,7 @@ def plan_molecules(cfg: BuildConfig, select_ray: LibrarySelector | None = None) 
             + ", ".join(f"{y['criterion']} -{y['rejected']}" for y in result.yields)
             + "). Use a larger library (--library, e.g. a PubChem CID-SMILES dump), lower "
             "build.n_selected, or widen build.selection.similarity_min"
+            + (f". {result.invalid_note()}" if result.invalid_note() else "")
         )
     taken = {s.molecule_id for s in specs}
     for row in result.rows():

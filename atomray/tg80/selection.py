@@ -82,13 +82,18 @@ class Candidate:
     order_key: int  # position in the seeded shuffle
 
 
+INVALID_SHOWN = 10  # invalid SMILES named in a selection's note; the rest are counted
+
+
 @dataclass
 class ScreenResult:
-    """Survivors of criteria 1–7 for one batch, and how many compounds each criterion rejected."""
+    """Survivors of criteria 1–7 for one batch, how many compounds each criterion rejected,
+    and where the first `INVALID_SHOWN` invalid SMILES came from ("lib.smi:12 'C1CC'")."""
 
     survivors: list[Candidate]
     screened: int
     rejected: dict[str, int] = field(default_factory=lambda: {c: 0 for c in CRITERIA})
+    invalid: list[str] = field(default_factory=list)
 
     def merge(self, other: "ScreenResult") -> "ScreenResult":
         """Add another batch's result into this one (in place, so a 10⁸-compound scan
@@ -97,6 +102,7 @@ class ScreenResult:
         self.screened += other.screened
         for c in CRITERIA:
             self.rejected[c] += other.rejected[c]
+        self.invalid.extend(other.invalid[: INVALID_SHOWN - len(self.invalid)])
         return self
 
 
@@ -114,6 +120,16 @@ class SelectionResult:
     yields: list[dict]
     screened: int
     unexamined: int
+    invalid: list[str] = field(default_factory=list)  # the first invalid SMILES, where they came from
+
+    def invalid_note(self) -> str:
+        """'' when every SMILES parsed, else e.g. "2 library lines hold an invalid SMILES
+        (skipped): lib.smi:4 'C1CC', lib.smi:9 'Xx'" (the first INVALID_SHOWN, then "and N more")."""
+        n = sum(y["rejected"] for y in self.yields if y["criterion"] == "1_valid_smiles")
+        if not n:
+            return ""
+        more = f" and {n - len(self.invalid)} more" if n > len(self.invalid) else ""
+        return f"{n} library line(s) hold an invalid SMILES (skipped): {', '.join(self.invalid)}{more}"
 
     def rows(self) -> list[dict]:
         """One plain dict per accepted compound (for CSV / Parquet / the molecules table)."""
@@ -152,27 +168,32 @@ def screen(
     ids: Sequence[str],
     seeds: Sequence[Seed],
     cfg: SelectionConfig,
+    where: Sequence[str] | None = None,
 ) -> ScreenResult:
     """Apply criteria 1–7 to a batch of library compounds.
 
     Inputs: parallel lists of SMILES strings and compound ids; the seed molecules; the
-    thresholds. Output: the survivors (canonical SMILES, heavy-atom count, seed parent, ECFP
-    Tanimoto similarity to it, shuffle key) and the number rejected by each criterion (a
-    compound counts once, at the first criterion it fails).
+    thresholds; optionally where each compound came from (e.g. "lib.smi:12"; default its id).
+    Output: the survivors (canonical SMILES, heavy-atom count, seed parent, ECFP Tanimoto
+    similarity to it, shuffle key), the number rejected by each criterion (a compound counts
+    once, at the first criterion it fails) and the first invalid SMILES with their origin.
     """
     if len(smiles) != len(ids):
         raise ValueError(f"screen: {len(smiles)} SMILES but {len(ids)} ids")
-    RDLogger.DisableLog("rdApp.*")  # library files hold many bad SMILES; they are counted, not logged
+    where = where if where is not None else [f"compound {cid}" for cid in ids]
+    RDLogger.DisableLog("rdApp.*")  # library files hold many bad SMILES; they are counted, the first named
     gen = fingerprint_generator(cfg)
     seed_mols = [s.mol() for s in seeds]
     seed_fps = [gen.GetFingerprint(m) for m in seed_mols]
     seed_heavy = np.array([m.GetNumHeavyAtoms() for m in seed_mols])
     allowed = _allowed_elements(cfg)
     out = ScreenResult([], len(smiles))
-    for smi, cid in zip(smiles, ids):
+    for smi, cid, origin in zip(smiles, ids, where):
         mol = Chem.MolFromSmiles(smi) if smi else None
         if mol is None or mol.GetNumAtoms() == 0:
             out.rejected["1_valid_smiles"] += 1
+            if len(out.invalid) < INVALID_SHOWN:
+                out.invalid.append(f"{origin} {smi!r}")
             continue
         heavy = mol.GetNumHeavyAtoms()
         eligible = seed_heavy >= heavy
@@ -240,7 +261,7 @@ def diversify(screened: ScreenResult, cfg: SelectionConfig) -> SelectionResult:
     for crit in CRITERIA:
         remaining -= rejected[crit]
         yields.append(dict(criterion=crit, rejected=rejected[crit], remaining=remaining))
-    return SelectionResult(selected, max_sims, yields, screened.screened, len(order) - examined)
+    return SelectionResult(selected, max_sims, yields, screened.screened, len(order) - examined, list(screened.invalid))
 
 
 def select(smiles: Sequence[str], ids: Sequence[str], seeds: Sequence[Seed], cfg: SelectionConfig) -> SelectionResult:

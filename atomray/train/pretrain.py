@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from atomray import storage, tracking
-from atomray.config import ConfigError, RunConfig
+from atomray.config import RunConfig
+from atomray.config_ranges import check_values
 from atomray.data.frames import DataError
 from atomray.data.pipeline import build_train_dataset, count_starts, scan_segments
 from atomray.data.splits import EvalSet, Split, default_eval_sets, make_split, plot_split, split_rows, usable_molecules
@@ -82,17 +83,19 @@ def quiet_logs(verbose: bool = False) -> None:
 
 def read_tasks(cfg: RunConfig) -> int:
     """Ray Data read+chunk tasks in flight per epoch: `data.read_tasks`, or one per training
-    worker when 0 (enough to stay an epoch ahead; each more costs a process on the node)."""
-    if cfg.data.read_tasks < 0:
-        raise ConfigError(f"config key 'data.read_tasks': expected 0 (one per training worker) or more, "
-                          f"found {cfg.data.read_tasks}")
+    worker when 0 (enough to stay an epoch ahead; each more costs a process on the node).
+    A negative value is refused by the config checks (`atomray.config_ranges`)."""
     return cfg.data.read_tasks or cfg.scaling.num_workers
 
 
 def resolve(cfg: RunConfig, cwd: str | Path | None = None) -> RunConfig:
     """Make paths absolute (Ray workers run in other directories), name the run if unnamed,
-    pin the tracking URI. The result is what gets saved with the run."""
-    read_tasks(cfg)  # a bad value fails here, before a run directory or MLflow run exists
+    pin the tracking URI. The result is what gets saved with the run.
+
+    The values are checked again (`check_values`): a config built with `dataclasses.replace`
+    never went through `load_config`, and a bad value must fail here, before a run directory
+    or MLflow run exists."""
+    check_values(cfg)
     base = Path(cwd or Path.cwd())
     name = cfg.name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking, base) if cfg.tracking.enabled else ""

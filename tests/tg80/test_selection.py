@@ -151,3 +151,20 @@ def test_nci_library_yields_no_compound_in_the_paper_window_but_mini_window_work
     for i, c in enumerate(mini.selected):
         assert 0.5 < c.similarity_to_seed < 0.925
         assert max(DataStructs.BulkTanimotoSimilarity(fps[i], fps[:i]), default=0) <= 0.2
+
+
+def test_invalid_smiles_are_named_by_file_and_line(tmp_path):
+    write_library(tmp_path)  # "C1CC" is line 5 of part-a.smi.gz, after its header
+    (tmp_path / "part-d.csv").write_text("CID,SMILES\n9,CCO\n10,C(C\n")
+    result = select_library(tmp_path, SEEDS3, PAPER)
+    assert result.invalid == [f"{tmp_path / 'part-a.smi.gz'}:5 'C1CC'", f"{tmp_path / 'part-d.csv'}:3 'C(C'"]
+    assert result.invalid_note() == ("2 library line(s) hold an invalid SMILES (skipped): "
+                                     f"{tmp_path / 'part-a.smi.gz'}:5 'C1CC', {tmp_path / 'part-d.csv'}:3 'C(C'")
+
+
+def test_only_the_first_invalid_smiles_are_listed():
+    bad = [f"C{i}(" for i in range(13)]
+    result = select(bad + ["CCO"], [str(i) for i in range(14)], [PENTYLPYRIDINE], OPEN)
+    assert result.invalid == [f"compound {i} 'C{i}('" for i in range(10)]
+    assert result.invalid_note().endswith("compound 9 'C9(' and 3 more")
+    assert select(["CCO"], ["1"], [PENTYLPYRIDINE], OPEN).invalid_note() == ""

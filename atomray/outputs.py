@@ -1,0 +1,57 @@
+"""Output paths of the jobs, checked before any work starts.
+
+A job that writes a directory or a file (evaluate --out, predict --out, import_data --out and
+--to, build_tg80 --out) checks its destination first, so an unwritable one is a one-line
+error naming the path instead of a traceback after minutes of work. The files themselves are
+written under temporary names and renamed, so a failure leaves no half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class OutputError(ValueError):
+    """An output path cannot be written; the message names it and says why."""
+
+
+def _exists(path: Path) -> bool:
+    try:
+        path.stat()
+        return True
+    except OSError:  # missing, under a file, or behind a directory we may not search
+        return False
+
+
+def _check_creatable(path: Path, directory: Path, what: str) -> None:
+    """OutputError naming `path` unless the nearest existing directory at or above
+    `directory` lets us create `directory` and write into it."""
+    base = directory.absolute()
+    while not _exists(base) and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise OutputError(f"{path}: cannot create the {what}: {base} is a file, not a directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write the {what}: no write permission on {base}")
+
+
+def check_output_dir(path: str | Path, built_beside: bool = False) -> Path:
+    """`path` as a Path if it is a writable directory or can be made one (nothing is created);
+    otherwise OutputError naming it. `built_beside`: the directory is built under another
+    name in its parent and renamed into place, so the parent must be writable."""
+    path = Path(path).expanduser()
+    if _exists(path) and not path.is_dir():
+        raise OutputError(f"{path}: the output directory exists as a file; expected a directory")
+    _check_creatable(path, path.parent if built_beside else path, "output directory")
+    return path
+
+
+def check_output_file(path: str | Path) -> Path:
+    """`path` as a Path if a file can be written there (its directory exists writable or can
+    be made); otherwise OutputError naming it."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputError(f"{path}: the output file exists as a directory; expected a file path")
+    _check_creatable(path, path.parent, "output file")
+    return path
