@@ -213,19 +213,26 @@ def best_run(uri: str, experiment: str, metric: str = "best_val_s2t", mode: str 
 
 
 def download_checkpoint(uri: str, source: str, dst: str | Path | None = None) -> Path:
-    """A local checkpoint directory for `source`: a directory path, runs:/<id>/<path>, or
-    models:/<name>@<alias> / models:/<name>/<version> (the pyfunc's artifacts)."""
+    """A local checkpoint directory for `source`: a directory path or storage URI (s3://...,
+    e.g. a run's exported `best/`), runs:/<id>/<path>, or models:/<name>@<alias> /
+    models:/<name>/<version> (the pyfunc's artifacts)."""
     import tempfile
 
     import mlflow
+
+    from atomray import storage
 
     path = Path(source).expanduser()
     if "://" not in source and ":/" not in source:
         if not (path / "model.pt").is_file():
             raise FileNotFoundError(f"{source}: not a checkpoint directory (no model.pt)")
         return path
-    mlflow.set_tracking_uri(uri)
     dst = Path(dst or tempfile.mkdtemp(prefix="atomray-ckpt-"))
+    if storage.is_uri(source) and not source.startswith(("runs:", "models:", "mlflow-artifacts:")):
+        if not storage.is_file(storage.join(source, "model.pt")):
+            raise FileNotFoundError(f"{source}: not a checkpoint directory (no model.pt)")
+        return storage.download_dir(source, dst)
+    mlflow.set_tracking_uri(uri)
     try:
         local = Path(mlflow.artifacts.download_artifacts(source, dst_path=str(dst)))
     except Exception as err:  # MlflowException: unknown model, alias, version or run

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+S3_BUCKET = "atomray-test"
 MMFF_MOLECULES = "ethanol,malonaldehyde,benzene,toluene,uracil,salicylic_acid,naphthalene,aspirin"
 
 
@@ -42,3 +43,29 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory):
+    """Real servers on 127.0.0.1 for the end-to-end tests, started once: an `mlflow server`,
+    moto's S3-compatible server with one bucket, and a Ray head whose processes reach both.
+    Yields {"mlflow": uri, "aws": the S3 environment, "bucket", "gcs", "dashboard"}; the S3
+    environment is set in this process too while the servers run."""
+    from servers import mlflow_server, ray_head, s3_server
+
+    root = tmp_path_factory.mktemp("servers")
+    with s3_server(root / "s3") as aws, mlflow_server(root / "mlflow") as uri, \
+            ray_head(root / "ray", env=aws) as head:
+        saved = {k: os.environ.get(k) for k in aws}
+        os.environ.update(aws)
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
+        try:
+            yield {"mlflow": uri, "aws": aws, "bucket": S3_BUCKET, **head}
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from servers import BIN, mlflow_server, ray_env, ray_head
+from servers import BIN, ray_env
 
 pytestmark = pytest.mark.slow
 
@@ -21,13 +21,6 @@ TINY = ["model.embed_dim=16", "model.num_layers=1", "model.num_heads=2", "data.r
         "data.horizon_max_fs=200", "data.chunk_frames=400", "data.train_windows=192",
         "data.val_windows=48", "data.batch_size=32", "scaling.num_workers=2",
         "scaling.cpus_per_worker=0.5"]
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    root = tmp_path_factory.mktemp("servers")
-    with mlflow_server(root / "mlflow") as uri, ray_head(root / "ray") as head:
-        yield {"mlflow": uri, **head}
 
 
 def mlflow_runs(uri: str, experiment: str):
@@ -136,11 +129,13 @@ print("HISTORY", json.dumps(result.history))
     assert_mlflow_equals_history(c, runs[0].info.run_id, history)
 
     # Resumed, not restarted: each attempt began after the epochs committed before it.
-    states = {d.name: json.loads((d / "state.json").read_text()) for d in run_dir.glob("checkpoint_*")}
+    states = {d.name: json.loads((d / "state.json").read_text()) for d in run_dir.glob("checkpoint_*") if d.is_dir()}
     latest = max(states.values(), key=lambda s: s["epoch"])
     assert latest["epoch"] == epochs - 1
-    assert len(latest["resumed_at"]) == 2 and latest["resumed_at"][0] == 1 and latest["resumed_at"][1] in (2, 3), \
-        latest["resumed_at"]
+    # The second kill came before Ray Train committed epoch 2: it ran again, and the checkpoint
+    # its first attempt uploaded was removed.
+    assert latest["resumed_at"] == [1, 2], latest["resumed_at"]
+    assert "removed 1 checkpoint(s) a failed attempt left uncommitted" in out.stdout, out.stdout[-3000:]
     # Each epoch line printed once: only committed epochs are reported.
     assert [out.stdout.count(f"epoch {e}/{epochs} ") for e in range(1, epochs + 1)] == [1] * epochs, out.stdout[-3000:]
     # No orphan: every checkpoint left is one Ray Train keeps (the latest and the best), each
@@ -149,6 +144,30 @@ print("HISTORY", json.dumps(result.history))
     best = min(history, key=lambda r: r["val_s2s"])["epoch"]
     assert len(set(epochs_on_disk)) == len(epochs_on_disk) and set(epochs_on_disk) <= {epochs - 1, best}, \
         f"checkpoints on disk: {sorted(states)} with epochs {epochs_on_disk}"
+
+
+def test_a_run_whose_workers_fail_ends_failed_in_mlflow_with_the_error(servers, mmff_dataset, tmp_path):
+    """No retries left (train.max_failures=0) when the last worker dies in epoch 0: fit raises,
+    and the MLflow run is FAILED with the error as a tag instead of staying RUNNING."""
+    code = f"""
+import ray
+from atomray.config import load_config
+from atomray.train.pretrain import pretrain, resolve
+cfg = resolve(load_config("jobs/configs/tiny.yaml", {TINY + [
+        f"data.path={mmff_dataset}", f"storage_path={tmp_path / 'results'}", "name=doomed",
+        "train.epochs=2", "train.fail_at_epoch=0", "train.max_failures=0", "tracking.experiment=doomed",
+        f"tracking.tracking_uri={servers['mlflow']}"]!r}))
+ray.init(address="{servers['gcs']}")
+pretrain(cfg)
+"""
+    out = subprocess.run([sys.executable, "-c", code], env=ray_env(), capture_output=True, text=True,
+                         timeout=600, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode != 0, out.stdout[-3000:]
+    _, runs = mlflow_runs(servers["mlflow"], "doomed")
+    assert len(runs) == 1 and runs[0].info.status == "FAILED", [(r.info.run_id, r.info.status) for r in runs]
+    error = runs[0].data.tags.get("atomray.error", "")
+    # The error names the worker that died (the last rank) and what Ray Train saw.
+    assert error.startswith("WorkerGroupError") and "[Rank 1 Error Snippet]" in error, error
 
 
 def test_two_nodes_one_worker_each(mmff_dataset, tmp_path):

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from servers import mlflow_server, ray_env, ray_head, s3_server
+from servers import ray_env
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-BUCKET = "atomray-test"
 TINY = ["model.embed_dim=16", "model.num_layers=1", "model.num_heads=2", "data.rwpe_k=4",
         "data.horizon_max_fs=200", "data.chunk_frames=400", "data.train_windows=192",
         "data.val_windows=48", "data.batch_size=32", "scaling.num_workers=2", "scaling.cpus_per_worker=0.5"]
@@ -34,22 +33,6 @@ ray.init(address=sys.argv[1])
 result = pretrain(cfg)
 print("RESULT", json.dumps({"run_id": result.run_id, "checkpoint": result.checkpoint, "history": result.history}))
 """
-
-
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cloud")
-    with s3_server(root / "s3") as aws, mlflow_server(root / "mlflow") as uri, ray_head(root / "ray", env=aws) as head:
-        saved = {k: os.environ.get(k) for k in aws}
-        os.environ.update(aws)  # this process reads and writes the store too
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        try:
-            yield {"mlflow": uri, "aws": aws, **head}
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 def import_to_s3(dataset: Path, tmp_path: Path, target: str) -> None:
@@ -66,30 +49,30 @@ def import_to_s3(dataset: Path, tmp_path: Path, target: str) -> None:
     import_dataset(files, target, ImportConfig(format="npz", dt_fs=dts.pop(), molecule_ids=tuple(ids)))
 
 
-def start_driver(cloud: dict, overrides: list[str], log: Path) -> subprocess.Popen:
-    env = {**ray_env(), **cloud["aws"], "PYTHONUNBUFFERED": "1"}
+def start_driver(servers: dict, overrides: list[str], log: Path) -> subprocess.Popen:
+    env = {**ray_env(), **servers["aws"], "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-c", DRIVER, cloud["gcs"], json.dumps(overrides)], cwd=ROOT,
+        return subprocess.Popen([sys.executable, "-c", DRIVER, servers["gcs"], json.dumps(overrides)], cwd=ROOT,
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def test_s3_data_and_storage_survive_a_killed_driver_and_resume_the_same_mlflow_run(cloud, mmff_dataset, tmp_path):
+def test_s3_data_and_storage_survive_a_killed_driver_and_resume_the_same_mlflow_run(servers, mmff_dataset, tmp_path):
     from mlflow.tracking import MlflowClient
 
     from atomray import storage
     from atomray.checkpoint import STATE_FILE
     from atomray.tracking import load_best
 
-    data = f"s3://{BUCKET}/datasets/tg80-tiny"
+    data = f"s3://{servers['bucket']}/datasets/tg80-tiny"
     import_to_s3(mmff_dataset, tmp_path, data)
     assert storage.is_file(storage.join(data, "molecules.parquet"))
     assert not Path("s3:").exists() and not (ROOT / "s3:").exists()
 
-    epochs = 6
-    overrides = [*TINY, f"data.path={data}", f"storage_path=s3://{BUCKET}/results", "name=s3-run",
-                 f"train.epochs={epochs}", "tracking.experiment=s3-run", f"tracking.tracking_uri={cloud['mlflow']}"]
-    c = MlflowClient(cloud["mlflow"])
-    first = start_driver(cloud, overrides, tmp_path / "first.log")
+    epochs = 4
+    overrides = [*TINY, f"data.path={data}", f"storage_path=s3://{servers['bucket']}/results", "name=s3-run",
+                 f"train.epochs={epochs}", "tracking.experiment=s3-run", f"tracking.tracking_uri={servers['mlflow']}"]
+    c = MlflowClient(servers['mlflow'])
+    first = start_driver(servers, overrides, tmp_path / "first.log")
     run_id, deadline = "", time.time() + 600
     while time.time() < deadline and first.poll() is None:  # kill the driver once epoch 1 is committed
         exp = c.get_experiment_by_name("s3-run")
@@ -103,10 +86,10 @@ def test_s3_data_and_storage_survive_a_killed_driver_and_resume_the_same_mlflow_
     log = (tmp_path / "first.log").read_text()
     assert run_id, f"no epoch was committed before the driver ended:\n{log[-4000:]}"
     assert "RESULT" not in log, "the run finished before the driver could be killed"
-    run_dir = f"s3://{BUCKET}/results/s3-run"
+    run_dir = f"s3://{servers['bucket']}/results/s3-run"
     assert storage.read_text(storage.join(run_dir, "mlflow_run_id")) == run_id
 
-    second = start_driver(cloud, overrides, tmp_path / "second.log")
+    second = start_driver(servers, overrides, tmp_path / "second.log")
     second.wait(900)
     log = (tmp_path / "second.log").read_text()
     assert second.returncode == 0, log[-6000:]
@@ -133,5 +116,9 @@ def test_s3_data_and_storage_survive_a_killed_driver_and_resume_the_same_mlflow_
     # The best checkpoint and the pyfunc model are in MLflow, and load_best loads them.
     assert c.search_logged_models(experiment_ids=[runs[0].info.experiment_id],
                                   filter_string=f"source_run_id = '{run_id}'")
-    model, cfg, best_run = load_best("s3-run", tracking_uri=cloud["mlflow"])
+    from atomray.tracking import load_model_uri
+
+    _, stored_cfg, _ = load_model_uri(servers['mlflow'], result["checkpoint"])  # straight from s3://.../best
+    assert stored_cfg.name == "s3-run"
+    model, cfg, best_run = load_best("s3-run", tracking_uri=servers['mlflow'])
     assert best_run == run_id and cfg.data.path == data and sum(p.numel() for p in model.parameters()) > 0
