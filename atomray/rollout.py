@@ -1,0 +1,185 @@
+"""Long rollouts: chain a trained operator's predictions from a start state to a total time, in
+steps of ΔT, for many molecules at once.
+
+    states = [state_from_dataset("data/tg80-mini", "aspirin", frame) for frame in (0, 500, 1000)]
+    traj = rollout(model, cfg, states, total_fs=50_000, step_fs=200)
+    traj.positions[0]          # (T + 1, N, 3) Å: the start and every predicted frame of molecule 0
+    write_rollout_extxyz("aspirin-0.extxyz", traj, 0)
+
+Each step feeds the current state of the model's atoms (centred on their centroid, as the
+window sampler does; RWPE of its current radius graph) with P = data.num_lags lags spread
+evenly over (0, ΔT]; the P predicted frames join the trajectory and the frame at ΔT starts
+the next step.
+
+The next step also needs velocities. They are the time derivative of the model's own
+prediction at ΔT, v(ΔT) = ∂f(x, v, t)/∂t at t = ΔT, by forward-mode automatic differentiation
+through the lag input (T-RoPE phases and the physics prior are smooth in t), in one
+forward-mode pass beside the prediction. It needs no retraining and no extra lag, and it is
+exact where the model is: the rigid / rotor prior with a zero correction moves a rigid
+molecule exactly, so its rollout is the analytic motion to round-off
+(`tests/test_rollout.py`), where a centred finite difference with step δ would scale every
+angular velocity by sin(ωδ)/(ωδ) at each step (and a one-sided difference err by δ·a/2). Atoms
+the model does not see (hydrogens of a heavy-atom model) are not rolled out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from atomray.config import RunConfig
+from atomray.data.frames import DataError
+from atomray.predict import InitialState, model_atoms
+
+
+@dataclass
+class Rollout:
+    """Trajectories of a batch of rollouts; per molecule i: atoms (n_i,), positions (T + 1, n_i, 3) Å
+    at `times_fs` (0 first), and the velocities (Å/fs) of each step's start state."""
+
+    names: list[str]
+    atomic_numbers: list[np.ndarray]
+    times_fs: np.ndarray
+    positions: list[np.ndarray]
+    step_fs: float
+    step_velocities: list[np.ndarray] = field(default_factory=list)  # (S + 1, n_i, 3)
+    seconds: float = 0.0  # wall time of the model steps
+
+    @property
+    def simulated_fs(self) -> float:
+        return float(self.times_fs[-1]) * len(self.names)
+
+
+def state_from_dataset(root: str | Path, molecule_id: str, frame: int) -> InitialState:
+    """The state (positions, velocities) of `molecule_id` at `frame` of its trajectory in a
+    data set (frames counted over its contiguous pieces in time order)."""
+    from atomray.data.pipeline import molecule_files, molecule_segments
+
+    pieces = molecule_segments(root, molecule_id, molecule_files(root, [molecule_id]).get(molecule_id, []))
+    total = sum(p.n_frames for p in pieces)
+    if not 0 <= frame < total:
+        raise DataError(f"{root}: molecule {molecule_id!r} has {total} frames; frame {frame} does not exist")
+    for piece in pieces:
+        if frame < piece.n_frames:
+            return InitialState(f"{molecule_id}@{frame}", piece.atomic_numbers, piece.positions[frame].astype(np.float64),
+                                piece.velocities[frame].astype(np.float64))
+        frame -= piece.n_frames
+    raise AssertionError("unreachable")
+
+
+def default_step_fs(cfg: RunConfig) -> float:
+    """The longest horizon the model trained on: its natural rollout step."""
+    return float(cfg.data.horizon_fs if cfg.data.horizon == "fixed" else cfg.data.horizon_max_fs)
+
+
+def predict_with_velocity(model, x0, v0, z, lags, mask, rwpe=None):
+    """(positions (B,P,N,3), ∂positions/∂t at the last lag (B,N,3)) of one model call: forward
+    mode AD along the last lag. Attention runs on PyTorch's math kernel (the fused CPU kernels
+    have no forward-mode derivative)."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    tangent = torch.zeros_like(lags)
+    tangent[:, -1] = 1.0
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        out, dout = torch.func.jvp(lambda t: model(x0, v0, z, t, mask, rwpe), (lags,), (tangent,))
+    return out, dout[:, -1]
+
+
+def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: float, step_fs: float | None = None,
+            elements: Sequence[int] = (), dtype=None, progress: bool = False) -> Rollout:
+    """Roll every state forward to `total_fs` in steps of `step_fs` (default: the longest
+    trained horizon), all states in one batch. `dtype` (default float32) is the precision of
+    the model's inputs; pass torch.float64 with a float64 model for exact physics checks."""
+    import time
+
+    import torch
+
+    from atomray.data.windows import rwpe_of_frames
+    from atomray.evaluate import check_elements
+
+    if not states:
+        raise DataError("rollout: no start states")
+    step = float(step_fs or default_step_fs(cfg))
+    if not (step > 0 and total_fs >= step):
+        raise DataError(f"rollout: expected 0 < step ({step} fs) <= total time ({total_fs} fs)")
+    dtype = dtype or torch.float32
+    keeps = [model_atoms(cfg, s.atomic_numbers) for s in states]
+    zs = [s.atomic_numbers[k] for s, k in zip(states, keeps)]
+    for s, z in zip(states, zs):
+        if z.max() > cfg.model.max_atomic_number:
+            raise DataError(f"{s.name}: atomic number {int(z.max())} exceeds the model's max_atomic_number "
+                            f"{cfg.model.max_atomic_number}")
+        check_elements(z, elements, s.name)
+    b, n, p = len(states), max(len(z) for z in zs), cfg.data.num_lags
+    mask = np.zeros((b, n), bool)
+    z_pad = np.zeros((b, n), np.int64)
+    x = np.zeros((b, n, 3))
+    v = np.zeros((b, n, 3))
+    for i, (s, k, z) in enumerate(zip(states, keeps, zs)):
+        mask[i, : len(z)], z_pad[i, : len(z)] = True, z
+        x[i, : len(z)], v[i, : len(z)] = s.positions[k], s.velocities[k]
+
+    n_steps = int(round(total_fs / step))
+    lags = np.tile(step * np.arange(1, p + 1) / p, (b, 1))
+    frames, velocities = [x.copy()], [v.copy()]
+    model = model.eval()
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n_steps, desc=f"rollout of {b} molecule(s), {step:g} fs per step", unit="step")
+    for _ in range(n_steps):
+        origin = (x * mask[..., None]).sum(1, keepdims=True) / mask.sum(1)[:, None, None]
+        xc = (x - origin) * mask[..., None]
+        rwpe = None
+        if cfg.data.rwpe_k > 0:
+            rwpe = np.zeros((b, n, cfg.data.rwpe_k))
+            for i, z in enumerate(zs):
+                rwpe[i, : len(z)] = rwpe_of_frames(xc[i : i + 1, : len(z)], cfg.data.rwpe_k, cfg.data.radius)[0]
+        out, vel = predict_with_velocity(
+            model, torch.as_tensor(xc, dtype=dtype), torch.as_tensor(v, dtype=dtype), torch.as_tensor(z_pad),
+            torch.as_tensor(lags, dtype=dtype), torch.as_tensor(mask),
+            None if rwpe is None else torch.as_tensor(rwpe, dtype=dtype))
+        out = out.double().numpy() * mask[:, None, :, None] + origin[:, None]  # (B, P, N, 3)
+        x, v = out[:, -1], vel.double().numpy() * mask[..., None]
+        if not np.isfinite(x).all() or not np.isfinite(v).all():
+            raise FloatingPointError(f"rollout: non-finite state after {len(velocities)} step(s)")
+        frames.extend(out.transpose(1, 0, 2, 3))
+        velocities.append(v.copy())
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    positions = np.stack(frames, 1)  # (B, T + 1, N, 3)
+    step_v = np.stack(velocities, 1)  # (B, S + 1, N, 3)
+    times = np.concatenate([[0.0], (np.arange(n_steps)[:, None] * step + lags[0][None]).ravel()])
+    return Rollout([s.name for s in states], zs, times, [positions[i, :, : len(z)] for i, z in enumerate(zs)], step,
+                   [step_v[i, :, : len(z)] for i, z in enumerate(zs)], seconds)
+
+
+def write_rollout_extxyz(path: str | Path, traj: Rollout, i: int) -> Path:
+    """Molecule i's rollout as an extxyz trajectory (`time_fs` in each frame's info), written
+    atomically; `ase.io.read(path, index=":")` reads it back."""
+    import os
+
+    import ase.io
+    from ase import Atoms
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [Atoms(numbers=traj.atomic_numbers[i], positions=pos, info={"time_fs": float(t), "molecule": traj.names[i]})
+              for t, pos in zip(traj.times_fs, traj.positions[i])]
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        ase.io.write(tmp, images, format="extxyz")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
