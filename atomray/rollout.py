@@ -11,15 +11,23 @@ window sampler does; RWPE of its current radius graph) with P = data.num_lags la
 evenly over (0, ΔT]; the P predicted frames join the trajectory and the frame at ΔT starts
 the next step.
 
-The next step also needs velocities. They are the time derivative of the model's own
-prediction at ΔT, v(ΔT) = ∂f(x, v, t)/∂t at t = ΔT, by forward-mode automatic differentiation
-through the lag input (T-RoPE phases and the physics prior are smooth in t), in one
-forward-mode pass beside the prediction. It needs no retraining and no extra lag, and it is
-exact where the model is: the rigid / rotor prior with a zero correction moves a rigid
-molecule exactly, so its rollout is the analytic motion to round-off
-(`tests/test_rollout.py`), where a centred finite difference with step δ would scale every
-angular velocity by sin(ωδ)/(ωδ) at each step (and a one-sided difference err by δ·a/2). Atoms
-the model does not see (hydrogens of a heavy-atom model) are not rolled out.
+The next step also needs velocities: the time derivative of the model's own prediction at ΔT,
+taken as a fourth-order centred difference over four more lags ΔT ± δ, ΔT ± 2δ (δ = 1 fs),
+asked in the same forward pass (T-RoPE takes any lag; no retraining):
+
+    v(ΔT) = [8 (f(ΔT + δ) − f(ΔT − δ)) − (f(ΔT + 2δ) − f(ΔT − 2δ))] / 12δ,
+
+whose error is (ωδ)⁴/30 of the velocity of a motion of angular frequency ω: 10⁻¹³ for a
+molecule's rotation (ω ~ 10⁻³ rad/fs), so the rigid / rotor prior with a zero correction moves
+a rigid molecule exactly and its rollout is the analytic motion to round-off
+(`tests/test_rollout.py`). With P = data.num_lags ≥ 5 a step is one model call (P − 4 recorded
+frames); with fewer lags the frames and the difference lags go in two rows of the batch.
+`velocity="autodiff"` instead differentiates the model along the lag by forward-mode AD (exact
+for the model, no extra lags): it agrees with the difference to ~10⁻⁷ relative but costs about
+30× more on CPU (PyTorch's fused attention has no forward-mode derivative and the rotor's RK4
+runs through decomposed ops), so the difference is the default (measured:
+benchmarks/bench_rollout.py). Atoms the model does not see (hydrogens of a heavy-atom model)
+are not rolled out.
 """
 
 from __future__ import annotations
@@ -75,13 +83,32 @@ def default_step_fs(cfg: RunConfig) -> float:
     return float(cfg.data.horizon_fs if cfg.data.horizon == "fixed" else cfg.data.horizon_max_fs)
 
 
-def predict_with_velocity(model, x0, v0, z, lags, mask, rwpe=None):
-    """(positions (B,P,N,3), ∂positions/∂t at the last lag (B,N,3)) of one model call: forward
-    mode AD along the last lag. Attention runs on PyTorch's math kernel (the fused CPU kernels
+DELTA_FS = 1.0  # spacing of the difference lags
+DIFFERENCE = (-2.0, -1.0, 1.0, 2.0)  # difference lags, in units of δ about ΔT
+WEIGHTS = (1.0, -8.0, 8.0, -1.0)  # fourth-order centred first derivative, over 12δ
+
+
+def step_lags(step: float, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """The lag rows of one rollout step: (rows (R, P) fs, frames (F,) their recorded lags). One
+    row when P >= 5 (P - 4 frames then the difference lags), else two (P frames; difference
+    lags padded with ΔT)."""
+    diff = step + DELTA_FS * np.asarray(DIFFERENCE)
+    if p >= len(DIFFERENCE) + 1:
+        frames = step * np.arange(1, p - len(DIFFERENCE) + 1) / (p - len(DIFFERENCE))
+        return np.concatenate([frames, diff])[None], frames
+    frames = step * np.arange(1, p + 1) / p
+    return np.stack([frames, np.concatenate([diff, np.full(p - len(DIFFERENCE), step)])]), frames
+
+
+def predict_with_velocity(model, x0, v0, z, lags, mask, rwpe=None, velocity: str = "difference"):
+    """(positions (B,P,N,3), ∂positions/∂t at the last lag (B,N,3)) by forward-mode AD along the
+    last lag (`velocity="autodiff"`; attention on PyTorch's math kernel, as the fused CPU kernels
     have no forward-mode derivative)."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    if velocity != "autodiff":
+        raise ValueError(f"predict_with_velocity: velocity must be 'autodiff', found {velocity!r}")
     tangent = torch.zeros_like(lags)
     tangent[:, -1] = 1.0
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
@@ -89,11 +116,38 @@ def predict_with_velocity(model, x0, v0, z, lags, mask, rwpe=None):
     return out, dout[:, -1]
 
 
+def model_step(model, xc, v, z, mask, rwpe, step: float, p: int, dtype, velocity: str) -> tuple[np.ndarray, np.ndarray]:
+    """One rollout step of centred states: (frames (B, F, N, 3) centred, velocity at ΔT (B, N, 3))."""
+    import torch
+
+    b = xc.shape[0]
+    t = lambda a: None if a is None else torch.as_tensor(a, dtype=dtype)  # noqa: E731
+    if velocity == "autodiff":
+        lags = np.tile(step * np.arange(1, p + 1) / p, (b, 1))
+        out, vel = predict_with_velocity(model, t(xc), t(v), torch.as_tensor(z), t(lags), torch.as_tensor(mask),
+                                         t(rwpe), velocity)
+        return out.double().numpy(), vel.double().numpy()
+    if velocity != "difference":
+        raise ValueError(f"rollout: velocity must be 'difference' or 'autodiff', found {velocity!r}")
+    rows, frames = step_lags(step, p)
+    r = len(rows)  # each state repeated once per row
+    rep = lambda a: None if a is None else np.repeat(a, r, axis=0)  # noqa: E731
+    with torch.no_grad():
+        out = model(t(rep(xc)), t(rep(v)), torch.as_tensor(rep(z)), t(np.tile(rows, (b, 1))),
+                    torch.as_tensor(rep(mask)), t(rep(rwpe)))
+    out = out.double().numpy().reshape(b, r * p, *out.shape[2:])  # (B, R·P, N, 3)
+    flat = rows.ravel()
+    at = [int(np.flatnonzero(flat == lag)[0]) for lag in step + DELTA_FS * np.asarray(DIFFERENCE)]
+    vel = sum(w * out[:, i] for w, i in zip(WEIGHTS, at)) / (12 * DELTA_FS)
+    return out[:, : len(frames)], vel
+
+
 def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: float, step_fs: float | None = None,
-            elements: Sequence[int] = (), dtype=None, progress: bool = False) -> Rollout:
+            elements: Sequence[int] = (), dtype=None, progress: bool = False, velocity: str = "difference") -> Rollout:
     """Roll every state forward to `total_fs` in steps of `step_fs` (default: the longest
     trained horizon), all states in one batch. `dtype` (default float32) is the precision of
-    the model's inputs; pass torch.float64 with a float64 model for exact physics checks."""
+    the model's inputs; pass torch.float64 with a float64 model for exact physics checks.
+    `velocity`: "difference" (default) or "autodiff", see the module docstring."""
     import time
 
     import torch
@@ -124,7 +178,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
         x[i, : len(z)], v[i, : len(z)] = s.positions[k], s.velocities[k]
 
     n_steps = int(round(total_fs / step))
-    lags = np.tile(step * np.arange(1, p + 1) / p, (b, 1))
+    frame_lags = step_lags(step, p)[1] if velocity == "difference" else step * np.arange(1, p + 1) / p
     frames, velocities = [x.copy()], [v.copy()]
     model = model.eval()
     t0 = time.perf_counter()
@@ -141,12 +195,9 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
             rwpe = np.zeros((b, n, cfg.data.rwpe_k))
             for i, z in enumerate(zs):
                 rwpe[i, : len(z)] = rwpe_of_frames(xc[i : i + 1, : len(z)], cfg.data.rwpe_k, cfg.data.radius)[0]
-        out, vel = predict_with_velocity(
-            model, torch.as_tensor(xc, dtype=dtype), torch.as_tensor(v, dtype=dtype), torch.as_tensor(z_pad),
-            torch.as_tensor(lags, dtype=dtype), torch.as_tensor(mask),
-            None if rwpe is None else torch.as_tensor(rwpe, dtype=dtype))
-        out = out.double().numpy() * mask[:, None, :, None] + origin[:, None]  # (B, P, N, 3)
-        x, v = out[:, -1], vel.double().numpy() * mask[..., None]
+        out, vel = model_step(model, xc, v, z_pad, mask, rwpe, step, p, dtype, velocity)
+        out = out * mask[:, None, :, None] + origin[:, None]  # (B, F, N, 3)
+        x, v = out[:, -1], vel * mask[..., None]
         if not np.isfinite(x).all() or not np.isfinite(v).all():
             raise FloatingPointError(f"rollout: non-finite state after {len(velocities)} step(s)")
         frames.extend(out.transpose(1, 0, 2, 3))
@@ -158,7 +209,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
     seconds = time.perf_counter() - t0
     positions = np.stack(frames, 1)  # (B, T + 1, N, 3)
     step_v = np.stack(velocities, 1)  # (B, S + 1, N, 3)
-    times = np.concatenate([[0.0], (np.arange(n_steps)[:, None] * step + lags[0][None]).ravel()])
+    times = np.concatenate([[0.0], (np.arange(n_steps)[:, None] * step + frame_lags[None]).ravel()])
     return Rollout([s.name for s in states], zs, times, [positions[i, :, : len(z)] for i, z in enumerate(zs)], step,
                    [step_v[i, :, : len(z)] for i, z in enumerate(zs)], seconds)
 

@@ -1,0 +1,120 @@
+"""Rollout speed against the MD engine it would replace.
+
+    python benchmarks/bench_rollout.py [--model CKPT] [--repeats 3] [--steps 10] [--md-steps 200]
+
+ATOM: a rollout (`atomray.rollout.rollout`, velocities by forward-mode AD) of a batch of 64
+start states of tg80-mini (its 16 molecules × 4 frames, every atom; 12-21 atoms each) in steps
+of the model's ΔT (its longest training horizon), on 2 CPU threads; `--model` a checkpoint
+directory (default: the architecture of jobs/configs/pretrain.yaml, untrained: the speed is
+the same). GFN2-xTB: NVE velocity Verlet (1 fs) of aspirin through the tg80 engines (tblite),
+one molecule per core on 2 cores at once, for `--md-steps` steps.
+
+Prints one JSON line (the last line of output) with
+    atom_fs_per_s        simulated fs per wall-second, summed over the batch (median of repeats)
+    gfn2_fs_per_s        simulated fs per wall-second, summed over the 2 cores (median of repeats)
+    speedup_vs_gfn2      their ratio (target >= 1000)
+and the raw timings.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"  # one core per MD engine, before tblite loads
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import multiprocessing  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 64
+CORES = 2
+
+
+def start_states(root: Path, n: int):
+    """n start states: every molecule of the data set at evenly spaced frames."""
+    from atomray.data.dataset import read_molecules
+    from atomray.rollout import state_from_dataset
+
+    table = read_molecules(root)
+    ids, frames = table.column("molecule_id").to_pylist(), table.column("n_frames").to_pylist()
+    per = -(-n // len(ids))
+    states = [state_from_dataset(root, m, int(k * (f - 1) / per)) for m, f in zip(ids, frames) for k in range(per)]
+    return states[:n]
+
+
+def atom_rates(model_dir: str, steps: int, repeats: int) -> tuple[list[float], float, int]:
+    import torch
+
+    from atomray.checkpoint import load_model
+    from atomray.config import load_config
+    from atomray.model import build_model
+    from atomray.rollout import default_step_fs, rollout
+
+    torch.set_num_threads(CORES)
+    if model_dir:
+        model, cfg = load_model(model_dir)
+    else:
+        cfg = load_config(ROOT / "jobs" / "configs" / "pretrain.yaml")
+        model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).eval()
+    states = start_states(ROOT / "data" / "tg80-mini", BATCH)
+    step = default_step_fs(cfg)
+    rollout(model, cfg, states, total_fs=step, step_fs=step)  # warm-up
+    rates = []
+    for _ in range(repeats):
+        traj = rollout(model, cfg, states, total_fs=steps * step, step_fs=step)
+        rates.append(traj.simulated_fs / traj.seconds)
+    return rates, step, max(len(s.atomic_numbers) for s in states)
+
+
+def _gfn2_worker(steps: int) -> tuple[float, float]:
+    """(seconds, simulated fs) of `steps` GFN2-xTB NVE steps of aspirin in this process (after set-up)."""
+    import numpy as np
+
+    from atomray.tg80.dynamics import MDConfig, prepare_state, run_steps
+    from atomray.tg80.engines import embed, make_engine, molecule_with_hydrogens
+
+    mol = molecule_with_hydrogens("CC(=O)Oc1ccccc1C(=O)O", "aspirin")
+    masses = np.array([a.GetMass() for a in mol.GetAtoms()])
+    engine = make_engine("gfn2", mol, "aspirin")
+    cfg = MDConfig(equilibration_fs=20.0, production_fs=float(steps), segment_fs=float(steps))
+    state = prepare_state(engine, embed(mol, 0, "aspirin"), masses, cfg, seed=0)
+    t0 = time.perf_counter()
+    run_steps(state, engine, masses, cfg, steps, "nve", record=True)
+    return time.perf_counter() - t0, steps * cfg.dt_fs
+
+
+def gfn2_rates(steps: int, repeats: int) -> list[float]:
+    rates = []
+    with multiprocessing.get_context("spawn").Pool(CORES) as pool:
+        for _ in range(repeats):
+            runs = pool.map(_gfn2_worker, [steps] * CORES)
+            rates.append(sum(fs for _, fs in runs) / max(s for s, _ in runs))
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="", help="checkpoint directory (default: untrained pretrain.yaml ATOM)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10, help="rollout steps of ΔT per repeat")
+    parser.add_argument("--md-steps", type=int, default=200, help="GFN2-xTB MD steps (1 fs) per repeat")
+    args = parser.parse_args()
+
+    atom, step_fs, max_atoms = atom_rates(args.model, args.steps, args.repeats)
+    gfn2 = gfn2_rates(args.md_steps, args.repeats)
+    result = {
+        "atom_fs_per_s": statistics.median(atom), "gfn2_fs_per_s": statistics.median(gfn2),
+        "speedup_vs_gfn2": statistics.median(atom) / statistics.median(gfn2),
+        "atom_runs_fs_per_s": atom, "gfn2_runs_fs_per_s": gfn2, "batch": BATCH, "max_atoms": max_atoms,
+        "step_fs": step_fs, "cores": CORES, "model": args.model or "jobs/configs/pretrain.yaml (untrained)",
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
