@@ -59,6 +59,14 @@ _EXPORTS = {
     # windows
     "pad_windows": "atomray.data.windows",
     "sample_windows": "atomray.data.windows",
+    # physical validity and symmetry
+    "stability": "atomray.structure",
+    "stability_coefficient": "atomray.structure",
+    "structure_distances": "atomray.structure",
+    "equivariance_error": "atomray.equivariance",
+    "noise_floor": "atomray.equivariance",
+    "frame_average": "atomray.equivariance",
+    "FrameAveraged": "atomray.equivariance",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -50,6 +50,8 @@ from atomray.data.pipeline import (fixed_windows, molecule_files, molecule_segme
                                    window_seed)
 from atomray.data.splits import Split, make_split, usable_molecules
 from atomray.data.windows import max_horizon_frames, pad_windows
+from atomray.equivariance import (EquivarianceError, FrameAveraged, equivariance_error,  # noqa: F401 (re-exported)
+                                  frame_average, noise_floor, rotation_set)
 from atomray.metrics import lag_errors, rotate_windows
 
 FLOORS = ("no_motion", "linear", "rigid_heavy", "rigid_all", "rotor_all")
