@@ -1,0 +1,175 @@
+"""Roll a trained model out to long times and check the result against reference MD.
+
+    python jobs/rollout.py --model ray_results/<run>/best --test-molecules --starts 10 --total-ps 50
+    python jobs/rollout.py --model models:/atom@champion --data data/tg80-mini --molecules aspirin ethanol
+    python jobs/rollout.py --model CKPT --smiles "CC(=O)Nc1ccc(O)cc1" --reference-engine gfn2 --total-ps 20
+
+Start states are `--starts` frames of each molecule of `--data` (default: the model's own data
+set), evenly spaced over its trajectory, for `--molecules` or the test molecules of the model's
+own split (`--test-molecules`, e.g. a CV fold's); or a SMILES (3-D embedding, Maxwell–Boltzmann
+velocities at --temperature, one rollout per --starts seed). All rollouts run as one batch in
+steps of `--step-fs` (default: the longest horizon the model trained on; `atomray.rollout`).
+
+Reference MD: the molecule's trajectory in the data set, or for a SMILES fresh NVE MD from the
+same start through the tg80 engines (--reference-engine gfn2 | gfn1 | mmff). Writes to --out
+one extxyz per rollout (every atom the model predicts), rollouts.csv, rollouts.md and a
+structure plot per molecule, and logs an MLflow run (experiment --experiment) with the
+per-molecule and mean figures: stability coefficient, time to first failure, Wasserstein-1 of
+bond lengths / angles / dihedrals / radius of gyration, temperatures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint dir/URI, runs:/ID/checkpoint or models:/NAME@ALIAS")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--molecules", nargs="+", help="molecules of --data to roll out")
+    source.add_argument("--test-molecules", action="store_true", help="the test molecules of the model's split")
+    source.add_argument("--smiles", help="a new molecule as SMILES (reference: fresh MD)")
+    parser.add_argument("--data", default="", help="data set (default: the model's data.path)")
+    parser.add_argument("--starts", type=int, default=10, help="rollouts per molecule (default 10)")
+    parser.add_argument("--total-ps", type=float, default=50.0, help="length of each rollout, ps (default 50)")
+    parser.add_argument("--step-fs", type=float, default=0.0, help="ΔT per step (default: longest trained horizon)")
+    parser.add_argument("--reference-engine", default="gfn2", choices=["gfn2", "gfn1", "mmff"],
+                        help="engine of the fresh reference MD for --smiles (default gfn2)")
+    parser.add_argument("--temperature", type=float, default=300.0, help="K, velocities drawn for --smiles")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--experiment", default="atomray-rollout", help="MLflow experiment")
+    parser.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
+    args = parser.parse_args(argv)
+
+    from atomray import tracking
+    from atomray.checkpoint import CheckpointError, read_state
+    from atomray.config import ConfigError, TrackingConfig
+    from atomray.data.frames import DataError
+    from atomray.outputs import OutputError, check_output_dir
+    from atomray.storage import StorageError
+
+    try:
+        out = check_output_dir(args.out)
+        if args.starts < 1 or args.total_ps <= 0 or args.step_fs < 0:
+            raise ConfigError(f"--starts must be >= 1 and --total-ps > 0, found {args.starts} and {args.total_ps}")
+        uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
+        model, cfg, directory = tracking.load_model_uri(uri, args.model)
+        elements = read_state(directory).elements
+        states, molecule_of, references = start_states(args, cfg)
+    except (DataError, ConfigError, CheckpointError, OutputError, StorageError, LookupError, OSError) as err:
+        print(f"rollout: error: {err}", file=sys.stderr)
+        return 2
+    return run(args, model, cfg, elements, states, molecule_of, references, out, uri)
+
+
+def start_states(args, cfg):
+    """(states, molecule of each, {molecule: Reference or None until computed})."""
+    import numpy as np
+
+    from atomray.data.dataset import read_molecules
+    from atomray.data.frames import DataError
+    from atomray.predict import state_from_smiles
+    from atomray.rollout import state_from_dataset
+
+    if args.smiles:
+        states = [state_from_smiles(args.smiles, args.temperature, seed) for seed in range(args.starts)]
+        for seed, s in enumerate(states):
+            s.name = f"smiles-seed{seed}"
+        return states, [args.smiles] * len(states), {}
+    root = args.data or cfg.data.path
+    table = read_molecules(root)
+    ids, n_frames = table.column("molecule_id").to_pylist(), dict(zip(table.column("molecule_id").to_pylist(),
+                                                                      table.column("n_frames").to_pylist()))
+    if args.test_molecules:
+        from atomray.data.splits import make_split, usable_molecules
+
+        mols = usable_molecules(cfg.data)
+        molecules = make_split(mols.column("molecule_id").to_pylist(), mols.column("smiles").to_pylist(), cfg.data).test
+    else:
+        molecules = args.molecules or ids
+    unknown = [m for m in molecules if m not in n_frames]
+    if unknown:
+        raise DataError(f"{root}: no molecule(s) {unknown} (it holds {', '.join(ids[:20])})")
+    states, molecule_of = [], []
+    for m in molecules:
+        for frame in np.linspace(0, n_frames[m] - 1, args.starts + 1)[:-1].astype(int):
+            states.append(state_from_dataset(root, m, int(frame)))
+            molecule_of.append(m)
+    return states, molecule_of, {"__data__": root}
+
+
+def run(args, model, cfg, elements, states, molecule_of, references, out, uri) -> int:
+    import csv
+
+    from atomray import tracking
+    from atomray.rollout import default_step_fs, rollout, write_rollout_extxyz
+    from atomray.rollout_check import check_rollouts, dataset_reference, fresh_reference
+
+    step = args.step_fs or default_step_fs(cfg)
+    total = 1000.0 * args.total_ps
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"rollout: {len(states)} start state(s) of {len(set(molecule_of))} molecule(s), {args.total_ps:g} ps in "
+          f"steps of {step:g} fs, {cfg.model.name} from {args.model}", flush=True)
+    traj = rollout(model, cfg, states, total_fs=total, step_fs=step, elements=elements, progress=True)
+    print(f"rolled out {traj.simulated_fs / 1000:.0f} ps in {traj.seconds:.1f} s "
+          f"({traj.simulated_fs / max(traj.seconds, 1e-9):.0f} fs per second)", flush=True)
+    for i, name in enumerate(traj.names):
+        write_rollout_extxyz(out / f"{_safe(name)}.extxyz", traj, i)
+    root = references.get("__data__")
+    refs = {}
+    for molecule in dict.fromkeys(molecule_of):
+        if root:
+            refs[molecule] = dataset_reference(root, molecule, cfg)
+        else:
+            first = states[molecule_of.index(molecule)]
+            print(f"reference: {args.reference_engine} NVE MD of {molecule} for {args.total_ps:g} ps ...", flush=True)
+            refs[molecule] = fresh_reference(first, args.smiles, cfg, total, args.reference_engine)
+    rows = check_rollouts(traj, refs, molecule_of, out)
+    keys = [k for k in rows[0] if k not in ("molecule", "reference", "plot")]
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+    with open(out / "rollouts.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "rollouts.md").write_text(markdown(rows, mean, keys))
+    print(markdown(rows, mean, keys))
+
+    c = tracking.client(uri)
+    run_id = c.create_run(tracking.experiment_id(c, args.experiment), run_name=f"rollout-{time.strftime('%Y%m%d-%H%M%S')}",
+                          tags={tracking.TAG_KIND: "rollout", "model": args.model}).info.run_id
+    try:
+        tracking.log_params(c, run_id, {"model": args.model, "total_ps": args.total_ps, "step_fs": step,
+                                        "starts": args.starts, "molecules": ",".join(dict.fromkeys(molecule_of)),
+                                        "reference": rows[0]["reference"] if args.smiles else str(root)})
+        for k, v in mean.items():
+            c.log_metric(run_id, f"mean_{k}", float(v))
+        for r in rows:
+            for k in keys:
+                c.log_metric(run_id, f"{_safe(r['molecule'])}.{k}", float(r[k]))
+        c.log_metric(run_id, "rollout_fs_per_s", traj.simulated_fs / max(traj.seconds, 1e-9))
+        c.log_artifacts(run_id, str(out), "rollout")
+        tracking.finish_run(uri, run_id)
+    except BaseException as err:
+        tracking.fail_run(uri, run_id, err)
+        raise
+    print(f"MLflow run id: {run_id} ({uri}); files in {out}")
+    return 0
+
+
+def markdown(rows: list[dict], mean: dict, keys: list[str]) -> str:
+    head = "| molecule | " + " | ".join(keys) + " |"
+    lines = [head, "|" + "---|" * (len(keys) + 1)]
+    for r in [*rows, {"molecule": "**mean**", **mean}]:
+        lines.append(f"| {r['molecule']} | " + " | ".join(f"{r[k]:.4g}" for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
