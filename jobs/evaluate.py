@@ -17,6 +17,12 @@ a digest of its files). ATOM evaluates at any P; EGNO / EGNN refuse a P other th
 
 --validation re-scores the checkpoint on its own training run's validation windows (same
 molecules, seed and horizons) and prints the figures its run logged for them.
+
+--frame-average K evaluates the frame-averaged model instead (average of R⁻¹ f(R x) over K
+random rotations, or `pca`: over the molecule's 4 PCA frames, `atomray.equivariance`);
+--equivariance R adds the equivariance error over R random rotations on --windows windows of
+the model's training horizons, beside the noise floor of its exactly equivariant twin in the
+same precision (`atomray.equivariance.noise_floor`).
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default="atomray-eval")
     parser.add_argument("--no-mlflow", action="store_true", help="write the files only")
     parser.add_argument("--validation", action="store_true", help="score the run's own validation windows")
+    parser.add_argument("--frame-average", default="", help="K random rotations, or 'pca' (the 4 PCA frames)")
+    parser.add_argument("--equivariance", type=int, default=0, help="rotations for the equivariance error (0: off)")
     args = parser.parse_args(argv)
 
     import torch
@@ -63,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
         model, cfg, directory = tracking.load_model_uri(uri, args.model)
         elements = read_state(directory).elements
+        if args.frame_average:
+            from atomray.evaluate import frame_average
+
+            if args.frame_average != "pca" and not args.frame_average.isdigit():
+                raise ConfigError(f"--frame-average: expected a number of rotations or 'pca', found {args.frame_average!r}")
+            k = None if args.frame_average == "pca" else int(args.frame_average)
+            model = frame_average(model, k, torch.Generator().manual_seed(args.seed))
         if args.validation:
             metrics, n = run_validation(model, cfg, args.data or cfg.data.path, args.batch_size)
             print(f"validation windows of {args.model} ({n} windows): "
@@ -82,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
                       "data_digest": data_digest(args.data), "horizons_fs": args.horizons_fs, "num_lags": args.num_lags,
                       "windows": args.windows, "seed": args.seed, "molecules": args.molecules or "all"}
             run_id = log_evaluation(uri, args.experiment, params, rows, files)
+        if args.equivariance:
+            eq = equivariance(model, cfg, args)
+            print(eq["line"])
+            if run_id:
+                c = tracking.client(uri)
+                for key in ("equivariance_error", "equivariance_error_max", "equivariance_noise_floor"):
+                    c.log_metric(run_id, key, eq[key])
     except (DataError, ConfigError, LookupError, ValueError, OSError) as err:  # OSError: writing --out
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 2
@@ -89,6 +111,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {', '.join(str(f) for f in files)}; {sum(r['windows'] for r in rows if r['molecule_id'] != 'mean')} "
           f"windows in {seconds:.1f} s" + (f"; MLflow run {run_id} ({uri})" if run_id else ""))
     return 0
+
+
+def equivariance(model, cfg, args) -> dict:
+    """The equivariance error of `model` over --equivariance random rotations on --windows
+    windows of the model's training horizons over the evaluated molecules, and its noise floor."""
+    import torch
+
+    from atomray.data.dataset import read_molecules
+    from atomray.data.pipeline import fixed_windows
+    from atomray.evaluate import equivariance_error, noise_floor, rotation_set
+
+    molecules = args.molecules or read_molecules(args.data).column("molecule_id").to_pylist()
+    windows = fixed_windows(args.data, molecules, args.windows, cfg.data, args.seed)
+    rotations = rotation_set(args.equivariance, torch.Generator().manual_seed(args.seed))
+    err = equivariance_error(model, windows, rotations, batch_size=args.batch_size)
+    floor = noise_floor(getattr(model, "model", model), windows, rotations, batch_size=args.batch_size)
+    line = (f"equivariance error over {args.equivariance} rotations ({err.precision}): mean {err.mean:.3g}, max "
+            f"{err.max:.3g}; noise floor (exactly equivariant twin, same precision) {floor.mean:.3g} "
+            f"= {err.mean / max(floor.mean, 1e-300):.3g}x")
+    return {"equivariance_error": err.mean, "equivariance_error_max": err.max,
+            "equivariance_noise_floor": floor.mean, "line": line}
 
 
 if __name__ == "__main__":
