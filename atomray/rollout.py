@@ -83,16 +83,16 @@ def default_step_fs(cfg: RunConfig) -> float:
     return float(cfg.data.horizon_fs if cfg.data.horizon == "fixed" else cfg.data.horizon_max_fs)
 
 
-DELTA_FS = 1.0  # spacing of the difference lags
+DELTA_FS = 1.0  # default spacing δ of the difference lags
 DIFFERENCE = (-2.0, -1.0, 1.0, 2.0)  # difference lags, in units of δ about ΔT
 WEIGHTS = (1.0, -8.0, 8.0, -1.0)  # fourth-order centred first derivative, over 12δ
 
 
-def step_lags(step: float, p: int) -> tuple[np.ndarray, np.ndarray]:
+def step_lags(step: float, p: int, delta: float = DELTA_FS) -> tuple[np.ndarray, np.ndarray]:
     """The lag rows of one rollout step: (rows (R, P) fs, frames (F,) their recorded lags). One
     row when P >= 5 (P - 4 frames then the difference lags), else two (P frames; difference
     lags padded with ΔT)."""
-    diff = step + DELTA_FS * np.asarray(DIFFERENCE)
+    diff = step + delta * np.asarray(DIFFERENCE)
     if p >= len(DIFFERENCE) + 1:
         frames = step * np.arange(1, p - len(DIFFERENCE) + 1) / (p - len(DIFFERENCE))
         return np.concatenate([frames, diff])[None], frames
@@ -116,7 +116,8 @@ def predict_with_velocity(model, x0, v0, z, lags, mask, rwpe=None, velocity: str
     return out, dout[:, -1]
 
 
-def model_step(model, xc, v, z, mask, rwpe, step: float, p: int, dtype, velocity: str) -> tuple[np.ndarray, np.ndarray]:
+def model_step(model, xc, v, z, mask, rwpe, step: float, p: int, dtype, velocity: str,
+               delta: float = DELTA_FS) -> tuple[np.ndarray, np.ndarray]:
     """One rollout step of centred states: (frames (B, F, N, 3) centred, velocity at ΔT (B, N, 3))."""
     import torch
 
@@ -129,7 +130,7 @@ def model_step(model, xc, v, z, mask, rwpe, step: float, p: int, dtype, velocity
         return out.double().numpy(), vel.double().numpy()
     if velocity != "difference":
         raise ValueError(f"rollout: velocity must be 'difference' or 'autodiff', found {velocity!r}")
-    rows, frames = step_lags(step, p)
+    rows, frames = step_lags(step, p, delta)
     r = len(rows)  # each state repeated once per row
     rep = lambda a: None if a is None else np.repeat(a, r, axis=0)  # noqa: E731
     with torch.no_grad():
@@ -137,17 +138,18 @@ def model_step(model, xc, v, z, mask, rwpe, step: float, p: int, dtype, velocity
                     torch.as_tensor(rep(mask)), t(rep(rwpe)))
     out = out.double().numpy().reshape(b, r * p, *out.shape[2:])  # (B, R·P, N, 3)
     flat = rows.ravel()
-    at = [int(np.flatnonzero(flat == lag)[0]) for lag in step + DELTA_FS * np.asarray(DIFFERENCE)]
-    vel = sum(w * out[:, i] for w, i in zip(WEIGHTS, at)) / (12 * DELTA_FS)
+    at = [int(np.flatnonzero(flat == lag)[0]) for lag in step + delta * np.asarray(DIFFERENCE)]
+    vel = sum(w * out[:, i] for w, i in zip(WEIGHTS, at)) / (12 * delta)
     return out[:, : len(frames)], vel
 
 
 def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: float, step_fs: float | None = None,
-            elements: Sequence[int] = (), dtype=None, progress: bool = False, velocity: str = "difference") -> Rollout:
+            elements: Sequence[int] = (), dtype=None, progress: bool = False, velocity: str = "difference",
+            delta_fs: float = DELTA_FS) -> Rollout:
     """Roll every state forward to `total_fs` in steps of `step_fs` (default: the longest
     trained horizon), all states in one batch. `dtype` (default float32) is the precision of
     the model's inputs; pass torch.float64 with a float64 model for exact physics checks.
-    `velocity`: "difference" (default) or "autodiff", see the module docstring."""
+    `velocity`: "difference" (default, spacing `delta_fs`) or "autodiff", see the module docstring."""
     import time
 
     import torch
@@ -178,7 +180,9 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
         x[i, : len(z)], v[i, : len(z)] = s.positions[k], s.velocities[k]
 
     n_steps = int(round(total_fs / step))
-    frame_lags = step_lags(step, p)[1] if velocity == "difference" else step * np.arange(1, p + 1) / p
+    if not 0 < delta_fs < step / 2:
+        raise DataError(f"rollout: the difference spacing must be in (0, step/2), found {delta_fs} fs")
+    frame_lags = step_lags(step, p, delta_fs)[1] if velocity == "difference" else step * np.arange(1, p + 1) / p
     frames, velocities = [x.copy()], [v.copy()]
     model = model.eval()
     t0 = time.perf_counter()
@@ -195,7 +199,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
             rwpe = np.zeros((b, n, cfg.data.rwpe_k))
             for i, z in enumerate(zs):
                 rwpe[i, : len(z)] = rwpe_of_frames(xc[i : i + 1, : len(z)], cfg.data.rwpe_k, cfg.data.radius)[0]
-        out, vel = model_step(model, xc, v, z_pad, mask, rwpe, step, p, dtype, velocity)
+        out, vel = model_step(model, xc, v, z_pad, mask, rwpe, step, p, dtype, velocity, delta_fs)
         out = out * mask[:, None, :, None] + origin[:, None]  # (B, F, N, 3)
         x, v = out[:, -1], vel * mask[..., None]
         if not np.isfinite(x).all() or not np.isfinite(v).all():

@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--starts", type=int, default=10, help="rollouts per molecule (default 10)")
     parser.add_argument("--total-ps", type=float, default=50.0, help="length of each rollout, ps (default 50)")
     parser.add_argument("--step-fs", type=float, default=0.0, help="ΔT per step (default: longest trained horizon)")
+    parser.add_argument("--delta-fs", type=float, default=1.0,
+                        help="spacing of the lags whose difference gives the next velocities (default 1 fs)")
     parser.add_argument("--reference-engine", default="gfn2", choices=["gfn2", "gfn1", "mmff"],
                         help="engine of the fresh reference MD for --smiles (default gfn2)")
     parser.add_argument("--temperature", type=float, default=300.0, help="K, velocities drawn for --smiles")
@@ -113,7 +115,8 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri) -
     out.mkdir(parents=True, exist_ok=True)
     print(f"rollout: {len(states)} start state(s) of {len(set(molecule_of))} molecule(s), {args.total_ps:g} ps in "
           f"steps of {step:g} fs, {cfg.model.name} from {args.model}", flush=True)
-    traj = rollout(model, cfg, states, total_fs=total, step_fs=step, elements=elements, progress=True)
+    traj = rollout(model, cfg, states, total_fs=total, step_fs=step, elements=elements, progress=True,
+                   delta_fs=args.delta_fs)
     print(f"rolled out {traj.simulated_fs / 1000:.0f} ps in {traj.seconds:.1f} s "
           f"({traj.simulated_fs / max(traj.seconds, 1e-9):.0f} fs per second)", flush=True)
     for i, name in enumerate(traj.names):
@@ -142,7 +145,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri) -
                           tags={tracking.TAG_KIND: "rollout", "model": args.model}).info.run_id
     try:
         tracking.log_params(c, run_id, {"model": args.model, "total_ps": args.total_ps, "step_fs": step,
-                                        "starts": args.starts, "molecules": ",".join(dict.fromkeys(molecule_of)),
+                                        "starts": args.starts, "delta_fs": args.delta_fs, "molecules": ",".join(dict.fromkeys(molecule_of)),
                                         "reference": rows[0]["reference"] if args.smiles else str(root)})
         for k, v in mean.items():
             c.log_metric(run_id, f"mean_{k}", float(v))
