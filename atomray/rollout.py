@@ -139,7 +139,8 @@ def model_step(model, xc, v, z, mask, rwpe, step: float, p: int, dtype, velocity
     out = out.double().numpy().reshape(b, r * p, *out.shape[2:])  # (B, R·P, N, 3)
     flat = rows.ravel()
     at = [int(np.flatnonzero(flat == lag)[0]) for lag in step + delta * np.asarray(DIFFERENCE)]
-    vel = sum(w * out[:, i] for w, i in zip(WEIGHTS, at)) / (12 * delta)
+    with np.errstate(invalid="ignore", over="ignore"):  # a molecule flying apart: handled by the caller
+        vel = sum(w * out[:, i] for w, i in zip(WEIGHTS, at)) / (12 * delta)
     return out[:, : len(frames)], vel
 
 
@@ -184,6 +185,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
         raise DataError(f"rollout: the difference spacing must be in (0, step/2), found {delta_fs} fs")
     frame_lags = step_lags(step, p, delta_fs)[1] if velocity == "difference" else step * np.arange(1, p + 1) / p
     frames, velocities = [x.copy()], [v.copy()]
+    dead = np.zeros(b, bool)
     model = model.eval()
     t0 = time.perf_counter()
     bar = None
@@ -201,11 +203,14 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
                 rwpe[i, : len(z)] = rwpe_of_frames(xc[i : i + 1, : len(z)], cfg.data.rwpe_k, cfg.data.radius)[0]
         out, vel = model_step(model, xc, v, z_pad, mask, rwpe, step, p, dtype, velocity, delta_fs)
         out = out * mask[:, None, :, None] + origin[:, None]  # (B, F, N, 3)
-        x, v = out[:, -1], vel * mask[..., None]
-        if not np.isfinite(x).all() or not np.isfinite(v).all():
-            raise FloatingPointError(f"rollout: non-finite state after {len(velocities)} step(s)")
+        x, v = out[:, -1].copy(), vel * mask[..., None]
+        # A molecule whose state is no longer finite has flown apart: its frames are NaN from
+        # here on (a stability failure) and it rests at the origin, at rest, while the rest go on.
+        dead |= ~(np.isfinite(x).all((1, 2)) & np.isfinite(v).all((1, 2)))
+        out[dead] = np.nan
+        x[dead], v[dead] = 0.0, 0.0
         frames.extend(out.transpose(1, 0, 2, 3))
-        velocities.append(v.copy())
+        velocities.append(np.where(dead[:, None, None], np.nan, v))
         if bar is not None:
             bar.update()
     if bar is not None:

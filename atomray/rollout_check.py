@@ -84,13 +84,16 @@ def check_rollouts(traj: Rollout, references: Mapping[str, Reference], molecule_
         dt = np.diff(traj.times_fs)
         summary = structure.stability_coefficient([traj.positions[i] for i in idx], bonds, dt_fs=float(dt.mean()))
         pooled = np.concatenate([traj.positions[i][1:] for i in idx])
-        distances = structure.structure_distances(pooled, ref.positions, z, bonds)
-        t_roll = np.concatenate([structure.temperature(traj.step_velocities[i][1:], z) for i in idx])
+        pooled = pooled[np.isfinite(pooled).all((1, 2))]  # frames of molecules that flew apart are NaN
+        nan = {k: float("nan") for k in ("bond_length_a", "bond_angle_deg", "dihedral_deg", "radius_of_gyration_a")}
+        distances = structure.structure_distances(pooled, ref.positions, z, bonds) if len(pooled) else nan
+        t_roll = np.concatenate([structure.temperature(np.nan_to_num(traj.step_velocities[i][1:]), z)[
+            np.isfinite(traj.step_velocities[i][1:]).all((1, 2))] for i in idx])
         t_ref = structure.temperature(ref.velocities, z)
         row = {"molecule": molecule, "rollouts": len(idx), "rollout_ps": float(traj.times_fs[-1]) / 1000,
                "stability": summary.coefficient, "mean_time_to_failure_ps": summary.mean_time_to_failure_fs / 1000,
                **{f"w1_{k}": v for k, v in distances.items()},
-               "temperature_k": float(t_roll.mean()), "reference_temperature_k": float(t_ref.mean()),
+               "temperature_k": float(t_roll.mean()) if len(t_roll) else float("nan"), "reference_temperature_k": float(t_ref.mean()),
                "reference": ref.source}
         if out is not None:
             # the first rollout (a trace over time needs one trajectory) against the reference

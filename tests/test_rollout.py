@@ -78,3 +78,30 @@ def test_rollout_extxyz_reads_back_with_every_atom(tmp_path):
     images = ase.io.read(path, index=":")
     assert len(images) == len(traj.times_fs) and all(list(a.numbers) == list(Z) for a in images)
     assert images[-1].info["time_fs"] == pytest.approx(200.0)
+
+
+class Exploding(torch.nn.Module):
+    """A real model whose prediction for the second molecule of the batch overflows."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x0, v0, z, lags, mask, rwpe=None):
+        out = self.model(x0, v0, z, lags, mask, rwpe)
+        return torch.cat([out[:1], out[1:2] * float("inf"), out[2:]])
+
+
+def test_a_molecule_that_flies_apart_is_marked_and_the_others_go_on():
+    from atomray import structure
+
+    cfg = RunConfig()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, prior="rigid", embed_dim=16, num_layers=1,
+                                                             num_heads=2),
+                              data=dataclasses.replace(cfg.data, context_atoms="all", num_lags=8, rwpe_k=4))
+    model = Exploding(build_model(cfg.model, num_lags=8, rwpe_dim=4))
+    state, exact = spinning_molecule()
+    traj = rollout(model, cfg, [state, state], total_fs=200.0, step_fs=50.0)
+    assert np.isfinite(traj.positions[0]).all() and np.isnan(traj.positions[1][1:]).all()
+    bonds = structure.bonds_from_geometry(Z, state.positions)
+    assert structure.stability_coefficient([traj.positions[0], traj.positions[1]], bonds).coefficient == 0.5
