@@ -46,18 +46,42 @@ def dataset_reference(root: str, molecule_id: str, cfg: RunConfig) -> Reference:
                      np.concatenate([p.velocities[:, keep] for p in pieces]).astype(np.float64), pieces[0].dt_fs)
 
 
-def fresh_reference(state: InitialState, smiles: str, cfg: RunConfig, total_fs: float, engine: str = "gfn2",
-                    dt_fs: float = 1.0, every: int = 10) -> Reference:
-    """NVE MD through a tg80 engine from exactly `state` (a `state_from_smiles(smiles)` state:
-    the engine's molecule has the same atoms in the same order) for `total_fs`, every
-    `every`-th step kept; the model's atoms only."""
-    from atomray.tg80.dynamics import MDConfig, MDState, run_steps
-    from atomray.tg80.engines import make_engine, molecule_with_hydrogens
+def molecule_of_state(state: InitialState, smiles: str = ""):
+    """The RDKit molecule (explicit hydrogens) the tg80 engines need for `state`: from its SMILES
+    (a `state_from_smiles` state has the same atoms in the same order), else with bonds and
+    bond orders perceived from the state's geometry (neutral; RDKit's rdDetermineBonds)."""
+    from rdkit import Chem
+    from rdkit.Chem import rdDetermineBonds
 
-    mol = molecule_with_hydrogens(smiles, f"SMILES {smiles!r}")
+    from atomray.tg80.engines import molecule_with_hydrogens
+
+    if smiles:
+        mol = molecule_with_hydrogens(smiles, f"SMILES {smiles!r}")
+    else:
+        lines = [str(len(state.atomic_numbers)), state.name] + [
+            f"{Chem.GetPeriodicTable().GetElementSymbol(int(z))} {x:.8f} {y:.8f} {w:.8f}"
+            for z, (x, y, w) in zip(state.atomic_numbers, state.positions)]
+        mol = Chem.MolFromXYZBlock("\n".join(lines) + "\n")
+        try:
+            rdDetermineBonds.DetermineBonds(mol, charge=0)
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(f"{state.name}: bonds cannot be perceived from the structure ({err})") from None
     z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
     if not np.array_equal(z, state.atomic_numbers):
         raise ValueError(f"{state.name}: the state's atoms are not those of SMILES {smiles!r}")
+    return mol
+
+
+def fresh_reference(state: InitialState, smiles: str, cfg: RunConfig, total_fs: float, engine: str = "gfn2",
+                    dt_fs: float = 1.0, every: int = 10) -> Reference:
+    """NVE MD through a tg80 engine from exactly `state` for `total_fs`, every `every`-th step
+    kept; the model's atoms only. `smiles` names the molecule (else its bonds are perceived
+    from the state's geometry, `molecule_of_state`)."""
+    from atomray.tg80.dynamics import MDConfig, MDState, run_steps
+    from atomray.tg80.engines import make_engine
+
+    mol = molecule_of_state(state, smiles)
+    z = state.atomic_numbers
     masses = np.array([a.GetMass() for a in mol.GetAtoms()])
     md = make_engine(engine, mol, state.name)
     energy, forces = md.forces(state.positions)

@@ -7,11 +7,13 @@
 Start states are `--starts` frames of each molecule of `--data` (default: the model's own data
 set), evenly spaced over its trajectory, for `--molecules` or the test molecules of the model's
 own split (`--test-molecules`, e.g. a CV fold's); or a SMILES (3-D embedding, Maxwell–Boltzmann
-velocities at --temperature, one rollout per --starts seed). All rollouts run as one batch in
+velocities at --temperature, one rollout per --starts seed); or a structure file (--structure,
+its velocities when it has them). All rollouts run as one batch in
 steps of `--step-fs` (default: the longest horizon the model trained on; `atomray.rollout`).
 
 Reference MD: the molecule's trajectory in the data set, or for a SMILES fresh NVE MD from the
-same start through the tg80 engines (--reference-engine gfn2 | gfn1 | mmff). Writes to --out
+same start through the tg80 engines (--reference-engine gfn2 | gfn1 | mmff; for --structure the
+bonds are perceived from the geometry). Writes to --out
 one extxyz per rollout (every atom the model predicts), rollouts.csv, rollouts.md and a
 structure plot per molecule, and logs an MLflow run (experiment --experiment) with the
 per-molecule and mean figures: stability coefficient, time to first failure, Wasserstein-1 of
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--molecules", nargs="+", help="molecules of --data to roll out")
     source.add_argument("--test-molecules", action="store_true", help="the test molecules of the model's split")
     source.add_argument("--smiles", help="a new molecule as SMILES (reference: fresh MD)")
+    source.add_argument("--structure", help="a start structure ase.io.read reads (reference: fresh MD; velocities "
+                                            "from the file, else drawn at --temperature)")
     parser.add_argument("--data", default="", help="data set (default: the model's data.path)")
     parser.add_argument("--starts", type=int, default=10, help="rollouts per molecule (default 10)")
     parser.add_argument("--total-ps", type=float, default=50.0, help="length of each rollout, ps (default 50)")
@@ -81,6 +85,13 @@ def start_states(args, cfg):
         for seed, s in enumerate(states):
             s.name = f"smiles-seed{seed}"
         return states, [args.smiles] * len(states), {}
+    if args.structure:
+        from atomray.predict import state_from_file
+
+        states = [state_from_file(args.structure, args.temperature, seed) for seed in range(args.starts)]
+        for seed, s in enumerate(states):
+            s.name = f"{s.name}-seed{seed}"
+        return states, [states[0].name.rsplit("-seed", 1)[0]] * len(states), {}
     root = args.data or cfg.data.path
     table = read_molecules(root)
     ids, n_frames = table.column("molecule_id").to_pylist(), dict(zip(table.column("molecule_id").to_pylist(),
@@ -129,7 +140,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri) -
         else:
             first = states[molecule_of.index(molecule)]
             print(f"reference: {args.reference_engine} NVE MD of {molecule} for {args.total_ps:g} ps ...", flush=True)
-            refs[molecule] = fresh_reference(first, args.smiles, cfg, total, args.reference_engine)
+            refs[molecule] = fresh_reference(first, args.smiles or "", cfg, total, args.reference_engine)
     rows = check_rollouts(traj, refs, molecule_of, out)
     keys = [k for k in rows[0] if k not in ("molecule", "reference", "plot")]
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
@@ -146,7 +157,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri) -
     try:
         tracking.log_params(c, run_id, {"model": args.model, "total_ps": args.total_ps, "step_fs": step,
                                         "starts": args.starts, "delta_fs": args.delta_fs, "molecules": ",".join(dict.fromkeys(molecule_of)),
-                                        "reference": rows[0]["reference"] if args.smiles else str(root)})
+                                        "reference": str(root) if root else rows[0]["reference"]})
         for k, v in mean.items():
             c.log_metric(run_id, f"mean_{k}", float(v))
         for r in rows:

@@ -105,3 +105,21 @@ def test_a_molecule_that_flies_apart_is_marked_and_the_others_go_on():
     assert np.isfinite(traj.positions[0]).all() and np.isnan(traj.positions[1][1:]).all()
     bonds = structure.bonds_from_geometry(Z, state.positions)
     assert structure.stability_coefficient([traj.positions[0], traj.positions[1]], bonds).coefficient == 0.5
+
+
+def test_fresh_reference_md_from_a_structure_file_perceives_its_bonds(tmp_path):
+    import ase.io
+    from ase import Atoms
+
+    from atomray.predict import state_from_file, state_from_smiles
+    from atomray.rollout_check import fresh_reference
+
+    cfg = RunConfig()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, context_atoms="all"))
+    start = state_from_smiles("CCO", seed=0)
+    ase.io.write(tmp_path / "ethanol.xyz", Atoms(numbers=start.atomic_numbers, positions=start.positions))
+    state = state_from_file(tmp_path / "ethanol.xyz", seed=0)
+    ref = fresh_reference(state, "", cfg, total_fs=100.0, engine="mmff", every=10)
+    assert ref.positions.shape == (11, 9, 3) and ref.dt_fs == 10.0
+    assert np.allclose(ref.positions[0], state.positions)  # MD from exactly the start state
+    assert np.isfinite(ref.velocities).all() and np.abs(ref.positions[-1] - ref.positions[0]).max() > 1e-3
