@@ -22,7 +22,8 @@ molecules, seed and horizons) and prints the figures its run logged for them.
 random rotations, or `pca`: over the molecule's 4 PCA frames, `atomray.equivariance`);
 --equivariance R adds the equivariance error over R random rotations on --windows windows of
 the model's training horizons, beside the noise floor of its exactly equivariant twin in the
-same precision (`atomray.equivariance.noise_floor`).
+same precision (`atomray.equivariance.noise_floor`), in the model's precision and under bf16
+autocast.
 """
 
 from __future__ import annotations
@@ -102,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             print(eq["line"])
             if run_id:
                 c = tracking.client(uri)
-                for key in ("equivariance_error", "equivariance_error_max", "equivariance_noise_floor"):
-                    c.log_metric(run_id, key, eq[key])
+                for key, value in eq.items():
+                    if key != "line":
+                        c.log_metric(run_id, key, value)
     except (DataError, ConfigError, LookupError, ValueError, OSError) as err:  # OSError: writing --out
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 2
@@ -125,13 +127,16 @@ def equivariance(model, cfg, args) -> dict:
     molecules = args.molecules or read_molecules(args.data).column("molecule_id").to_pylist()
     windows = fixed_windows(args.data, molecules, args.windows, cfg.data, args.seed)
     rotations = rotation_set(args.equivariance, torch.Generator().manual_seed(args.seed))
-    err = equivariance_error(model, windows, rotations, batch_size=args.batch_size)
-    floor = noise_floor(getattr(model, "model", model), windows, rotations, batch_size=args.batch_size)
-    line = (f"equivariance error over {args.equivariance} rotations ({err.precision}): mean {err.mean:.3g}, max "
-            f"{err.max:.3g}; noise floor (exactly equivariant twin, same precision) {floor.mean:.3g} "
-            f"= {err.mean / max(floor.mean, 1e-300):.3g}x")
-    return {"equivariance_error": err.mean, "equivariance_error_max": err.max,
-            "equivariance_noise_floor": floor.mean, "line": line}
+    out, lines = {}, []
+    for autocast, suffix in ((None, ""), (torch.bfloat16, "_bf16")):  # the model's precision, then bf16 autocast
+        err = equivariance_error(model, windows, rotations, autocast, batch_size=args.batch_size)
+        floor = noise_floor(getattr(model, "model", model), windows, rotations, autocast, batch_size=args.batch_size)
+        lines.append(f"equivariance error over {args.equivariance} rotations ({err.precision}): mean {err.mean:.3g}, "
+                     f"max {err.max:.3g}; noise floor (exactly equivariant twin, same precision) {floor.mean:.3g} "
+                     f"= {err.mean / max(floor.mean, 1e-300):.3g}x")
+        out.update({f"equivariance_error{suffix}": err.mean, f"equivariance_error_max{suffix}": err.max,
+                    f"equivariance_noise_floor{suffix}": floor.mean})
+    return {**out, "line": "\n".join(lines)}
 
 
 if __name__ == "__main__":

@@ -187,3 +187,37 @@ def test_errors_name_what_is_wrong(windows):
     with pytest.raises(ValueError, match="at least 1"):
         rotation_set(0)
     assert isinstance(frame_average(make(), 2), FrameAveraged)
+
+
+def test_evaluate_job_reports_equivariance_beside_its_noise_floor_and_frame_averages(tmp_path, capsys):
+    """jobs/evaluate.py --equivariance R --frame-average pca: the error of the frame-averaged
+    quasi-equivariant ATOM (weights perturbed off its zero-initialised correction) and its
+    noise floor, in float32 and bf16."""
+    import dataclasses
+
+    from jobrun import ROOT, job_main
+
+    from atomray.checkpoint import TrainState, save_checkpoint
+    from atomray.config import load_config
+    from atomray.model import build_model
+
+    cfg = load_config(ROOT / "jobs" / "configs" / "tiny.yaml", [f"data.path={ROOT / 'data' / 'tg80-mini'}"])
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, prior="x0"))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ckpt = save_checkpoint(tmp_path / "ckpt", model, cfg, TrainState(elements=[1, 6, 7, 8]))
+    args = ["--model", ckpt, "--data", ROOT / "data" / "tg80-mini", "--molecules", "aspirin", "--horizons-fs", 100,
+            "--windows", 8, "--equivariance", 4, "--no-mlflow"]
+    plain = job_main(capsys, "evaluate.py", *args, "--out", tmp_path / "plain").out
+    averaged = job_main(capsys, "evaluate.py", *args, "--frame-average", "pca", "--out", tmp_path / "fa").out
+
+    def ratios(text):
+        lines = [line for line in text.splitlines() if line.startswith("equivariance error")]
+        assert len(lines) == 2 and "(float32)" in lines[0] and "bfloat16 autocast" in lines[1], text[-2000:]
+        return [float(line.rsplit("= ", 1)[1].rstrip("x")) for line in lines]
+
+    assert ratios(plain)[0] > 1e3  # quasi-equivariant: far above round-off
+    assert ratios(averaged)[0] < 10  # frame-averaged: within 10x the float32 noise floor
