@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(verbose=args.verbose, log_to_driver=True)
     print(f"atomray pretrain: run {cfg.name!r}, data {cfg.data.path}, {cfg.scaling.num_workers} "
           f"{'GPU' if cfg.scaling.use_gpu else 'CPU'} worker(s), Ray {ray.__version__}", flush=True)
-    print(f"config: {args.config} {' '.join(args.overrides)} (resolved: MLflow params, and config.yaml in "
+    print(f"config: {' '.join([args.config, *args.overrides])} (resolved: MLflow params, and config.yaml in "
           f"every checkpoint{'' if args.verbose else '; --verbose prints it'})", flush=True)
     if args.verbose:
         print(dump_config(cfg), flush=True)
