@@ -8,8 +8,13 @@ written under temporary names and renamed, so a failure leaves no half-written f
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
+from typing import Iterator
+
+from atomray import storage
 
 
 class OutputError(ValueError):
@@ -39,7 +44,11 @@ def _check_creatable(path: Path, directory: Path, what: str) -> None:
 def check_output_dir(path: str | Path, built_beside: bool = False) -> Path:
     """`path` as a Path if it is a writable directory or can be made one (nothing is created);
     otherwise OutputError naming it. `built_beside`: the directory is built under another
-    name in its parent and renamed into place, so the parent must be writable."""
+    name in its parent and renamed into place, so the parent must be writable. A URI (s3://,
+    file://, ...) is returned as given: the store is reached when the output is copied there
+    (`staged`)."""
+    if storage.is_uri(path):
+        return path
     path = Path(path).expanduser()
     if _exists(path) and not path.is_dir():
         raise OutputError(f"{path}: the output directory exists as a file; expected a directory")
@@ -49,9 +58,27 @@ def check_output_dir(path: str | Path, built_beside: bool = False) -> Path:
 
 def check_output_file(path: str | Path) -> Path:
     """`path` as a Path if a file can be written there (its directory exists writable or can
-    be made); otherwise OutputError naming it."""
+    be made); otherwise OutputError naming it. A URI is returned as given (see check_output_dir)."""
+    if storage.is_uri(path):
+        return path
     path = Path(path).expanduser()
     if path.is_dir():
         raise OutputError(f"{path}: the output file exists as a directory; expected a file path")
     _check_creatable(path, path.parent, "output file")
     return path
+
+
+@contextlib.contextmanager
+def staged(out: str | Path) -> Iterator[Path]:
+    """The local directory a job writes its output directory `out` into: `out` itself for a
+    local path; for a URI a temporary directory whose files are copied to `out` when the block
+    ends without an error (and nothing is copied when it raises)."""
+    if not storage.is_uri(out):
+        yield Path(out).expanduser()
+        return
+    with tempfile.TemporaryDirectory(prefix="atomray-out-") as tmp:
+        yield Path(tmp)
+        try:
+            storage.upload_dir(tmp, str(out))
+        except storage.StorageError as err:
+            raise OutputError(str(err)) from None

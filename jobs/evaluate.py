@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     from atomray.config import ConfigError, TrackingConfig
     from atomray.data.frames import DataError
     from atomray.evaluate import FLOORS, data_digest, evaluate_dataset, run_validation, verdict
-    from atomray.outputs import check_output_dir
+    from atomray import storage
+    from atomray.outputs import check_output_dir, staged
     from atomray.report import log_evaluation, write_evaluation
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -91,13 +91,17 @@ def main(argv: list[str] | None = None) -> int:
         rows, _ = evaluate_dataset(model, cfg, args.data, args.molecules, args.horizons_fs, args.num_lags,
                                    args.windows, args.seed, args.batch_size, elements, progress=True)
         seconds = time.perf_counter() - t0
-        files = write_evaluation(rows, args.out, f"{cfg.model.name} {args.model} on {args.data}")
         run_id = ""
-        if not args.no_mlflow:
-            params = {"model": args.model, "model_name": cfg.model.name, "data": str(Path(args.data).resolve()),
-                      "data_digest": data_digest(args.data), "horizons_fs": args.horizons_fs, "num_lags": args.num_lags,
-                      "windows": args.windows, "seed": args.seed, "molecules": args.molecules or "all"}
-            run_id = log_evaluation(uri, args.experiment, params, rows, files)
+        with staged(args.out) as local:  # a URI --out: written locally, then copied there
+            files = write_evaluation(rows, local, f"{cfg.model.name} {args.model} on {args.data}")
+            tables = files[1].read_text()
+            if not args.no_mlflow:
+                params = {"model": args.model, "model_name": cfg.model.name, "data": storage.absolute(args.data),
+                          "data_digest": data_digest(args.data), "horizons_fs": args.horizons_fs,
+                          "num_lags": args.num_lags, "windows": args.windows, "seed": args.seed,
+                          "molecules": args.molecules or "all"}
+                run_id = log_evaluation(uri, args.experiment, params, rows, files)
+        files = [storage.join(args.out, f.name) if storage.is_uri(args.out) else f for f in files]
         if args.equivariance:
             eq = equivariance(model, cfg, args)
             print(eq["line"])
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ConfigError, LookupError, ValueError, OSError) as err:  # OSError: writing --out
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 2
-    print(files[1].read_text())
+    print(tables)
     print(f"wrote {', '.join(str(f) for f in files)}; {sum(r['windows'] for r in rows if r['molecule_id'] != 'mean')} "
           f"windows in {seconds:.1f} s" + (f"; MLflow run {run_id} ({uri})" if run_id else ""))
     return 0

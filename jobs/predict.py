@@ -26,13 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--structure", help="a structure file ase.io.read reads (first frame is used)")
     parser.add_argument("--model", required=True, help="checkpoint dir, runs:/ID/checkpoint or models:/NAME@ALIAS")
     parser.add_argument("--lags-fs", type=float, nargs="+", required=True, help="lags after the initial state, fs")
-    parser.add_argument("--out", required=True, help="output .extxyz")
+    parser.add_argument("--out", required=True, help="output .extxyz (a path or URI)")
     parser.add_argument("--temperature", type=float, default=300.0, help="K, for drawn velocities (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the 3-D embedding and velocities")
     parser.add_argument("--tracking-uri", default="", help="MLflow tracking URI for runs:/ and models:/ sources")
     args = parser.parse_args(argv)
 
-    from atomray import tracking
+    import tempfile
+    from pathlib import Path
+
+    from atomray import storage, tracking
     from atomray.config import ConfigError, TrackingConfig
     from atomray.data.frames import DataError
     from atomray.checkpoint import CheckpointError, read_state
@@ -50,8 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         frames = predict(model, cfg, state, args.lags_fs, elements)
         t2 = time.perf_counter()
-        path = write_extxyz(args.out, frames)
-    except (DataError, ConfigError, CheckpointError, OutputError, LookupError, OSError) as err:
+        if storage.is_uri(args.out):  # written locally, then copied to the store in one piece
+            with tempfile.TemporaryDirectory(prefix="atomray-predict-") as tmp:
+                local = write_extxyz(Path(tmp) / storage.basename(args.out), frames)
+                path = storage.write_bytes(args.out, local.read_bytes())
+        else:
+            path = write_extxyz(args.out, frames)
+    except (DataError, ConfigError, CheckpointError, OutputError, LookupError, OSError) as err:  # OSError: StorageError
         print(f"predict: error: {err}", file=sys.stderr)
         return 2
     print(f"predicted {len(frames.lags_fs)} frames of {len(frames.atomic_numbers)} atoms of {state.name!r} "

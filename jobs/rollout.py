@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-engine", default="gfn2", choices=["gfn2", "gfn1", "mmff"],
                         help="engine of the fresh reference MD for --smiles (default gfn2)")
     parser.add_argument("--temperature", type=float, default=300.0, help="K, velocities drawn for --smiles")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, help="output directory (a path or URI)")
     parser.add_argument("--experiment", default="atomray-rollout", help="MLflow experiment")
     parser.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
     args = parser.parse_args(argv)
@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ConfigError, CheckpointError, OutputError, StorageError, LookupError, OSError) as err:
         print(f"rollout: error: {err}", file=sys.stderr)
         return 2
-    return run(args, model, cfg, elements, states, molecule_of, references, out, uri)
+    from atomray.outputs import staged
+
+    with staged(out) as local:  # a URI --out: written locally, then copied there
+        return run(args, model, cfg, elements, states, molecule_of, references, local, uri)
 
 
 def start_states(args, cfg):
@@ -169,7 +172,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri) -
     except BaseException as err:
         tracking.fail_run(uri, run_id, err)
         raise
-    print(f"MLflow run id: {run_id} ({uri}); files in {out}")
+    print(f"MLflow run id: {run_id} ({uri}); files in {args.out}")
     return 0
 
 
