@@ -138,6 +138,13 @@ def predict(model, cfg: RunConfig, state: InitialState, lags_fs: Sequence[float]
 
 def write_extxyz(path: str | Path, frames: PredictedFrames) -> Path:
     """Write the predicted frames (one per lag, `lag_fs` in each frame's info) atomically."""
+    return write_frames(path, frames.atomic_numbers, frames.positions,
+                        [{"lag_fs": float(t), "molecule": frames.name} for t in frames.lags_fs])
+
+
+def write_frames(path: str | Path, atomic_numbers: np.ndarray, positions: np.ndarray, infos: Sequence[dict]) -> Path:
+    """An extxyz trajectory of `positions` (T, N, 3) Å with one info dict per frame, written
+    under a temporary name and renamed (no half-written file)."""
     import os
 
     import ase.io
@@ -145,8 +152,7 @@ def write_extxyz(path: str | Path, frames: PredictedFrames) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Atoms(numbers=frames.atomic_numbers, positions=p, info={"lag_fs": float(t), "molecule": frames.name})
-              for t, p in zip(frames.lags_fs, frames.positions)]
+    images = [Atoms(numbers=atomic_numbers, positions=p, info=info) for p, info in zip(positions, infos)]
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         ase.io.write(tmp, images, format="extxyz")

@@ -40,7 +40,7 @@ import numpy as np
 
 from atomray.config import RunConfig
 from atomray.data.frames import DataError
-from atomray.predict import InitialState, model_atoms
+from atomray.predict import InitialState, model_atoms, write_frames
 
 
 @dataclass
@@ -226,20 +226,5 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
 def write_rollout_extxyz(path: str | Path, traj: Rollout, i: int) -> Path:
     """Molecule i's rollout as an extxyz trajectory (`time_fs` in each frame's info), written
     atomically; `ase.io.read(path, index=":")` reads it back."""
-    import os
-
-    import ase.io
-    from ase import Atoms
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Atoms(numbers=traj.atomic_numbers[i], positions=pos, info={"time_fs": float(t), "molecule": traj.names[i]})
-              for t, pos in zip(traj.times_fs, traj.positions[i])]
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        ase.io.write(tmp, images, format="extxyz")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_frames(path, traj.atomic_numbers[i], traj.positions[i],
+                        [{"time_fs": float(t), "molecule": traj.names[i]} for t in traj.times_fs])
