@@ -82,3 +82,13 @@ def staged(out: str | Path) -> Iterator[Path]:
             storage.upload_dir(tmp, str(out))
         except storage.StorageError as err:
             raise OutputError(str(err)) from None
+
+
+def remove_made_dirs(made: list[Path]) -> None:
+    """Undo a `mkdir -p` after a failure: remove the directories in `made` (innermost first)
+    while they are empty; stop at the first that is not."""
+    for d in made:
+        try:
+            d.rmdir()
+        except OSError:
+            break

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from atomray.evaluate import FLOORS, PREDICTORS
+from atomray.outputs import remove_made_dirs
 
 
 def log_evaluation(uri: str, experiment: str, params: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
@@ -145,10 +146,6 @@ def write_evaluation(rows: Sequence[Mapping[str, Any]], out: str | Path, title: 
     except BaseException:
         for t in tmp:
             t.unlink(missing_ok=True)
-        for d in made:  # innermost first: undo our mkdir -p
-            try:
-                d.rmdir()
-            except OSError:
-                break
+        remove_made_dirs(made)  # innermost first: undo our mkdir -p
         raise
     return final

@@ -30,7 +30,7 @@ from atomray.config import ConfigError
 from atomray.data.frames import FRAMES_DIR, MOLECULES_FILE, DataError, Molecule, Segment, provenance_json, write_molecules, write_segments
 from atomray.data.dataset import validate_dataset
 from atomray.data.sources import FORWARD_DIFFERENCES, TEMPERATURE_K, ImportConfig, SourceTrajectory, read_source
-from atomray.outputs import check_output_dir
+from atomray.outputs import check_output_dir, remove_made_dirs
 
 @dataclass(frozen=True)
 class ImportSummary:
@@ -236,11 +236,7 @@ def import_dataset(inputs: Sequence[str | Path], out: str | Path, cfg: ImportCon
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        for parent in missing_parents:  # innermost first: undo our mkdir -p
-            try:
-                parent.rmdir()
-            except OSError:
-                break
+        remove_made_dirs(missing_parents)  # innermost first: undo our mkdir -p
         raise
     return summaries
 
