@@ -159,6 +159,11 @@ class TrainConfig:
     quasi-equivariant model learns the dynamics in every orientation instead of memorising
     the orientations it was trained on.
 
+    `loss_weighting: rigid` divides each window's squared error by the rigid-body floor's error
+    on that window plus `loss_weight_floor` (Å²), weights normalised to mean 1 per batch
+    (`atomray.train.loss.window_weights`): short horizons, where most of the motion the floors
+    miss is predictable, weigh as much as long ones. `none` is the paper's plain mean (eq. 1).
+
     Every epoch is validated and checkpointed. Fault injection for tests of recovery:
     `fail_at_epoch` >= 0 makes the last worker exit hard halfway through that epoch, and
     `fail_after_report` >= 0 right after it reported that epoch (before Ray Train commits
@@ -167,6 +172,8 @@ class TrainConfig:
     epochs: int = 250
     label_noise_sigma: float = 0.0
     augment: Literal["none", "so3"] = "none"
+    loss_weighting: Literal["none", "rigid"] = "none"
+    loss_weight_floor: float = 0.005
     seed: int = 0
     fail_at_epoch: int = -1
     fail_after_report: int = -1

@@ -69,6 +69,7 @@ RANGES: dict[str, str] = {
     "optim.grad_clip": ">= 0",  # 0: no clipping
     "train.epochs": ">= 1",
     "train.label_noise_sigma": ">= 0",
+    "train.loss_weight_floor": "> 0",
     "train.seed": ">= 0",
     "train.fail_at_epoch": ">= -1",  # -1: no fault injected
     "train.fail_after_report": ">= -1",

@@ -5,7 +5,7 @@ Keys are dotted RunConfig keys, so a trial's overrides apply with `apply_overrid
 - `SEARCH_SPACE`: learning rate, width, depth, heads, label noise σ, the T-RoPE timescale τ
   and the log-uniform horizon's Δt_min and ΔT_max.
 - `ABLATIONS`: each paper ablation and each of atomray's additions (prior, context atoms,
-  augmentation, distance bias, lag-conditioned output, internal velocities) with its
+  augmentation, distance bias, lag-conditioned output, internal velocities, loss weighting) with its
   alternatives, the default first; `ablation_trials` makes the one-switch-at-a-time list (the
   default model plus one trial per alternative value), or the full factorial grid.
 """
@@ -30,6 +30,7 @@ ABLATIONS: dict[str, list[Any]] = {
     "model.distance_bias": [True, False],
     "model.lag_conditioned_output": [True, False],
     "model.internal_velocity": [True, False],
+    "train.loss_weighting": ["rigid", "none"],
 }
 # Alternatives that only make sense together: the quasi-equivariant lifting learns rotations
 # from augmented data (on the exactly equivariant default, augmentation changes nothing), and
