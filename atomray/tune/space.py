@@ -30,7 +30,7 @@ ABLATIONS: dict[str, list[Any]] = {
     "model.distance_bias": [True, False],
     "model.lag_conditioned_output": [True, False],
     "model.internal_velocity": [True, False],
-    "train.loss_weighting": ["rigid", "none"],
+    "train.loss_weighting": ["none", "rigid"],
 }
 # Alternatives that only make sense together: the quasi-equivariant lifting learns rotations
 # from augmented data (on the exactly equivariant default, augmentation changes nothing), and
