@@ -34,10 +34,17 @@ METRICS = {"ID S2T": "best_test_id_s2t", "OOD S2T": "best_test_s2t", "ID S2S": "
               for kind, suffix in (("OOD", ""), ("ID", "_id"))}}
 
 
-def fold_inputs(cfg: RunConfig, trial: dict[str, Any]) -> dict[str, Any]:
-    """The split (computed on the driver, carried in the trial) and evaluation sets of a fold."""
-    split = Split.from_dict(trial["split"])
-    return {"split": split, "eval_sets": default_eval_sets(split, cfg.data, in_distribution=True)}
+@dataclasses.dataclass(frozen=True)
+class FoldInputs:
+    """`prepare` for the fold trials: each fold's split (computed once on the driver, shipped
+    with the trainable rather than in the trial's parameters, which Tune prints in full in
+    its status lines) and its evaluation sets."""
+
+    splits: dict[int, dict[str, Any]]
+
+    def __call__(self, cfg: RunConfig, trial: dict[str, Any]) -> dict[str, Any]:
+        split = Split.from_dict(self.splits[int(trial["overrides"]["data.fold"])])
+        return {"split": split, "eval_sets": default_eval_sets(split, cfg.data, in_distribution=True)}
 
 
 def fold_splits(cfg: RunConfig, folds: Sequence[int]) -> dict[int, Split]:
@@ -100,14 +107,15 @@ def run_cv(cfg: RunConfig, folds: Sequence[int] | None = None, repeats: int = 1,
     folds = list(range(cfg.data.num_folds)) if folds is None else list(folds)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, split="umap_cluster"))
     splits = fold_splits(cfg, folds)
-    trials = [{"overrides": {"data.fold": f, "train.seed": cfg.train.seed + r}, "label": f"fold{f}-repeat{r}",
-               "split": splits[f].to_dict()} for f in folds for r in range(repeats)]
+    trials = [{"overrides": {"data.fold": f, "train.seed": cfg.train.seed + r}, "label": f"fold{f}-repeat{r}"}
+              for f in folds for r in range(repeats)]
     uri = cfg.tracking.tracking_uri
     parent = open_parent(cfg, "cv", name, {"cv.model": cfg.model.name, "cv.folds": str(folds),
                                              "cv.repeats": str(repeats)})
     status = "FAILED"
     try:
-        run_trials(cfg, trials, name, parent, prepare=fold_inputs, max_concurrent=max_concurrent)
+        run_trials(cfg, trials, name, parent, prepare=FoldInputs({f: s.to_dict() for f, s in splits.items()}),
+                   max_concurrent=max_concurrent)
         status = "FINISHED"
     finally:
         rows = runs_table(uri, parent)
