@@ -40,16 +40,23 @@ def ablation_chart(rows: list[dict[str, Any]], path: Path, metric: str = "best_v
     ax.barh(range(len(done)), values, color=colours)
     ax.set_yticks(range(len(done)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel(f"{metric.replace('best_', 'best ')} (x1e-2 A^2, lower is better)")
+    log = bool(values) and max(values) > 10 * min(values)  # one failed setting must not flatten the rest
+    if log:
+        ax.set_xscale("log")
+    if values:  # room for the labels at the bars' ends
+        ax.set_xlim(right=max(values) * (4 if log else 1.3))
+    ax.set_xlabel(f"{metric.replace('best_', 'best ')} (x1e-2 A^2, lower is better{', log scale' if log else ''})")
     for i, r in enumerate(done):
-        if r.get("status") == "KILLED":
-            ax.text(values[i], i, "  stopped early", va="center", fontsize=7)
+        note = "  stopped early" if r.get("status") == "KILLED" else ""
         floors = {f: r[f"val_s2t_{f}"] for f in FLOORS if f"val_s2t_{f}" in r}
         if floors:  # each trial's strongest floor on its own validation windows
             name = min(floors, key=floors.get)
             ax.plot([100 * floors[name]] * 2, [i - 0.4, i + 0.4], color="k", lw=1.5)
             if i == 0:
                 ax.text(100 * floors[name], -0.6, f"strongest floor ({name})", fontsize=7, ha="center")
+            if metric.endswith("val_s2t") and floors[name] > 0:
+                note = f"  {r[metric] / floors[name]:.2f}x{note}"
+        ax.text(values[i], i, f"  {values[i]:.3g}{note}", va="center", fontsize=7)
     ax.set_title("ATOM ablations / trials")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

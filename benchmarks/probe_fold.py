@@ -1,0 +1,109 @@
+"""Controlled experiments on one CV fold, in one process, no Ray (seconds to start).
+
+Trains a model of the given config for `--steps` steps on a fixed pool of the fold's training
+windows (first 80 % of each training trajectory, as `jobs/cv.py`), then scores the fold's
+out-of-domain test windows — the same windows `jobs/cv.py` scores — beside the physics floors,
+overall and per ΔT decade. One change at a time, identical windows for every run:
+
+    .venv/bin/python benchmarks/probe_fold.py --fold 2 --steps 320                      # cv.yaml as is
+    .venv/bin/python benchmarks/probe_fold.py --fold 2 --steps 320 model.name=egno
+    .venv/bin/python benchmarks/probe_fold.py --fold 2 --steps 320 train.loss_weighting=rigid
+
+Prints validation S2T four times during training and, last, one JSON line (S2T ×10⁻² Å²).
+320 steps ≈ what one fold of `jobs/cv.py` trains (10 epochs × 2048 windows / 64); ~3–4 min per
+run on one thread. Two runs side by side with `--threads 1` use a 2-core machine fully.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "cv.yaml"))
+    ap.add_argument("--fold", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=320)
+    ap.add_argument("--train-windows", type=int, default=8192, help="size of the fixed training pool")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from atomray.config import load_config
+    from atomray.data.pipeline import fixed_windows, to_torch
+    from atomray.data.splits import default_eval_sets
+    from atomray.evaluate import score_windows, summarise
+    from atomray.metrics import rotate_windows
+    from atomray.model import build_model
+    from atomray.train.loss import epoch_generator, training_loss
+    from atomray.train.optim import build_optimizer, lr_at, set_lr
+    from atomray.train.pretrain import resolve
+    from atomray.tune.cv import fold_splits
+
+    cfg = resolve(load_config(args.config, args.overrides))
+    split = fold_splits(cfg, [args.fold])[args.fold]
+    d = cfg.data
+    pool = fixed_windows(d.path, split.train, args.train_windows, d, d.split_seed + 5, split.ranges["train"])
+    val = fixed_windows(d.path, split.val, d.val_windows, d, d.split_seed + 1, split.ranges["val"])
+    test_set = default_eval_sets(split, d)[0]
+    test = fixed_windows(d.path, test_set.molecules, test_set.n, d, test_set.seed, test_set.frame_fraction)
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, num_lags=d.num_lags, rwpe_dim=d.rwpe_k)
+    optimizer = build_optimizer(model, cfg.optim)
+    train = to_torch(pool)
+    rng = np.random.default_rng(cfg.train.seed)
+    noise, augment = (epoch_generator(cfg.train.seed, 0, 0, p) for p in ("noise", "augment"))
+
+    def scored(windows: dict, name: str, breakdown: bool) -> dict:
+        model.eval()
+        with torch.no_grad():
+            out = summarise(score_windows(model, windows, 256), name, breakdown)
+        model.train()
+        return out
+
+    t0, losses = time.perf_counter(), []
+    for step in range(args.steps):
+        idx = torch.from_numpy(rng.choice(len(train["x0"]), d.batch_size, replace=False))
+        batch = {k: v[idx] for k, v in train.items()}
+        if cfg.train.augment == "so3":
+            batch = rotate_windows(batch, augment)
+        set_lr(optimizer, lr_at(step, args.steps, cfg.optim))
+        loss = training_loss(model, batch, cfg, noise, nullcontext())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if (step + 1) % max(args.steps // 4, 1) == 0:
+            v = scored(val, "val", False)
+            print(f"step {step + 1}/{args.steps}  loss {np.mean(losses[-50:]):.4g}  val S2T {100 * v['val_s2t']:.3f} "
+                  f"= {v['val_s2t'] / v['val_s2t_rotor_all']:.3f}x rotor_all  {time.perf_counter() - t0:.0f} s", flush=True)
+    m = scored(test, "test", True)
+    result = {"fold": args.fold, "steps": args.steps, "overrides": args.overrides, "test_molecules": list(split.test),
+              "test_s2t": 100 * m["test_s2t"],
+              **{f"test_s2t_{f}": 100 * m[f"test_s2t_{f}"] for f in ("no_motion", "rigid_all", "rotor_all")},
+              "ratio_rotor_all": m["test_s2t"] / m["test_s2t_rotor_all"],
+              "by_dt": {k[len("test_s2t_"):]: round(100 * v, 4) for k, v in m.items()
+                        if k.startswith("test_s2t_dt_") and (k.endswith("fs") or k.endswith("_rotor_all"))},
+              "seconds": time.perf_counter() - t0}
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
