@@ -9,8 +9,8 @@ over molecules). For single-molecule batches this is exactly EGNO's MSE.
 `train.loss_weighting=rigid` weights each sample by 1 / (the rigid-body floor's error on it + ε),
 normalised to mean 1 over the batch (`window_weights`). The plain mean is dominated by the
 longest horizons, where vibrations have dephased and little is predictable from (x0, v0); the
-weighted loss lets the short and middle horizons, where the dynamics are learnable and transfer
-between molecules, steer training. Measured on CV folds (README, "Cross-validation").
+weighted loss lets the short and middle horizons steer training. On five-fold CV it did not
+lower the mean out-of-domain S2T (README, "Cross-validation"), so the shipped configs keep none.
 
 Label noise (§3.2.3): during training the inputs x, v and every target frame get independent
 Gaussian noise, x + ξ_x, v + ξ_v, x^{(t+Δt_p)} + ξ_x^p. The model never adds noise itself.
