@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     ref = x[0] - (m[:, None] * x[0]).sum(0) / m.sum()
     rows = []
     for lag in args.lags_fs:
-        k = int(round(lag / dt))
+        k = round(lag / dt)
         if k < 1 or k >= n_frames // 2:
             raise SystemExit(f"lag {lag} fs: needs 1 ≤ lag/dt < {n_frames // 2} frames (dt = {dt} fs)")
         starts = np.arange(0, n_frames - k, args.stride)

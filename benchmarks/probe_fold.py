@@ -17,7 +17,6 @@ run on one thread. Two runs side by side with `--threads 1` use a 2-core machine
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -46,10 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
     from atomray.data.pipeline import fixed_windows, to_torch
     from atomray.data.splits import default_eval_sets
     from atomray.evaluate import score_windows, summarise
-    from atomray.metrics import rotate_windows
     from atomray.model import build_model
-    from atomray.train.loss import epoch_generator, training_loss
-    from atomray.train.optim import build_optimizer, lr_at, set_lr
+    from atomray.train.loss import epoch_generator
+    from atomray.train.optim import build_optimizer, train_step
     from atomray.train.pretrain import resolve
     from atomray.tune.cv import fold_splits
 
@@ -79,16 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     for step in range(args.steps):
         idx = torch.from_numpy(rng.choice(len(train["x0"]), d.batch_size, replace=False))
         batch = {k: v[idx] for k, v in train.items()}
-        if cfg.train.augment == "so3":
-            batch = rotate_windows(batch, augment)
-        set_lr(optimizer, lr_at(step, args.steps, cfg.optim))
-        loss = training_loss(model, batch, cfg, noise, nullcontext())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        losses.append(float(loss.detach()))
+        losses.append(float(train_step(model, optimizer, batch, cfg, step, args.steps, noise, augment, nullcontext())))
         if (step + 1) % max(args.steps // 4, 1) == 0:
             v = scored(val, "val", False)
             print(f"step {step + 1}/{args.steps}  loss {np.mean(losses[-50:]):.4g}  val S2T {100 * v['val_s2t']:.3f} "
@@ -99,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
               **{f"test_s2t_{f}": 100 * m[f"test_s2t_{f}"] for f in ("no_motion", "rigid_all", "rotor_all")},
               "ratio_rotor_all": m["test_s2t"] / m["test_s2t_rotor_all"],
               "by_dt": {k[len("test_s2t_"):]: round(100 * v, 4) for k, v in m.items()
-                        if k.startswith("test_s2t_dt_") and (k.endswith("fs") or k.endswith("_rotor_all"))},
+                        if k.startswith("test_s2t_dt_") and k.endswith(("fs", "_rotor_all"))},
               "seconds": time.perf_counter() - t0}
     print(json.dumps(result), flush=True)
     return result

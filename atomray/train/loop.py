@@ -37,9 +37,8 @@ from atomray.data.splits import EvalSet, Split
 from atomray.evaluate import (FLOORS, ErrorTable, model_errors, rotated_copy, score_windows, strongest_floor,
                               summarise, validation_windows)
 from atomray.checkpoint import TrainState, load_optimizer, load_weights, read_state, save_checkpoint
-from atomray.metrics import rotate_windows
 from atomray.train.loss import epoch_generator, training_loss
-from atomray.train.optim import build_optimizer, lr_at, set_lr
+from atomray.train.optim import build_optimizer, lr_at, train_step
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -162,18 +161,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if batch is None:
                     break
                 maybe_inject_fault(cfg, config, epoch, n_batches, plan.steps_per_epoch, rank, world)
-                set_lr(optimizer, lr_at(state.step, total_steps, cfg.optim))
-                if cfg.train.augment == "so3":
-                    batch = rotate_windows(batch, augment_gen)
-                loss = training_loss(model, batch, cfg, noise_gen, autocast)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                optimizer.step()
+                loss = train_step(model, optimizer, batch, cfg, state.step, total_steps, noise_gen, augment_gen, autocast)
                 state.step += 1
                 n_batches += 1
-                loss_sum += loss.detach()
+                loss_sum += loss
             seconds = time.perf_counter() - t0
             loss_sum = all_reduce_sum(torch.stack([loss_sum.float(), torch.tensor(float(n_batches), device=device)])).cpu()
             row = {

@@ -10,15 +10,20 @@
 
 `lr_at(step, total_steps, cfg)` is a pure function: linear warm-up, then cosine to 0,
 constant, or StepLR (EGNO's schedule: ×γ every `step_size` epochs, given in steps here).
+`train_step` is one optimiser step on one batch, the same in the Ray Train loop and in
+in-process experiments (`benchmarks/probe_fold.py`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
-from atomray.config import OptimConfig
+from atomray.config import OptimConfig, RunConfig
+from atomray.metrics import rotate_windows
+from atomray.train.loss import training_loss
 
 
 def is_hidden_matrix(name: str, param: torch.Tensor) -> bool:
@@ -71,3 +76,21 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
         if "adamw_lr" in group:
             group["adamw_lr"] = lr
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, Any], cfg: RunConfig,
+               step: int, total_steps: int, noise_gen: torch.Generator, augment_gen: torch.Generator,
+               autocast: Any) -> torch.Tensor:
+    """Optimiser step `step` of `total_steps` on `batch`: scheduled learning rate, the run's
+    augmentation, the training loss (label noise, weighting), gradient clipping. Returns the
+    loss, detached."""
+    set_lr(optimizer, lr_at(step, total_steps, cfg.optim))
+    if cfg.train.augment == "so3":
+        batch = rotate_windows(batch, augment_gen)
+    loss = training_loss(model, batch, cfg, noise_gen, autocast)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.optim.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+    optimizer.step()
+    return loss.detach()
