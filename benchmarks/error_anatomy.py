@@ -1,0 +1,134 @@
+"""Where the rotor_all floor's error lies on a CV fold's test windows, and how much an oracle
+that knows each test molecule's average structure could remove. No model, no training.
+
+    .venv/bin/python benchmarks/error_anatomy.py --fold 2
+    .venv/bin/python benchmarks/error_anatomy.py --fold all        # the five folds of cv.yaml
+
+Same out-of-domain test windows as `jobs/cv.py` and `benchmarks/probe_fold.py` score. Per ΔT
+bin it reports (S2T ×10⁻² Å², heavy atoms as scored):
+  rotor_all          the strongest floor: exact torque-free rigid-body motion of all atoms
+  internal           rotor_all's error left after the best superposition of its prediction on
+                     the truth (mass-weighted Kabsch, per window and lag): the part no rigid-body
+                     motion, however exact, can remove — the molecule's internal motion
+  oracle_mean        the test molecule's Procrustes-mean structure (from its windows' start
+                     frames) superposed on rotor_all's prediction: no internal motion, only the
+                     average shape. Not a predictor anyone has (it knows the test molecule's
+                     average shape); it bounds what "regress toward the equilibrium" can give
+  oracle_blend       rotor_all + a (oracle_mean − rotor_all), a ∈ {0, 0.1, …, 1} chosen per bin
+                     on the test windows themselves (an oracle twice over)
+One JSON line per fold, then (for --fold all) the mean over folds, as `jobs/cv.py` averages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BINS_FS = ((0, 10), (10, 30), (30, 100), (100, 200), (200, 1000))
+BLENDS = np.linspace(0.0, 1.0, 11)
+
+
+def superpose(p: torch.Tensor, q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """p (…, N, 3) moved by the proper rotation and translation that best fits it onto q
+    (…, N, 3) with atom weights w (…, N) (Kabsch)."""
+    wn = w[..., None] / w.sum(-1, keepdim=True)[..., None].clamp_min(1e-12)
+    cp, cq = (p * wn).sum(-2, keepdim=True), (q * wn).sum(-2, keepdim=True)
+    h = ((p - cp) * wn).transpose(-1, -2) @ (q - cq)
+    u, _, vt = torch.linalg.svd(h)
+    sign = torch.sign(torch.det(vt.transpose(-1, -2) @ u.transpose(-1, -2)))
+    d = torch.diag_embed(torch.stack((torch.ones_like(sign), torch.ones_like(sign), sign), -1))
+    r = vt.transpose(-1, -2) @ d @ u.transpose(-1, -2)
+    return (p - cp) @ r.transpose(-1, -2) + cq
+
+
+def procrustes_mean(x: torch.Tensor, w: torch.Tensor, iterations: int = 5) -> torch.Tensor:
+    """(N, 3) mean shape of structures x (W, N, 3), each superposed on the running mean."""
+    ref = x[0]
+    for _ in range(iterations):
+        ref = superpose(x, ref.expand_as(x), w).mean(0)
+    return ref
+
+
+def anatomy(cfg, fold: int) -> dict:
+    from atomray.data.pipeline import fixed_windows, to_torch
+    from atomray.data.splits import default_eval_sets
+    from atomray.evaluate import floor_predictions, score_mask
+    from atomray.tune.cv import fold_splits
+
+    split = fold_splits(cfg, [fold])[fold]
+    d = cfg.data
+    test_set = default_eval_sets(split, d)[0]
+    w = fixed_windows(d.path, test_set.molecules, test_set.n, d, test_set.seed, test_set.frame_fraction)
+    b = to_torch(w)
+    target, lags = b["target"].double(), b["lags_fs"].double()
+    scored = score_mask(b).double()  # (W, N)
+    mass = b["mass"].double() * b["mask"].double()
+    rotor = floor_predictions(b, ["rotor_all"])["rotor_all"]  # (W, P, N, 3)
+
+    def err(pred: torch.Tensor) -> torch.Tensor:  # (W, P) mean over scored atoms and xyz
+        m = scored[:, None, :, None]
+        return ((pred - target) ** 2 * m).sum((2, 3)) / (m.sum((2, 3)) * 3)
+
+    per_lag = scored[:, None].expand(-1, rotor.shape[1], -1)
+    internal = err(superpose(rotor, target, per_lag))
+    molecules = np.asarray(w["molecule_id"])
+    mean_shape = torch.empty_like(rotor)
+    for mid in np.unique(molecules):
+        i = torch.from_numpy(np.flatnonzero(molecules == mid))
+        ref = procrustes_mean(b["x0"].double()[i], mass[i])
+        m = mass[i][:, None].expand(-1, rotor.shape[1], -1)
+        mean_shape[i] = superpose(ref.expand_as(rotor[i]), rotor[i], m)
+    e_rotor, e_mean = err(rotor), err(mean_shape)
+    blends = [err(rotor + a * (mean_shape - rotor)) for a in BLENDS]
+    out = {"fold": fold, "test_molecules": list(split.test), "bins": {}}
+    blend_total = 0.0
+    for lo, hi in BINS_FS:
+        sel = (lags > lo) & (lags <= hi)
+        if not bool(sel.any()):
+            continue
+        sums = [float(e[sel].sum()) for e in blends]
+        k = int(np.argmin(sums))
+        blend_total += sums[k]
+        out["bins"][f"{lo}-{hi}fs"] = {
+            "rotor_all": round(100 * float(e_rotor[sel].mean()), 4),
+            "internal": round(100 * float(internal[sel].mean()), 4),
+            "oracle_mean": round(100 * float(e_mean[sel].mean()), 4),
+            "oracle_blend": round(100 * sums[k] / int(sel.sum()), 4), "blend_a": round(float(BLENDS[k]), 1)}
+    out.update({"rotor_all": 100 * float(e_rotor.mean()), "internal": 100 * float(internal.mean()),
+                "internal_share": float(internal.mean() / e_rotor.mean()),
+                "oracle_blend": 100 * blend_total / e_rotor.numel(),
+                "oracle_blend_ratio": blend_total / float(e_rotor.sum())})
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "cv.yaml"))
+    ap.add_argument("--fold", default="all", help="a fold index, or 'all'")
+    ap.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
+    args = ap.parse_args(argv)
+    from atomray.config import load_config
+    from atomray.train.pretrain import resolve
+
+    cfg = resolve(load_config(args.config, args.overrides))
+    folds = range(cfg.data.num_folds) if args.fold == "all" else [int(args.fold)]
+    rows = []
+    for fold in folds:
+        rows.append(anatomy(cfg, fold))
+        print(json.dumps(rows[-1]), flush=True)
+    if len(rows) > 1:
+        keys = ("rotor_all", "internal", "oracle_blend")
+        print(json.dumps({"folds": len(rows), **{f"mean_{k}": float(np.mean([r[k] for r in rows])) for k in keys}}))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
