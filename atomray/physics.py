@@ -169,3 +169,31 @@ def rotor(x0: Tensor, v0: Tensor, mass: Tensor, lags: Tensor,
     motion (see module docstring); `context` as for `rigid`."""
     c, u, rot = rotor_motion(x0, v0, mass, lags, context)
     return carry(x0, c, u, rot, lags)
+
+
+# ---------------------------------------------------------------------------------------------
+# superposition (diagnostics: how much of an error a rigid motion could remove)
+
+
+def superpose(p: Tensor, q: Tensor, weight: Tensor) -> Tensor:
+    """p (…, N, 3) moved by the proper rotation and translation that best fit it onto q
+    (…, N, 3) in the weighted least-squares sense (Kabsch), atom weights (…, N) ≥ 0 (0 for
+    padding). Batched over any leading dimensions."""
+    w = weight[..., None] / weight.sum(-1, keepdim=True)[..., None].clamp_min(1e-12)
+    cp, cq = (p * w).sum(-2, keepdim=True), (q * w).sum(-2, keepdim=True)
+    h = ((p - cp) * w).transpose(-1, -2) @ (q - cq)  # (…, 3, 3)
+    u, _, vt = torch.linalg.svd(h)
+    sign = torch.sign(torch.det(vt.transpose(-1, -2) @ u.transpose(-1, -2)))
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    flip = torch.diag_embed(torch.stack((torch.ones_like(sign), torch.ones_like(sign), sign), -1))
+    rot = vt.transpose(-1, -2) @ flip @ u.transpose(-1, -2)  # proper: det = +1
+    return (p - cp) @ rot.transpose(-1, -2) + cq
+
+
+def procrustes_mean(x: Tensor, weight: Tensor, iterations: int = 5) -> Tensor:
+    """(N, 3) average shape of the structures x (W, N, 3) of one molecule: each superposed on the
+    running mean (weights (W, N)), then averaged; starts from x[0]."""
+    ref = x[0]
+    for _ in range(iterations):
+        ref = superpose(x, ref.expand_as(x), weight).mean(0)
+    return ref

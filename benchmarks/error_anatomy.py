@@ -31,42 +31,33 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from atomray.physics import procrustes_mean, superpose
 
 BINS_FS = ((0, 10), (10, 30), (30, 100), (100, 200), (200, 1000))
 BLENDS = np.linspace(0.0, 1.0, 11)
 
 
-def superpose(p: torch.Tensor, q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """p (…, N, 3) moved by the proper rotation and translation that best fits it onto q
-    (…, N, 3) with atom weights w (…, N) (Kabsch)."""
-    wn = w[..., None] / w.sum(-1, keepdim=True)[..., None].clamp_min(1e-12)
-    cp, cq = (p * wn).sum(-2, keepdim=True), (q * wn).sum(-2, keepdim=True)
-    h = ((p - cp) * wn).transpose(-1, -2) @ (q - cq)
-    u, _, vt = torch.linalg.svd(h)
-    sign = torch.sign(torch.det(vt.transpose(-1, -2) @ u.transpose(-1, -2)))
-    d = torch.diag_embed(torch.stack((torch.ones_like(sign), torch.ones_like(sign), sign), -1))
-    r = vt.transpose(-1, -2) @ d @ u.transpose(-1, -2)
-    return (p - cp) @ r.transpose(-1, -2) + cq
-
-
-def procrustes_mean(x: torch.Tensor, w: torch.Tensor, iterations: int = 5) -> torch.Tensor:
-    """(N, 3) mean shape of structures x (W, N, 3), each superposed on the running mean."""
-    ref = x[0]
-    for _ in range(iterations):
-        ref = superpose(x, ref.expand_as(x), w).mean(0)
-    return ref
+def mean_shapes(b: dict, molecules: np.ndarray) -> torch.Tensor:
+    """(W, N, 3) float64: each window's molecule's Procrustes-mean start structure (over the
+    windows given), superposed on the window's start frame x0 (mass-weighted)."""
+    x0, mass = b["x0"].double(), b["mass"].double() * b["mask"].double()
+    out = torch.empty_like(x0)
+    for mid in np.unique(molecules):
+        i = torch.from_numpy(np.flatnonzero(molecules == mid))
+        ref = procrustes_mean(x0[i], mass[i])
+        out[i] = superpose(ref.expand_as(x0[i]), x0[i], mass[i])
+    return out
 
 
 def anatomy(cfg, fold: int) -> dict:
-    from atomray.data.pipeline import fixed_windows, to_torch
-    from atomray.data.splits import default_eval_sets
-    from atomray.evaluate import floor_predictions, score_mask
-    from atomray.tune.cv import fold_splits
+    from probe_fold import fold_windows
 
-    split = fold_splits(cfg, [fold])[fold]
-    d = cfg.data
-    test_set = default_eval_sets(split, d)[0]
-    w = fixed_windows(d.path, test_set.molecules, test_set.n, d, test_set.seed, test_set.frame_fraction)
+    from atomray.data.pipeline import to_torch
+    from atomray.evaluate import floor_predictions, score_mask
+
+    split, _, _, _, w = fold_windows(cfg, fold, train_windows=1)
     b = to_torch(w)
     target, lags = b["target"].double(), b["lags_fs"].double()
     scored = score_mask(b).double()  # (W, N)
@@ -79,13 +70,8 @@ def anatomy(cfg, fold: int) -> dict:
 
     per_lag = scored[:, None].expand(-1, rotor.shape[1], -1)
     internal = err(superpose(rotor, target, per_lag))
-    molecules = np.asarray(w["molecule_id"])
-    mean_shape = torch.empty_like(rotor)
-    for mid in np.unique(molecules):
-        i = torch.from_numpy(np.flatnonzero(molecules == mid))
-        ref = procrustes_mean(b["x0"].double()[i], mass[i])
-        m = mass[i][:, None].expand(-1, rotor.shape[1], -1)
-        mean_shape[i] = superpose(ref.expand_as(rotor[i]), rotor[i], m)
+    shapes = mean_shapes(b, np.asarray(w["molecule_id"]))[:, None].expand_as(rotor)
+    mean_shape = superpose(shapes, rotor, mass[:, None].expand(-1, rotor.shape[1], -1))
     e_rotor, e_mean = err(rotor), err(mean_shape)
     blends = [err(rotor + a * (mean_shape - rotor)) for a in BLENDS]
     out = {"fold": fold, "test_molecules": list(split.test), "bins": {}}

@@ -30,6 +30,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def fold_windows(cfg, fold: int, train_windows: int, train_molecules: int = 0):
+    """One CV fold's windows, each set drawn once and seeded as `jobs/cv.py` draws them:
+    (split, training molecules, training pool, validation windows, out-of-domain test windows).
+    `train_molecules` > 0 keeps a seeded random subset of the fold's training molecules."""
+    from atomray.data.pipeline import fixed_windows
+    from atomray.data.splits import default_eval_sets
+    from atomray.tune.cv import fold_splits
+
+    split = fold_splits(cfg, [fold])[fold]
+    d = cfg.data
+    molecules = list(split.train)
+    if train_molecules:
+        molecules = sorted(np.random.default_rng(d.split_seed).choice(molecules, train_molecules, replace=False))
+    pool = fixed_windows(d.path, molecules, train_windows, d, d.split_seed + 5, split.ranges["train"])
+    val = fixed_windows(d.path, split.val, d.val_windows, d, d.split_seed + 1, split.ranges["val"])
+    test_set = default_eval_sets(split, d)[0]
+    test = fixed_windows(d.path, test_set.molecules, test_set.n, d, test_set.seed, test_set.frame_fraction)
+    return split, molecules, pool, val, test
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "cv.yaml"))
@@ -44,25 +64,16 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
 
     from atomray.config import load_config
-    from atomray.data.pipeline import fixed_windows, to_torch
-    from atomray.data.splits import default_eval_sets
+    from atomray.data.pipeline import to_torch
     from atomray.evaluate import score_windows, summarise
     from atomray.model import build_model
     from atomray.train.loss import epoch_generator
     from atomray.train.optim import build_optimizer, train_step
     from atomray.train.pretrain import resolve
-    from atomray.tune.cv import fold_splits
 
     cfg = resolve(load_config(args.config, args.overrides))
-    split = fold_splits(cfg, [args.fold])[args.fold]
+    split, train_molecules, pool, val, test = fold_windows(cfg, args.fold, args.train_windows, args.train_molecules)
     d = cfg.data
-    train_molecules = list(split.train)
-    if args.train_molecules:
-        train_molecules = sorted(np.random.default_rng(d.split_seed).choice(train_molecules, args.train_molecules, replace=False))
-    pool = fixed_windows(d.path, train_molecules, args.train_windows, d, d.split_seed + 5, split.ranges["train"])
-    val = fixed_windows(d.path, split.val, d.val_windows, d, d.split_seed + 1, split.ranges["val"])
-    test_set = default_eval_sets(split, d)[0]
-    test = fixed_windows(d.path, test_set.molecules, test_set.n, d, test_set.seed, test_set.frame_fraction)
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, num_lags=d.num_lags, rwpe_dim=d.rwpe_k)

@@ -10,7 +10,7 @@ import torch
 from atomray.data.windows import atomic_masses
 from atomray.evaluate import FLOORS, floor_errors, floor_predictions
 from atomray.metrics import random_rotation
-from atomray.physics import rigid, rotate
+from atomray.physics import procrustes_mean, rigid, rotate, superpose
 
 F64 = torch.float64
 
@@ -196,3 +196,38 @@ def test_floors_take_unpadded_windows_straight_from_cut_windows():
     padded = floor_predictions({k: torch.as_tensor(v) for k, v in pad_windows([window]).items() if v.dtype != object})
     for name in FLOORS:
         torch.testing.assert_close(plain[name], padded[name], msg=name)
+
+
+def _shape(n: int = 7, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).normal(size=(n, 3)) * 1.5)
+
+
+def test_superpose_undoes_a_rotation_and_translation():
+    x = _shape()
+    moved = torch.stack([x @ random_rotation(torch.Generator().manual_seed(k)).T + k for k in range(4)])
+    back = superpose(moved, x.expand_as(moved), torch.ones(4, x.shape[0], dtype=x.dtype))
+    assert torch.allclose(back, x.expand_as(moved), atol=1e-10)
+
+
+def test_superpose_never_reflects_and_fits_only_the_weighted_atoms():
+    x = _shape()
+    mirror = x * torch.tensor([1.0, 1.0, -1.0], dtype=x.dtype)  # no proper motion maps it onto x
+    fit = superpose(mirror, x, torch.ones(x.shape[0], dtype=x.dtype))
+    assert torch.linalg.det(torch.linalg.lstsq(mirror - mirror.mean(0), fit - fit.mean(0)).solution) > 0
+    bent = x.clone()
+    bent[-1] += 5.0  # a far-off atom with weight 0 does not pull the fit of the others
+    weight = torch.ones(x.shape[0], dtype=x.dtype)
+    weight[-1] = 0
+    moved = bent @ random_rotation(torch.Generator().manual_seed(1)).T - 2.0
+    assert torch.allclose(superpose(moved, x, weight)[:-1], x[:-1], atol=1e-10)
+
+
+def test_procrustes_mean_recovers_the_shape_of_jittered_tumbling_copies():
+    x = _shape()
+    noise = torch.from_numpy(np.random.default_rng(3).normal(size=(400, *x.shape)) * 0.05)
+    noise -= noise.mean(0)  # the jitter averages to zero, so the mean shape is x
+    copies = torch.stack([(x + noise[k]) @ random_rotation(torch.Generator().manual_seed(k)).T + 0.1 * k
+                          for k in range(400)])
+    mean = procrustes_mean(copies, torch.ones(400, x.shape[0], dtype=x.dtype))
+    fitted = superpose(mean, x, torch.ones(x.shape[0], dtype=x.dtype))
+    assert (fitted - x).pow(2).mean() < 1e-4  # 0.05 Å jitter would leave 2.5e-3 per coordinate
