@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--train-windows", type=int, default=8192, help="size of the fixed training pool")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--train-molecules", type=int, default=0,
+                    help="train on only this many of the fold's training molecules (0: all)")
     ap.add_argument("overrides", nargs="*", help="dotted key=value config overrides (prior is x0)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     from atomray.train.pretrain import resolve
 
     cfg = resolve(load_config(args.config, [*args.overrides, "model.prior=x0"]))
-    split, _, pool, _, test = fold_windows(cfg, args.fold, args.train_windows)
+    split, molecules, pool, _, test = fold_windows(cfg, args.fold, args.train_windows, args.train_molecules)
     sets = {}
     for name, w in (("train", pool), ("test", test)):
         b = to_torch(w)
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"step {step + 1}/{args.steps}  training molecules {r_train:.3f}  test molecules {r_test:.3f} "
                   f"(x0's error {100 * base:.3f})  {time.perf_counter() - t0:.0f} s", flush=True)
     result = {"fold": args.fold, "steps": args.steps, "overrides": args.overrides,
-              "test_molecules": list(split.test), **row, "seconds": time.perf_counter() - t0}
+              "test_molecules": list(split.test),
+              "train_molecules": [str(m) for m in molecules], **row, "seconds": time.perf_counter() - t0}
     print(json.dumps(result), flush=True)
     return result
 
