@@ -85,14 +85,15 @@ def blend_of(lags):
     for (lo, hi), wgt in zip(BINS_FS, weights): a = torch.where((lags > lo) & (lags <= hi), torch.full_like(a, wgt), a)
     return a
 base_forward = model.forward
+prior_module = next(m for m in model.modules() if type(m).__name__ == "Prior")
 def forward(x0, v0, z, lags_fs, mask, rwpe=None, t0_fs=0.0):
     if mode in ("input", "both"):
         x = x0.float(); v = v0.float() * cfg.model.velocity_scale_fs
         _, _, q, _ = canonicalise(x, v, mask.bool())
         state["delta_c"] = (state["delta"] @ q) * mask[..., None].float()
-    y = base_forward(x0, v0, z, lags_fs, mask, rwpe, t0_fs)
+    y = base_forward(x0, v0, z, lags_fs, mask, rwpe)
     if weights is not None:
-        m = (model.prior._mass(z, mask)).double()
+        m = prior_module._mass(z, mask).double()
         _, _, R = rotor_motion(x0.double(), v0.double(), m, lags_fs.double(), None)
         y = y + (blend_of(lags_fs)[..., None, None] * torch.einsum("bpij,bnj->bpni", R.float(), state["delta"])).to(y.dtype)
     return y
