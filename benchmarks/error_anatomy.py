@@ -39,6 +39,26 @@ BINS_FS = ((0, 10), (10, 30), (30, 100), (100, 200), (200, 1000))
 BLENDS = np.linspace(0.0, 1.0, 11)
 
 
+def fit_blend(err, base: torch.Tensor, step: torch.Tensor, lags: torch.Tensor) -> list[float]:
+    """Per ΔT bin of BINS_FS, the a in BLENDS that minimises the summed err(base + a step)
+    (0 for a bin with no lags)."""
+    errors = [err(base + a * step) for a in BLENDS]  # each (W, P)
+    weights = []
+    for lo, hi in BINS_FS:
+        sel = (lags > lo) & (lags <= hi)
+        sums = [float(e[sel].sum()) for e in errors]
+        weights.append(round(float(BLENDS[int(np.argmin(sums))]), 1))
+    return weights
+
+
+def bin_weights(lags: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """(W, P) the blend weight of each lag's ΔT bin (0 outside BINS_FS)."""
+    out = torch.zeros_like(lags)
+    for (lo, hi), a in zip(BINS_FS, weights):
+        out = torch.where((lags > lo) & (lags <= hi), torch.full_like(out, a), out)
+    return out
+
+
 def mean_shapes(b: dict, molecules: np.ndarray) -> torch.Tensor:
     """(W, N, 3) float64: each window's molecule's Procrustes-mean start structure (over the
     windows given), superposed on the window's start frame x0 (mass-weighted)."""
@@ -56,6 +76,7 @@ def anatomy(cfg, fold: int) -> dict:
 
     from atomray.data.pipeline import to_torch
     from atomray.evaluate import floor_predictions, score_mask
+    from atomray.metrics import lag_errors
 
     split, _, _, _, w = fold_windows(cfg, fold, train_windows=1)
     b = to_torch(w)
@@ -65,8 +86,7 @@ def anatomy(cfg, fold: int) -> dict:
     rotor = floor_predictions(b, ["rotor_all"])["rotor_all"]  # (W, P, N, 3)
 
     def err(pred: torch.Tensor) -> torch.Tensor:  # (W, P) mean over scored atoms and xyz
-        m = scored[:, None, :, None]
-        return ((pred - target) ** 2 * m).sum((2, 3)) / (m.sum((2, 3)) * 3)
+        return lag_errors(pred, target, scored)
 
     per_lag = scored[:, None].expand(-1, rotor.shape[1], -1)
     internal = err(superpose(rotor, target, per_lag))

@@ -25,12 +25,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "benchmarks"))
 torch.set_num_threads(1)
+from error_anatomy import bin_weights, fit_blend
 from probe_fold import fold_windows
-from relaxed_floor import BINS_FS, BLENDS, Relaxer
+from relaxed_floor import Relaxer
 
 from atomray.config import load_config
 from atomray.data.pipeline import to_torch
 from atomray.evaluate import floor_predictions, score_mask
+from atomray.metrics import lag_errors
 from atomray.model import build_model
 from atomray.model.canonical import canonicalise
 from atomray.model.lifting import EquivariantLifting
@@ -73,17 +75,9 @@ if mode in ("prior", "both"):
     mass = (train["mass"] * train["mask"]).double()
     c, u, R = rotor_motion(train["x0"].double(), train["v0"].double(), mass, lags, None)
     shift = torch.einsum("bpij,bnj->bpni", R, train["delta"].double())
-    sc = score_mask(train).double()[:, None, :, None]
-    weights = []
-    for lo, hi in BINS_FS:
-        sel = (lags > lo) & (lags <= hi)
-        e = [float((((rot + a * shift - train["target"].double()) ** 2) * sc).sum((2, 3))[sel].sum()) for a in BLENDS]
-        weights.append(float(BLENDS[int(np.argmin(e))]))
+    target, scored = train["target"].double(), score_mask(train)
+    weights = fit_blend(lambda pred: lag_errors(pred, target, scored), rot, shift, lags)
     print("blend weights", weights, flush=True)
-def blend_of(lags):
-    a = torch.zeros_like(lags, dtype=torch.float32)
-    for (lo, hi), wgt in zip(BINS_FS, weights): a = torch.where((lags > lo) & (lags <= hi), torch.full_like(a, wgt), a)
-    return a
 base_forward = model.forward
 prior_module = next(m for m in model.modules() if type(m).__name__ == "Prior")
 def forward(x0, v0, z, lags_fs, mask, rwpe=None, t0_fs=0.0):
@@ -95,7 +89,7 @@ def forward(x0, v0, z, lags_fs, mask, rwpe=None, t0_fs=0.0):
     if weights is not None:
         m = prior_module._mass(z, mask).double()
         _, _, R = rotor_motion(x0.double(), v0.double(), m, lags_fs.double(), None)
-        y = y + (blend_of(lags_fs)[..., None, None] * torch.einsum("bpij,bnj->bpni", R.float(), state["delta"])).to(y.dtype)
+        y = y + (bin_weights(lags_fs.double(), weights).float()[..., None, None] * torch.einsum("bpij,bnj->bpni", R.float(), state["delta"])).to(y.dtype)
     return y
 model.forward = forward
 optimizer = build_optimizer(model, cfg.optim)
@@ -108,8 +102,7 @@ def evaluate(b):
             bb = {k: v[i:i + 256] for k, v in b.items()}
             state["delta"] = bb["delta"]
             p = model(bb["x0"], bb["v0"], bb["z"], bb["lags_fs"], bb["mask"], bb.get("rwpe"))
-            sc = score_mask(bb).double()[:, None, :, None]
-            errs.append((((p.double() - bb["target"].double()) ** 2) * sc).sum((2, 3)) / (sc.sum((2, 3)) * 3))
+            errs.append(lag_errors(p.double(), bb["target"], score_mask(bb)))
     model.train(); return torch.cat(errs)
 t0 = time.time()
 for step in range(steps):
@@ -119,7 +112,6 @@ for step in range(steps):
     train_step(model, optimizer, batch, cfg, step, steps, noise, augment, nullcontext())
 e = evaluate(tst)
 rot = floor_predictions(tst, ["rotor_all"])["rotor_all"]
-sc = score_mask(tst).double()[:, None, :, None]
-er = ((((rot - tst["target"].double()) ** 2) * sc).sum((2, 3)) / (sc.sum((2, 3)) * 3))
+er = lag_errors(rot, tst["target"], score_mask(tst))
 print(json.dumps({"fold": fold, "mode": mode, "steps": steps, "test_s2t": 100 * float(e.mean()), "rotor_all": 100 * float(er.mean()),
                   "ratio_rotor_all": float(e.mean() / er.mean()), "seconds": time.time() - t0}), flush=True)

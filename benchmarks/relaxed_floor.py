@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from error_anatomy import BINS_FS, BLENDS
+from error_anatomy import BINS_FS, bin_weights, fit_blend
 
 from atomray.physics import superpose
 
@@ -88,19 +88,15 @@ def blend_parts(windows: dict, relaxer: Relaxer):
     """rotor_all (W, P, N, 3), the relaxed start superposed on it, lags (W, P), err(pred) → (W, P)."""
     from atomray.data.pipeline import to_torch
     from atomray.evaluate import floor_predictions, score_mask
+    from atomray.metrics import lag_errors
 
     b = to_torch(windows)
     relaxed = relaxer(windows)
-    target, lags = b["target"].double(), b["lags_fs"].double()
-    scored = score_mask(b).double()[:, None, :, None]
+    target, lags, scored = b["target"].double(), b["lags_fs"].double(), score_mask(b)
     mass = b["mass"].double() * b["mask"].double()
     rotor = floor_predictions(b, ["rotor_all"])["rotor_all"]
     shape = superpose(relaxed[:, None].expand_as(rotor), rotor, mass[:, None].expand(-1, rotor.shape[1], -1))
-
-    def err(pred: torch.Tensor) -> torch.Tensor:
-        return ((pred - target) ** 2 * scored).sum((2, 3)) / (scored.sum((2, 3)) * 3)
-
-    return rotor, shape, lags, err
+    return rotor, shape, lags, lambda pred: lag_errors(pred, target, scored)
 
 
 def relaxed_floor(cfg, fold: int, train_windows: int, relaxer: Relaxer) -> dict:
@@ -109,16 +105,9 @@ def relaxed_floor(cfg, fold: int, train_windows: int, relaxer: Relaxer) -> dict:
     split, _, pool, _, test = fold_windows(cfg, fold, train_windows)
     t0 = time.perf_counter()
     rotor, shape, lags, err = blend_parts(pool, relaxer)
-    weights = []
-    for lo, hi in BINS_FS:
-        sel = (lags > lo) & (lags <= hi)
-        sums = [float(err(rotor + a * (shape - rotor))[sel].sum()) if bool(sel.any()) else 0.0 for a in BLENDS]
-        weights.append(round(float(BLENDS[int(np.argmin(sums))]), 1))
+    weights = fit_blend(err, rotor, shape - rotor, lags)
     rotor, shape, lags, err = blend_parts(test, relaxer)
-    pred = rotor.clone()
-    for (lo, hi), a in zip(BINS_FS, weights):
-        sel = ((lags > lo) & (lags <= hi))[..., None, None]
-        pred = torch.where(sel, rotor + a * (shape - rotor), pred)
+    pred = rotor + bin_weights(lags, weights)[..., None, None] * (shape - rotor)
     e_rotor, e_blend = err(rotor), err(pred)
     seconds = time.perf_counter() - t0
     return {"fold": fold, "test_molecules": list(split.test),
