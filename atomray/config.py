@@ -54,6 +54,12 @@ class ModelConfig:
     paper (see `atomray.model.atom`): a per-head attention term of interatomic distances, output
     features scaled by a learned function of each lag, and (with a rigid / rotor prior)
     velocities read relative to the rigid-body motion the prior extrapolates.
+    `relaxed_prior` (every model) adds to the prior a learned, lag-dependent move toward the
+    molecule's nearest MMFF94 minimum (`atomray.model.prior`, `atomray.relaxation`);
+    `relaxed_input` (ATOM) lifts the shift to that minimum as a second position stream. The
+    EGNO baseline starts its coordinates from the prior, so it sees the relaxed shape whenever
+    `relaxed_prior` is on; `relaxed_input` changes nothing for the EGNN family. Both need every
+    atom in the model (`data.context_atoms: all`), hydrogens included, for the force field.
     """
 
     name: Literal["atom", "egno", "egnn_r", "egnn_s"] = "atom"
@@ -76,6 +82,8 @@ class ModelConfig:
     distance_bias: bool = True
     lag_conditioned_output: bool = True
     internal_velocity: bool = True
+    relaxed_prior: bool = False
+    relaxed_input: bool = False
     latent_equivariance_weight: float = 0.0
     # EGNO / EGNN baselines (REFERENCE.md, "The EGNO single-task protocol").
     gnn_hidden_dim: int = 64

@@ -114,6 +114,13 @@ def _check_model(cfg: RunConfig) -> None:
     if m.name == "atom" and m.embed_dim % (2 * m.num_heads):
         raise _error("model.embed_dim", f"a multiple of 2 × model.num_heads = {2 * m.num_heads} (ATOM splits it "
                                         f"into {m.num_heads} heads of even size for T-RoPE)", m.embed_dim)
+    for key in ("relaxed_prior", "relaxed_input"):
+        if getattr(m, key) and cfg.data.context_atoms != "all":
+            raise _error("data.context_atoms", f"'all' with model.{key}=true (the MMFF94 relaxation needs every "
+                                               "atom, hydrogens included)", cfg.data.context_atoms)
+    if m.relaxed_prior and m.prior == "none":
+        raise _error("model.prior", "x0, rigid or rotor with model.relaxed_prior=true (the relaxation is added "
+                                    "to a prior)", m.prior)
 
 
 def _check_data(cfg: RunConfig) -> None:

@@ -51,6 +51,13 @@ Additions to the paper, each a switch (measured in the README's ablation table):
                  T-RoPE alone only re-weights attention. Scalar and vector channels are scaled
                  by invariants, so the projection stays equivariant.
   prior          as above (the paper's delta prediction is prior=x0).
+  relaxed_prior  the prior also moves each atom a learned, lag-dependent fraction of the way to
+                 the molecule's nearest MMFF94 minimum, turned with the body (`Prior`,
+                 `atomray.relaxation`): the average shape the molecule vibrates about, which
+                 the trunk cannot guess for a molecule it never saw.
+  relaxed_input  the shift δ to that minimum is lifted like a position (o3.Linear of
+                 [δ, ‖δ‖], δ in 0.1 Å) and added to the X stream: attention sees how far each
+                 atom sits from its equilibrium place.
   internal_velocity  with a rigid / rotor prior the lifting reads each atom's velocity relative
                  to the rigid-body motion the prior already extrapolates (v − u − ω × r): what is
                  left to predict is the internal motion, and that is what the model sees.
@@ -83,9 +90,12 @@ from torch import Tensor, nn
 from atomray.config import ModelConfig
 from atomray.model.attention import AttentionBias, Block, DistanceBias
 from atomray.model.canonical import canonicalise
-from atomray.model.lifting import EquivariantLifting, LinearLifting, chemistry_features, hidden_irreps
+from atomray.model.lifting import EquivariantLifting, LinearLifting, chemistry_features, hidden_irreps, with_norm
 from atomray.model.prior import Prior
 from atomray.model.time_encoding import SinusoidalTimeEmbedding, rope_tables, sinusoidal_embedding
+
+
+RELAXED_INPUT_SCALE = 10.0  # relaxed_input: δ in units of 0.1 Å, the size of the lifted positions
 
 
 class OutputHead(nn.Module):
@@ -146,7 +156,10 @@ class ATOM(nn.Module):
         chem_dim = cfg.max_atomic_number + rwpe_dim
         lift = LinearLifting if cfg.lifting == "linear" else EquivariantLifting
         self.lifting = lift(d, chem_dim)
-        self.prior = Prior(cfg.prior, cfg.max_atomic_number)
+        self.prior = Prior(cfg.prior, cfg.max_atomic_number, cfg.relaxed_prior)
+        if cfg.relaxed_input:  # the shift to the MMFF94 minimum, lifted like a position
+            self.lift_relaxed = (nn.Linear(4, d) if cfg.lifting == "linear"
+                                 else o3.Linear("1x1o + 1x0e", hidden_irreps(d)))
         self.heterogeneous = cfg.attention == "heterogeneous"
         if cfg.time_encoding == "sinusoidal":
             self.time_embed = SinusoidalTimeEmbedding(cfg.time_embed_dim, d, cfg.rope_base, cfg.tau_fs)
@@ -201,6 +214,11 @@ class ATOM(nn.Module):
             v = v_frame
         chem = chemistry_features(z, cfg.max_atomic_number, rwpe, dtype)
         lx, lv, lz = self.lifting(x, v, chem)  # (B, N, d) each
+        delta = self.prior.shift(x0, z, mask) if cfg.relaxed_prior or cfg.relaxed_input else None
+        if cfg.relaxed_input:  # δ (~0.05 Å) in Å/10, in the frame x is in
+            dl = delta.to(dtype) * RELAXED_INPUT_SCALE
+            dl = (dl @ frame[0].to(dtype)) * m_frame if frame is not None else dl
+            lx = lx + self.lift_relaxed(with_norm(dl))
         m = mask.to(dtype)[..., None]
         lx, lv, lz = lx * m, lv * m, lz * m
         work = torch.float64 if dtype == torch.float64 else torch.float32  # time stays ≥ fp32
@@ -231,7 +249,7 @@ class ATOM(nn.Module):
         h = self.final_norm(h.view(b, s, n, -1)[:, 1:])  # (B, P, N, d)
         if self.lag_gain is not None:
             h = self.lag_gain(h, lags)
-        return h, {"frame": frame, "mask": m}
+        return h, {"frame": frame, "mask": m, "delta": delta}
 
     def project(self, h: Tensor, state: dict) -> Tensor:
         """Token features (B, P, N, d) → correction (B, P, N, 3) in the input frame (a
@@ -257,6 +275,8 @@ class ATOM(nn.Module):
         y = self.project(h, state)
         base, rot = self.prior(x0.to(y.dtype), v0.to(y.dtype), z, mask, lags_fs)
         if base is not None:  # the correction turns with the body: R(Δt) δ
+            if self.cfg.relaxed_prior:
+                base = base + self.prior.relaxation(state["delta"], rot, lags_fs).to(base.dtype)
             y = (base + y @ rot.transpose(-1, -2).to(y.dtype)) * state["mask"][:, None]
         return y.to(x0.dtype)
 

@@ -139,7 +139,7 @@ class EGNNBaseline(nn.Module):
         hid = cfg.gnn_hidden_dim
         self.node_embed = nn.Linear(2 + rwpe_dim, hid)
         self.time_embed = SinusoidalTimeEmbedding(cfg.time_embed_dim, hid, cfg.rope_base, cfg.tau_fs)
-        self.prior = Prior(cfg.prior, cfg.max_atomic_number)
+        self.prior = Prior(cfg.prior, cfg.max_atomic_number, cfg.relaxed_prior)
         if cfg.prior != "none":
             self.alpha = nn.Parameter(torch.zeros(()))  # prior + α (x̂ − prior): the prior at init
 
@@ -169,8 +169,12 @@ class EGNNBaseline(nn.Module):
         return pred.to(dtype)
 
     def _prior(self, x0: Tensor, v0: Tensor, z: Tensor, mask: Tensor, lags_fs: Tensor, m: Tensor) -> Tensor | None:
-        base, _ = self.prior(x0.to(m.dtype), v0.to(m.dtype), z, mask, lags_fs)
-        return None if base is None else base * m[:, None]
+        base, rot = self.prior(x0.to(m.dtype), v0.to(m.dtype), z, mask, lags_fs)
+        if base is None:
+            return None
+        if self.cfg.relaxed_prior:  # toward the MMFF94 minimum (`Prior.relaxation`)
+            base = base + self.prior.relaxation(self.prior.shift(x0, z, mask), rot, lags_fs).to(base.dtype)
+        return base * m[:, None]
 
 
 class EGNNRollout(EGNNBaseline):

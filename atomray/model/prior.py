@@ -15,6 +15,18 @@ initialises its correction at zero, so at step 0 it predicts the prior exactly.
 The prior also returns the body's orientation R(Δt) at each lag (identity for none and x0),
 so a model can express its correction in the frame that turns with the molecule: the
 internal motion it learns is then the same whichever way the molecule happens to spin.
+
+Relaxed prior (`ModelConfig.relaxed_prior`): the prior also moves each atom toward the
+molecule's nearest MMFF94 minimum (`atomray.relaxation`), turned with the body,
+
+    prior(Δt) = rigid-body motion(Δt) + a(Δt) R(Δt) δ,     a(Δt) = s (1 − exp(−Δt / τ)),
+
+δ the shift from x0 to the superposed minimum. At short lags the atoms keep their momentum;
+at long lags, not knowing the vibrations' phases, the best guess is the average shape, which
+the minimum estimates. s and τ are learned, starting at s = 1, τ = 250 fs: the per-ΔT-bin
+blend weights `benchmarks/relaxed_floor.py` fits on each CV fold's training windows (0, 0.1,
+0.2, 0.4–0.5, 0.5–0.8 in bins of 0–10, 10–30, 30–100, 100–200, 200–1000 fs) follow this
+curve on all five folds.
 """
 
 from __future__ import annotations
@@ -26,6 +38,9 @@ from torch import Tensor, nn
 from atomray import physics
 from atomray.data.windows import atomic_masses
 from atomray.model.lifting import check_atomic_numbers
+from atomray.relaxation import relaxed_shift
+
+RELAX_TAU_FS = 250.0
 
 
 class Prior(nn.Module):
@@ -33,11 +48,16 @@ class Prior(nn.Module):
     (B,P,N,3) Å, orientation R (B,P,3,3)), or (None, None) for prior "none". Padded atoms get
     mass 0, so they never move the rigid body."""
 
-    def __init__(self, kind: str, max_atomic_number: int):
+    def __init__(self, kind: str, max_atomic_number: int, relaxed: bool = False):
         super().__init__()
         if kind not in ("none", "x0", "rigid", "rotor"):
             raise ValueError(f"prior must be 'none', 'x0', 'rigid' or 'rotor', found {kind!r}")
-        self.kind = kind
+        if relaxed and kind == "none":
+            raise ValueError("a relaxed prior needs a prior to add the relaxation to (x0, rigid or rotor), found 'none'")
+        self.kind, self.relaxed = kind, relaxed
+        if relaxed:  # a(Δt) = s (1 − exp(−Δt/τ)), s = 1 and τ = RELAX_TAU_FS at init
+            self.relax_scale = nn.Parameter(torch.ones(()))
+            self.relax_log_tau = nn.Parameter(torch.tensor(float(np.log(RELAX_TAU_FS))))
         masses = torch.from_numpy(atomic_masses(np.arange(max_atomic_number + 1)))
         self.register_buffer("masses", masses, persistent=False)  # (Zmax + 1,) u, index 0 = padding
 
@@ -67,6 +87,20 @@ class Prior(nn.Module):
             else:
                 c, u, rot = physics.rotor_motion(x, v, mass, lags)
             return physics.carry(x, c, u, rot, lags), rot.to(x.dtype)
+
+    @torch.compiler.disable
+    def shift(self, x: Tensor, z: Tensor, mask: Tensor) -> Tensor:
+        """(B, N, 3) δ: superposed MMFF94 minimum − x, in x's dtype (`atomray.relaxation`). The
+        model's atoms must be the whole molecule (`data.context_atoms=all`)."""
+        return relaxed_shift(x, z, mask).to(x.dtype)
+
+    def relaxation(self, delta: Tensor, rot: Tensor, lags: Tensor) -> Tensor:
+        """(B, P, N, 3) a(Δt) R(Δt) δ for δ (B, N, 3), R (B, P, 3, 3), lags (B, P) fs; learnable."""
+        with torch.autocast(device_type=delta.device.type, enabled=False):  # float32 or better
+            tau = self.relax_log_tau.exp()
+            a = self.relax_scale * -torch.expm1(-lags.to(tau.dtype) / tau)  # (B, P)
+            turned = delta[:, None].to(rot.dtype) @ rot.transpose(-1, -2)  # (B, P, N, 3)
+            return a[..., None, None].to(turned.dtype) * turned
 
     @torch.compiler.disable
     @torch.no_grad()

@@ -1,0 +1,134 @@
+"""`atomray.relaxation`: the shift to the nearest MMFF94 minimum, and the models that use it
+(`model.relaxed_prior`, `model.relaxed_input`). Real RDKit MMFF94 on small real molecules."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from atomray import physics
+from atomray.config import ModelConfig
+from atomray.data.windows import atomic_masses
+from atomray.metrics import random_rotation
+from atomray.model import build_model
+from atomray.relaxation import relax_geometry, relaxed_shift
+from atomray.tg80.engines import embed, molecule_with_hydrogens
+
+torch.set_num_threads(1)
+TINY = ModelConfig(embed_dim=32, num_layers=2, num_heads=4, attn_dropout=0.0, gnn_hidden_dim=16, lifting="canonical")
+
+
+def conformer(smiles: str) -> tuple[np.ndarray, np.ndarray]:
+    """(z (N,), x (N, 3) Å) of an embedded conformer, hydrogens included."""
+    mol = molecule_with_hydrogens(smiles, smiles)
+    return np.array([a.GetAtomicNum() for a in mol.GetAtoms()]), embed(mol, 0, smiles)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Ethanol and salicylic acid, each at its MMFF94 minimum displaced by 0.05 Å noise per
+    coordinate, as one padded batch (ethanol padded), with v0 and lags; plus the minima."""
+    rng = np.random.default_rng(0)
+    mols = [conformer(s) for s in ("CCO", "OC(=O)c1ccccc1O")]
+    n = max(len(z) for z, _ in mols)
+    x0, z, mask, minima = np.zeros((2, n, 3)), np.zeros((2, n), np.int64), np.zeros((2, n), bool), []
+    for i, (zi, xi) in enumerate(mols):
+        xm = relax_geometry(xi, zi)
+        minima.append(xm - xm.mean(0))
+        k = len(zi)
+        x0[i, :k] = minima[-1] + rng.normal(0, 0.05, (k, 3))
+        z[i, :k], mask[i, :k] = zi, True
+    x0 -= (x0 * mask[..., None]).sum(1, keepdims=True) / mask.sum(1)[:, None, None]
+    x0 *= mask[..., None]
+    v0 = rng.normal(0, 0.01, x0.shape) * mask[..., None]
+    lags = np.tile(np.array([5.0, 50.0, 250.0, 1000.0]), (2, 1))
+    return {"x0": torch.from_numpy(x0), "v0": torch.from_numpy(v0), "z": torch.from_numpy(z),
+            "mask": torch.from_numpy(mask), "lags_fs": torch.from_numpy(lags), "minima": minima}
+
+
+def test_the_shift_takes_a_displaced_molecule_to_its_minimum(batch):
+    shift = relaxed_shift(batch["x0"], batch["z"], batch["mask"])
+    relaxed = batch["x0"] + shift
+    for i, xm in enumerate(batch["minima"]):
+        k = len(xm)
+        mass = torch.from_numpy(atomic_masses(batch["z"][i, :k].numpy())).double()
+        fitted = physics.superpose(torch.from_numpy(xm), relaxed[i, :k], mass)
+        assert (fitted - relaxed[i, :k]).norm(dim=-1).max() < 0.01  # the same shape, Å
+        rms = shift[i, :k].square().sum(-1).mean().sqrt()
+        assert 0.03 < rms < 0.2  # it undoes the 0.05 Å-per-coordinate noise (≈ 0.087 Å per atom)
+    assert shift[0, ~batch["mask"][0]].abs().max() == 0  # padding stays put
+
+
+def test_the_shift_of_a_minimum_is_zero(batch):
+    xm = torch.from_numpy(batch["minima"][0])[None]
+    z, mask = batch["z"][:1, : xm.shape[1]], batch["mask"][:1, : xm.shape[1]]
+    assert relaxed_shift(xm, z, mask).abs().max() < 1e-4
+
+
+def test_the_shift_turns_with_the_molecule_and_ignores_translations(batch):
+    r = random_rotation(torch.Generator().manual_seed(3))
+    m = batch["mask"].double()[..., None]
+    moved = (batch["x0"] @ r.T + torch.tensor([1.0, -2.0, 0.5])) * m
+    shift = relaxed_shift(batch["x0"], batch["z"], batch["mask"])
+    torch.testing.assert_close(relaxed_shift(moved, batch["z"], batch["mask"]), (shift @ r.T) * m, atol=1e-5, rtol=0)
+
+
+def test_a_molecule_mmff_cannot_type_gets_no_shift_and_a_warning():
+    x = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, 3.0]]], dtype=torch.float64)  # two helium atoms
+    with pytest.warns(UserWarning, match="He2"):
+        shift = relaxed_shift(x, torch.tensor([[2, 2]]), torch.ones(1, 2, dtype=torch.bool))
+    assert shift.abs().max() == 0
+
+
+@pytest.mark.parametrize("name", ["atom", "egno"])
+def test_a_fresh_model_with_the_relaxed_prior_predicts_rotor_plus_the_relaxation_curve(batch, name):
+    torch.manual_seed(0)
+    cfg = replace(TINY, name=name, relaxed_prior=True, relaxed_input=True)
+    model = build_model(cfg, 4, 0).double().eval()
+    with torch.no_grad():
+        out = model(batch["x0"], batch["v0"], batch["z"], batch["lags_fs"], batch["mask"])
+    x0, v0, lags, m = batch["x0"], batch["v0"], batch["lags_fs"], batch["mask"].double()
+    mass = torch.from_numpy(atomic_masses(batch["z"].numpy())).double() * m
+    c, u, rot = physics.rotor_motion(x0, v0, mass, lags)
+    shift = relaxed_shift(x0, batch["z"], batch["mask"])
+    a = 1 - torch.exp(-lags / 250.0)  # a(Δt) at initialisation
+    expected = (physics.carry(x0, c, u, rot, lags) + a[..., None, None] * (shift[:, None] @ rot.transpose(-1, -2)))
+    torch.testing.assert_close(out, expected * m[:, None, :, None], atol=1e-8, rtol=1e-8)
+    rotor = physics.carry(x0, c, u, rot, lags) * m[:, None, :, None]
+    assert (out - rotor)[:, -1].norm(dim=-1).max() > 0.05  # at 1 ps the atoms have moved toward the minimum
+
+
+def test_relaxed_input_lets_the_trunk_see_the_shift(batch):
+    """With random weights, ATOM's trunk features change with relaxed_input on a displaced
+    molecule, and not at a minimum (δ = 0 lifts to zero), all other weights shared."""
+    from symmetry import randomise_parameters
+
+    def features(cfg, x0, z, mask):
+        model = randomise_parameters(build_model(cfg, 4, 0).double().eval(), 0.5)
+        with torch.no_grad():
+            h, _ = model.embed(x0, torch.zeros_like(x0), z, batch["lags_fs"][:1], mask)
+        return h
+
+    z, mask = batch["z"][1:], batch["mask"][1:]
+    displaced = batch["x0"][1:]
+    xm = torch.from_numpy(batch["minima"][1])[None]
+    off, on = TINY, replace(TINY, relaxed_input=True)
+    assert (features(on, displaced, z, mask) - features(off, displaced, z, mask)).abs().max() > 1e-2
+    torch.testing.assert_close(features(on, xm, z, mask), features(off, xm, z, mask), atol=1e-4, rtol=0)
+
+
+def test_a_relaxed_canonical_atom_stays_equivariant(batch):
+    from symmetry import randomise_parameters
+
+    torch.manual_seed(0)
+    model = randomise_parameters(build_model(replace(TINY, relaxed_prior=True, relaxed_input=True), 4, 0).double().eval(), 0.5)
+    r = random_rotation(torch.Generator().manual_seed(5))
+    m = batch["mask"].double()[..., None]
+    x0, v0, z, lags, mask = batch["x0"], batch["v0"], batch["z"], batch["lags_fs"], batch["mask"]
+    with torch.no_grad():
+        out = model(x0, v0, z, lags, mask)
+        turned = model((x0 @ r.T) * m, v0 @ r.T, z, lags, mask)
+    torch.testing.assert_close(turned, out @ r.T * m[:, None], atol=1e-5, rtol=0)
