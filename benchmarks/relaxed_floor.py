@@ -3,9 +3,9 @@ minimum — no neural network.
 
     .venv/bin/python benchmarks/relaxed_floor.py --fold all      # the five folds of cv.yaml, ~2 min
 
-For each window, x0 (every atom) is relaxed to its nearest MMFF94 minimum (RDKit: bonds
-perceived from the start geometry, neutral molecule, ≤ 500 steps), superposed on the rotor_all
-prediction at each lag, and the prediction moves a fraction a of the way toward it:
+For each window, x0 (every atom) is relaxed to its nearest MMFF94 minimum
+(`atomray.relaxation`), superposed on the rotor_all prediction at each lag, and the prediction
+moves a fraction a of the way toward it:
 
     x̂(Δt) = rotor_all(Δt) + a_k (relaxed superposed − rotor_all(Δt)),   Δt in ΔT bin k
 
@@ -15,6 +15,8 @@ the fold's out-of-domain test windows — the ones `jobs/cv.py` scores. Why it w
 `error_anatomy.py` shows that 98 % of rotor_all's error is internal motion and that moving
 toward the molecule's average shape removes much of it at long lags; a force-field minimum is
 an estimate of that shape that needs no knowledge of the test molecule's trajectory.
+The fitted weights follow a(Δt) = 1 − exp(−Δt / 250 fs) on every fold: the curve the
+`relaxed_all` floor and a fresh model with `model.relaxed_prior` use (`atomray.model.prior`).
 One JSON line per fold, then the mean over folds (S2T ×10⁻² Å², heavy atoms as scored).
 """
 
@@ -27,7 +29,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,60 +39,15 @@ from error_anatomy import BINS_FS, bin_weights, fit_blend
 from atomray.physics import superpose
 
 
-class Relaxer:
-    """MMFF94 minimisation of start frames; the bonds of each molecule are perceived once."""
-
-    def __init__(self, max_steps: int = 500):
-        self.max_steps, self.molecules = max_steps, {}
-
-    def _molecule(self, molecule_id: str, z: list[int], x: np.ndarray):
-        from rdkit import Chem
-        from rdkit.Chem import rdDetermineBonds
-
-        if molecule_id not in self.molecules:
-            rw = Chem.RWMol()
-            for atomic_number in z:
-                rw.AddAtom(Chem.Atom(int(atomic_number)))
-            mol = rw.GetMol()
-            conf = Chem.Conformer(len(z))
-            for k, p in enumerate(x):
-                conf.SetAtomPosition(k, p.tolist())
-            mol.AddConformer(conf)
-            try:
-                rdDetermineBonds.DetermineBonds(mol, charge=0)
-            except ValueError as err:
-                raise SystemExit(f"relaxed_floor: cannot perceive the bonds of {molecule_id}: {err}") from err
-            self.molecules[molecule_id] = mol
-        return self.molecules[molecule_id]
-
-    def __call__(self, windows: dict) -> torch.Tensor:
-        """(W, N, 3) float64: each window's x0 relaxed (padding left as is)."""
-        from rdkit import Chem
-        from rdkit.Chem import AllChem
-
-        x0, z, mask = windows["x0"], windows["z"], windows["mask"]
-        out = np.array(x0, dtype=np.float64)
-        for i in range(len(x0)):
-            n = int(mask[i].sum())
-            x = out[i, :n]
-            mol = Chem.Mol(self._molecule(str(windows["molecule_id"][i]), z[i, :n].tolist(), x))
-            conf = mol.GetConformer()
-            for k, p in enumerate(x):
-                conf.SetAtomPosition(k, p.tolist())
-            field = AllChem.MMFFGetMoleculeForceField(mol, AllChem.MMFFGetMoleculeProperties(mol))
-            field.Minimize(maxIts=self.max_steps)
-            out[i, :n] = mol.GetConformer().GetPositions()
-        return torch.from_numpy(out)
-
-
-def blend_parts(windows: dict, relaxer: Relaxer):
+def blend_parts(windows: dict):
     """rotor_all (W, P, N, 3), the relaxed start superposed on it, lags (W, P), err(pred) → (W, P)."""
     from atomray.data.pipeline import to_torch
     from atomray.evaluate import floor_predictions, score_mask
     from atomray.metrics import lag_errors
+    from atomray.relaxation import relaxed_shift
 
     b = to_torch(windows)
-    relaxed = relaxer(windows)
+    relaxed = b["x0"].double() + relaxed_shift(b["x0"], b["z"], b["mask"])
     target, lags, scored = b["target"].double(), b["lags_fs"].double(), score_mask(b)
     mass = b["mass"].double() * b["mask"].double()
     rotor = floor_predictions(b, ["rotor_all"])["rotor_all"]
@@ -99,14 +55,14 @@ def blend_parts(windows: dict, relaxer: Relaxer):
     return rotor, shape, lags, lambda pred: lag_errors(pred, target, scored)
 
 
-def relaxed_floor(cfg, fold: int, train_windows: int, relaxer: Relaxer) -> dict:
+def relaxed_floor(cfg, fold: int, train_windows: int) -> dict:
     from probe_fold import fold_windows
 
     split, _, pool, _, test = fold_windows(cfg, fold, train_windows)
     t0 = time.perf_counter()
-    rotor, shape, lags, err = blend_parts(pool, relaxer)
+    rotor, shape, lags, err = blend_parts(pool)
     weights = fit_blend(err, rotor, shape - rotor, lags)
-    rotor, shape, lags, err = blend_parts(test, relaxer)
+    rotor, shape, lags, err = blend_parts(test)
     pred = rotor + bin_weights(lags, weights)[..., None, None] * (shape - rotor)
     e_rotor, e_blend = err(rotor), err(pred)
     seconds = time.perf_counter() - t0
@@ -129,9 +85,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     cfg = resolve(load_config(args.config, args.overrides))
     folds = range(cfg.data.num_folds) if args.fold == "all" else [int(args.fold)]
-    relaxer, rows = Relaxer(), []
+    rows = []
     for fold in folds:
-        rows.append(relaxed_floor(cfg, fold, args.train_windows, relaxer))
+        rows.append(relaxed_floor(cfg, fold, args.train_windows))
         print(json.dumps(rows[-1]), flush=True)
     if len(rows) > 1:
         print(json.dumps({"folds": len(rows), **{f"mean_{k}": float(np.mean([r[k] for r in rows]))

@@ -270,3 +270,14 @@ def test_checks_run_for_a_checkpoints_config_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(path) in str(err.value) and "data.batch_size" in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["model.relaxed_prior=true", "data.context_atoms=heavy"], "data.context_atoms"),
+    (["model.relaxed_input=true", "data.context_atoms=heavy"], "data.context_atoms"),
+    (["model.relaxed_prior=true", "data.context_atoms=all", "model.prior=none"], "model.prior"),
+])
+def test_the_relaxation_refuses_configs_it_cannot_run_in(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert f"'{key}'" in str(err.value) and "relaxed_" in str(err.value)

@@ -76,6 +76,25 @@ def summarise(rows: Sequence[dict[str, Any]], folds: Sequence[int]) -> list[dict
     return table
 
 
+def per_fold_verdict(table: list[dict[str, Any]], folds: Sequence[int], kind: str) -> str:
+    """How the model fares against each fold's own strongest floor (a mean can hide a fold
+    where a floor wins)."""
+    model = next(r for r in table if r["metric"] == f"{kind} S2T")
+    floors = [r for r in table if r["metric"].startswith(f"{kind} S2T ")]
+    parts, wins, scored = [], 0, 0
+    for f in folds:
+        value = model.get(f"fold {f} mean")
+        present = [(r["metric"].split()[-1], r[f"fold {f} mean"]) for r in floors if f"fold {f} mean" in r]
+        if value is None or not present:
+            continue
+        name, floor = min(present, key=lambda nv: nv[1])
+        ratio = value / floor if floor > 0 else math.inf
+        scored += 1
+        wins += comparison(ratio) == "beats"
+        parts.append(f"fold {f} {ratio:.2f}x {name}")
+    return f"per fold, against that fold's strongest floor: beats it on {wins} of {scored} ({'; '.join(parts)})"
+
+
 def markdown(table: list[dict[str, Any]], folds: Sequence[int], model: str, cfg: RunConfig) -> str:
     head = "| metric (x1e-2 A^2) | " + " | ".join(f"fold {f}" for f in folds) + " | mean |"
     lines = [f"Cross-validation of `{model}` on `{cfg.data.path}` (UMAP clusters: {cfg.data.num_clusters}, "
@@ -93,6 +112,7 @@ def markdown(table: list[dict[str, Any]], folds: Sequence[int], model: str, cfg:
             name, value = min(floors, key=lambda nv: nv[1])
             lines.append(f"- {kind}: mean S2T {model:.3f} = {model / value:.2f}x the strongest floor ({name} "
                          f"{value:.3f}): the model {comparison(model / value)} it")
+            lines.append(f"  {per_fold_verdict(table, folds, kind)}")
     lines.append("")
     for f in folds:
         roles = fold_clusters(f, cfg.data.num_clusters, cfg.data.num_folds)

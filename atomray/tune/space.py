@@ -5,7 +5,8 @@ Keys are dotted RunConfig keys, so a trial's overrides apply with `apply_overrid
 - `SEARCH_SPACE`: learning rate, width, depth, heads, label noise σ, the T-RoPE timescale τ
   and the log-uniform horizon's Δt_min and ΔT_max.
 - `ABLATIONS`: each paper ablation and each of atomray's additions (prior, context atoms,
-  augmentation, distance bias, lag-conditioned output, internal velocities, loss weighting) with its
+  augmentation, distance bias, lag-conditioned output, internal velocities, loss weighting, MMFF94
+  relaxation in the prior and as an input) with its
   alternatives, the default first; `ablation_trials` makes the one-switch-at-a-time list (the
   default model plus one trial per alternative value), or the full factorial grid.
 """
@@ -31,6 +32,8 @@ ABLATIONS: dict[str, list[Any]] = {
     "model.lag_conditioned_output": [True, False],
     "model.internal_velocity": [True, False],
     "train.loss_weighting": ["none", "rigid"],
+    "model.relaxed_prior": [False, True],
+    "model.relaxed_input": [False, True],
 }
 # Alternatives that only make sense together: the quasi-equivariant lifting learns rotations
 # from augmented data (on the exactly equivariant default, augmentation changes nothing), and
@@ -66,14 +69,31 @@ def ablation_trials(keys: list[str] | None = None, full_grid: bool = False) -> l
     if unknown:
         raise KeyError(f"unknown ablation switch(es) {unknown}; known: {list(ABLATIONS)}")
     if full_grid:
-        return [dict(zip(keys, combo)) for combo in itertools.product(*(ABLATIONS[k] for k in keys))]
+        grid = [dict(zip(keys, combo)) for combo in itertools.product(*(ABLATIONS[k] for k in keys))]
+        return [t for t in grid if t == _compatible(t)]
     base = {k: ABLATIONS[k][0] for k in keys}
     trials = [dict(base)]
     for k in keys:
         for alt in ABLATIONS[k][1:]:
             trials.append({**base, k: alt})
     trials += [{**base, **combo} for combo in COMBINED if set(combo) <= set(keys)]
-    return trials
+    unique = []
+    for t in map(_compatible, trials):
+        if t not in unique:
+            unique.append(t)
+    return unique
+
+
+def _compatible(trial: dict[str, Any]) -> dict[str, Any]:
+    """The trial with the MMFF94 relaxation switched off where it cannot run: without the
+    hydrogens (context_atoms=heavy) the force field has no molecule, and without a prior
+    (prior=none) the relaxed prior has nothing to add to (`atomray.config_ranges`)."""
+    out = dict(trial)
+    if out.get("data.context_atoms") == "heavy":
+        out.update({k: False for k in ("model.relaxed_prior", "model.relaxed_input") if k in out})
+    if out.get("model.prior") == "none" and "model.relaxed_prior" in out:
+        out["model.relaxed_prior"] = False
+    return out
 
 
 def ablation_label(overrides: dict[str, Any]) -> str:

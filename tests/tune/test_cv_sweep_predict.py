@@ -100,7 +100,8 @@ def test_cv_makes_one_parent_and_five_fold_children_with_disjoint_splits(env, cv
     assert "cv/cv_summary.md" in arts and "cv/cv_summary.csv" in arts
     assert "OOD S2T" in cv and "OOD S2T no_motion" in cv and "OOD S2T rotor_all" in cv and "fold 4" in cv
     assert "the strongest floor (" in cv  # the summary's verdict, model against the strongest floor
-    for floor in ("no_motion", "linear", "rigid_heavy", "rigid_all", "rotor_all"):
+    assert "against that fold's strongest floor: beats it on " in cv and "of 5 (fold 0 " in cv  # and per fold
+    for floor in ("no_motion", "linear", "rigid_heavy", "rigid_all", "rotor_all", "relaxed_all"):
         assert f"mean_ood_s2t_{floor}" in parent.data.metrics, floor
 
 
