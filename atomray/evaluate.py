@@ -114,8 +114,7 @@ def relaxed_floor(batch: Mapping[str, torch.Tensor], x0: torch.Tensor, v0: torch
     """The relaxed_all floor (B, P, N, 3): the rotor motion of every atom plus
     a(Δt) R(Δt) δ, δ the shift of the model's atoms to the MMFF94 minimum of the whole molecule
     (the context atoms, hydrogens, relaxed with them; their atomic number is 1)."""
-    from atomray.model.prior import RELAX_TAU_FS
-    from atomray.relaxation import relaxed_shift
+    from atomray.relaxation import relaxed_shift, toward_minimum
 
     context = _context(batch)
     z, n = batch["z"].long(), x0.shape[1]
@@ -126,8 +125,7 @@ def relaxed_floor(batch: Mapping[str, torch.Tensor], x0: torch.Tensor, v0: torch
         m_all = torch.cat((m_all, context[2] > 0), 1)
     shift = relaxed_shift(x_all, z_all, m_all)[:, :n]
     c, u, rot = physics.rotor_motion(x0, v0, mass, lags, context)
-    a = -torch.expm1(-lags / RELAX_TAU_FS)[..., None, None]
-    return physics.carry(x0, c, u, rot, lags) + a * (shift[:, None] @ rot.transpose(-1, -2))
+    return physics.carry(x0, c, u, rot, lags) + toward_minimum(shift, rot, lags)
 
 
 # ---------------------------------------------------------------------------------------------

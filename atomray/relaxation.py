@@ -32,6 +32,7 @@ from torch import Tensor
 from atomray.physics import superpose
 
 MAX_STEPS = 500
+TAU_FS = 250.0  # a(Δt) = 1 − exp(−Δt/τ): the blend toward the minimum (relaxed_all, a fresh relaxed prior)
 _WARNED: set[str] = set()
 
 
@@ -102,3 +103,13 @@ def relaxed_shift(x: Tensor, z: Tensor, mask: Tensor, max_steps: int = MAX_STEPS
     keep = torch.from_numpy(ms & done[:, None])[..., None]
     shift = (superpose(torch.from_numpy(relaxed), xd, weight) - xd) * keep
     return shift.to(x.device)
+
+
+def toward_minimum(shift: Tensor, rot: Tensor, lags: Tensor, scale: Tensor | float = 1.0,
+                   tau_fs: Tensor | float = TAU_FS) -> Tensor:
+    """(B, P, N, 3) a(Δt) R(Δt) δ: the move toward the minimum at each lag, δ (B, N, 3) turned
+    with the body's orientation R (B, P, 3, 3), a(Δt) = scale (1 − exp(−Δt/τ)), lags (B, P) fs.
+    Differentiable in scale and τ (the relaxed prior learns them)."""
+    a = scale * -torch.expm1(-lags.to(rot.dtype) / tau_fs)  # (B, P)
+    turned = shift[:, None].to(rot.dtype) @ rot.transpose(-1, -2)  # (B, P, N, 3)
+    return a[..., None, None] * turned

@@ -38,9 +38,7 @@ from torch import Tensor, nn
 from atomray import physics
 from atomray.data.windows import atomic_masses
 from atomray.model.lifting import check_atomic_numbers
-from atomray.relaxation import relaxed_shift
-
-RELAX_TAU_FS = 250.0
+from atomray.relaxation import TAU_FS, relaxed_shift, toward_minimum
 
 
 class Prior(nn.Module):
@@ -55,9 +53,9 @@ class Prior(nn.Module):
         if relaxed and kind == "none":
             raise ValueError("a relaxed prior needs a prior to add the relaxation to (x0, rigid or rotor), found 'none'")
         self.kind, self.relaxed = kind, relaxed
-        if relaxed:  # a(Δt) = s (1 − exp(−Δt/τ)), s = 1 and τ = RELAX_TAU_FS at init
+        if relaxed:  # a(Δt) = s (1 − exp(−Δt/τ)), s = 1 and τ = TAU_FS at init
             self.relax_scale = nn.Parameter(torch.ones(()))
-            self.relax_log_tau = nn.Parameter(torch.tensor(float(np.log(RELAX_TAU_FS))))
+            self.relax_log_tau = nn.Parameter(torch.tensor(float(np.log(TAU_FS))))
         masses = torch.from_numpy(atomic_masses(np.arange(max_atomic_number + 1)))
         self.register_buffer("masses", masses, persistent=False)  # (Zmax + 1,) u, index 0 = padding
 
@@ -97,10 +95,7 @@ class Prior(nn.Module):
     def relaxation(self, delta: Tensor, rot: Tensor, lags: Tensor) -> Tensor:
         """(B, P, N, 3) a(Δt) R(Δt) δ for δ (B, N, 3), R (B, P, 3, 3), lags (B, P) fs; learnable."""
         with torch.autocast(device_type=delta.device.type, enabled=False):  # float32 or better
-            tau = self.relax_log_tau.exp()
-            a = self.relax_scale * -torch.expm1(-lags.to(tau.dtype) / tau)  # (B, P)
-            turned = delta[:, None].to(rot.dtype) @ rot.transpose(-1, -2)  # (B, P, N, 3)
-            return a[..., None, None].to(turned.dtype) * turned
+            return toward_minimum(delta, rot, lags, self.relax_scale.to(rot.dtype), self.relax_log_tau.exp().to(rot.dtype))
 
     @torch.compiler.disable
     @torch.no_grad()

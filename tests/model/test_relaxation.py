@@ -12,6 +12,7 @@ import torch
 from atomray import physics
 from atomray.config import ModelConfig
 from atomray.data.windows import atomic_masses
+from atomray.evaluate import floor_predictions
 from atomray.metrics import random_rotation
 from atomray.model import build_model
 from atomray.relaxation import relax_geometry, relaxed_shift
@@ -99,6 +100,8 @@ def test_a_fresh_model_with_the_relaxed_prior_predicts_rotor_plus_the_relaxation
     torch.testing.assert_close(out, expected * m[:, None, :, None], atol=1e-8, rtol=1e-8)
     rotor = physics.carry(x0, c, u, rot, lags) * m[:, None, :, None]
     assert (out - rotor)[:, -1].norm(dim=-1).max() > 0.05  # at 1 ps the atoms have moved toward the minimum
+    floor = floor_predictions({**batch, "mass": mass}, ["relaxed_all"])["relaxed_all"]
+    torch.testing.assert_close(out, floor * m[:, None, :, None], atol=1e-8, rtol=1e-8)  # = the relaxed_all floor
 
 
 def test_relaxed_input_lets_the_trunk_see_the_shift(batch):
