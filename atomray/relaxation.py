@@ -23,26 +23,18 @@ one CPU core (0.2 ms of it bond perception), so it runs on the host, outside aut
 from __future__ import annotations
 
 import warnings
-from collections import Counter
 
 import numpy as np
 import torch
+from ase.symbols import Symbols
 from torch import Tensor
 
+from atomray.data.windows import atomic_masses
 from atomray.physics import superpose
 
 MAX_STEPS = 500
 TAU_FS = 250.0  # a(Δt) = 1 − exp(−Δt/τ): the blend toward the minimum (relaxed_all, a fresh relaxed prior)
 _WARNED: set[str] = set()
-
-
-def _formula(z: np.ndarray) -> str:
-    from rdkit.Chem import GetPeriodicTable
-
-    table = GetPeriodicTable()
-    counts = {table.GetElementSymbol(int(k)): n for k, n in Counter(z.tolist()).items()}
-    order = sorted(counts, key=lambda s: (s != "C", s != "H", s))  # Hill order
-    return "".join(f"{s}{counts[s] if counts[s] > 1 else ''}" for s in order)
 
 
 def relax_geometry(x: np.ndarray, z: np.ndarray, max_steps: int = MAX_STEPS) -> np.ndarray | None:
@@ -89,15 +81,13 @@ def relaxed_shift(x: Tensor, z: Tensor, mask: Tensor, max_steps: int = MAX_STEPS
             continue
         out = relax_geometry(xs[i, atoms], zs[i, atoms], max_steps)
         if out is None:
-            formula = _formula(zs[i, atoms])
+            formula = Symbols(zs[i, atoms]).get_chemical_formula(mode="hill")
             if formula not in _WARNED:
                 _WARNED.add(formula)
                 warnings.warn(f"relaxation: MMFF94 cannot relax {formula} (bonds not perceived or atoms "
                               f"not typed); its shift is 0 (no relaxation)", stacklevel=2)
             continue
         relaxed[i, atoms], done[i] = out, True
-    from atomray.data.windows import atomic_masses
-
     weight = torch.from_numpy(atomic_masses(zs).astype(np.float64) * ms)
     xd = torch.from_numpy(xs)
     keep = torch.from_numpy(ms & done[:, None])[..., None]

@@ -52,7 +52,7 @@ class Prior(nn.Module):
             raise ValueError(f"prior must be 'none', 'x0', 'rigid' or 'rotor', found {kind!r}")
         if relaxed and kind == "none":
             raise ValueError("a relaxed prior needs a prior to add the relaxation to (x0, rigid or rotor), found 'none'")
-        self.kind, self.relaxed = kind, relaxed
+        self.kind = kind
         if relaxed:  # a(Δt) = s (1 − exp(−Δt/τ)), s = 1 and τ = TAU_FS at init
             self.relax_scale = nn.Parameter(torch.ones(()))
             self.relax_log_tau = nn.Parameter(torch.tensor(float(np.log(TAU_FS))))
