@@ -272,11 +272,30 @@ def inject_fault_once(config: dict, kind: str, epoch: int, rank: int) -> None:
     os._exit(1)
 
 
+COMMIT_MARKER = ".committed_epoch"  # written by the controller while a fault is configured
+
+
 def maybe_inject_fault(cfg: RunConfig, config: dict, epoch: int, step: int, steps: int, rank: int, world: int) -> None:
     """Fault injection for tests (`train.fail_at_epoch`): the last rank exits hard halfway
-    through that epoch, once per run."""
-    if cfg.train.fail_at_epoch == epoch and rank == world - 1 and step == steps // 2:
-        inject_fault_once(config, "mid_epoch", epoch, rank)
+    through that epoch, once per run, and only once Ray Train has committed the epoch before
+    it (the controller reports commits in run_dir/.committed_epoch while a fault is
+    configured): otherwise whether the restart resumes or starts over would depend on how soon
+    the controller polled the workers."""
+    if cfg.train.fail_at_epoch != epoch or rank != world - 1 or step != steps // 2:
+        return
+    if epoch > 0:
+        wait_for_commit(config["run_dir"], epoch - 1)
+    inject_fault_once(config, "mid_epoch", epoch, rank)
+
+
+def wait_for_commit(run_dir: str, epoch: int, timeout_s: float = 300.0) -> None:
+    """Block until the controller has recorded `epoch` as committed in run_dir."""
+    marker = storage.join(run_dir, COMMIT_MARKER)
+    deadline = time.monotonic() + timeout_s
+    while not (storage.exists(marker) and int(storage.read_text(marker) or -1) >= epoch):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{marker}: epoch {epoch} was not committed within {timeout_s:.0f} s")
+        time.sleep(0.2)
 
 
 def maybe_exit_after_report(cfg: RunConfig, config: dict, epoch: int, rank: int, world: int) -> None:
@@ -297,9 +316,10 @@ def committed_history(checkpoint: Any) -> list[dict[str, float]]:
         return json.loads(fh.read())["history"]
 
 
-def record_epochs(epochs: int, mlflow_uri: str = "", mlflow_run_id: str = ""):
+def record_epochs(epochs: int, mlflow_uri: str = "", mlflow_run_id: str = "", commit_marker: str = ""):
     """An `EpochRecorder` (a Ray Train `UserCallback`, built here so that `ray.train` is
-    imported only where a run starts)."""
+    imported only where a run starts). With `commit_marker`, it writes there the last committed
+    epoch (what fault injection waits for)."""
     from ray.train import UserCallback
 
     class EpochRecorder(UserCallback):
@@ -316,6 +336,8 @@ def record_epochs(epochs: int, mlflow_uri: str = "", mlflow_run_id: str = ""):
                 return
             history = committed_history(checkpoint)
             print(progress_line(history[-1], epochs), flush=True)
+            if commit_marker:
+                storage.write_text(commit_marker, str(int(history[-1]["epoch"])))
             if not mlflow_run_id:
                 return
             from atomray import tracking
@@ -347,6 +369,7 @@ def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: 
     if cfg.scaling.use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker
     log_level = os.environ.get("ATOMRAY_LOG_LEVEL", "INFO")  # set by atomray.train.pretrain.quiet_logs
+    commit_marker = storage.join(run_dir, COMMIT_MARKER) if cfg.train.fail_at_epoch > 0 else ""
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -369,7 +392,7 @@ def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: 
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_s2s",
                                                          checkpoint_score_order="min"),
-            callbacks=[record_epochs(cfg.train.epochs, mlflow_uri, mlflow_run_id), *(callbacks or [])],
+            callbacks=[record_epochs(cfg.train.epochs, mlflow_uri, mlflow_run_id, commit_marker), *(callbacks or [])],
             # Ray Train's own INFO lines (every report, every checkpoint) only when asked for.
             logging_config=ray.train.LoggingConfig(log_level=log_level),
         ),
