@@ -4,7 +4,8 @@
     python jobs/pretrain.py --config FILE key=value ...      # e.g. model.num_layers=6
     ray job submit --working-dir . -- python jobs/pretrain.py scaling.use_gpu=true
 
-Connects to the Ray cluster in $RAY_ADDRESS (set by `ray job submit`) or starts a local one.
+Connects to the Ray cluster in $RAY_ADDRESS (set by `ray job submit`), else to the one `ray start` started on
+this machine, else starts a local one.
 Prints one line per epoch (once Ray Train has committed its checkpoint), then the best
 validation S2T/S2S beside the physics floors (no motion, linear, rigid body from heavy / all
 atoms) on the same windows, a verdict against the strongest floor, the MLflow run id and the

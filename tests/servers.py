@@ -129,3 +129,14 @@ def ray_head(root: Path, num_cpus: int = 2, env: dict[str, str] | None = None) -
         yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "log": str(log)}
     finally:
         stop(proc, timeout=10)  # a head that ran jobs can take ~40 s to stop gracefully; its group is killed after 10
+        forget_ray_head(gcs)
+
+
+def forget_ray_head(gcs_port: int, temp_dir: Path = Path("/tmp/ray")) -> None:
+    """Remove Ray's record of the last `ray start` (temp_dir/ray_current_cluster) when it names
+    this head. A head killed before it could remove the record leaves it behind, and every later
+    `ray.init()` without an address on this machine would try to join the dead head and hang."""
+    record = temp_dir / "ray_current_cluster"
+    with contextlib.suppress(FileNotFoundError):
+        if record.read_text().strip().endswith(f":{gcs_port}"):
+            record.unlink()

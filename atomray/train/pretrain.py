@@ -41,7 +41,8 @@ class PretrainResult:
 
 
 def init_ray(address: str | None = None, verbose: bool = False, **kwargs: Any):
-    """`ray.init` for atomray's jobs: `address` defaults to $RAY_ADDRESS (unset: a local instance).
+    """`ray.init` for atomray's jobs: `address` defaults to $RAY_ADDRESS; unset, Ray joins the
+    cluster the last `ray start` on this machine started, if any, or else starts a local instance.
     Unless `verbose`, Ray's and MLflow's informational logs are turned down (`quiet_logs`).
 
     Starting a local instance, keep up to 4 idle worker processes per CPU alive
