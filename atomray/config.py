@@ -55,7 +55,9 @@ class ModelConfig:
     features scaled by a learned function of each lag, and (with a rigid / rotor prior)
     velocities read relative to the rigid-body motion the prior extrapolates.
     `relaxed_prior` (every model) adds to the prior a learned, lag-dependent move toward the
-    molecule's nearest MMFF94 minimum (`atomray.model.prior`, `atomray.relaxation`);
+    molecule's nearest minimum (`atomray.model.prior`, `atomray.relaxation`; `relaxation`:
+    "gfn2", the MMFF94 minimum refined with GFN2-xTB once per conformer basin, or "mmff94",
+    MMFF94's alone: faster, but biased against GFN2-xTB data on some molecules);
     `relaxed_input` (ATOM) lifts the shift to that minimum as a second position stream. The
     EGNO baseline starts its coordinates from the prior, so it sees the relaxed shape whenever
     `relaxed_prior` is on; `relaxed_input` changes nothing for the EGNN family. Both need every
@@ -84,6 +86,7 @@ class ModelConfig:
     internal_velocity: bool = True
     relaxed_prior: bool = False
     relaxed_input: bool = False
+    relaxation: Literal["gfn2", "mmff94"] = "gfn2"
     latent_equivariance_weight: float = 0.0
     # EGNO / EGNN baselines (REFERENCE.md, "The EGNO single-task protocol").
     gnn_hidden_dim: int = 64

@@ -116,7 +116,7 @@ def _check_model(cfg: RunConfig) -> None:
                                         f"into {m.num_heads} heads of even size for T-RoPE)", m.embed_dim)
     for key in ("relaxed_prior", "relaxed_input"):
         if getattr(m, key) and cfg.data.context_atoms != "all":
-            raise _error("data.context_atoms", f"'all' with model.{key}=true (the MMFF94 relaxation needs every "
+            raise _error("data.context_atoms", f"'all' with model.{key}=true (the relaxation needs every "
                                                "atom, hydrogens included)", cfg.data.context_atoms)
     if m.relaxed_prior and m.prior == "none":
         raise _error("model.prior", "x0, rigid or rotor with model.relaxed_prior=true (the relaxation is added "

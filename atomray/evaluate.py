@@ -19,7 +19,7 @@ windows and atoms:
     rotor_all     the exact torque-free rigid-body motion from every atom (L conserved, ω
                   precessing as the body turns; Euler's equations): the strongest floor at long
                   lags, since a free molecule's ω is not constant
-    relaxed_all   rotor_all plus a move toward the molecule's nearest MMFF94 minimum, a fraction
+    relaxed_all   rotor_all plus a move toward the molecule's nearest minimum, a fraction
                   a(Δt) = 1 − exp(−Δt / 250 fs) of the way (`atomray.relaxation`): the average
                   shape it vibrates about, which matters at long lags. It is what a fresh model
                   with `relaxed_prior` predicts; needs RDKit and ~3.5 ms per window
@@ -110,10 +110,11 @@ def _context(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...] | No
 
 
 def relaxed_floor(batch: Mapping[str, torch.Tensor], x0: torch.Tensor, v0: torch.Tensor, mass: torch.Tensor,
-                  lags: torch.Tensor) -> torch.Tensor:
+                  lags: torch.Tensor, method: str = "gfn2") -> torch.Tensor:
     """The relaxed_all floor (B, P, N, 3): the rotor motion of every atom plus
-    a(Δt) R(Δt) δ, δ the shift of the model's atoms to the MMFF94 minimum of the whole molecule
-    (the context atoms, hydrogens, relaxed with them; their atomic number is 1)."""
+    a(Δt) R(Δt) δ, δ the shift of the model's atoms to the nearest minimum of the whole molecule
+    (`atomray.relaxation`, GFN2-xTB-refined by default; the context atoms, hydrogens, relaxed
+    with them; their atomic number is 1)."""
     from atomray.relaxation import relaxed_shift, toward_minimum
 
     context = _context(batch)
@@ -123,7 +124,7 @@ def relaxed_floor(batch: Mapping[str, torch.Tensor], x0: torch.Tensor, v0: torch
         x_all = torch.cat((x0, context[0]), 1)
         z_all = torch.cat((z, (context[2] > 0).long()), 1)
         m_all = torch.cat((m_all, context[2] > 0), 1)
-    shift = relaxed_shift(x_all, z_all, m_all)[:, :n]
+    shift = relaxed_shift(x_all, z_all, m_all, method)[:, :n]
     c, u, rot = physics.rotor_motion(x0, v0, mass, lags, context)
     return physics.carry(x0, c, u, rot, lags) + toward_minimum(shift, rot, lags)
 

@@ -1,23 +1,31 @@
-"""Relaxation toward the nearest force-field minimum: the shape a vibrating molecule oscillates about.
+"""Relaxation toward the nearest minimum: the shape a vibrating molecule oscillates about.
 
-    shift = relaxed_shift(x, z, mask)          # (B, N, 3) Å, float64
+    shift = relaxed_shift(x, z, mask)          # (B, N, 3) Å, float64; method="gfn2" by default
 
 For each state, the geometry x (every atom of the molecule, hydrogens included) is minimised
 with MMFF94 (RDKit; bonds and bond orders perceived from x itself, neutral molecule, at most
-`MAX_STEPS` steps), the minimum is superposed on x (mass-weighted Kabsch,
+`MAX_STEPS` steps). With method "gfn2" (the default) that minimum is then refined with
+GFN2-xTB (tblite, BFGS to 0.03 eV/Å) — once per conformer basin: two states whose MMFF94
+minima lie within `BASIN_RMSD` of each other after superposition share the refined minimum,
+kept in memory per molecule. The minimum is superposed on x (mass-weighted Kabsch,
 `atomray.physics.superpose`) and the shift is the displacement from x to it. It is a vector
 per atom that turns with the molecule and ignores translations, like a velocity.
 
 Why: 98 % of the rotor floor's error out of domain is internal motion, and the best a
 predictor can do at long lags, not knowing the vibrations' phases, is the molecule's average
-shape. A force-field minimum estimates that shape for a molecule never seen
-(`benchmarks/relaxed_floor.py`: rotor_all moved toward it scores 0.85 × rigid_all on the CV
-folds, no network). Models use it through `ModelConfig.relaxed_prior` / `relaxed_input`.
+shape. A minimum estimates that shape for a molecule never seen. Why GFN2-xTB: MMFF94's
+minimum is biased against GFN2-xTB (and DFT) geometries on some molecules — on tg80-mini's
+salicylic acid, moving toward it makes the rotor floor 1.5–2.5× worse; the refined minimum
+helps on all 15 molecules (`benchmarks/relaxed_floor.py --per-molecule`). MMFF94 still
+finds the basin (the conformer) x vibrates in, in milliseconds. Models use the shift through
+`ModelConfig.relaxed_prior` / `relaxed_input` (`ModelConfig.relaxation` picks the method).
 
 A state whose bonds cannot be perceived, or which MMFF94 cannot type, gets a zero shift (no
-relaxation) and one warning per element formula. Cost: ~3.5 ms per state of 10–25 atoms on
-one CPU core (0.2 ms of it bond perception), so it runs on the host, outside autograd and
-`torch.compile`. Deterministic: the same x gives the same shift.
+relaxation) and one warning per element formula; a failed GFN2-xTB refinement keeps the MMFF94
+minimum. Cost: ~3.5 ms per state of 10–25 atoms on one CPU core for MMFF94, plus 0.1–0.6 s the
+first time a process meets a basin (a tg80-mini molecule has a handful), so it runs on the
+host, outside autograd and `torch.compile`. Deterministic for a given x up to the refinement's
+tolerance (~10⁻³ Å): a state reuses the refined minimum of the first state of its basin.
 """
 
 from __future__ import annotations
@@ -34,10 +42,17 @@ from atomray.physics import superpose
 
 MAX_STEPS = 500
 TAU_FS = 250.0  # a(Δt) = 1 − exp(−Δt/τ): the blend toward the minimum (relaxed_all, a fresh relaxed prior)
+METHODS = ("gfn2", "mmff94")
+GFN2_FMAX = 0.03  # eV/Å: the GFN2-xTB refinement stops below this largest force
+GFN2_MAX_STEPS = 300
+BASIN_RMSD = 0.05  # Å: two MMFF94 minima this close (after superposition) are the same basin
 _WARNED: set[str] = set()
+# MMFF94 basin → GFN2-xTB minimum, per atom-number sequence: [(MMFF94 minimum, GFN2 minimum), ...]
+_GFN2_MINIMA: dict[bytes, list[tuple[np.ndarray, np.ndarray]]] = {}
+MAX_BASINS = 512  # per molecule kept in memory; beyond, refinements are computed and not kept
 
 
-def relax_geometry(x: np.ndarray, z: np.ndarray, max_steps: int = MAX_STEPS) -> np.ndarray | None:
+def mmff_minimum(x: np.ndarray, z: np.ndarray, max_steps: int = MAX_STEPS) -> np.ndarray | None:
     """(N, 3) Å: the MMFF94 minimum nearest to x (atomic numbers z (N,)), or None when bonds
     cannot be perceived or MMFF94 has no parameters for the molecule."""
     from rdkit import Chem, RDLogger
@@ -67,10 +82,60 @@ def relax_geometry(x: np.ndarray, z: np.ndarray, max_steps: int = MAX_STEPS) -> 
     return np.asarray(mol.GetConformer().GetPositions(), dtype=np.float64)
 
 
-def relaxed_shift(x: Tensor, z: Tensor, mask: Tensor, max_steps: int = MAX_STEPS) -> Tensor:
-    """(B, N, 3) float64 on x's device: superposed MMFF94 minimum − x for each state (B, N, 3)
-    Å with atomic numbers z (B, N) and real-atom mask (B, N); 0 at padding and for states
-    MMFF94 cannot handle. The molecule must be complete (hydrogens included)."""
+def gfn2_minimum(start: np.ndarray, z: np.ndarray) -> np.ndarray | None:
+    """(N, 3) Å: the GFN2-xTB minimum (tblite, neutral, BFGS to `GFN2_FMAX`) nearest to start,
+    or None when the calculation fails."""
+    from ase import Atoms
+    from ase.optimize import BFGS
+    from tblite.ase import TBLite
+
+    atoms = Atoms(numbers=np.asarray(z), positions=np.asarray(start, dtype=np.float64))
+    atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
+    try:
+        BFGS(atoms, logfile=None).run(fmax=GFN2_FMAX, steps=GFN2_MAX_STEPS)
+    except Exception:  # tblite raises on SCF failure; the caller falls back to MMFF94
+        return None
+    return np.asarray(atoms.get_positions(), dtype=np.float64)
+
+
+def rmsd_superposed(p: np.ndarray, q: np.ndarray) -> float:
+    """Root-mean-square distance (Å) between p and q (N, 3) after the best rotation and translation."""
+    p, q = p - p.mean(0), q - q.mean(0)
+    u, s, vt = np.linalg.svd(p.T @ q)
+    s[-1] *= np.sign(np.linalg.det(u @ vt))
+    return float(np.sqrt(max((p**2).sum() + (q**2).sum() - 2 * s.sum(), 0.0) / len(p)))
+
+
+def basin_minimum(mmff: np.ndarray, z: np.ndarray) -> np.ndarray | None:
+    """The GFN2-xTB minimum of the basin whose MMFF94 minimum is `mmff`: refined from it once
+    per basin and molecule, then looked up (any orientation; callers superpose it)."""
+    basins = _GFN2_MINIMA.setdefault(np.asarray(z, dtype=np.int64).tobytes(), [])
+    for known, minimum in basins:
+        if rmsd_superposed(known, mmff) < BASIN_RMSD:
+            return minimum
+    minimum = gfn2_minimum(mmff, z)
+    if minimum is not None and len(basins) < MAX_BASINS:
+        basins.append((mmff, minimum))
+    return minimum
+
+
+def relax_geometry(x: np.ndarray, z: np.ndarray, method: str = "gfn2", max_steps: int = MAX_STEPS) -> np.ndarray | None:
+    """(N, 3) Å: the minimum nearest to x (atomic numbers z (N,)) — MMFF94's, refined with
+    GFN2-xTB for method "gfn2" — or None when MMFF94 cannot handle the molecule. A failed
+    GFN2-xTB refinement leaves the MMFF94 minimum."""
+    if method not in METHODS:
+        raise ValueError(f"relaxation method must be one of {', '.join(METHODS)}, found {method!r}")
+    mmff = mmff_minimum(x, z, max_steps)
+    if mmff is None or method == "mmff94":
+        return mmff
+    refined = basin_minimum(mmff, z)
+    return mmff if refined is None else refined
+
+
+def relaxed_shift(x: Tensor, z: Tensor, mask: Tensor, method: str = "gfn2", max_steps: int = MAX_STEPS) -> Tensor:
+    """(B, N, 3) float64 on x's device: superposed minimum − x for each state (B, N, 3) Å with
+    atomic numbers z (B, N) and real-atom mask (B, N); 0 at padding and for states MMFF94
+    cannot handle. The molecule must be complete (hydrogens included)."""
     xs = x.detach().double().cpu().numpy()
     zs = z.detach().long().cpu().numpy()
     ms = mask.detach().bool().cpu().numpy()
@@ -79,7 +144,7 @@ def relaxed_shift(x: Tensor, z: Tensor, mask: Tensor, max_steps: int = MAX_STEPS
         atoms = np.flatnonzero(ms[i])
         if len(atoms) < 2:
             continue
-        out = relax_geometry(xs[i, atoms], zs[i, atoms], max_steps)
+        out = relax_geometry(xs[i, atoms], zs[i, atoms], method, max_steps)
         if out is None:
             formula = Symbols(zs[i, atoms]).get_chemical_formula(mode="hill")
             if formula not in _WARNED:

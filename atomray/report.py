@@ -66,7 +66,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
              "Floors: no_motion x0; linear x0 + v0 dt; rigid_heavy / rigid_all the rigid-body motion "
              "at constant w = I^-1 L (centre of mass drift, rotation exp(w dt)) told by the heavy atoms / "
              "all atoms; rotor_all the exact torque-free rigid-body motion (L conserved) of all atoms; "
-             "relaxed_all rotor_all moved a fraction 1 - exp(-dt / 250 fs) toward the MMFF94 minimum. "
+             "relaxed_all rotor_all moved a fraction 1 - exp(-dt / 250 fs) toward the nearest (GFN2-xTB) minimum. "
              "model_rotated: the model on the same windows, each turned by a random rotation (the gap to "
              "model measures orientation memorisation; floors are unchanged by it).", ""]
     has_model = any("model_s2t" in r for r in rows)

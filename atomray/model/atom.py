@@ -52,7 +52,7 @@ Additions to the paper, each a switch (measured in the README's ablation table):
                  by invariants, so the projection stays equivariant.
   prior          as above (the paper's delta prediction is prior=x0).
   relaxed_prior  the prior also moves each atom a learned, lag-dependent fraction of the way to
-                 the molecule's nearest MMFF94 minimum, turned with the body (`Prior`,
+                 the molecule's nearest minimum (MMFF94, refined with GFN2-xTB), turned with the body (`Prior`,
                  `atomray.relaxation`): the average shape the molecule vibrates about, which
                  the trunk cannot guess for a molecule it never saw.
   relaxed_input  the shift δ to that minimum is lifted like a position (o3.Linear of
@@ -156,8 +156,8 @@ class ATOM(nn.Module):
         chem_dim = cfg.max_atomic_number + rwpe_dim
         lift = LinearLifting if cfg.lifting == "linear" else EquivariantLifting
         self.lifting = lift(d, chem_dim)
-        self.prior = Prior(cfg.prior, cfg.max_atomic_number, cfg.relaxed_prior)
-        if cfg.relaxed_input:  # the shift to the MMFF94 minimum, lifted like a position
+        self.prior = Prior(cfg.prior, cfg.max_atomic_number, cfg.relaxed_prior, cfg.relaxation)
+        if cfg.relaxed_input:  # the shift to the minimum, lifted like a position
             self.lift_relaxed = (nn.Linear(4, d) if cfg.lifting == "linear"
                                  else o3.Linear("1x1o + 1x0e", hidden_irreps(d)))
         self.heterogeneous = cfg.attention == "heterogeneous"

@@ -139,7 +139,7 @@ class EGNNBaseline(nn.Module):
         hid = cfg.gnn_hidden_dim
         self.node_embed = nn.Linear(2 + rwpe_dim, hid)
         self.time_embed = SinusoidalTimeEmbedding(cfg.time_embed_dim, hid, cfg.rope_base, cfg.tau_fs)
-        self.prior = Prior(cfg.prior, cfg.max_atomic_number, cfg.relaxed_prior)
+        self.prior = Prior(cfg.prior, cfg.max_atomic_number, cfg.relaxed_prior, cfg.relaxation)
         if cfg.prior != "none":
             self.alpha = nn.Parameter(torch.zeros(()))  # prior + α (x̂ − prior): the prior at init
 
@@ -172,7 +172,7 @@ class EGNNBaseline(nn.Module):
         base, rot = self.prior(x0.to(m.dtype), v0.to(m.dtype), z, mask, lags_fs)
         if base is None:
             return None
-        if self.cfg.relaxed_prior:  # toward the MMFF94 minimum (`Prior.relaxation`)
+        if self.cfg.relaxed_prior:  # toward the minimum (`Prior.relaxation`)
             base = base + self.prior.relaxation(self.prior.shift(x0, z, mask), rot, lags_fs).to(base.dtype)
         return base * m[:, None]
 

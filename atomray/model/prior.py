@@ -17,7 +17,7 @@ so a model can express its correction in the frame that turns with the molecule:
 internal motion it learns is then the same whichever way the molecule happens to spin.
 
 Relaxed prior (`ModelConfig.relaxed_prior`): the prior also moves each atom toward the
-molecule's nearest MMFF94 minimum (`atomray.relaxation`), turned with the body,
+molecule's nearest minimum (`atomray.relaxation`), turned with the body,
 
     prior(Δt) = rigid-body motion(Δt) + a(Δt) R(Δt) δ,     a(Δt) = s (1 − exp(−Δt / τ)),
 
@@ -46,13 +46,14 @@ class Prior(nn.Module):
     (B,P,N,3) Å, orientation R (B,P,3,3)), or (None, None) for prior "none". Padded atoms get
     mass 0, so they never move the rigid body."""
 
-    def __init__(self, kind: str, max_atomic_number: int, relaxed: bool = False):
+    def __init__(self, kind: str, max_atomic_number: int, relaxed: bool = False, relaxation: str = "gfn2"):
         super().__init__()
         if kind not in ("none", "x0", "rigid", "rotor"):
             raise ValueError(f"prior must be 'none', 'x0', 'rigid' or 'rotor', found {kind!r}")
         if relaxed and kind == "none":
             raise ValueError("a relaxed prior needs a prior to add the relaxation to (x0, rigid or rotor), found 'none'")
         self.kind = kind
+        self.relaxation_method = relaxation  # atomray.relaxation.METHODS
         if relaxed:  # a(Δt) = s (1 − exp(−Δt/τ)), s = 1 and τ = TAU_FS at init
             self.relax_scale = nn.Parameter(torch.ones(()))
             self.relax_log_tau = nn.Parameter(torch.tensor(float(np.log(TAU_FS))))
@@ -88,9 +89,9 @@ class Prior(nn.Module):
 
     @torch.compiler.disable
     def shift(self, x: Tensor, z: Tensor, mask: Tensor) -> Tensor:
-        """(B, N, 3) δ: superposed MMFF94 minimum − x, in x's dtype (`atomray.relaxation`). The
+        """(B, N, 3) δ: superposed minimum − x, in x's dtype (`atomray.relaxation`). The
         model's atoms must be the whole molecule (`data.context_atoms=all`)."""
-        return relaxed_shift(x, z, mask).to(x.dtype)
+        return relaxed_shift(x, z, mask, self.relaxation_method).to(x.dtype)
 
     def relaxation(self, delta: Tensor, rot: Tensor, lags: Tensor) -> Tensor:
         """(B, P, N, 3) a(Δt) R(Δt) δ for δ (B, N, 3), R (B, P, 3, 3), lags (B, P) fs; learnable."""

@@ -5,7 +5,7 @@ Keys are dotted RunConfig keys, so a trial's overrides apply with `apply_overrid
 - `SEARCH_SPACE`: learning rate, width, depth, heads, label noise σ, the T-RoPE timescale τ
   and the log-uniform horizon's Δt_min and ΔT_max.
 - `ABLATIONS`: each paper ablation and each of atomray's additions (prior, context atoms,
-  augmentation, distance bias, lag-conditioned output, internal velocities, loss weighting, MMFF94
+  augmentation, distance bias, lag-conditioned output, internal velocities, loss weighting,
   relaxation in the prior and as an input) with its
   alternatives, the default first; `ablation_trials` makes the one-switch-at-a-time list (the
   default model plus one trial per alternative value), or the full factorial grid.
@@ -85,7 +85,7 @@ def ablation_trials(keys: list[str] | None = None, full_grid: bool = False) -> l
 
 
 def _compatible(trial: dict[str, Any]) -> dict[str, Any]:
-    """The trial with the MMFF94 relaxation switched off where it cannot run: without the
+    """The trial with the relaxation switched off where it cannot run: without the
     hydrogens (context_atoms=heavy) the force field has no molecule, and without a prior
     (prior=none) the relaxed prior has nothing to add to (`atomray.config_ranges`)."""
     out = dict(trial)

@@ -1,5 +1,6 @@
-"""`atomray.relaxation`: the shift to the nearest MMFF94 minimum, and the models that use it
-(`model.relaxed_prior`, `model.relaxed_input`). Real RDKit MMFF94 on small real molecules."""
+"""`atomray.relaxation`: the shift to the nearest minimum (MMFF94, refined with GFN2-xTB), and
+the models that use it (`model.relaxed_prior`, `model.relaxed_input`). Real RDKit MMFF94 and
+real tblite GFN2-xTB on small real molecules."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from atomray.data.windows import atomic_masses
 from atomray.evaluate import floor_predictions
 from atomray.metrics import random_rotation
 from atomray.model import build_model
-from atomray.relaxation import relax_geometry, relaxed_shift
+from atomray import relaxation
+from atomray.relaxation import mmff_minimum, relax_geometry, relaxed_shift, rmsd_superposed
 from atomray.tg80.engines import embed, molecule_with_hydrogens
 
 torch.set_num_threads(1)
@@ -75,6 +77,49 @@ def test_the_shift_turns_with_the_molecule_and_ignores_translations(batch):
     moved = (batch["x0"] @ r.T + torch.tensor([1.0, -2.0, 0.5])) * m
     shift = relaxed_shift(batch["x0"], batch["z"], batch["mask"])
     torch.testing.assert_close(relaxed_shift(moved, batch["z"], batch["mask"]), (shift @ r.T) * m, atol=1e-5, rtol=0)
+
+
+def gfn2_max_force(x: np.ndarray, z: np.ndarray) -> float:
+    """Largest GFN2-xTB force on an atom (eV/Å) at geometry x."""
+    from ase import Atoms
+    from tblite.ase import TBLite
+
+    atoms = Atoms(numbers=z, positions=x)
+    atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
+    return float(np.linalg.norm(atoms.get_forces(), axis=1).max())
+
+
+def test_the_gfn2_minimum_is_stationary_for_gfn2_and_mmff94s_is_not():
+    """Salicylic acid: the default relaxation ends where GFN2-xTB's forces vanish; MMFF94's own
+    minimum, a different shape, is not a GFN2-xTB minimum (the bias the refinement removes)."""
+    z, x = conformer("OC(=O)c1ccccc1O")
+    gfn2, mmff = relax_geometry(x, z), relax_geometry(x, z, "mmff94")
+    assert gfn2_max_force(gfn2, z) < 1.5 * relaxation.GFN2_FMAX
+    assert gfn2_max_force(mmff, z) > 0.2
+    assert rmsd_superposed(gfn2, mmff) > 0.02
+
+
+def test_states_of_one_basin_share_one_gfn2_refinement():
+    """Two differently displaced and turned copies of ethanol lie in one MMFF94 basin: one
+    GFN2-xTB refinement serves both, and both get the same minimum."""
+    z, x = conformer("CCO")
+    relaxation._GFN2_MINIMA.pop(np.asarray(z, dtype=np.int64).tobytes(), None)
+    rng = np.random.default_rng(1)
+    r = random_rotation(torch.Generator().manual_seed(2)).numpy()
+    first = relax_geometry(mmff_minimum(x, z) + rng.normal(0, 0.04, x.shape), z)
+    second = relax_geometry((mmff_minimum(x, z) + rng.normal(0, 0.04, x.shape)) @ r.T, z)
+    assert len(relaxation._GFN2_MINIMA[np.asarray(z, dtype=np.int64).tobytes()]) == 1
+    assert rmsd_superposed(first, second) < 1e-9
+
+
+def test_the_model_uses_the_configured_relaxation(batch):
+    """`model.relaxation` reaches the prior: mmff94 gives MMFF94's shift, gfn2 the refined one."""
+    shifts = {}
+    for method in relaxation.METHODS:
+        model = build_model(replace(TINY, relaxed_prior=True, relaxation=method), 4, 0).double()
+        shifts[method] = model.prior.shift(batch["x0"], batch["z"], batch["mask"])
+        torch.testing.assert_close(shifts[method], relaxed_shift(batch["x0"], batch["z"], batch["mask"], method))
+    assert (shifts["gfn2"] - shifts["mmff94"]).norm(dim=-1).max() > 0.01
 
 
 def test_a_molecule_mmff_cannot_type_gets_no_shift_and_a_warning():
