@@ -2,11 +2,11 @@
 minimum — no neural network.
 
     .venv/bin/python benchmarks/relaxed_floor.py --fold all      # the five folds of cv.yaml, ~2 min
-    .venv/bin/python benchmarks/relaxed_floor.py --per-molecule  # relaxed_all / rotor_all per molecule, 20 s
+    .venv/bin/python benchmarks/relaxed_floor.py --per-molecule  # relaxed_all / rotor_all per molecule, ~30 s
 
-For each window, x0 (every atom) is relaxed to its nearest MMFF94 minimum
-(`atomray.relaxation`), superposed on the rotor_all prediction at each lag, and the prediction
-moves a fraction a of the way toward it:
+For each window, x0 (every atom) is relaxed to its nearest minimum (`atomray.relaxation`:
+MMFF94 refined with GFN2-xTB, or MMFF94 alone with `model.relaxation=mmff94`), superposed on
+the rotor_all prediction at each lag, and the prediction moves a fraction a of the way toward it:
 
     x̂(Δt) = rotor_all(Δt) + a_k (relaxed superposed − rotor_all(Δt)),   Δt in ΔT bin k
 
@@ -40,7 +40,7 @@ from error_anatomy import BINS_FS, bin_weights, fit_blend
 from atomray.physics import superpose
 
 
-def blend_parts(windows: dict):
+def blend_parts(windows: dict, method: str = "gfn2"):
     """rotor_all (W, P, N, 3), the relaxed start superposed on it, lags (W, P), err(pred) → (W, P)."""
     from atomray.data.pipeline import to_torch
     from atomray.evaluate import floor_predictions, score_mask
@@ -48,7 +48,7 @@ def blend_parts(windows: dict):
     from atomray.relaxation import relaxed_shift
 
     b = to_torch(windows)
-    relaxed = b["x0"].double() + relaxed_shift(b["x0"], b["z"], b["mask"])
+    relaxed = b["x0"].double() + relaxed_shift(b["x0"], b["z"], b["mask"], method)
     target, lags, scored = b["target"].double(), b["lags_fs"].double(), score_mask(b)
     mass = b["mass"].double() * b["mask"].double()
     rotor = floor_predictions(b, ["rotor_all"])["rotor_all"]
@@ -61,9 +61,9 @@ def relaxed_floor(cfg, fold: int, train_windows: int) -> dict:
 
     split, _, pool, _, test = fold_windows(cfg, fold, train_windows)
     t0 = time.perf_counter()
-    rotor, shape, lags, err = blend_parts(pool)
+    rotor, shape, lags, err = blend_parts(pool, cfg.model.relaxation)
     weights = fit_blend(err, rotor, shape - rotor, lags)
-    rotor, shape, lags, err = blend_parts(test)
+    rotor, shape, lags, err = blend_parts(test, cfg.model.relaxation)
     pred = rotor + bin_weights(lags, weights)[..., None, None] * (shape - rotor)
     e_rotor, e_blend = err(rotor), err(pred)
     seconds = time.perf_counter() - t0
@@ -76,8 +76,8 @@ def relaxed_floor(cfg, fold: int, train_windows: int) -> dict:
 
 def per_molecule(cfg, windows: int) -> list[dict]:
     """relaxed_all and rotor_all (the unfitted curve) on `windows` windows of every usable
-    molecule, whole trajectories, cfg's horizons: where the force-field minimum helps, where its
-    bias against the data's method hurts."""
+    molecule, whole trajectories, cfg's horizons, and relaxed_all with MMFF94's minimum alone:
+    where the minimum helps, where MMFF94's bias against the data's method hurts."""
     from atomray.data.pipeline import fixed_windows
     from atomray.data.splits import usable_molecules
     from atomray.evaluate import floor_errors

@@ -32,8 +32,9 @@ def conformer(smiles: str) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def batch():
-    """Ethanol and salicylic acid, each at its MMFF94 minimum displaced by 0.05 Å noise per
-    coordinate, as one padded batch (ethanol padded), with v0 and lags; plus the minima."""
+    """Ethanol and salicylic acid, each at its minimum (MMFF94 refined with GFN2-xTB) displaced
+    by 0.05 Å noise per coordinate, as one padded batch (ethanol padded), with v0 and lags;
+    plus the minima."""
     rng = np.random.default_rng(0)
     mols = [conformer(s) for s in ("CCO", "OC(=O)c1ccccc1O")]
     n = max(len(z) for z, _ in mols)
