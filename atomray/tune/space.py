@@ -18,8 +18,8 @@ from typing import Any
 
 from atomray.config import RunConfig, config_from_dict, to_dict
 
-# The first value of each switch is the default model (jobs/configs/sweep.yaml; pretrain.yaml and cv.yaml
-# differ only in turning the relaxation on, which the 2026-12-02 ablation table predates).
+# The first value of each switch is the default model (jobs/configs/sweep.yaml). pretrain.yaml and
+# cv.yaml set every switch alike except the relaxation, which they turn on (README, ablation table).
 ABLATIONS: dict[str, list[Any]] = {
     "data.rwpe_k": [8, 0],
     "model.time_encoding": ["trope", "sinusoidal", "none"],
