@@ -99,11 +99,11 @@ def gfn2_minimum(start: np.ndarray, z: np.ndarray) -> np.ndarray | None:
 
 
 def rmsd_superposed(p: np.ndarray, q: np.ndarray) -> float:
-    """Root-mean-square distance (Å) between p and q (N, 3) after the best rotation and translation."""
-    p, q = p - p.mean(0), q - q.mean(0)
-    u, s, vt = np.linalg.svd(p.T @ q)
-    s[-1] *= np.sign(np.linalg.det(u @ vt))
-    return float(np.sqrt(max((p**2).sum() + (q**2).sum() - 2 * s.sum(), 0.0) / len(p)))
+    """Root-mean-square distance (Å) between p and q (N, 3) after the best rotation and
+    translation (`atomray.physics.superpose`, equal weights)."""
+    pt, qt = torch.from_numpy(np.asarray(p, dtype=np.float64)), torch.from_numpy(np.asarray(q, dtype=np.float64))
+    fitted = superpose(pt, qt, torch.ones(len(pt), dtype=torch.float64))
+    return float((fitted - qt).square().sum(-1).mean().sqrt())
 
 
 def basin_minimum(mmff: np.ndarray, z: np.ndarray) -> np.ndarray | None:
