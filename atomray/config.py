@@ -49,7 +49,10 @@ class ModelConfig:
     `prior` (every model): the physics extrapolation the model corrects — "none" (absolute
     positions, the paper), "x0" (displacements, App. D.4), "rigid" (the rigid-body motion of
     the atoms the model sees at constant ω) or "rotor" (their exact torque-free rigid-body
-    motion), `atomray.model.prior`; the correction starts at zero.
+    motion), or "harmonic" (rotor plus each atom's damped harmonic vibration about the
+    molecule's nearest GFN2-xTB minimum, `atomray.vibration`; needs every atom in the model and
+    `relaxation: gfn2`, and contains the relaxation, so not with `relaxed_prior`),
+    `atomray.model.prior`; the correction starts at zero.
     `distance_bias`, `lag_conditioned_output` and `internal_velocity` are ATOM additions to the
     paper (see `atomray.model.atom`): a per-head attention term of interatomic distances, output
     features scaled by a learned function of each lag, and (with a rigid / rotor prior)
@@ -80,7 +83,7 @@ class ModelConfig:
     time_encoding: Literal["trope", "sinusoidal", "none"] = "trope"
     gamma: Literal["learned", "fixed"] = "learned"
     value_residual: Literal["learned", "fixed", "off"] = "learned"
-    prior: Literal["none", "x0", "rigid", "rotor"] = "rotor"
+    prior: Literal["none", "x0", "rigid", "rotor", "harmonic"] = "rotor"
     distance_bias: bool = True
     lag_conditioned_output: bool = True
     internal_velocity: bool = True

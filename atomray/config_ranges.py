@@ -118,6 +118,16 @@ def _check_model(cfg: RunConfig) -> None:
         if getattr(m, key) and cfg.data.context_atoms != "all":
             raise _error("data.context_atoms", f"'all' with model.{key}=true (the relaxation needs every "
                                                "atom, hydrogens included)", cfg.data.context_atoms)
+    if m.prior == "harmonic":
+        if cfg.data.context_atoms != "all":
+            raise _error("data.context_atoms", "'all' with model.prior=harmonic (the normal modes need every atom, "
+                                               "hydrogens included)", cfg.data.context_atoms)
+        if m.relaxation != "gfn2":
+            raise _error("model.relaxation", "gfn2 with model.prior=harmonic (the normal modes are GFN2-xTB's)",
+                         m.relaxation)
+        if m.relaxed_prior:
+            raise _error("model.relaxed_prior", "false with model.prior=harmonic (the harmonic prior relaxes "
+                                                "toward the minimum already)", m.relaxed_prior)
     if m.relaxed_prior and m.prior == "none":
         raise _error("model.prior", "x0, rigid or rotor with model.relaxed_prior=true (the relaxation is added "
                                     "to a prior)", m.prior)

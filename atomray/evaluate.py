@@ -23,6 +23,11 @@ windows and atoms:
                   a(Δt) = 1 − exp(−Δt / 250 fs) of the way (`atomray.relaxation`): the average
                   shape it vibrates about, which matters at long lags. It is what a fresh model
                   with `relaxed_prior` predicts; needs RDKit and ~3.5 ms per window
+    harmonic_all  rotor_all plus each atom's harmonic vibration about that minimum, from the
+                  start state's displacement and internal velocity on GFN2-xTB's normal modes,
+                  damped toward the minimum with τ = 1000 fs (`atomray.vibration`): the
+                  strongest floor wherever the potential is near-quadratic. What a fresh model
+                  with `prior=harmonic` predicts; a GFN2-xTB Hessian per new basin (1–10 s)
 
 Errors are kept per window and lag (`ErrorTable`, Å², mean over the scored atoms and xyz), so
 any breakdown is a reduction of one table: S2T (mean over lags), S2S (last lag), per lag
@@ -58,7 +63,7 @@ from atomray.equivariance import (EquivarianceError, FrameAveraged, equivariance
                                   frame_average, noise_floor, rotation_set)
 from atomray.metrics import lag_errors, rotate_windows
 
-FLOORS = ("no_motion", "linear", "rigid_heavy", "rigid_all", "rotor_all", "relaxed_all")
+FLOORS = ("no_motion", "linear", "rigid_heavy", "rigid_all", "rotor_all", "relaxed_all", "harmonic_all")
 PREDICTORS = ("model", "model_rotated") + FLOORS
 MODEL_INPUTS = ("x0", "v0", "z", "lags_fs", "mask")
 DT_DECADES = tuple(10.0 ** k for k in range(0, 7))  # ΔT bins (lo, hi] in fs
@@ -98,6 +103,8 @@ def floor_predictions(batch: Mapping[str, torch.Tensor], names: Sequence[str] = 
             out[name] = (physics.rigid if name == "rigid_all" else physics.rotor)(x0, v0, mass, lags, _context(batch))
         elif name == "relaxed_all":
             out[name] = relaxed_floor(batch, x0, v0, mass, lags)
+        elif name == "harmonic_all":
+            out[name] = harmonic_floor(batch, x0, v0, mass, lags)
         else:
             raise ValueError(f"unknown floor {name!r}; known: {', '.join(FLOORS)}")
     return out
@@ -109,24 +116,45 @@ def _context(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...] | No
     return batch["ctx_x0"].double(), batch["ctx_v0"].double(), batch["ctx_mass"].double()
 
 
+def _whole_molecule(batch: Mapping[str, torch.Tensor], x0: torch.Tensor, v0: torch.Tensor,
+                    mass: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """x, v, z, mass (B, N + C, …) of the model's atoms followed by the context atoms (the
+    hydrogens when the model sees heavy atoms only; their atomic number is 1)."""
+    context = _context(batch)
+    z = batch["z"].long()
+    if context is None or not context[0].shape[1]:
+        return x0, v0, z, mass
+    return (torch.cat((x0, context[0]), 1), torch.cat((v0, context[1]), 1),
+            torch.cat((z, (context[2] > 0).long()), 1), torch.cat((mass, context[2]), 1))
+
+
 def relaxed_floor(batch: Mapping[str, torch.Tensor], x0: torch.Tensor, v0: torch.Tensor, mass: torch.Tensor,
                   lags: torch.Tensor, method: str = "gfn2") -> torch.Tensor:
     """The relaxed_all floor (B, P, N, 3): the rotor motion of every atom plus
     a(Δt) R(Δt) δ, δ the shift of the model's atoms to the nearest minimum of the whole molecule
     (`atomray.relaxation`, GFN2-xTB-refined by default; the context atoms, hydrogens, relaxed
-    with them; their atomic number is 1)."""
+    with them)."""
     from atomray.relaxation import relaxed_shift, toward_minimum
 
-    context = _context(batch)
-    z, n = batch["z"].long(), x0.shape[1]
-    x_all, z_all, m_all = x0, z, mass > 0
-    if context is not None and context[0].shape[1]:
-        x_all = torch.cat((x0, context[0]), 1)
-        z_all = torch.cat((z, (context[2] > 0).long()), 1)
-        m_all = torch.cat((m_all, context[2] > 0), 1)
-    shift = relaxed_shift(x_all, z_all, m_all, method)[:, :n]
-    c, u, rot = physics.rotor_motion(x0, v0, mass, lags, context)
+    x_all, _, z_all, m_all = _whole_molecule(batch, x0, v0, mass)
+    shift = relaxed_shift(x_all, z_all, m_all > 0, method)[:, :x0.shape[1]]
+    c, u, rot = physics.rotor_motion(x0, v0, mass, lags, _context(batch))
     return physics.carry(x0, c, u, rot, lags) + toward_minimum(shift, rot, lags)
+
+
+def harmonic_floor(batch: Mapping[str, torch.Tensor], x0: torch.Tensor, v0: torch.Tensor, mass: torch.Tensor,
+                   lags: torch.Tensor) -> torch.Tensor:
+    """The harmonic_all floor (B, P, N, 3): the rotor motion of every atom plus the damped
+    normal-mode vibration of the whole molecule about its nearest GFN2-xTB minimum, turned with
+    the body (`atomray.vibration`), for the model's atoms."""
+    from atomray.vibration import harmonic_paths, vibrate
+
+    x_all, v_all, z_all, m_all = _whole_molecule(batch, x0, v0, mass)
+    v_int = physics.internal_velocity(x_all, v_all, m_all)
+    osc, d0 = harmonic_paths(x_all, v_int, z_all, m_all > 0, lags)
+    n = x0.shape[1]
+    c, u, rot = physics.rotor_motion(x0, v0, mass, lags, _context(batch))
+    return physics.carry(x0, c, u, rot, lags) + vibrate(osc[:, :, :n], d0[:, :n], rot, lags)
 
 
 # ---------------------------------------------------------------------------------------------

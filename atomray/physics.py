@@ -72,6 +72,15 @@ def rigid_motion(x: Tensor, v: Tensor, mass: Tensor, rtol: float = 1e-9) -> tupl
     return c, u, (inertia_inv @ ang[..., None])[..., 0], ang, inertia_inv
 
 
+def internal_velocity(x: Tensor, v: Tensor, mass: Tensor) -> Tensor:
+    """(B, N, 3) float64 v − (u + ω × (x − c)): each atom's velocity relative to the rigid-body
+    motion of `rigid_motion` (0 at atoms of mass 0). Equivariant."""
+    c, u, omega, _, _ = rigid_motion(x, v, mass)
+    r = x.double() - c[:, None]
+    rigid_v = u[:, None] + torch.linalg.cross(omega[:, None].expand_as(r), r, dim=-1)
+    return (v.double() - rigid_v) * (mass > 0)[..., None]
+
+
 def rotate(r: Tensor, theta: Tensor) -> Tensor:
     """Rotate vectors r (B, P, N, 3) by the rotation vectors θ (B, P, 3) (axis θ/|θ|, angle |θ|):
     r cos a + (θ × r) sin(a)/a + θ (θ·r)(1 − cos a)/a², a = |θ| (series near a = 0)."""
@@ -175,10 +184,10 @@ def rotor(x0: Tensor, v0: Tensor, mass: Tensor, lags: Tensor,
 # superposition (diagnostics: how much of an error a rigid motion could remove)
 
 
-def superpose(p: Tensor, q: Tensor, weight: Tensor) -> Tensor:
-    """p (…, N, 3) moved by the proper rotation and translation that best fit it onto q
-    (…, N, 3) in the weighted least-squares sense (Kabsch), atom weights (…, N) ≥ 0 (0 for
-    padding). Batched over any leading dimensions."""
+def kabsch(p: Tensor, q: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The proper rotation R (…, 3, 3) and centroids cp, cq (…, 1, 3) that best fit p onto q
+    (…, N, 3) in the weighted least-squares sense, atom weights (…, N) ≥ 0 (0 for padding):
+    p's fit is (p − cp) Rᵀ + cq. Batched over any leading dimensions."""
     w = weight[..., None] / weight.sum(-1, keepdim=True)[..., None].clamp_min(1e-12)
     cp, cq = (p * w).sum(-2, keepdim=True), (q * w).sum(-2, keepdim=True)
     h = ((p - cp) * w).transpose(-1, -2) @ (q - cq)  # (…, 3, 3)
@@ -186,7 +195,14 @@ def superpose(p: Tensor, q: Tensor, weight: Tensor) -> Tensor:
     sign = torch.sign(torch.det(vt.transpose(-1, -2) @ u.transpose(-1, -2)))
     sign = torch.where(sign == 0, torch.ones_like(sign), sign)
     flip = torch.diag_embed(torch.stack((torch.ones_like(sign), torch.ones_like(sign), sign), -1))
-    rot = vt.transpose(-1, -2) @ flip @ u.transpose(-1, -2)  # proper: det = +1
+    return vt.transpose(-1, -2) @ flip @ u.transpose(-1, -2), cp, cq  # proper: det = +1
+
+
+def superpose(p: Tensor, q: Tensor, weight: Tensor) -> Tensor:
+    """p (…, N, 3) moved by the proper rotation and translation that best fit it onto q
+    (…, N, 3) in the weighted least-squares sense (`kabsch`), atom weights (…, N) ≥ 0 (0 for
+    padding). Batched over any leading dimensions."""
+    rot, cp, cq = kabsch(p, q, weight)
     return (p - cp) @ rot.transpose(-1, -2) + cq
 
 

@@ -43,7 +43,8 @@ from atomray.physics import superpose
 MAX_STEPS = 500
 TAU_FS = 250.0  # a(Δt) = 1 − exp(−Δt/τ): the blend toward the minimum (relaxed_all, a fresh relaxed prior)
 METHODS = ("gfn2", "mmff94")
-GFN2_FMAX = 0.03  # eV/Å: the GFN2-xTB refinement stops below this largest force
+GFN2_FMAX = 0.03  # eV/Å: the refinement stops below this largest force (tighter wanders along flat torsions:
+# on lib-3785, 0.003 ends 0.26 Å RMSD away, in a conformer the molecule does not visit)
 GFN2_MAX_STEPS = 300
 BASIN_RMSD = 0.05  # Å: two MMFF94 minima this close (after superposition) are the same basin
 _WARNED: set[str] = set()
@@ -119,17 +120,35 @@ def basin_minimum(mmff: np.ndarray, z: np.ndarray) -> np.ndarray | None:
     return minimum
 
 
-def relax_geometry(x: np.ndarray, z: np.ndarray, method: str = "gfn2", max_steps: int = MAX_STEPS) -> np.ndarray | None:
-    """(N, 3) Å: the minimum nearest to x (atomic numbers z (N,)) — MMFF94's, refined with
-    GFN2-xTB for method "gfn2" — or None when MMFF94 cannot handle the molecule. A failed
-    GFN2-xTB refinement leaves the MMFF94 minimum."""
+def nearest_minimum(x: np.ndarray, z: np.ndarray, method: str = "gfn2",
+                    max_steps: int = MAX_STEPS) -> tuple[np.ndarray | None, bool]:
+    """(minimum (N, 3) Å or None, refined): the minimum nearest to x (atomic numbers z (N,)) —
+    MMFF94's, refined with GFN2-xTB for method "gfn2" (refined True) — or None when MMFF94
+    cannot handle the molecule. A failed GFN2-xTB refinement leaves the MMFF94 minimum
+    (refined False). A refined minimum is the cached array of its basin: the same object for
+    every state of the basin (`atomray.vibration` caches its normal modes by it)."""
     if method not in METHODS:
         raise ValueError(f"relaxation method must be one of {', '.join(METHODS)}, found {method!r}")
     mmff = mmff_minimum(x, z, max_steps)
     if mmff is None or method == "mmff94":
-        return mmff
+        return mmff, False
     refined = basin_minimum(mmff, z)
-    return mmff if refined is None else refined
+    return (mmff, False) if refined is None else (refined, True)
+
+
+def relax_geometry(x: np.ndarray, z: np.ndarray, method: str = "gfn2", max_steps: int = MAX_STEPS) -> np.ndarray | None:
+    """(N, 3) Å: the minimum nearest to x (`nearest_minimum`), or None when MMFF94 cannot
+    handle the molecule."""
+    return nearest_minimum(x, z, method, max_steps)[0]
+
+
+def warn_unrelaxed(z: np.ndarray) -> None:
+    """One warning per element formula: MMFF94 cannot relax this molecule."""
+    formula = Symbols(z).get_chemical_formula(mode="hill")
+    if formula not in _WARNED:
+        _WARNED.add(formula)
+        warnings.warn(f"relaxation: MMFF94 cannot relax {formula} (bonds not perceived or atoms "
+                      f"not typed); its shift is 0 (no relaxation)", stacklevel=3)
 
 
 def relaxed_shift(x: Tensor, z: Tensor, mask: Tensor, method: str = "gfn2", max_steps: int = MAX_STEPS) -> Tensor:
@@ -146,11 +165,7 @@ def relaxed_shift(x: Tensor, z: Tensor, mask: Tensor, method: str = "gfn2", max_
             continue
         out = relax_geometry(xs[i, atoms], zs[i, atoms], method, max_steps)
         if out is None:
-            formula = Symbols(zs[i, atoms]).get_chemical_formula(mode="hill")
-            if formula not in _WARNED:
-                _WARNED.add(formula)
-                warnings.warn(f"relaxation: MMFF94 cannot relax {formula} (bonds not perceived or atoms "
-                              f"not typed); its shift is 0 (no relaxation)", stacklevel=2)
+            warn_unrelaxed(zs[i, atoms])
             continue
         relaxed[i, atoms], done[i] = out, True
     weight = torch.from_numpy(atomic_masses(zs).astype(np.float64) * ms)

@@ -66,7 +66,9 @@ def markdown(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
              "Floors: no_motion x0; linear x0 + v0 dt; rigid_heavy / rigid_all the rigid-body motion "
              "at constant w = I^-1 L (centre of mass drift, rotation exp(w dt)) told by the heavy atoms / "
              "all atoms; rotor_all the exact torque-free rigid-body motion (L conserved) of all atoms; "
-             "relaxed_all rotor_all moved a fraction 1 - exp(-dt / 250 fs) toward the nearest (GFN2-xTB) minimum. "
+             "relaxed_all rotor_all moved a fraction 1 - exp(-dt / 250 fs) toward the nearest (GFN2-xTB) minimum; "
+             "harmonic_all rotor_all plus the GFN2-xTB normal-mode vibration about that minimum, damped with "
+             "tau = 1000 fs. "
              "model_rotated: the model on the same windows, each turned by a random rotation (the gap to "
              "model measures orientation memorisation; floors are unchanged by it).", ""]
     has_model = any("model_s2t" in r for r in rows)
@@ -102,7 +104,8 @@ def plot_s2t_vs_dt(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     lag_counts = sorted({r["num_lags"] for r in rows})
     fig, axes = plt.subplots(1, len(lag_counts), figsize=(5.5 * len(lag_counts), 4.5), squeeze=False)
     colours = {"no_motion": "tab:grey", "linear": "tab:purple", "rigid_heavy": "tab:orange", "rigid_all": "tab:red",
-               "rotor_all": "tab:green", "relaxed_all": "tab:brown"}
+               "rotor_all": "tab:green", "relaxed_all": "tab:brown",
+               "harmonic_all": "tab:cyan"}
     for ax, p in zip(axes[0], lag_counts):
         group = [r for r in rows if r["num_lags"] == p]
         mean = sorted((r for r in group if r["molecule_id"] == "mean"), key=lambda r: r["horizon_fs"])

@@ -2,7 +2,7 @@
 minimum — no neural network.
 
     .venv/bin/python benchmarks/relaxed_floor.py --fold all      # the five folds of cv.yaml, ~2 min
-    .venv/bin/python benchmarks/relaxed_floor.py --per-molecule  # relaxed_all / rotor_all per molecule, ~30 s
+    .venv/bin/python benchmarks/relaxed_floor.py --per-molecule  # relaxed_all, harmonic_all / rotor_all per molecule, ~2 min
 
 For each window, x0 (every atom) is relaxed to its nearest minimum (`atomray.relaxation`:
 MMFF94 refined with GFN2-xTB, or MMFF94 alone with `model.relaxation=mmff94`), superposed on
@@ -86,12 +86,14 @@ def per_molecule(cfg, windows: int) -> list[dict]:
     for mid in usable_molecules(cfg.data).column("molecule_id").to_pylist():
         w = fixed_windows(cfg.data.path, [mid], windows, cfg.data, cfg.data.split_seed)
         t0 = time.perf_counter()
-        err = floor_errors(w, ("rotor_all", "relaxed_all"))
+        err = floor_errors(w, ("rotor_all", "relaxed_all", "harmonic_all"))
         seconds = time.perf_counter() - t0
         rotor, relaxed = 100 * float(err["rotor_all"].mean()), 100 * float(err["relaxed_all"].mean())
+        harmonic = 100 * float(err["harmonic_all"].mean())
         mmff = 100 * float(relaxed_errors(w, "mmff94").mean())
         rows.append({"molecule": mid, "rotor_all": rotor, "relaxed_all": relaxed, "ratio": relaxed / rotor,
-                     "relaxed_mmff94": mmff, "ratio_mmff94": mmff / rotor, "seconds": seconds})
+                     "relaxed_mmff94": mmff, "ratio_mmff94": mmff / rotor, "harmonic_all": harmonic,
+                     "harmonic_to_relaxed": harmonic / relaxed, "seconds": seconds})
     return rows
 
 
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--fold", default="all", help="a fold index, or 'all'")
     ap.add_argument("--train-windows", type=int, default=2048, help="training windows the blend is fitted on")
     ap.add_argument("--per-molecule", type=int, nargs="?", const=128, default=0, metavar="WINDOWS",
-                    help="instead: relaxed_all / rotor_all per molecule on this many windows each (default 128)")
+                    help="instead: relaxed_all, harmonic_all and rotor_all per molecule on this many windows each (default 128)")
     ap.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = ap.parse_args(argv)
     from atomray.config import load_config
@@ -128,7 +130,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         mmff = [r["ratio_mmff94"] for r in rows]
         print(json.dumps({"molecules": len(rows), "helped": sum(r < 1 for r in ratios),
                           "median_ratio": float(np.median(ratios)), "helped_mmff94": sum(r < 1 for r in mmff),
-                          "median_ratio_mmff94": float(np.median(mmff))}))
+                          "median_ratio_mmff94": float(np.median(mmff)),
+                          "median_harmonic_to_relaxed": float(np.median([r["harmonic_to_relaxed"] for r in rows])),
+                          **{f"mean_{k}": float(np.mean([r[k] for r in rows]))
+                             for k in ("rotor_all", "relaxed_all", "harmonic_all")}}))
         return rows
     folds = range(cfg.data.num_folds) if args.fold == "all" else [int(args.fold)]
     rows = []

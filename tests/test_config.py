@@ -281,3 +281,15 @@ def test_the_relaxation_refuses_configs_it_cannot_run_in(overrides, key):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)
     assert f"'{key}'" in str(err.value) and "relaxed_" in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["model.prior=harmonic", "data.context_atoms=heavy"], "data.context_atoms"),
+    (["model.prior=harmonic", "data.context_atoms=all", "model.relaxation=mmff94"], "model.relaxation"),
+    (["model.prior=harmonic", "data.context_atoms=all", "model.relaxed_prior=true"], "model.relaxed_prior"),
+])
+def test_the_harmonic_prior_refuses_configs_it_cannot_run_in(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert f"'{key}'" in str(err.value) and "harmonic" in str(err.value)
+    load_config(None, ["model.prior=harmonic", "data.context_atoms=all"])  # the consistent config loads

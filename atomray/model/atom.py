@@ -20,7 +20,9 @@ embeddings exist only for the trained P.
 Output = prior + R(Δt) · correction (`ModelConfig.prior`, `atomray.model.prior`): the
 equivariant projection of the P lag tokens is a correction to a physics extrapolation — none
 (absolute positions, the paper), x0 (delta prediction, App. D.4), or the rigid-body motion of
-the atoms the model sees at constant ω (rigid) or exactly (rotor: L conserved, ω precessing).
+the atoms the model sees at constant ω (rigid) or exactly (rotor: L conserved, ω precessing),
+or rotor plus each atom's damped normal-mode vibration about the nearest GFN2-xTB minimum
+(harmonic, `atomray.vibration`; its start displacement d0 = −δ then serves relaxed_input).
 The correction is a displacement in the body frame at t_0, turned with the body by the
 prior's orientation R(Δt): what the model learns (vibrations, relaxation) is then the same
 whichever way the molecule spins. The projection starts at zero, so at initialisation the
@@ -58,7 +60,7 @@ Additions to the paper, each a switch (measured in the README's ablation table):
   relaxed_input  the shift δ to that minimum is lifted like a position (o3.Linear of
                  [δ, ‖δ‖], δ in 0.1 Å) and added to the X stream: attention sees how far each
                  atom sits from its equilibrium place.
-  internal_velocity  with a rigid / rotor prior the lifting reads each atom's velocity relative
+  internal_velocity  with a rigid / rotor / harmonic prior the lifting reads each atom's velocity relative
                  to the rigid-body motion the prior already extrapolates (v − u − ω × r): what is
                  left to predict is the internal motion, and that is what the model sees.
 
@@ -214,7 +216,11 @@ class ATOM(nn.Module):
             v = v_frame
         chem = chemistry_features(z, cfg.max_atomic_number, rwpe, dtype)
         lx, lv, lz = self.lifting(x, v, chem)  # (B, N, d) each
-        delta = self.prior.shift(x0, z, mask) if cfg.relaxed_prior or cfg.relaxed_input else None
+        paths = self.prior.paths(x0, v0, z, mask, lags_fs) if cfg.prior == "harmonic" else None
+        if paths is not None:  # the harmonic prior's d0 = x − minimum is −δ: one relaxation, not two
+            delta = -paths[1]
+        else:
+            delta = self.prior.shift(x0, z, mask) if cfg.relaxed_prior or cfg.relaxed_input else None
         if cfg.relaxed_input:  # δ (~0.05 Å) in Å/10, in the frame x is in
             dl = delta.to(dtype) * RELAXED_INPUT_SCALE
             dl = (dl @ frame[0].to(dtype)) * m_frame if frame is not None else dl
@@ -249,7 +255,7 @@ class ATOM(nn.Module):
         h = self.final_norm(h.view(b, s, n, -1)[:, 1:])  # (B, P, N, d)
         if self.lag_gain is not None:
             h = self.lag_gain(h, lags)
-        return h, {"frame": frame, "mask": m, "delta": delta}
+        return h, {"frame": frame, "mask": m, "delta": delta, "paths": paths}
 
     def project(self, h: Tensor, state: dict) -> Tensor:
         """Token features (B, P, N, d) → correction (B, P, N, 3) in the input frame (a
@@ -277,6 +283,8 @@ class ATOM(nn.Module):
         if base is not None:  # the correction turns with the body: R(Δt) δ
             if self.cfg.relaxed_prior:
                 base = base + self.prior.relaxation(state["delta"], rot, lags_fs).to(base.dtype)
+            if state["paths"] is not None:  # prior harmonic: the damped normal-mode vibration
+                base = base + self.prior.vibration(state["paths"], rot, lags_fs).to(base.dtype)
             y = (base + y @ rot.transpose(-1, -2).to(y.dtype)) * state["mask"][:, None]
         return y.to(x0.dtype)
 

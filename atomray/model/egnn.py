@@ -174,6 +174,8 @@ class EGNNBaseline(nn.Module):
             return None
         if self.cfg.relaxed_prior:  # toward the minimum (`Prior.relaxation`)
             base = base + self.prior.relaxation(self.prior.shift(x0, z, mask), rot, lags_fs).to(base.dtype)
+        if self.cfg.prior == "harmonic":  # the damped normal-mode vibration (`Prior.vibration`)
+            base = base + self.prior.vibration(self.prior.paths(x0, v0, z, mask, lags_fs), rot, lags_fs).to(base.dtype)
         return base * m[:, None]
 
 

@@ -7,6 +7,8 @@
             ω = I⁻¹L from their x0, v0 and masses (`atomray.physics.rigid`)
     rotor   the same with the exact torque-free rigid-body motion (L conserved, ω precessing;
             `atomray.physics.rotor`)
+    harmonic  rotor plus each atom's harmonic vibration about the molecule's nearest GFN2-xTB
+            minimum, damped toward it (`atomray.vibration`): the `harmonic_all` floor
 
 With `data.context_atoms=all` the rigid / rotor priors are the `rigid_all` / `rotor_all`
 floors; with heavy atoms only, the rigid prior is the `rigid_heavy` floor. Every model
@@ -27,6 +29,12 @@ the minimum estimates. s and τ are learned, starting at s = 1, τ = 250 fs: the
 blend weights `benchmarks/relaxed_floor.py` fits on each CV fold's training windows (0, 0.1,
 0.2, 0.4–0.5, 0.5–0.8 in bins of 0–10, 10–30, 30–100, 100–200, 200–1000 fs) follow this
 curve on all five folds.
+
+Harmonic prior (`prior: harmonic`, every atom in the model): the rotor motion plus
+R(Δt) (exp(−Δt/τ) osc(Δt) − d0), osc the undamped normal-mode motion of the start state's
+displacement d0 from its superposed minimum (`atomray.vibration`). It contains the relaxation
+(its modes decay toward the minimum), so it is not combined with `relaxed_prior`; τ is learned,
+starting at `TAU_VIB_FS` = 1000 fs.
 """
 
 from __future__ import annotations
@@ -39,6 +47,10 @@ from atomray import physics
 from atomray.data.windows import atomic_masses
 from atomray.model.lifting import check_atomic_numbers
 from atomray.relaxation import TAU_FS, relaxed_shift, toward_minimum
+from atomray.vibration import TAU_VIB_FS, harmonic_paths, vibrate
+
+
+KINDS = ("none", "x0", "rigid", "rotor", "harmonic")
 
 
 class Prior(nn.Module):
@@ -48,15 +60,18 @@ class Prior(nn.Module):
 
     def __init__(self, kind: str, max_atomic_number: int, relaxed: bool = False, relaxation: str = "gfn2"):
         super().__init__()
-        if kind not in ("none", "x0", "rigid", "rotor"):
-            raise ValueError(f"prior must be 'none', 'x0', 'rigid' or 'rotor', found {kind!r}")
-        if relaxed and kind == "none":
-            raise ValueError("a relaxed prior needs a prior to add the relaxation to (x0, rigid or rotor), found 'none'")
+        if kind not in KINDS:
+            raise ValueError(f"prior must be one of {', '.join(KINDS)}, found {kind!r}")
+        if relaxed and kind in ("none", "harmonic"):
+            raise ValueError(f"a relaxed prior needs a prior to add the relaxation to (x0, rigid or rotor), found "
+                             f"{kind!r}" + (" (it relaxes toward the minimum already)" if kind == "harmonic" else ""))
         self.kind = kind
         self.relaxation_method = relaxation  # atomray.relaxation.METHODS
         if relaxed:  # a(Δt) = s (1 − exp(−Δt/τ)), s = 1 and τ = TAU_FS at init
             self.relax_scale = nn.Parameter(torch.ones(()))
             self.relax_log_tau = nn.Parameter(torch.tensor(float(np.log(TAU_FS))))
+        if kind == "harmonic":  # the modes' dephasing time, TAU_VIB_FS at init
+            self.vib_log_tau = nn.Parameter(torch.tensor(float(np.log(TAU_VIB_FS))))
         masses = torch.from_numpy(atomic_masses(np.arange(max_atomic_number + 1)))
         self.register_buffer("masses", masses, persistent=False)  # (Zmax + 1,) u, index 0 = padding
 
@@ -83,7 +98,7 @@ class Prior(nn.Module):
                 theta = omega[:, None] * lags.double()[..., None]  # (B, P, 3)
                 rot = physics.rotate(torch.eye(3, dtype=torch.float64, device=x.device).expand(b, p, 3, 3), theta)
                 rot = rot.transpose(-1, -2)  # rotate() acted on the rows e_k; R has them as columns
-            else:
+            else:  # rotor; harmonic adds `vibration` to it
                 c, u, rot = physics.rotor_motion(x, v, mass, lags)
             return physics.carry(x, c, u, rot, lags), rot.to(x.dtype)
 
@@ -100,14 +115,24 @@ class Prior(nn.Module):
 
     @torch.compiler.disable
     @torch.no_grad()
+    def paths(self, x: Tensor, v: Tensor, z: Tensor, mask: Tensor, lags: Tensor) -> tuple[Tensor, Tensor]:
+        """(osc (B, P, N, 3), d0 (B, N, 3)) in x's dtype: the harmonic prior's undamped vibration
+        and start displacement from the minimum (`atomray.vibration.harmonic_paths`)."""
+        osc, d0 = harmonic_paths(x, self.internal_velocity(x, v, z, mask), z, mask, lags, self.relaxation_method)
+        return osc.to(x.dtype), d0.to(x.dtype)
+
+    def vibration(self, paths: tuple[Tensor, Tensor], rot: Tensor, lags: Tensor) -> Tensor:
+        """(B, P, N, 3) R(Δt) (exp(−Δt/τ) osc − d0) for `paths`; learnable τ."""
+        with torch.autocast(device_type=rot.device.type, enabled=False):  # float32 or better
+            return vibrate(*paths, rot, lags, self.vib_log_tau.exp().to(rot.dtype))
+
+    @torch.compiler.disable
+    @torch.no_grad()
     def internal_velocity(self, x: Tensor, v: Tensor, z: Tensor, mask: Tensor) -> Tensor:
         """(B, N, 3) v − (u + ω × (x − c)): each atom's velocity relative to the rigid-body
-        motion the prior extrapolates (rigid / rotor priors; v itself otherwise). Equivariant."""
-        if self.kind not in ("rigid", "rotor"):
+        motion the prior extrapolates (rigid / rotor / harmonic priors; v itself otherwise).
+        Equivariant (`atomray.physics.internal_velocity`)."""
+        if self.kind not in ("rigid", "rotor", "harmonic"):
             return v
-        mass = self._mass(z, mask)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            c, u, omega, _, _ = physics.rigid_motion(x, v, mass)
-            r = x.double() - c[:, None]
-            rigid = u[:, None] + torch.linalg.cross(omega[:, None].expand_as(r), r, dim=-1)
-            return ((v.double() - rigid) * mask[..., None]).to(v.dtype)
+            return physics.internal_velocity(x, v, self._mass(z, mask)).to(v.dtype)

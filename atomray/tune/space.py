@@ -26,7 +26,7 @@ ABLATIONS: dict[str, list[Any]] = {
     "model.gamma": ["learned", "fixed"],
     "model.lifting": ["canonical", "equivariant", "linear"],
     "model.attention": ["self", "heterogeneous"],
-    "model.prior": ["rotor", "rigid", "x0", "none"],
+    "model.prior": ["rotor", "rigid", "x0", "none", "harmonic"],
     "data.context_atoms": ["all", "heavy"],
     "train.augment": ["none", "so3"],
     "model.distance_bias": [True, False],
@@ -87,12 +87,15 @@ def ablation_trials(keys: list[str] | None = None, full_grid: bool = False) -> l
 
 def _compatible(trial: dict[str, Any]) -> dict[str, Any]:
     """The trial with the relaxation switched off where it cannot run: without the
-    hydrogens (context_atoms=heavy) the force field has no molecule, and without a prior
-    (prior=none) the relaxed prior has nothing to add to (`atomray.config_ranges`)."""
+    hydrogens (context_atoms=heavy) the force field has no molecule (and the harmonic prior
+    becomes rotor), without a prior (prior=none) the relaxed prior has nothing to add to, and
+    the harmonic prior relaxes already (`atomray.config_ranges`)."""
     out = dict(trial)
     if out.get("data.context_atoms") == "heavy":
         out.update({k: False for k in ("model.relaxed_prior", "model.relaxed_input") if k in out})
-    if out.get("model.prior") == "none" and "model.relaxed_prior" in out:
+        if out.get("model.prior") == "harmonic":
+            out["model.prior"] = "rotor"
+    if out.get("model.prior") in ("none", "harmonic") and "model.relaxed_prior" in out:
         out["model.relaxed_prior"] = False
     return out
 
