@@ -61,7 +61,9 @@ class ModelConfig:
     molecule's nearest minimum (`atomray.model.prior`, `atomray.relaxation`; `relaxation`:
     "gfn2", the MMFF94 minimum refined with GFN2-xTB once per conformer basin, or "mmff94",
     MMFF94's alone: faster, but biased against GFN2-xTB data on some molecules);
-    `relaxed_input` (ATOM) lifts the shift to that minimum as a second position stream. The
+    `relaxed_input` (ATOM) lifts the shift to that minimum as a second position stream;
+    `prior_input` (ATOM, harmonic prior) lifts the prior's internal displacement at each lag
+    into that lag's slot tokens. The
     EGNO baseline starts its coordinates from the prior, so it sees the relaxed shape whenever
     `relaxed_prior` is on; `relaxed_input` changes nothing for the EGNN family. Both need every
     atom in the model (`data.context_atoms: all`), hydrogens included, for the force field.
@@ -89,6 +91,7 @@ class ModelConfig:
     internal_velocity: bool = True
     relaxed_prior: bool = False
     relaxed_input: bool = False
+    prior_input: bool = False
     relaxation: Literal["gfn2", "mmff94"] = "gfn2"
     latent_equivariance_weight: float = 0.0
     # EGNO / EGNN baselines (REFERENCE.md, "The EGNO single-task protocol").

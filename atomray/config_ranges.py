@@ -128,6 +128,9 @@ def _check_model(cfg: RunConfig) -> None:
         if m.relaxed_prior:
             raise _error("model.relaxed_prior", "false with model.prior=harmonic (the harmonic prior relaxes "
                                                 "toward the minimum already)", m.relaxed_prior)
+    if m.prior_input and m.prior != "harmonic":
+        raise _error("model.prior", "harmonic with model.prior_input=true (the input is the harmonic prior's "
+                                    "displacement at each lag)", m.prior)
     if m.relaxed_prior and m.prior == "none":
         raise _error("model.prior", "x0, rigid or rotor with model.relaxed_prior=true (the relaxation is added "
                                     "to a prior)", m.prior)

@@ -160,9 +160,11 @@ def harmonic_paths(x: Tensor, v_int: Tensor, z: Tensor, mask: Tensor, lags: Tens
     return torch.from_numpy(osc).to(x.device), torch.from_numpy(d0).to(x.device)
 
 
-def vibrate(osc: Tensor, d0: Tensor, rot: Tensor, lags: Tensor, tau_fs: Tensor | float = TAU_VIB_FS) -> Tensor:
+def vibrate(osc: Tensor, d0: Tensor, rot: Tensor | None, lags: Tensor, tau_fs: Tensor | float = TAU_VIB_FS) -> Tensor:
     """(B, P, N, 3) R(Δt) (exp(−Δt/τ) osc(Δt) − d0): the change of the internal displacement,
-    turned with the body's orientation R (B, P, 3, 3); lags (B, P) fs. Differentiable in τ."""
-    damp = torch.exp(-lags.to(rot.dtype) / tau_fs)[..., None, None]  # (B, P, 1, 1)
-    change = damp * osc.to(rot.dtype) - d0[:, None].to(rot.dtype)
-    return change @ rot.transpose(-1, -2)
+    turned with the body's orientation R (B, P, 3, 3), or in x's frame when rot is None;
+    lags (B, P) fs. Differentiable in τ."""
+    dtype = osc.dtype if rot is None else rot.dtype
+    damp = torch.exp(-lags.to(dtype) / tau_fs)[..., None, None]  # (B, P, 1, 1)
+    change = damp * osc.to(dtype) - d0[:, None].to(dtype)
+    return change if rot is None else change @ rot.transpose(-1, -2)

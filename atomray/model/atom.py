@@ -60,6 +60,10 @@ Additions to the paper, each a switch (measured in the README's ablation table):
   relaxed_input  the shift δ to that minimum is lifted like a position (o3.Linear of
                  [δ, ‖δ‖], δ in 0.1 Å) and added to the X stream: attention sees how far each
                  atom sits from its equilibrium place.
+  prior_input    with the harmonic prior, each lag's slot tokens also lift the prior's internal
+                 displacement at that lag (exp(−Δt/τ) osc(Δt) − d0, o3.Linear of [·, ‖·‖] in
+                 0.1 Å), as EGNO starts its coordinates from the prior trajectory: attention sees
+                 where the vibration puts every atom at every lag, and corrects it.
   internal_velocity  with a rigid / rotor / harmonic prior the lifting reads each atom's velocity relative
                  to the rigid-body motion the prior already extrapolates (v − u − ω × r): what is
                  left to predict is the internal motion, and that is what the model sees.
@@ -162,6 +166,9 @@ class ATOM(nn.Module):
         if cfg.relaxed_input:  # the shift to the minimum, lifted like a position
             self.lift_relaxed = (nn.Linear(4, d) if cfg.lifting == "linear"
                                  else o3.Linear("1x1o + 1x0e", hidden_irreps(d)))
+        if cfg.prior_input:  # the harmonic prior's displacement at each lag, lifted into its slot
+            self.lift_prior = (nn.Linear(4, d) if cfg.lifting == "linear"
+                               else o3.Linear("1x1o + 1x0e", hidden_irreps(d)))
         self.heterogeneous = cfg.attention == "heterogeneous"
         if cfg.time_encoding == "sinusoidal":
             self.time_embed = SinusoidalTimeEmbedding(cfg.time_embed_dim, d, cfg.rope_base, cfg.tau_fs)
@@ -236,6 +243,10 @@ class ATOM(nn.Module):
             tok = lz[:, None].expand(b, s, n, -1)  # (B, S, N, d)
         else:
             ctx, tok = None, (lx + lv + lz)[:, None].expand(b, s, n, -1)
+        if cfg.prior_input:  # slot p also reads exp(−Δt_p/τ) osc(Δt_p) − d0, in Å/10, in x's frame
+            dp = self.prior.vibration(paths, None, lags_fs).to(dtype) * RELAXED_INPUT_SCALE  # (B, P, N, 3)
+            dp = (dp @ frame[0][:, None].to(dtype)) if frame is not None else dp
+            tok = torch.cat((tok[:, :1], tok[:, 1:] + self.lift_prior(with_norm(dp)) * m[:, None]), dim=1)
         rope = None
         if cfg.time_encoding == "trope":
             rope = rope_tables(times, cfg.embed_dim // cfg.num_heads, cfg.rope_base, cfg.tau_fs)  # (B, S, D/2)

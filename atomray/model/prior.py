@@ -121,10 +121,11 @@ class Prior(nn.Module):
         osc, d0 = harmonic_paths(x, self.internal_velocity(x, v, z, mask), z, mask, lags, self.relaxation_method)
         return osc.to(x.dtype), d0.to(x.dtype)
 
-    def vibration(self, paths: tuple[Tensor, Tensor], rot: Tensor, lags: Tensor) -> Tensor:
-        """(B, P, N, 3) R(Δt) (exp(−Δt/τ) osc − d0) for `paths`; learnable τ."""
-        with torch.autocast(device_type=rot.device.type, enabled=False):  # float32 or better
-            return vibrate(*paths, rot, lags, self.vib_log_tau.exp().to(rot.dtype))
+    def vibration(self, paths: tuple[Tensor, Tensor], rot: Tensor | None, lags: Tensor) -> Tensor:
+        """(B, P, N, 3) R(Δt) (exp(−Δt/τ) osc − d0) for `paths` (in x's frame, unturned, when rot
+        is None); learnable τ."""
+        with torch.autocast(device_type=lags.device.type, enabled=False):  # float32 or better
+            return vibrate(*paths, rot, lags, self.vib_log_tau.exp())
 
     @torch.compiler.disable
     @torch.no_grad()

@@ -93,10 +93,10 @@ def test_harmonic_paths_follow_real_gfn2_dynamics_at_small_amplitude():
     assert err_harmonic < 0.02 * err_still, (err_harmonic, err_still)  # measured 0.008
 
 
-@pytest.mark.parametrize("name", ["atom", "egno"])
-def test_a_fresh_model_with_the_harmonic_prior_predicts_the_harmonic_all_floor(batch, name):
+@pytest.mark.parametrize("name, inputs", [("atom", False), ("atom", True), ("egno", False)])
+def test_a_fresh_model_with_the_harmonic_prior_predicts_the_harmonic_all_floor(batch, name, inputs):
     torch.manual_seed(0)
-    model = build_model(replace(TINY, name=name, relaxed_input=name == "atom"), 4, 0).double().eval()
+    model = build_model(replace(TINY, name=name, relaxed_input=inputs, prior_input=inputs), 4, 0).double().eval()
     with torch.no_grad():
         out = model(batch["x0"], batch["v0"], batch["z"], batch["lags_fs"], batch["mask"])
     m = batch["mask"].double()
@@ -135,7 +135,7 @@ def test_a_harmonic_canonical_atom_stays_equivariant(batch):
     from symmetry import randomise_parameters
 
     torch.manual_seed(0)
-    model = randomise_parameters(build_model(replace(TINY, relaxed_input=True), 4, 0).double().eval(), 0.5)
+    model = randomise_parameters(build_model(replace(TINY, relaxed_input=True, prior_input=True), 4, 0).double().eval(), 0.5)
     r = random_rotation(torch.Generator().manual_seed(5))
     m = batch["mask"].double()[..., None]
     x0, v0, z, lags, mask = batch["x0"], batch["v0"], batch["z"], batch["lags_fs"], batch["mask"]
@@ -154,3 +154,26 @@ def test_vibrate_damps_toward_the_minimum_and_turns_with_the_body():
     torch.testing.assert_close(out[:, 0], ((osc[:, 0] - d0) @ rot[0, 0].T))
     torch.testing.assert_close(out[:, 1], (-d0) @ rot[0, 1].T)  # long after: at the minimum
     assert EV_PER_A2_U_IN_FS2 == pytest.approx(1.602176634e-19 / (1.66053906660e-27 * 1e-20) * 1e-30, rel=1e-6)
+
+
+def test_prior_input_lets_each_lag_slot_see_the_vibration(batch):
+    """With random weights, ATOM's lag-slot features change with prior_input on a vibrating
+    molecule, and not on one at rest at its minimum (no vibration lifts to zero), all other
+    weights shared."""
+    from symmetry import randomise_parameters
+
+    def features(cfg, x0, v0):
+        torch.manual_seed(0)
+        model = randomise_parameters(build_model(cfg, 4, 0).double().eval(), 0.5)
+        with torch.no_grad():
+            h, _ = model.embed(x0, v0, batch["z"][:1], batch["lags_fs"][:1], batch["mask"][:1])
+        return h
+
+    on, off = replace(TINY, prior_input=True), TINY
+    x0, v0 = batch["x0"][:1], batch["v0"][:1]
+    moving = (features(on, x0, v0) - features(off, x0, v0)).abs().max()
+    z, xm = minimum("CCO")  # the batch's first molecule, at rest at its minimum
+    rest = torch.zeros_like(x0)
+    rest[0, :len(z)] = torch.from_numpy(xm)
+    still = (features(on, rest, torch.zeros_like(x0)) - features(off, rest, torch.zeros_like(x0))).abs().max()
+    assert moving > 1e-2 and still < 0.2 * moving, (moving, still)  # at rest only the residual force moves it
