@@ -6,7 +6,7 @@ Keys are dotted RunConfig keys, so a trial's overrides apply with `apply_overrid
   and the log-uniform horizon's Δt_min and ΔT_max.
 - `ABLATIONS`: each paper ablation and each of atomray's additions (prior, context atoms,
   augmentation, distance bias, lag-conditioned output, internal velocities, loss weighting,
-  relaxation in the prior and as an input) with its
+  relaxation in the prior and as an input, the harmonic prior as an input) with its
   alternatives, the default first; `ablation_trials` makes the one-switch-at-a-time list (the
   default model plus one trial per alternative value), or the full factorial grid.
 """
@@ -35,6 +35,7 @@ ABLATIONS: dict[str, list[Any]] = {
     "train.loss_weighting": ["none", "rigid"],
     "model.relaxed_prior": [False, True],
     "model.relaxed_input": [False, True],
+    "model.prior_input": [False, True],
 }
 # Alternatives that only make sense together: the quasi-equivariant lifting learns rotations
 # from augmented data (on the exactly equivariant default, augmentation changes nothing), and
@@ -42,6 +43,7 @@ ABLATIONS: dict[str, list[Any]] = {
 COMBINED: list[dict[str, Any]] = [
     {"model.lifting": "equivariant", "train.augment": "so3"},
     {"model.lifting": "equivariant", "model.attention": "heterogeneous", "train.augment": "so3"},
+    {"model.prior": "harmonic", "model.prior_input": True},  # the input needs the harmonic prior
 ]
 
 
@@ -88,8 +90,9 @@ def ablation_trials(keys: list[str] | None = None, full_grid: bool = False) -> l
 def _compatible(trial: dict[str, Any]) -> dict[str, Any]:
     """The trial with the relaxation switched off where it cannot run: without the
     hydrogens (context_atoms=heavy) the force field has no molecule (and the harmonic prior
-    becomes rotor), without a prior (prior=none) the relaxed prior has nothing to add to, and
-    the harmonic prior relaxes already (`atomray.config_ranges`)."""
+    becomes rotor), without a prior (prior=none) the relaxed prior has nothing to add to, the
+    harmonic prior relaxes already, and prior_input needs the harmonic prior
+    (`atomray.config_ranges`)."""
     out = dict(trial)
     if out.get("data.context_atoms") == "heavy":
         out.update({k: False for k in ("model.relaxed_prior", "model.relaxed_input") if k in out})
@@ -97,6 +100,8 @@ def _compatible(trial: dict[str, Any]) -> dict[str, Any]:
             out["model.prior"] = "rotor"
     if out.get("model.prior") in ("none", "harmonic") and "model.relaxed_prior" in out:
         out["model.relaxed_prior"] = False
+    if out.get("model.prior", "harmonic") != "harmonic" and out.get("model.prior_input"):
+        out["model.prior_input"] = False
     return out
 
 
