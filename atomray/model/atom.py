@@ -166,6 +166,9 @@ class ATOM(nn.Module):
         if cfg.relaxed_input:  # the shift to the minimum, lifted like a position
             self.lift_relaxed = (nn.Linear(4, d) if cfg.lifting == "linear"
                                  else o3.Linear("1x1o + 1x0e", hidden_irreps(d)))
+        if cfg.prior_input and cfg.prior != "harmonic":
+            raise ValueError(f"ATOM: prior_input lifts the harmonic prior's displacement; it needs prior='harmonic', "
+                             f"found {cfg.prior!r}")
         if cfg.prior_input:  # the harmonic prior's displacement at each lag, lifted into its slot
             self.lift_prior = (nn.Linear(4, d) if cfg.lifting == "linear"
                                else o3.Linear("1x1o + 1x0e", hidden_irreps(d)))

@@ -177,3 +177,8 @@ def test_prior_input_lets_each_lag_slot_see_the_vibration(batch):
     rest[0, :len(z)] = torch.from_numpy(xm)
     still = (features(on, rest, torch.zeros_like(x0)) - features(off, rest, torch.zeros_like(x0))).abs().max()
     assert moving > 1e-2 and still < 0.2 * moving, (moving, still)  # at rest only the residual force moves it
+
+
+def test_prior_input_without_the_harmonic_prior_is_refused():
+    with pytest.raises(ValueError, match="prior_input.*harmonic"):
+        build_model(replace(TINY, prior="rotor", prior_input=True), 4, 0)
