@@ -27,7 +27,7 @@ windows and atoms:
                   start state's displacement and internal velocity on GFN2-xTB's normal modes,
                   damped toward the minimum with τ = 1000 fs (`atomray.vibration`): the
                   strongest floor wherever the potential is near-quadratic. What a fresh model
-                  with `prior=harmonic` predicts; a GFN2-xTB Hessian per new basin (1–10 s)
+                  with `prior=harmonic` predicts; a GFN2-xTB Hessian per new basin (0.05–1 s)
 
 Errors are kept per window and lag (`ErrorTable`, Å², mean over the scored atoms and xyz), so
 any breakdown is a reduction of one table: S2T (mean over lags), S2S (last lag), per lag

@@ -35,7 +35,7 @@ molecules) of the relaxed_all floor's error at the CV horizons (`benchmarks/rela
 The exponential damping is the ensemble average of dephasing; τ = 1000 fs fits best among
 250, 500, 1000 fs and no damping on both the CV (≤ 400 fs) and pretraining (≤ 1000 fs) horizons.
 
-Cost: the Hessian, 6N GFN2-xTB force calls (1–10 s for 10–25 atoms), once per basin and
+Cost: the Hessian, 6N GFN2-xTB force calls (0.05 s for ethanol, ~1 s for 21–28 atoms on one core), once per basin and
 process; then about 0.1 ms per state on top of the relaxation.
 """
 
