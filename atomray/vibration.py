@@ -36,7 +36,7 @@ The exponential damping is the ensemble average of dephasing; τ = 1000 fs fits 
 250, 500, 1000 fs and no damping on both the CV (≤ 400 fs) and pretraining (≤ 1000 fs) horizons.
 
 Cost: the Hessian, 6N GFN2-xTB force calls (0.05 s for ethanol, ~1 s for 21–28 atoms on one core), once per basin and
-process; then about 0.1 ms per state on top of the relaxation.
+process; then about what the relaxation costs (MMFF94 per state dominates).
 """
 
 from __future__ import annotations
