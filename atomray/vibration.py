@@ -39,7 +39,7 @@ Reproducibility: a process refines each basin's minimum from the first state it 
 (`atomray.relaxation.basin_minimum`), so two processes that meet a basin's states in another
 order hold minima ~10⁻⁵ Å apart; the Hessians then differ at tblite's SCF noise, and the soft
 modes' phases carry that into the floor: the harmonic_all error of 48 windows changed by up to
-1.6 × 10⁻³ (relative) between forward and reversed order on three molecules
+1.5 × 10⁻³ (relative) between forward and reversed order on three molecules
 (`benchmarks/floor_reproducibility.py`; relaxed_all
 stays within 10⁻⁵). A run's logged figures and a later `atomray.evaluate` agree to `REPRODUCIBLE_REL`.
 
@@ -58,7 +58,7 @@ from atomray.physics import kabsch
 from atomray.relaxation import nearest_minimum, warn_unrelaxed
 
 HESSIAN_STEP = 0.005  # Å, central differences of GFN2-xTB forces
-REPRODUCIBLE_REL = 5e-3  # measured ≤ 1.6e-3: the floor's relative change between processes (docstring)
+REPRODUCIBLE_REL = 5e-3  # measured ≤ 1.5e-3: the floor's relative change between processes (docstring)
 TAU_VIB_FS = 1000.0  # dephasing time of the harmonic_all floor and a fresh harmonic prior
 EV_PER_A2_U_IN_FS2 = 9.648533e-3  # 1 eV / (Å² u) = 9.65e-3 fs⁻²: ω² from the mass-weighted Hessian
 CM_TO_OMEGA = 2 * np.pi * 2.99792458e-5  # angular frequency (fs⁻¹) of one wavenumber (cm⁻¹)
