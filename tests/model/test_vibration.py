@@ -132,17 +132,14 @@ def test_the_floor_is_the_same_whether_hydrogens_are_model_or_context_atoms(batc
 
 
 def test_a_harmonic_canonical_atom_stays_equivariant(batch):
-    from symmetry import randomise_parameters
+    from symmetry import assert_equivariant_output, randomise_parameters
 
     torch.manual_seed(0)
     model = randomise_parameters(build_model(replace(TINY, relaxed_input=True, prior_input=True), 4, 0).double().eval(), 0.5)
-    r = random_rotation(torch.Generator().manual_seed(5))
-    m = batch["mask"].double()[..., None]
-    x0, v0, z, lags, mask = batch["x0"], batch["v0"], batch["z"], batch["lags_fs"], batch["mask"]
+    b, p, n = batch["lags_fs"].shape[0], batch["lags_fs"].shape[1], batch["x0"].shape[1]
+    windows = {**batch, "rwpe": None, "target": torch.zeros(b, p, n, 3, dtype=torch.float64)}
     with torch.no_grad():
-        out = model(x0, v0, z, lags, mask)
-        turned = model((x0 @ r.T) * m, v0 @ r.T, z, lags, mask)
-    torch.testing.assert_close(turned, out @ r.T * m[:, None], atol=1e-5, rtol=0)
+        assert_equivariant_output(model, windows, random_rotation(torch.Generator().manual_seed(5)), atol=1e-5, rtol=0)
 
 
 def test_vibrate_damps_toward_the_minimum_and_turns_with_the_body():
