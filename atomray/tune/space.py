@@ -18,15 +18,15 @@ from typing import Any
 
 from atomray.config import RunConfig, config_from_dict, to_dict
 
-# The first value of each switch is the default model (jobs/configs/sweep.yaml). pretrain.yaml and
-# cv.yaml set every switch alike except the relaxation, which they turn on (README, ablation table).
+# The first value of each switch is the default model (jobs/configs/sweep.yaml), set alike in
+# pretrain.yaml and cv.yaml: the harmonic prior, with the relaxation and the prior as inputs.
 ABLATIONS: dict[str, list[Any]] = {
     "data.rwpe_k": [8, 0],
     "model.time_encoding": ["trope", "sinusoidal", "none"],
     "model.gamma": ["learned", "fixed"],
     "model.lifting": ["canonical", "equivariant", "linear"],
     "model.attention": ["self", "heterogeneous"],
-    "model.prior": ["rotor", "rigid", "x0", "none", "harmonic"],
+    "model.prior": ["harmonic", "rotor", "rigid", "x0", "none"],
     "data.context_atoms": ["all", "heavy"],
     "train.augment": ["none", "so3"],
     "model.distance_bias": [True, False],
@@ -34,16 +34,17 @@ ABLATIONS: dict[str, list[Any]] = {
     "model.internal_velocity": [True, False],
     "train.loss_weighting": ["none", "rigid"],
     "model.relaxed_prior": [False, True],
-    "model.relaxed_input": [False, True],
-    "model.prior_input": [False, True],
+    "model.relaxed_input": [True, False],
+    "model.prior_input": [True, False],
 }
 # Alternatives that only make sense together: the quasi-equivariant lifting learns rotations
-# from augmented data (on the exactly equivariant default, augmentation changes nothing), and
-# the paper's own default (quasi-equivariant, heterogeneous attention, augmented).
+# from augmented data (on the exactly equivariant default, augmentation changes nothing), the
+# paper's own default (quasi-equivariant, heterogeneous attention, augmented), and the previous
+# default (the rotor prior without the relaxation input).
 COMBINED: list[dict[str, Any]] = [
     {"model.lifting": "equivariant", "train.augment": "so3"},
     {"model.lifting": "equivariant", "model.attention": "heterogeneous", "train.augment": "so3"},
-    {"model.prior": "harmonic", "model.prior_input": True},  # the input needs the harmonic prior
+    {"model.prior": "rotor", "model.relaxed_input": False},
 ]
 
 
@@ -73,7 +74,7 @@ def ablation_trials(keys: list[str] | None = None, full_grid: bool = False) -> l
         raise KeyError(f"unknown ablation switch(es) {unknown}; known: {list(ABLATIONS)}")
     if full_grid:
         grid = [dict(zip(keys, combo)) for combo in itertools.product(*(ABLATIONS[k] for k in keys))]
-        return [t for t in grid if t == _compatible(t)]
+        return [_compatible(t) for t in grid if _unchanged(t)]
     base = {k: ABLATIONS[k][0] for k in keys}
     trials = [dict(base)]
     for k in keys:
@@ -87,20 +88,30 @@ def ablation_trials(keys: list[str] | None = None, full_grid: bool = False) -> l
     return unique
 
 
+def _unchanged(trial: dict[str, Any]) -> bool:
+    """Whether the rules of `_compatible` leave every switch the trial sets as it is."""
+    out = _compatible(trial)
+    return all(out[k] == v for k, v in trial.items())
+
+
 def _compatible(trial: dict[str, Any]) -> dict[str, Any]:
-    """The trial with the relaxation switched off where it cannot run: without the
-    hydrogens (context_atoms=heavy) the force field has no molecule (and the harmonic prior
-    becomes rotor), without a prior (prior=none) the relaxed prior has nothing to add to, the
-    harmonic prior relaxes already, and prior_input needs the harmonic prior
-    (`atomray.config_ranges`)."""
+    """The trial made runnable (`atomray.config_ranges`): without the hydrogens
+    (context_atoms=heavy) the force field has no molecule, so the relaxation is off and the
+    harmonic prior becomes rotor; the relaxed prior is the rotor's alternative to the harmonic
+    vibration (harmonic becomes rotor under it) and has nothing to add to without a prior
+    (prior=none); prior_input needs the harmonic prior.
+    Switches the trial does not set but the base config (sweep.yaml) turns on are set off
+    explicitly where they cannot run."""
     out = dict(trial)
     if out.get("data.context_atoms") == "heavy":
-        out.update({k: False for k in ("model.relaxed_prior", "model.relaxed_input") if k in out})
-        if out.get("model.prior") == "harmonic":
+        out.update({"model.relaxed_prior": False, "model.relaxed_input": False})
+        if out.get("model.prior", "harmonic") == "harmonic":
             out["model.prior"] = "rotor"
-    if out.get("model.prior") in ("none", "harmonic") and "model.relaxed_prior" in out:
+    if out.get("model.relaxed_prior") and out.get("model.prior", "harmonic") == "harmonic":
+        out["model.prior"] = "rotor"
+    if out.get("model.prior") == "none" and "model.relaxed_prior" in out:
         out["model.relaxed_prior"] = False
-    if out.get("model.prior", "harmonic") != "harmonic" and out.get("model.prior_input"):
+    if out.get("model.prior", "harmonic") != "harmonic":
         out["model.prior_input"] = False
     return out
 

@@ -17,8 +17,9 @@ def test_every_ablation_trial_is_a_valid_config_and_the_relaxation_switches_are_
 
 def test_the_full_grid_drops_relaxation_where_the_force_field_has_no_molecule():
     grid = ablation_trials(["model.prior", "model.relaxed_prior", "data.context_atoms"], full_grid=True)
-    # dropped: the relaxed prior on none or harmonic (2 + 1 with all atoms), on rotor / rigid / x0
-    # with heavy atoms (3), and harmonic with heavy atoms (2: the normal modes need the hydrogens)
+    # dropped: the relaxed prior on none (2) or on harmonic (2: it replaces the vibration, so that
+    # trial is rotor's), on rotor / rigid / x0 with heavy atoms (3), and harmonic with heavy atoms
+    # (1: the normal modes need the hydrogens)
     assert len(grid) == 5 * 2 * 2 - 8
     cfg = load_config("jobs/configs/sweep.yaml")
     for trial in grid:
