@@ -7,7 +7,8 @@ with MMFF94 (RDKit; bonds and bond orders perceived from x itself, neutral molec
 `MAX_STEPS` steps). With method "gfn2" (the default) that minimum is then refined with
 GFN2-xTB (tblite, BFGS to 0.03 eV/Å) — once per conformer basin: two states whose MMFF94
 minima lie within `BASIN_RMSD` of each other after superposition share the refined minimum,
-kept in memory per molecule. The minimum is superposed on x (mass-weighted Kabsch,
+kept in memory per molecule and on disk for every process of the machine
+(`atomray.basin_store`). The minimum is superposed on x (mass-weighted Kabsch,
 `atomray.physics.superpose`) and the shift is the displacement from x to it. It is a vector
 per atom that turns with the molecule and ignores translations, like a velocity.
 
@@ -23,20 +24,24 @@ finds the basin (the conformer) x vibrates in, in milliseconds. Models use the s
 A state whose bonds cannot be perceived, or which MMFF94 cannot type, gets a zero shift (no
 relaxation) and one warning per element formula; a failed GFN2-xTB refinement keeps the MMFF94
 minimum. Cost: ~3.5 ms per state of 10–25 atoms on one CPU core for MMFF94, plus 0.1–0.6 s the
-first time a process meets a basin (a tg80-mini molecule has a handful), so it runs on the
-host, outside autograd and `torch.compile`. Deterministic for a given x up to the refinement's
-tolerance (~10⁻³ Å): a state reuses the refined minimum of the first state of its basin.
+first time the machine meets a basin (a tg80-mini molecule has a handful), so it runs on the
+host, outside autograd and `torch.compile`. A state reuses the refined minimum of the first
+state of its basin (within the refinement's tolerance, ~10⁻³ Å, of its own); with the basin
+store that is the same minimum in every process, so results do not depend on the order in
+which processes meet the states.
 """
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 from ase.symbols import Symbols
 from torch import Tensor
 
+from atomray.basin_store import BasinStore
 from atomray.data.windows import atomic_masses
 from atomray.physics import superpose
 
@@ -51,6 +56,8 @@ _WARNED: set[str] = set()
 # MMFF94 basin → GFN2-xTB minimum, per atom-number sequence: [(MMFF94 minimum, GFN2 minimum), ...]
 _GFN2_MINIMA: dict[bytes, list[tuple[np.ndarray, np.ndarray]]] = {}
 MAX_BASINS = 512  # per molecule kept in memory; beyond, refinements are computed and not kept
+_BASIN_FILES: dict[int, tuple[np.ndarray, Path]] = {}  # id(GFN2 minimum) → (it, its file in the basin store)
+_STORE_FAILED = False  # set when the store cannot be written: this process keeps basins in memory
 
 
 def mmff_minimum(x: np.ndarray, z: np.ndarray, max_steps: int = MAX_STEPS) -> np.ndarray | None:
@@ -107,17 +114,68 @@ def rmsd_superposed(p: np.ndarray, q: np.ndarray) -> float:
     return float((fitted - qt).square().sum(-1).mean().sqrt())
 
 
-def basin_minimum(mmff: np.ndarray, z: np.ndarray) -> np.ndarray | None:
-    """The GFN2-xTB minimum of the basin whose MMFF94 minimum is `mmff`: refined from it once
-    per basin and molecule, then looked up (any orientation; callers superpose it)."""
-    basins = _GFN2_MINIMA.setdefault(np.asarray(z, dtype=np.int64).tobytes(), [])
+def _match(basins: list[tuple[np.ndarray, np.ndarray]], mmff: np.ndarray) -> np.ndarray | None:
+    """The GFN2-xTB minimum of the first basin whose MMFF94 minimum lies within BASIN_RMSD."""
     for known, minimum in basins:
         if rmsd_superposed(known, mmff) < BASIN_RMSD:
             return minimum
+    return None
+
+
+def basin_minimum(mmff: np.ndarray, z: np.ndarray) -> np.ndarray | None:
+    """The GFN2-xTB minimum of the basin whose MMFF94 minimum is `mmff`: refined from it once
+    per basin and molecule — once per machine with the basin store (`atomray.basin_store`),
+    whose basins every process reads in the same order — then looked up (any orientation;
+    callers superpose it)."""
+    global _STORE_FAILED
+    basins = _GFN2_MINIMA.setdefault(np.asarray(z, dtype=np.int64).tobytes(), [])
+    hit = _match(basins, mmff)
+    if hit is not None:
+        return hit
+    store = None if _STORE_FAILED or len(basins) >= MAX_BASINS else BasinStore.for_atoms(z, store_tag())
+    if store is not None:
+        try:
+            return _stored_minimum(store, basins, mmff, z)
+        except OSError as err:  # a read-only or full disk: keep going in memory, say so once
+            _STORE_FAILED = True
+            warnings.warn(f"relaxation: the basin store {store.folder} failed ({err}); basins are kept "
+                          f"in this process only from now on", stacklevel=2)
     minimum = gfn2_minimum(mmff, z)
-    if minimum is not None and len(basins) < MAX_BASINS:
+    if minimum is not None and len(basins) < MAX_BASINS and store is None:
         basins.append((mmff, minimum))
     return minimum
+
+
+def _stored_minimum(store: BasinStore, basins: list[tuple[np.ndarray, np.ndarray]], mmff: np.ndarray,
+                    z: np.ndarray) -> np.ndarray | None:
+    """`basin_minimum` through the store: `basins` holds its files 0 … k−1 in order; read what
+    other processes added, then refine and add a new basin if none matches (under the lock)."""
+    with store.locked():
+        for known, minimum, path in store.read_from(len(basins)):
+            basins.append((known, minimum))
+            _BASIN_FILES[id(minimum)] = (minimum, path)
+        hit = _match(basins, mmff)
+        if hit is not None:
+            return hit
+        minimum = gfn2_minimum(mmff, z)
+        if minimum is not None:
+            _BASIN_FILES[id(minimum)] = (minimum, store.add(len(basins), mmff, minimum))
+            basins.append((mmff, minimum))
+        return minimum
+
+
+def store_tag() -> str:
+    """The basin store's folder for this refinement: its settings and the tblite version, so a
+    change of either never reads minima refined the old way."""
+    from importlib.metadata import version
+
+    return f"gfn2-fmax{GFN2_FMAX}-steps{GFN2_MAX_STEPS}-rmsd{BASIN_RMSD}-mmff{MAX_STEPS}-tblite{version('tblite')}"
+
+
+def basin_file(minimum: np.ndarray) -> Path | None:
+    """The store's file of a refined minimum `basin_minimum` handed out, or None (not stored)."""
+    hit = _BASIN_FILES.get(id(minimum))  # the entry holds the array: its id cannot be reused
+    return hit[1] if hit is not None and hit[0] is minimum else None
 
 
 def nearest_minimum(x: np.ndarray, z: np.ndarray, method: str = "gfn2",

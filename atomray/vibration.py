@@ -35,30 +35,35 @@ molecules) of the relaxed_all floor's error at the CV horizons (`benchmarks/rela
 The exponential damping is the ensemble average of dephasing; τ = 1000 fs fits best among
 250, 500, 1000 fs and no damping on both the CV (≤ 400 fs) and pretraining (≤ 1000 fs) horizons.
 
-Reproducibility: a process refines each basin's minimum from the first state it meets there
-(`atomray.relaxation.basin_minimum`), so two processes that meet a basin's states in another
-order hold minima ~10⁻⁵ Å apart; the Hessians then differ at tblite's SCF noise, and the soft
-modes' phases carry that into the floor: the harmonic_all error of 48 windows changed by up to
-1.5 × 10⁻³ (relative) between forward and reversed order on three molecules
-(`benchmarks/floor_reproducibility.py`; relaxed_all
-stays within 10⁻⁵). A run's logged figures and a later `atomray.evaluate` agree to `REPRODUCIBLE_REL`.
+Reproducibility: each basin's minimum is refined from the first state met there
+(`atomray.relaxation.basin_minimum`). Without a shared store, two processes that meet a basin's
+states in another order hold minima ~10⁻⁵ Å apart; the Hessians then differ at tblite's SCF
+noise, and the soft modes' phases carry that into the floor: the harmonic_all error of 48
+windows changed by up to 1.5 × 10⁻³ (relative) between forward and reversed order
+(`benchmarks/floor_reproducibility.py --no-store`; relaxed_all within 10⁻⁵). The basin store
+(`atomray.basin_store`, on by default) gives every process the first writer's minimum and
+modes: the same change is then exactly 0, and a run's logged figures and a later
+`atomray.evaluate` agree to float rounding.
 
-Cost: the Hessian, 6N GFN2-xTB force calls (0.05 s for ethanol, ~1 s for 21–28 atoms on one core), once per basin and
-process; then about what the relaxation costs (MMFF94 per state dominates).
+Cost: the Hessian, 6N GFN2-xTB force calls (0.05 s for ethanol, ~1 s for 21–28 atoms on one
+core), once per basin and machine (once per process with `ATOMRAY_CACHE_DIR=off`); then about
+what the relaxation costs (MMFF94 per state dominates).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from atomray import basin_store
 from atomray.data.windows import atomic_masses
 from atomray.physics import kabsch
-from atomray.relaxation import nearest_minimum, warn_unrelaxed
+from atomray.relaxation import basin_file, nearest_minimum, warn_unrelaxed
 
 HESSIAN_STEP = 0.005  # Å, central differences of GFN2-xTB forces
-REPRODUCIBLE_REL = 5e-3  # measured ≤ 1.5e-3: the floor's relative change between processes (docstring)
 TAU_VIB_FS = 1000.0  # dephasing time of the harmonic_all floor and a fresh harmonic prior
 EV_PER_A2_U_IN_FS2 = 9.648533e-3  # 1 eV / (Å² u) = 9.65e-3 fs⁻²: ω² from the mass-weighted Hessian
 CM_TO_OMEGA = 2 * np.pi * 2.99792458e-5  # angular frequency (fs⁻¹) of one wavenumber (cm⁻¹)
@@ -105,10 +110,31 @@ def rigid_basis(x: np.ndarray, mass: np.ndarray) -> np.ndarray:
 def normal_modes(minimum: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ω (K,) fs⁻¹, E (3N, K) orthonormal mass-weighted modes, f (K,) the residual force at the
     minimum on each mode, fs⁻² Å √u) of the GFN2-xTB minimum (N, 3), K = 3N − 6 (− 5 if linear);
-    cached per minimum object (`nearest_minimum` hands out one array per basin)."""
+    cached per minimum object (`nearest_minimum` hands out one array per basin) and, for a
+    basin in the store, on disk beside it (`atomray.basin_store`)."""
     hit = _MODES.get(id(minimum))
     if hit is not None and hit[0] is minimum:
         return hit[1:]
+    stored = basin_file(minimum)
+    path = None if stored is None else stored.with_suffix(modes_suffix())
+    arrays = None if path is None else basin_store.read(path)
+    if arrays is None:
+        arrays = dict(zip(("omega", "modes", "force"), _modes_of(minimum, z)))
+        if path is not None:  # every process uses the first writer's modes
+            with contextlib.suppress(OSError):  # unwritable: this process keeps its own
+                arrays = basin_store.read(basin_store.write_once(path, arrays)) or arrays
+    omega, modes, f = arrays["omega"], arrays["modes"], arrays["force"]
+    _MODES[id(minimum)] = (minimum, omega, modes, f)
+    return omega, modes, f
+
+
+def modes_suffix() -> str:
+    """The file suffix of a stored basin's modes: the Hessian's settings are part of it."""
+    return f".modes-step{HESSIAN_STEP}-min{OMEGA_MIN:.6g}.npz"
+
+
+def _modes_of(minimum: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`normal_modes` computed: the Hessian, projected and diagonalised."""
     mass = atomic_masses(np.asarray(z)).astype(np.float64)
     w = np.repeat(1.0 / np.sqrt(mass), 3)
     hess, force = gfn2_hessian(minimum, z)
@@ -119,9 +145,7 @@ def normal_modes(minimum: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.nda
     internal = np.square(q.T @ vecs).sum(0) < 0.5
     omega = np.sqrt(np.clip(lam[internal] * EV_PER_A2_U_IN_FS2, OMEGA_MIN**2, None))
     modes = vecs[:, internal]
-    f = modes.T @ (force.ravel() * w) * EV_PER_A2_U_IN_FS2
-    _MODES[id(minimum)] = (minimum, omega, modes, f)
-    return omega, modes, f
+    return omega, modes, modes.T @ (force.ravel() * w) * EV_PER_A2_U_IN_FS2
 
 
 def _paths_of(x: np.ndarray, v: np.ndarray, z: np.ndarray, lags: np.ndarray,

@@ -4,13 +4,17 @@ real tblite GFN2-xTB on small real molecules."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from atomray import physics
+from atomray import basin_store, physics
 from atomray.config import ModelConfig
 from atomray.data.windows import atomic_masses
 from atomray.evaluate import floor_predictions
@@ -21,6 +25,7 @@ from atomray.relaxation import mmff_minimum, relax_geometry, relaxed_shift, rmsd
 from atomray.tg80.engines import embed, molecule_with_hydrogens
 
 torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ModelConfig(embed_dim=32, num_layers=2, num_heads=4, attn_dropout=0.0, gnn_hidden_dim=16, lifting="canonical")
 
 
@@ -100,9 +105,10 @@ def test_the_gfn2_minimum_is_stationary_for_gfn2_and_mmff94s_is_not():
     assert rmsd_superposed(gfn2, mmff) > 0.02
 
 
-def test_states_of_one_basin_share_one_gfn2_refinement():
+def test_states_of_one_basin_share_one_gfn2_refinement(tmp_path, monkeypatch):
     """Two differently displaced and turned copies of ethanol lie in one MMFF94 basin: one
-    GFN2-xTB refinement serves both, and both get the same minimum."""
+    GFN2-xTB refinement serves both, both get the same minimum, and the store holds one basin."""
+    monkeypatch.setenv(basin_store.ENV, str(tmp_path))
     z, x = conformer("CCO")
     relaxation._GFN2_MINIMA.pop(np.asarray(z, dtype=np.int64).tobytes(), None)
     rng = np.random.default_rng(1)
@@ -111,6 +117,52 @@ def test_states_of_one_basin_share_one_gfn2_refinement():
     second = relax_geometry((mmff_minimum(x, z) + rng.normal(0, 0.04, x.shape)) @ r.T, z)
     assert len(relaxation._GFN2_MINIMA[np.asarray(z, dtype=np.int64).tobytes()]) == 1
     assert rmsd_superposed(first, second) < 1e-9
+    assert len(list(tmp_path.glob("*/*/*/basin-*[0-9].npz"))) == 1
+
+
+def minimum_in_a_new_process(x: np.ndarray, z: np.ndarray, out: Path) -> dict[str, np.ndarray]:
+    """The nearest minimum of x and its normal modes, computed by a fresh Python process (with
+    this process's environment, so the same basin store or none)."""
+    np.savez(out.with_suffix(".in.npz"), x=x, z=z)
+    code = ("import sys, numpy as np\n"
+            "from atomray.relaxation import nearest_minimum\n"
+            "from atomray.vibration import normal_modes\n"
+            "a = np.load(sys.argv[1])\n"
+            "m, refined = nearest_minimum(a['x'], a['z'])\n"
+            "assert refined\n"
+            "w, e, f = normal_modes(m, a['z'])\n"
+            "np.savez(sys.argv[2], minimum=m, omega=w, modes=e, force=f)\n")
+    subprocess.run([sys.executable, "-c", code, str(out.with_suffix(".in.npz")), str(out)],
+                   check=True, env=os.environ.copy(), cwd=ROOT, timeout=300)
+    with np.load(out) as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_a_new_process_reads_the_first_processes_basin_and_modes(tmp_path, monkeypatch):
+    """Ethanol met at one state here and at another state of its basin in a second process:
+    with the basin store, the second process uses this one's refined minimum and normal modes
+    bit for bit (so floors and priors do not depend on which process met a basin first);
+    without it, it refines its own minimum, which differs in the last digits."""
+    from atomray.vibration import normal_modes
+
+    store = tmp_path / "store"
+    monkeypatch.setenv(basin_store.ENV, str(store))
+    z, x = conformer("CCO")
+    relaxation._GFN2_MINIMA.pop(np.asarray(z, dtype=np.int64).tobytes(), None)
+    rng = np.random.default_rng(3)
+    here, there = (mmff_minimum(x, z) + rng.normal(0, 0.04, x.shape) for _ in range(2))
+    minimum, refined = relaxation.nearest_minimum(here, z)
+    assert refined
+    omega, modes, force = normal_modes(minimum, z)
+    shared = minimum_in_a_new_process(there, z, tmp_path / "shared.npz")
+    assert np.array_equal(shared["minimum"], minimum)
+    assert np.array_equal(shared["omega"], omega) and np.array_equal(shared["modes"], modes)
+    assert np.array_equal(shared["force"], force)
+    assert len(list(store.glob("*/*/*/basin-*.modes-*.npz"))) == 1
+    monkeypatch.setenv(basin_store.ENV, "off")
+    alone = minimum_in_a_new_process(there, z, tmp_path / "alone.npz")
+    assert not np.array_equal(alone["minimum"], minimum)
+    assert rmsd_superposed(alone["minimum"], minimum) < 1e-3  # the same basin, refined again
 
 
 def test_the_model_uses_the_configured_relaxation(batch):
