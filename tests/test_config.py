@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -293,3 +294,15 @@ def test_the_harmonic_prior_refuses_configs_it_cannot_run_in(overrides, key):
         load_config(None, overrides)
     assert f"'{key}'" in str(err.value) and "harmonic" in str(err.value)
     load_config(None, ["model.prior=harmonic", "data.context_atoms=all"])  # the consistent config loads
+
+
+def test_label_noise_with_the_harmonic_prior_warns_and_loads():
+    """Noise on x0 corrupts the harmonic prior's start displacement: the config says so (it
+    still loads, for sweeps over σ), and without noise it stays quiet."""
+    with pytest.warns(UserWarning, match="train.label_noise_sigma=0.1 with model.prior=harmonic"):
+        cfg = load_config(None, ["model.prior=harmonic", "data.context_atoms=all", "train.label_noise_sigma=0.1"])
+    assert cfg.train.label_noise_sigma == 0.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(None, ["model.prior=harmonic", "data.context_atoms=all"])
+        load_config(None, ["model.prior=rotor", "train.label_noise_sigma=0.1"])
