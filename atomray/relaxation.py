@@ -33,6 +33,7 @@ which processes meet the states.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -164,6 +165,7 @@ def _stored_minimum(store: BasinStore, basins: list[tuple[np.ndarray, np.ndarray
         return minimum
 
 
+@functools.cache
 def store_tag() -> str:
     """The basin store's folder for this refinement: its settings and the tblite version, so a
     change of either never reads minima refined the old way."""

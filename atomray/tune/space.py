@@ -88,6 +88,9 @@ def ablation_trials(keys: list[str] | None = None, full_grid: bool = False) -> l
     return unique
 
 
+_BASE_PRIOR = ABLATIONS["model.prior"][0]  # sweep.yaml's prior, where a trial leaves it unset
+
+
 def _unchanged(trial: dict[str, Any]) -> bool:
     """Whether the rules of `_compatible` leave every switch the trial sets as it is."""
     out = _compatible(trial)
@@ -105,13 +108,13 @@ def _compatible(trial: dict[str, Any]) -> dict[str, Any]:
     out = dict(trial)
     if out.get("data.context_atoms") == "heavy":
         out.update({"model.relaxed_prior": False, "model.relaxed_input": False})
-        if out.get("model.prior", "harmonic") == "harmonic":
+        if out.get("model.prior", _BASE_PRIOR) == "harmonic":
             out["model.prior"] = "rotor"
-    if out.get("model.relaxed_prior") and out.get("model.prior", "harmonic") == "harmonic":
+    if out.get("model.relaxed_prior") and out.get("model.prior", _BASE_PRIOR) == "harmonic":
         out["model.prior"] = "rotor"
     if out.get("model.prior") == "none" and "model.relaxed_prior" in out:
         out["model.relaxed_prior"] = False
-    if out.get("model.prior", "harmonic") != "harmonic":
+    if out.get("model.prior", _BASE_PRIOR) != "harmonic":
         out["model.prior_input"] = False
     return out
 
