@@ -52,7 +52,9 @@ class ModelConfig:
     motion), or "harmonic" (rotor plus each atom's damped harmonic vibration about the
     molecule's nearest GFN2-xTB minimum, `atomray.vibration`; needs every atom in the model and
     `relaxation: gfn2`, and contains the relaxation, so not with `relaxed_prior`),
-    `atomray.model.prior`; the correction starts at zero.
+    `atomray.model.prior`; the correction starts at zero. `correction_onset_fs` t_c > 0
+    scales the correction by r² / (1 + r²), r = Δt / t_c, so it grows from zero like Δt² as the
+    error of a prior that starts from x0 and v0 does (`atomray.model.prior.onset_gate`; 0: off).
     `distance_bias`, `lag_conditioned_output` and `internal_velocity` are ATOM additions to the
     paper (see `atomray.model.atom`): a per-head attention term of interatomic distances, output
     features scaled by a learned function of each lag, and (with a rigid / rotor prior)
@@ -93,6 +95,7 @@ class ModelConfig:
     relaxed_input: bool = False
     prior_input: bool = False
     relaxation: Literal["gfn2", "mmff94"] = "gfn2"
+    correction_onset_fs: float = 0.0
     latent_equivariance_weight: float = 0.0
     # EGNO / EGNN baselines (REFERENCE.md, "The EGNO single-task protocol").
     gnn_hidden_dim: int = 64
@@ -179,7 +182,13 @@ class TrainConfig:
     `loss_weighting: rigid` divides each window's squared error by the rigid-body floor's error
     on that window plus `loss_weight_floor` (Å²), weights normalised to mean 1 per batch
     (`atomray.train.loss.window_weights`): short horizons, where most of the motion the floors
-    miss is predictable, weigh as much as long ones. `none` is the paper's plain mean (eq. 1).
+    miss is predictable, weigh as much as long ones. `harmonic` uses the harmonic_all floor
+    (the shipped prior's own error) instead. `none` is the paper's plain mean (eq. 1).
+
+    `loss_atoms: score` averages the loss over the atoms the metrics score (`data.score_atoms`,
+    heavy atoms by default) instead of every atom the model sees: with `data.context_atoms=all`
+    the hydrogens still enter as tokens/nodes and are still predicted, but their large-amplitude
+    motion no longer dominates the objective. `all` (the default) trains every predicted atom.
 
     Every epoch is validated and checkpointed. Fault injection for tests of recovery:
     `fail_at_epoch` >= 0 makes the last worker exit hard halfway through that epoch, and
@@ -189,8 +198,9 @@ class TrainConfig:
     epochs: int = 250
     label_noise_sigma: float = 0.0
     augment: Literal["none", "so3"] = "none"
-    loss_weighting: Literal["none", "rigid"] = "none"
+    loss_weighting: Literal["none", "rigid", "harmonic"] = "none"
     loss_weight_floor: float = 0.005
+    loss_atoms: Literal["all", "score"] = "all"
     seed: int = 0
     fail_at_epoch: int = -1
     fail_after_report: int = -1

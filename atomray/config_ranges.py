@@ -32,6 +32,7 @@ RANGES: dict[str, str] = {
     "model.num_heads": ">= 1",
     "model.output_heads": ">= 1",
     "model.attn_dropout": "[0, 1)",
+    "model.correction_onset_fs": ">= 0",  # 0: no onset gate
     "model.mlp_dropout": "[0, 1)",
     "model.rope_base": "> 0",
     "model.tau_fs": "> 0",

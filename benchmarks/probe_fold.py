@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from atomray.config import load_config
     from atomray.data.pipeline import to_torch
-    from atomray.evaluate import score_windows, summarise
+    from atomray.evaluate import FLOORS, score_windows, summarise
     from atomray.model import build_model
     from atomray.train.loss import epoch_generator
     from atomray.train.optim import build_optimizer, train_step
@@ -102,10 +102,11 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"fold": args.fold, "steps": args.steps, "overrides": args.overrides, "test_molecules": list(split.test),
               "train_molecules": [str(m) for m in train_molecules],
               "test_s2t": 100 * m["test_s2t"],
-              **{f"test_s2t_{f}": 100 * m[f"test_s2t_{f}"] for f in ("no_motion", "rigid_all", "rotor_all")},
+              **{f"test_s2t_{f}": 100 * m[f"test_s2t_{f}"] for f in FLOORS if f"test_s2t_{f}" in m},
               "ratio_rotor_all": m["test_s2t"] / m["test_s2t_rotor_all"],
+              "ratio_harmonic_all": m["test_s2t"] / m["test_s2t_harmonic_all"],
               "by_dt": {k[len("test_s2t_"):]: round(100 * v, 4) for k, v in m.items()
-                        if k.startswith("test_s2t_dt_") and k.endswith(("fs", "_rotor_all"))},
+                        if k.startswith("test_s2t_dt_") and k.endswith(("fs", "_rotor_all", "_harmonic_all"))},
               "seconds": time.perf_counter() - t0}
     print(json.dumps(result), flush=True)
     return result

@@ -97,7 +97,7 @@ from atomray.config import ModelConfig
 from atomray.model.attention import AttentionBias, Block, DistanceBias
 from atomray.model.canonical import canonicalise
 from atomray.model.lifting import EquivariantLifting, LinearLifting, chemistry_features, hidden_irreps, with_norm
-from atomray.model.prior import Prior
+from atomray.model.prior import Prior, onset_gate
 from atomray.model.time_encoding import SinusoidalTimeEmbedding, rope_tables, sinusoidal_embedding
 
 
@@ -299,6 +299,9 @@ class ATOM(nn.Module):
                 base = base + self.prior.relaxation(state["delta"], rot, lags_fs).to(base.dtype)
             if state["paths"] is not None:  # prior harmonic: the damped normal-mode vibration
                 base = base + self.prior.vibration(state["paths"], rot, lags_fs).to(base.dtype)
+            gate = onset_gate(lags_fs, self.cfg.correction_onset_fs)
+            if gate is not None:  # the correction grows like Δt² from zero (`atomray.model.prior`)
+                y = y * gate.to(y.dtype)
             y = (base + y @ rot.transpose(-1, -2).to(y.dtype)) * state["mask"][:, None]
         return y.to(x0.dtype)
 

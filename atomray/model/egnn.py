@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atomray.config import ModelConfig
-from atomray.model.prior import Prior
+from atomray.model.prior import Prior, onset_gate
 from atomray.model.time_encoding import SinusoidalTimeEmbedding
 
 COORD_CLAMP = 100.0  # EGNN's clamp on the per-edge coordinate update weight
@@ -162,10 +162,15 @@ class EGNNBaseline(nn.Module):
         h = self.node_embed(node_features(v, z, rwpe, self.cfg)) * m  # (B, N, H)
         return x, v, h, edges, attr, m
 
-    def _finish(self, pred: Tensor, base: Tensor | None, m: Tensor, dtype: torch.dtype) -> Tensor:
-        """The output (B, P, N, 3): the network's positions, or prior + α (x̂ − prior)."""
+    def _finish(self, pred: Tensor, base: Tensor | None, m: Tensor, lags_fs: Tensor, dtype: torch.dtype) -> Tensor:
+        """The output (B, P, N, 3): the network's positions, or prior + α g(Δt) (x̂ − prior), g the
+        correction onset (`atomray.model.prior.onset_gate`; 1 when `correction_onset_fs` is 0)."""
         if base is not None:
-            pred = (base + self.alpha * (pred - base)) * m[:, None]
+            corr = self.alpha * (pred - base)
+            gate = onset_gate(lags_fs, self.cfg.correction_onset_fs)
+            if gate is not None:
+                corr = corr * gate.to(corr.dtype)
+            pred = (base + corr) * m[:, None]
         return pred.to(dtype)
 
     def _prior(self, x0: Tensor, v0: Tensor, z: Tensor, mask: Tensor, lags_fs: Tensor, m: Tensor) -> Tensor | None:
@@ -203,7 +208,7 @@ class EGNNRollout(EGNNBaseline):
             x, h = xp * m, h * m
             out.append(x)
         base = self._prior(x0, v0, z, mask, lags_fs, m)
-        return self._finish(torch.stack(out, dim=1), base, m, x0.dtype)  # (B, P, N, 3)
+        return self._finish(torch.stack(out, dim=1), base, m, lags_fs, x0.dtype)  # (B, P, N, 3)
 
 
 class EGNNSequential(EGNNBaseline):
@@ -231,4 +236,4 @@ class EGNNSequential(EGNNBaseline):
             h, x = h * m, xp * m
             out.append(x)
         base = self._prior(x0, v0, z, mask, lags_fs, m)
-        return self._finish(torch.stack(out, dim=1), base, m, x0.dtype)  # (B, P, N, 3)
+        return self._finish(torch.stack(out, dim=1), base, m, lags_fs, x0.dtype)  # (B, P, N, 3)

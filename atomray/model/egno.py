@@ -83,4 +83,4 @@ class EGNO(EGNNBaseline):
             hf, xf = layer(flat(h), flat(xs), v_f, graph)
             h = hf.view(b, p, n, -1) * m[:, None]
             xs = xf.view(b, p, n, 3) * m[:, None]
-        return self._finish(xs, base, m, x0.dtype)
+        return self._finish(xs, base, m, lags_fs, x0.dtype)

@@ -35,6 +35,12 @@ R(Δt) (exp(−Δt/τ) osc(Δt) − d0), osc the undamped normal-mode motion of 
 displacement d0 from its superposed minimum (`atomray.vibration`). It contains the relaxation
 (its modes decay toward the minimum), so it is not combined with `relaxed_prior`; τ is learned,
 starting at `TAU_VIB_FS` = 1000 fs.
+
+Correction onset (`ModelConfig.correction_onset_fs` = t_c > 0, every model with a prior): the
+network's correction is multiplied by r² / (1 + r²), r = Δt / t_c (`onset_gate`). A prior that
+starts from x0 and v0 is exact to first order in Δt, so what it misses grows like Δt² (the
+forces it gets wrong); the gate makes the correction obey that, vanishing at Δt → 0 and free at
+Δt ≫ t_c, instead of adding a learned offset of the same size at every lag. 0 turns it off.
 """
 
 from __future__ import annotations
@@ -51,6 +57,15 @@ from atomray.vibration import TAU_VIB_FS, harmonic_paths, vibrate
 
 
 KINDS = ("none", "x0", "rigid", "rotor", "harmonic")
+
+
+def onset_gate(lags_fs: Tensor, onset_fs: float) -> Tensor | None:
+    """(B, P, 1, 1) factor r² / (1 + r²), r = Δt / onset_fs, for a correction (B, P, N, 3);
+    None when onset_fs is 0 (no gate)."""
+    if onset_fs <= 0:
+        return None
+    r2 = (lags_fs.double() / onset_fs) ** 2
+    return (r2 / (1 + r2))[:, :, None, None]
 
 
 class Prior(nn.Module):

@@ -11,6 +11,8 @@ normalised to mean 1 over the batch (`window_weights`). The plain mean is domina
 longest horizons, where vibrations have dephased and little is predictable from (x0, v0); the
 weighted loss lets the short and middle horizons steer training. On five-fold CV it did not
 lower the mean out-of-domain S2T (README, "Cross-validation"), so the shipped configs keep none.
+`harmonic` weights by the harmonic_all floor's error instead (the floor of the shipped prior).
+`train.loss_atoms=score` averages over the scored atoms only (heavy atoms by default).
 
 Label noise (§3.2.3): during training the inputs x, v and every target frame get independent
 Gaussian noise, x + ξ_x, v + ξ_v, x^{(t+Δt_p)} + ξ_x^p. The model never adds noise itself.
@@ -41,11 +43,21 @@ def trajectory_loss(pred: Tensor, target: Tensor, mask: Tensor, weights: Tensor 
 
 
 @torch.no_grad()
-def window_weights(batch: dict[str, Tensor], floor: float) -> Tensor:
-    """(B,) weights 1 / (S2T of the rigid-body extrapolation of the window's atoms + floor Å²),
-    scaled to mean 1. Needs x0, v0, target, mask, mass and lags_fs in the batch."""
+def window_weights(batch: dict[str, Tensor], floor: float, kind: str = "rigid") -> Tensor:
+    """(B,) weights 1 / (S2T of a physics floor on the window's atoms + floor Å²), scaled to
+    mean 1: `kind` rigid is the rigid-body extrapolation of the window's atoms, harmonic the
+    harmonic_all floor (`atomray.evaluate.harmonic_floor`, GFN2-xTB normal modes; needs z).
+    Needs x0, v0, target, mask, mass and lags_fs in the batch."""
     x0, v0, mask = batch["x0"].double(), batch["v0"].double(), batch["mask"]
-    base = physics.rigid(x0, v0, batch["mass"].double() * mask, batch["lags_fs"])
+    mass, lags = batch["mass"].double() * mask, batch["lags_fs"].double()
+    if kind == "rigid":
+        base = physics.rigid(x0, v0, mass, lags)
+    elif kind == "harmonic":
+        from atomray.evaluate import harmonic_floor  # evaluation sits beside training; imported when used
+
+        base = harmonic_floor(batch, x0, v0, mass, lags)
+    else:
+        raise ValueError(f"train.loss_weighting: unknown floor {kind!r}; expected rigid or harmonic")
     w = 1.0 / (masked_mse(base.float(), batch["target"].float(), mask) + floor)
     return w / w.mean()
 
@@ -90,12 +102,14 @@ def training_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: R
     """The training objective on one batch: label noise (paper §3.2.3), the L2 trajectory
     loss (eq. 1; per-window weights with `train.loss_weighting`), plus the optional
     latent-equivariance regulariser."""
-    weights = window_weights(batch, cfg.train.loss_weight_floor) if cfg.train.loss_weighting == "rigid" else None
+    kind = cfg.train.loss_weighting
+    weights = None if kind == "none" else window_weights(batch, cfg.train.loss_weight_floor, kind)
+    loss_mask = batch["mask"] & batch["score"].bool() if cfg.train.loss_atoms == "score" else batch["mask"]
     x0, v0, target = add_label_noise(batch["x0"], batch["v0"], batch["target"], batch["mask"],
                                      cfg.train.label_noise_sigma, generator)
     with autocast:
         pred = model(x0, v0, batch["z"], batch["lags_fs"], batch["mask"], batch.get("rwpe"))
-        loss = trajectory_loss(pred.float(), target, batch["mask"], weights)
+        loss = trajectory_loss(pred.float(), target, loss_mask, weights)
         weight = cfg.model.latent_equivariance_weight
         if weight > 0:
             rot = random_rotation(generator, dtype=torch.float32).to(x0.device)

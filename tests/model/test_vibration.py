@@ -179,3 +179,20 @@ def test_prior_input_lets_each_lag_slot_see_the_vibration(batch):
 def test_prior_input_without_the_harmonic_prior_is_refused():
     with pytest.raises(ValueError, match="prior_input.*harmonic"):
         build_model(replace(TINY, prior="rotor", prior_input=True), 4, 0)
+
+
+def test_harmonic_loss_weights_are_inverse_to_the_harmonic_floors_error(batch):
+    """`train.loss_weighting=harmonic`: a window the harmonic_all floor misses by more weighs less."""
+    from atomray.metrics import masked_mse
+    from atomray.train.loss import window_weights
+
+    b = dict(batch, mass=torch.from_numpy(atomic_masses(batch["z"].numpy())).double() * batch["mask"])
+    harm = floor_predictions(b, ["harmonic_all"])["harmonic_all"]
+    g = torch.Generator().manual_seed(0)
+    scale = torch.tensor([0.01, 0.05], dtype=harm.dtype)[:, None, None, None]
+    b["target"] = harm + scale * torch.randn(harm.shape, generator=g, dtype=harm.dtype) * b["mask"][:, None, :, None]
+    w = window_weights(b, 1e-3, "harmonic")
+    expect = 1 / (masked_mse(harm, b["target"], b["mask"]) + 1e-3)
+    torch.testing.assert_close(w.double(), expect / expect.mean(), rtol=1e-4, atol=0)
+    assert w[0] > 1.5 * w[1]
+    assert not torch.allclose(w, window_weights(b, 1e-3, "rigid"))  # not the rigid floor's weights

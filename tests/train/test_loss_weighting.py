@@ -51,3 +51,23 @@ def test_the_weighted_loss_is_the_weighted_mean_of_per_window_errors_and_none_is
     weighted = training_loss(model, b, weighted_cfg, torch.Generator(), nullcontext())
     torch.testing.assert_close(weighted.double(), (per * window_weights(b, 1e-2)).mean(), rtol=1e-5, atol=0)
     assert weighted < plain  # the window with the largest error weighs least
+
+
+def test_loss_atoms_score_trains_only_on_the_scored_atoms_and_all_on_every_real_atom():
+    b = batch_with_floor_errors([2e-3, 5e-2, 3e-1])
+    score = b["mask"].clone()
+    score[:, 0] = False  # the first atom of every window is a "hydrogen": predicted, not scored
+    b["score"] = score
+    model = lambda x0, v0, z, lags, mask, rwpe: x0[:, None].expand(-1, lags.shape[1], -1, -1)  # noqa: E731 no motion
+    cfg = RunConfig()
+    scored_cfg = replace(cfg, train=replace(cfg.train, loss_atoms="score"))
+    pred = model(b["x0"], None, None, b["lags_fs"], None, None)
+    every = training_loss(model, b, cfg, torch.Generator(), nullcontext())
+    scored = training_loss(model, b, scored_cfg, torch.Generator(), nullcontext())
+    torch.testing.assert_close(every.double(), masked_mse(pred, b["target"], b["mask"]).mean(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(scored.double(), masked_mse(pred, b["target"], score).mean(), rtol=1e-5, atol=0)
+    # an error on the unscored atom changes the `all` loss and leaves the `score` loss exactly as it was
+    b2 = dict(b, target=b["target"].clone())
+    b2["target"][:, :, 0] += 0.5
+    assert training_loss(model, b2, cfg, torch.Generator(), nullcontext()) > every + 0.01
+    assert training_loss(model, b2, scored_cfg, torch.Generator(), nullcontext()) == scored
