@@ -299,9 +299,7 @@ class ATOM(nn.Module):
                 base = base + self.prior.relaxation(state["delta"], rot, lags_fs).to(base.dtype)
             if state["paths"] is not None:  # prior harmonic: the damped normal-mode vibration
                 base = base + self.prior.vibration(state["paths"], rot, lags_fs).to(base.dtype)
-            gate = onset_gate(lags_fs, self.cfg.correction_onset_fs)
-            if gate is not None:  # the correction grows like Δt² from zero (`atomray.model.prior`)
-                y = y * gate.to(y.dtype)
+            y = onset_gate(y, lags_fs, self.cfg.correction_onset_fs)  # grows like Δt² from zero when set
             y = (base + y @ rot.transpose(-1, -2).to(y.dtype)) * state["mask"][:, None]
         return y.to(x0.dtype)
 

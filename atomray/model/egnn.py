@@ -166,10 +166,7 @@ class EGNNBaseline(nn.Module):
         """The output (B, P, N, 3): the network's positions, or prior + α g(Δt) (x̂ − prior), g the
         correction onset (`atomray.model.prior.onset_gate`; 1 when `correction_onset_fs` is 0)."""
         if base is not None:
-            corr = self.alpha * (pred - base)
-            gate = onset_gate(lags_fs, self.cfg.correction_onset_fs)
-            if gate is not None:
-                corr = corr * gate.to(corr.dtype)
+            corr = onset_gate(self.alpha * (pred - base), lags_fs, self.cfg.correction_onset_fs)
             pred = (base + corr) * m[:, None]
         return pred.to(dtype)
 

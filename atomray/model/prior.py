@@ -59,13 +59,13 @@ from atomray.vibration import TAU_VIB_FS, harmonic_paths, vibrate
 KINDS = ("none", "x0", "rigid", "rotor", "harmonic")
 
 
-def onset_gate(lags_fs: Tensor, onset_fs: float) -> Tensor | None:
-    """(B, P, 1, 1) factor r² / (1 + r²), r = Δt / onset_fs, for a correction (B, P, N, 3);
-    None when onset_fs is 0 (no gate)."""
+def onset_gate(correction: Tensor, lags_fs: Tensor, onset_fs: float) -> Tensor:
+    """The correction (B, P, N, 3) times r² / (1 + r²) per lag, r = Δt / onset_fs; unchanged
+    when onset_fs is 0 (no gate)."""
     if onset_fs <= 0:
-        return None
+        return correction
     r2 = (lags_fs.double() / onset_fs) ** 2
-    return (r2 / (1 + r2))[:, :, None, None]
+    return correction * (r2 / (1 + r2))[:, :, None, None].to(correction.dtype)
 
 
 class Prior(nn.Module):
