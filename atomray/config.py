@@ -65,7 +65,9 @@ class ModelConfig:
     MMFF94's alone: faster, but biased against GFN2-xTB data on some molecules);
     `relaxed_input` (ATOM) lifts the shift to that minimum as a second position stream;
     `prior_input` (ATOM, harmonic prior) lifts the prior's internal displacement at each lag
-    into that lag's slot tokens. The
+    into that lag's slot tokens. `anharmonic` (every model, harmonic prior) hands the harmonic
+    prior over from MMFF94 molecular dynamics of the start state (`atomray.anharmonic`; with
+    `prior_input` ATOM also lifts the MD's departure from the harmonic path at each lag). The
     EGNO baseline starts its coordinates from the prior, so it sees the relaxed shape whenever
     `relaxed_prior` is on; `relaxed_input` changes nothing for the EGNN family. Both need every
     atom in the model (`data.context_atoms: all`), hydrogens included, for the force field.
@@ -94,6 +96,7 @@ class ModelConfig:
     relaxed_prior: bool = False
     relaxed_input: bool = False
     prior_input: bool = False
+    anharmonic: bool = False
     relaxation: Literal["gfn2", "mmff94"] = "gfn2"
     correction_onset_fs: float = 0.0
     latent_equivariance_weight: float = 0.0
@@ -183,7 +186,8 @@ class TrainConfig:
     on that window plus `loss_weight_floor` (Å²), weights normalised to mean 1 per batch
     (`atomray.train.loss.window_weights`): short horizons, where most of the motion the floors
     miss is predictable, weigh as much as long ones. `harmonic` uses the harmonic_all floor
-    (the shipped prior's own error) instead. `none` is the paper's plain mean (eq. 1).
+    (the harmonic prior's own error) instead, `anharmonic` the anharmonic_all floor (the
+    anharmonic prior's). `none` is the paper's plain mean (eq. 1).
 
     `loss_atoms: score` averages the loss over the atoms the metrics score (`data.score_atoms`,
     heavy atoms by default) instead of every atom the model sees: with `data.context_atoms=all`
@@ -198,7 +202,7 @@ class TrainConfig:
     epochs: int = 250
     label_noise_sigma: float = 0.0
     augment: Literal["none", "so3"] = "none"
-    loss_weighting: Literal["none", "rigid", "harmonic"] = "none"
+    loss_weighting: Literal["none", "rigid", "harmonic", "anharmonic"] = "none"
     loss_weight_floor: float = 0.005
     loss_atoms: Literal["all", "score"] = "all"
     seed: int = 0

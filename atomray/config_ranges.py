@@ -135,6 +135,9 @@ def _check_model(cfg: RunConfig) -> None:
                       "on x0 moves the prior's start displacement from the minimum (vibrations are ~0.05 Å), so "
                       "the prior extrapolates noise during training (aspirin_single.yaml with σ = 0.1: validation "
                       "1.00x → 1.38x harmonic_all in five epochs); 0 is the measured choice", stacklevel=3)
+    if m.anharmonic and m.prior != "harmonic":
+        raise _error("model.prior", "harmonic with model.anharmonic=true (MMFF94 MD hands over to the harmonic "
+                                    "prior)", m.prior)
     if m.prior_input and m.prior != "harmonic":
         raise _error("model.prior", "harmonic with model.prior_input=true (the input is the harmonic prior's "
                                     "displacement at each lag)", m.prior)

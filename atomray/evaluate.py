@@ -28,6 +28,12 @@ windows and atoms:
                   damped toward the minimum with τ = 1000 fs (`atomray.vibration`): the
                   strongest floor wherever the potential is near-quadratic. What a fresh model
                   with `prior=harmonic` predicts; a GFN2-xTB Hessian per new basin (0.05–1 s)
+    mmff_md       classical molecular dynamics of the whole molecule from x0 and v0 under
+                  MMFF94 (`atomray.anharmonic`, velocity Verlet, 0.5 fs): anharmonic, but not
+                  GFN2-xTB's force field; ~8 ms per window
+    anharmonic_all  harmonic_all handing over from mmff_md: harmonic_all + exp(−Δt / 150 fs)
+                  (mmff_md − harmonic_all): the strongest floor out of domain on the CV folds.
+                  What a fresh model with `prior=harmonic, anharmonic=true` predicts
 
 Errors are kept per window and lag (`ErrorTable`, Å², mean over the scored atoms and xyz), so
 any breakdown is a reduction of one table: S2T (mean over lags), S2S (last lag), per lag
@@ -63,7 +69,8 @@ from atomray.equivariance import (EquivarianceError, FrameAveraged, equivariance
                                   frame_average, noise_floor, rotation_set)
 from atomray.metrics import lag_errors, rotate_windows
 
-FLOORS = ("no_motion", "linear", "rigid_heavy", "rigid_all", "rotor_all", "relaxed_all", "harmonic_all")
+FLOORS = ("no_motion", "linear", "rigid_heavy", "rigid_all", "rotor_all", "relaxed_all", "harmonic_all", "mmff_md",
+          "anharmonic_all")
 PREDICTORS = ("model", "model_rotated") + FLOORS
 MODEL_INPUTS = ("x0", "v0", "z", "lags_fs", "mask")
 DT_DECADES = tuple(10.0 ** k for k in range(0, 7))  # ΔT bins (lo, hi] in fs
@@ -91,7 +98,7 @@ def floor_predictions(batch: Mapping[str, torch.Tensor], names: Sequence[str] = 
     mass = batch["mass"].double()
     if "mask" in batch:  # padded batches; windows straight from cut_windows have no padding
         mass = mass * batch["mask"].double()
-    out = {}
+    out: dict[str, torch.Tensor] = {}
     for name in names:
         if name == "no_motion":
             out[name] = physics.no_motion(x0, lags)
@@ -104,10 +111,20 @@ def floor_predictions(batch: Mapping[str, torch.Tensor], names: Sequence[str] = 
         elif name == "relaxed_all":
             out[name] = relaxed_floor(batch, x0, v0, mass, lags)
         elif name == "harmonic_all":
-            out[name] = harmonic_floor(batch, x0, v0, mass, lags)
+            if name not in out:
+                out[name] = harmonic_floor(batch, x0, v0, mass, lags)
+        elif name in ("mmff_md", "anharmonic_all"):  # both need the harmonic floor and the MD: once each
+            from atomray.anharmonic import TAU_MD_FS, blend_md
+
+            if "harmonic_all" not in out:
+                out["harmonic_all"] = harmonic_floor(batch, x0, v0, mass, lags)
+            if "mmff_md" not in out:
+                out["mmff_md"] = mmff_floor(batch, x0, v0, mass, lags, out["harmonic_all"])
+            if name == "anharmonic_all":
+                out[name] = blend_md(out["harmonic_all"], out["mmff_md"], lags, TAU_MD_FS)
         else:
             raise ValueError(f"unknown floor {name!r}; known: {', '.join(FLOORS)}")
-    return out
+    return {name: out[name] for name in names}
 
 
 def _context(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...] | None:
@@ -155,6 +172,20 @@ def harmonic_floor(batch: Mapping[str, torch.Tensor], x0: torch.Tensor, v0: torc
     n = x0.shape[1]
     c, u, rot = physics.rotor_motion(x0, v0, mass, lags, _context(batch))
     return physics.carry(x0, c, u, rot, lags) + vibrate(osc[:, :, :n], d0[:, :n], rot, lags)
+
+
+def mmff_floor(batch: Mapping[str, torch.Tensor], x0: torch.Tensor, v0: torch.Tensor, mass: torch.Tensor,
+               lags: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """The mmff_md floor (B, P, N, 3): MMFF94 molecular dynamics of the whole molecule from its
+    start state (`atomray.anharmonic`), for the model's atoms; `fallback` (the harmonic floor)
+    for molecules MMFF94 cannot type."""
+    from atomray.anharmonic import mmff_paths
+
+    x_all, v_all, z_all, m_all = _whole_molecule(batch, x0, v0, mass)
+    n = x0.shape[1]
+    spare = torch.zeros((*lags.shape, *x_all.shape[1:]), dtype=fallback.dtype, device=fallback.device)
+    spare[:, :, :n] = fallback
+    return mmff_paths(x_all, v_all, z_all, m_all > 0, lags, spare)[:, :, :n]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,7 +68,8 @@ def markdown(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
              "all atoms; rotor_all the exact torque-free rigid-body motion (L conserved) of all atoms; "
              "relaxed_all rotor_all moved a fraction 1 - exp(-dt / 250 fs) toward the nearest (GFN2-xTB) minimum; "
              "harmonic_all rotor_all plus the GFN2-xTB normal-mode vibration about that minimum, damped with "
-             "tau = 1000 fs. "
+             "tau = 1000 fs; mmff_md classical MMFF94 molecular dynamics from x0 and v0; anharmonic_all "
+             "harmonic_all + exp(-dt / 150 fs) (mmff_md - harmonic_all). "
              "model_rotated: the model on the same windows, each turned by a random rotation (the gap to "
              "model measures orientation memorisation; floors are unchanged by it).", ""]
     has_model = any("model_s2t" in r for r in rows)
@@ -105,7 +106,7 @@ def plot_s2t_vs_dt(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     fig, axes = plt.subplots(1, len(lag_counts), figsize=(5.5 * len(lag_counts), 4.5), squeeze=False)
     colours = {"no_motion": "tab:grey", "linear": "tab:purple", "rigid_heavy": "tab:orange", "rigid_all": "tab:red",
                "rotor_all": "tab:green", "relaxed_all": "tab:brown",
-               "harmonic_all": "tab:cyan"}
+               "harmonic_all": "tab:cyan", "mmff_md": "tab:olive", "anharmonic_all": "tab:pink"}
     for ax, p in zip(axes[0], lag_counts):
         group = [r for r in rows if r["num_lags"] == p]
         mean = sorted((r for r in group if r["molecule_id"] == "mean"), key=lambda r: r["horizon_fs"])

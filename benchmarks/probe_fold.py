@@ -30,12 +30,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def fold_windows(cfg, fold: int, train_windows: int, train_molecules: int = 0):
+def fold_windows(cfg, fold: int, train_windows: int, train_molecules: int = 0, test_range: str = "ood",
+                 include_test: bool = False):
     """One CV fold's windows, each set drawn once and seeded as `jobs/cv.py` draws them:
-    (split, training molecules, training pool, validation windows, out-of-domain test windows).
-    `train_molecules` > 0 keeps a seeded random subset of the fold's training molecules."""
+    (split, training molecules, training pool, validation windows, test windows).
+    `train_molecules` > 0 keeps a seeded random subset of the fold's training molecules.
+    test_range "ood" scores the test molecules' whole trajectories (as `jobs/cv.py`); "last"
+    only their last 10 % (`ID_RANGES["test"]`), which `include_test` (an oracle: the test
+    molecules' first 80 % join the training pool) never trains on."""
     from atomray.data.pipeline import fixed_windows
-    from atomray.data.splits import default_eval_sets
+    from atomray.data.splits import ID_RANGES, default_eval_sets
     from atomray.tune.cv import fold_splits
 
     split = fold_splits(cfg, [fold])[fold]
@@ -43,10 +47,15 @@ def fold_windows(cfg, fold: int, train_windows: int, train_molecules: int = 0):
     molecules = list(split.train)
     if train_molecules:
         molecules = sorted(np.random.default_rng(d.split_seed).choice(molecules, train_molecules, replace=False))
+    if include_test:
+        if test_range != "last":
+            raise ValueError("include_test trains on the test molecules' first 80 %: score them with test_range='last'")
+        molecules = molecules + list(split.test)
     pool = fixed_windows(d.path, molecules, train_windows, d, d.split_seed + 5, split.ranges["train"])
     val = fixed_windows(d.path, split.val, d.val_windows, d, d.split_seed + 1, split.ranges["val"])
     test_set = default_eval_sets(split, d)[0]
-    test = fixed_windows(d.path, test_set.molecules, test_set.n, d, test_set.seed, test_set.frame_fraction)
+    frames = test_set.frame_fraction if test_range == "ood" else ID_RANGES["test"]
+    test = fixed_windows(d.path, test_set.molecules, test_set.n, d, test_set.seed, frames)
     return split, molecules, pool, val, test
 
 
@@ -59,6 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--train-molecules", type=int, default=0,
                     help="train on only this many of the fold's training molecules (0: all); a data-scaling probe")
+    ap.add_argument("--test-range", choices=("ood", "last"), default="ood",
+                    help="score the test molecules' whole trajectories (ood, as jobs/cv.py) or their last 10 %%")
+    ap.add_argument("--include-test", action="store_true",
+                    help="oracle: also train on the test molecules' first 80 %% (needs --test-range last)")
     ap.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -72,7 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     from atomray.train.pretrain import resolve
 
     cfg = resolve(load_config(args.config, args.overrides))
-    split, train_molecules, pool, val, test = fold_windows(cfg, args.fold, args.train_windows, args.train_molecules)
+    split, train_molecules, pool, val, test = fold_windows(cfg, args.fold, args.train_windows, args.train_molecules,
+                                                       args.test_range, args.include_test)
     d = cfg.data
 
     torch.manual_seed(cfg.train.seed)
@@ -99,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"step {step + 1}/{args.steps}  loss {np.mean(losses[-50:]):.4g}  val S2T {100 * v['val_s2t']:.3f} "
                   f"= {v['val_s2t'] / v['val_s2t_rotor_all']:.3f}x rotor_all  {time.perf_counter() - t0:.0f} s", flush=True)
     m = scored(test, "test", True)
-    result = {"fold": args.fold, "steps": args.steps, "overrides": args.overrides, "test_molecules": list(split.test),
+    result = {"fold": args.fold, "steps": args.steps, "overrides": args.overrides, "test_range": args.test_range,
+              "include_test": args.include_test, "test_molecules": list(split.test),
               "train_molecules": [str(m) for m in train_molecules],
               "test_s2t": 100 * m["test_s2t"],
               **{f"test_s2t_{f}": 100 * m[f"test_s2t_{f}"] for f in FLOORS if f"test_s2t_{f}" in m},
@@ -107,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
               "ratio_harmonic_all": m["test_s2t"] / m["test_s2t_harmonic_all"],
               "by_dt": {k[len("test_s2t_"):]: round(100 * v, 4) for k, v in m.items()
                         if k.startswith("test_s2t_dt_") and k.endswith(("fs", "_rotor_all", "_harmonic_all"))},
+              "prior_taus_fs": {k: round(float(v.exp()), 1) for k, v in model.named_parameters() if k.endswith("log_tau")},
               "seconds": time.perf_counter() - t0}
     print(json.dumps(result), flush=True)
     return result

@@ -22,7 +22,8 @@ equivariant projection of the P lag tokens is a correction to a physics extrapol
 (absolute positions, the paper), x0 (delta prediction, App. D.4), or the rigid-body motion of
 the atoms the model sees at constant ω (rigid) or exactly (rotor: L conserved, ω precessing),
 or rotor plus each atom's damped normal-mode vibration about the nearest GFN2-xTB minimum
-(harmonic, `atomray.vibration`; its start displacement d0 = −δ then serves relaxed_input).
+(harmonic, `atomray.vibration`; its start displacement d0 = −δ then serves relaxed_input),
+optionally handed over from MMFF94 molecular dynamics (`anharmonic`, `atomray.anharmonic`).
 The correction is a displacement in the body frame at t_0, turned with the body by the
 prior's orientation R(Δt): what the model learns (vibrations, relaxation) is then the same
 whichever way the molecule spins. The projection starts at zero, so at initialisation the
@@ -63,7 +64,11 @@ Additions to the paper, each a switch (measured in the README's ablation table):
   prior_input    with the harmonic prior, each lag's slot tokens also lift the prior's internal
                  displacement at that lag (exp(−Δt/τ) osc(Δt) − d0, o3.Linear of [·, ‖·‖] in
                  0.1 Å), as EGNO starts its coordinates from the prior trajectory: attention sees
-                 where the vibration puts every atom at every lag, and corrects it.
+                 where the vibration puts every atom at every lag, and corrects it. With
+                 `anharmonic` a second lifting adds where MMFF94 molecular dynamics of the start
+                 state departs from that harmonic path (`atomray.anharmonic`, turned back into
+                 x's frame, 0.1 Å): per atom and lag, attention can weigh the force field against
+                 the normal modes, which the fixed hand-over exp(−Δt/τ) of the prior cannot.
   internal_velocity  with a rigid / rotor / harmonic prior the lifting reads each atom's velocity relative
                  to the rigid-body motion the prior already extrapolates (v − u − ω × r): what is
                  left to predict is the internal motion, and that is what the model sees.
@@ -162,7 +167,7 @@ class ATOM(nn.Module):
         chem_dim = cfg.max_atomic_number + rwpe_dim
         lift = LinearLifting if cfg.lifting == "linear" else EquivariantLifting
         self.lifting = lift(d, chem_dim)
-        self.prior = Prior(cfg.prior, cfg.max_atomic_number, cfg.relaxed_prior, cfg.relaxation)
+        self.prior = Prior(cfg.prior, cfg.max_atomic_number, cfg.relaxed_prior, cfg.relaxation, cfg.anharmonic)
         if cfg.relaxed_input:  # the shift to the minimum, lifted like a position
             self.lift_relaxed = (nn.Linear(4, d) if cfg.lifting == "linear"
                                  else o3.Linear("1x1o + 1x0e", hidden_irreps(d)))
@@ -172,6 +177,9 @@ class ATOM(nn.Module):
         if cfg.prior_input:  # the harmonic prior's displacement at each lag, lifted into its slot
             self.lift_prior = (nn.Linear(4, d) if cfg.lifting == "linear"
                                else o3.Linear("1x1o + 1x0e", hidden_irreps(d)))
+        if cfg.prior_input and cfg.anharmonic:  # and where MMFF94 MD departs from it
+            self.lift_md = (nn.Linear(4, d) if cfg.lifting == "linear"
+                            else o3.Linear("1x1o + 1x0e", hidden_irreps(d)))
         self.heterogeneous = cfg.attention == "heterogeneous"
         if cfg.time_encoding == "sinusoidal":
             self.time_embed = SinusoidalTimeEmbedding(cfg.time_embed_dim, d, cfg.rope_base, cfg.tau_fs)
@@ -246,10 +254,18 @@ class ATOM(nn.Module):
             tok = lz[:, None].expand(b, s, n, -1)  # (B, S, N, d)
         else:
             ctx, tok = None, (lx + lv + lz)[:, None].expand(b, s, n, -1)
+        md = self.prior.md(x0, v0, z, mask, lags_fs) if cfg.anharmonic else None
         if cfg.prior_input:  # slot p also reads exp(−Δt_p/τ) osc(Δt_p) − d0, in Å/10, in x's frame
             dp = self.prior.vibration(paths, None, lags_fs).to(dtype) * RELAXED_INPUT_SCALE  # (B, P, N, 3)
             dp = (dp @ frame[0][:, None].to(dtype)) if frame is not None else dp
-            tok = torch.cat((tok[:, :1], tok[:, 1:] + self.lift_prior(with_norm(dp)) * m[:, None]), dim=1)
+            lifted = self.lift_prior(with_norm(dp))
+            if md is not None:  # MMFF94 MD's departure from the harmonic path, turned back into x's frame
+                base, rot = self.prior(x0.to(dtype), v0.to(dtype), z, mask, lags_fs)
+                harmonic = base + self.prior.vibration(paths, rot, lags_fs).to(base.dtype)
+                gap = torch.nan_to_num(md.to(dtype) - harmonic) @ rot.to(dtype) * RELAXED_INPUT_SCALE
+                gap = (gap @ frame[0][:, None].to(dtype)) if frame is not None else gap
+                lifted = lifted + self.lift_md(with_norm(gap * m[:, None]))
+            tok = torch.cat((tok[:, :1], tok[:, 1:] + lifted * m[:, None]), dim=1)
         rope = None
         if cfg.time_encoding == "trope":
             rope = rope_tables(times, cfg.embed_dim // cfg.num_heads, cfg.rope_base, cfg.tau_fs)  # (B, S, D/2)
@@ -269,7 +285,7 @@ class ATOM(nn.Module):
         h = self.final_norm(h.view(b, s, n, -1)[:, 1:])  # (B, P, N, d)
         if self.lag_gain is not None:
             h = self.lag_gain(h, lags)
-        return h, {"frame": frame, "mask": m, "delta": delta, "paths": paths}
+        return h, {"frame": frame, "mask": m, "delta": delta, "paths": paths, "md": md}
 
     def project(self, h: Tensor, state: dict) -> Tensor:
         """Token features (B, P, N, d) → correction (B, P, N, 3) in the input frame (a
@@ -299,6 +315,8 @@ class ATOM(nn.Module):
                 base = base + self.prior.relaxation(state["delta"], rot, lags_fs).to(base.dtype)
             if state["paths"] is not None:  # prior harmonic: the damped normal-mode vibration
                 base = base + self.prior.vibration(state["paths"], rot, lags_fs).to(base.dtype)
+            if state["md"] is not None:  # handed over from MMFF94 MD
+                base = self.prior.hand_over(base, state["md"], lags_fs)
             y = onset_gate(y, lags_fs, self.cfg.correction_onset_fs)  # grows like Δt² from zero when set
             y = (base + y @ rot.transpose(-1, -2).to(y.dtype)) * state["mask"][:, None]
         return y.to(x0.dtype)

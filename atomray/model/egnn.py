@@ -139,7 +139,7 @@ class EGNNBaseline(nn.Module):
         hid = cfg.gnn_hidden_dim
         self.node_embed = nn.Linear(2 + rwpe_dim, hid)
         self.time_embed = SinusoidalTimeEmbedding(cfg.time_embed_dim, hid, cfg.rope_base, cfg.tau_fs)
-        self.prior = Prior(cfg.prior, cfg.max_atomic_number, cfg.relaxed_prior, cfg.relaxation)
+        self.prior = Prior(cfg.prior, cfg.max_atomic_number, cfg.relaxed_prior, cfg.relaxation, cfg.anharmonic)
         if cfg.prior != "none":
             self.alpha = nn.Parameter(torch.zeros(()))  # prior + α (x̂ − prior): the prior at init
 
@@ -178,6 +178,8 @@ class EGNNBaseline(nn.Module):
             base = base + self.prior.relaxation(self.prior.shift(x0, z, mask), rot, lags_fs).to(base.dtype)
         if self.cfg.prior == "harmonic":  # the damped normal-mode vibration (`Prior.vibration`)
             base = base + self.prior.vibration(self.prior.paths(x0, v0, z, mask, lags_fs), rot, lags_fs).to(base.dtype)
+        if self.cfg.anharmonic:  # handed over from MMFF94 MD (`Prior.hand_over`)
+            base = self.prior.hand_over(base, self.prior.md(x0, v0, z, mask, lags_fs), lags_fs)
         return base * m[:, None]
 
 

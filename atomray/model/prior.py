@@ -36,6 +36,11 @@ displacement d0 from its superposed minimum (`atomray.vibration`). It contains t
 (its modes decay toward the minimum), so it is not combined with `relaxed_prior`; τ is learned,
 starting at `TAU_VIB_FS` = 1000 fs.
 
+Anharmonic prior (`ModelConfig.anharmonic`, with the harmonic prior): the harmonic prior hands
+over from MMFF94 molecular dynamics of the start state (`atomray.anharmonic`),
+harmonic(Δt) + exp(−Δt/τ) (md(Δt) − harmonic(Δt)), τ learned from `TAU_MD_FS` = 150 fs: the
+`anharmonic_all` floor at init.
+
 Correction onset (`ModelConfig.correction_onset_fs` = t_c > 0, every model with a prior): the
 network's correction is multiplied by r² / (1 + r²), r = Δt / t_c (`onset_gate`). A prior that
 starts from x0 and v0 is exact to first order in Δt, so what it misses grows like Δt² (the
@@ -50,6 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from atomray import physics
+from atomray.anharmonic import TAU_MD_FS, blend_md, mmff_paths
 from atomray.data.windows import atomic_masses
 from atomray.model.lifting import check_atomic_numbers
 from atomray.relaxation import TAU_FS, relaxed_shift, toward_minimum
@@ -73,10 +79,16 @@ class Prior(nn.Module):
     (B,P,N,3) Å, orientation R (B,P,3,3)), or (None, None) for prior "none". Padded atoms get
     mass 0, so they never move the rigid body."""
 
-    def __init__(self, kind: str, max_atomic_number: int, relaxed: bool = False, relaxation: str = "gfn2"):
+    def __init__(self, kind: str, max_atomic_number: int, relaxed: bool = False, relaxation: str = "gfn2",
+                 anharmonic: bool = False):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"prior must be one of {', '.join(KINDS)}, found {kind!r}")
+        if anharmonic and kind != "harmonic":
+            raise ValueError(f"an anharmonic prior hands over to the harmonic one: it needs kind 'harmonic', found {kind!r}")
+        self.anharmonic = anharmonic
+        if anharmonic:  # the hand-over time from MMFF94 MD to the harmonic prior, TAU_MD_FS at init
+            self.md_log_tau = nn.Parameter(torch.tensor(float(np.log(TAU_MD_FS))))
         if relaxed and kind in ("none", "harmonic"):
             raise ValueError(f"a relaxed prior needs a prior to add the relaxation to (x0, rigid or rotor), found "
                              f"{kind!r}" + (" (it relaxes toward the minimum already)" if kind == "harmonic" else ""))
@@ -141,6 +153,18 @@ class Prior(nn.Module):
         is None); learnable τ."""
         with torch.autocast(device_type=lags.device.type, enabled=False):  # float32 or better
             return vibrate(*paths, rot, lags, self.vib_log_tau.exp())
+
+    @torch.compiler.disable
+    @torch.no_grad()
+    def md(self, x: Tensor, v: Tensor, z: Tensor, mask: Tensor, lags: Tensor) -> Tensor:
+        """(B, P, N, 3) float64: MMFF94 MD positions of the whole molecule at each lag (NaN for
+        states MMFF94 cannot type; `atomray.anharmonic.mmff_paths`)."""
+        return mmff_paths(x, v, z, mask, lags)
+
+    def hand_over(self, harmonic: Tensor, md: Tensor, lags: Tensor) -> Tensor:
+        """(B, P, N, 3) harmonic + exp(−Δt/τ) (md − harmonic) in harmonic's dtype; learnable τ."""
+        with torch.autocast(device_type=lags.device.type, enabled=False):
+            return blend_md(harmonic, md, lags, self.md_log_tau.exp().to(harmonic.dtype))
 
     @torch.compiler.disable
     @torch.no_grad()

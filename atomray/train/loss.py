@@ -11,7 +11,8 @@ normalised to mean 1 over the batch (`window_weights`). The plain mean is domina
 longest horizons, where vibrations have dephased and little is predictable from (x0, v0); the
 weighted loss lets the short and middle horizons steer training. On five-fold CV it did not
 lower the mean out-of-domain S2T (README, "Cross-validation"), so the shipped configs keep none.
-`harmonic` weights by the harmonic_all floor's error instead (the floor of the shipped prior).
+`harmonic` weights by the harmonic_all floor's error instead (the floor of the harmonic prior),
+`anharmonic` by the anharmonic_all floor's (the floor of the anharmonic prior, `atomray.anharmonic`).
 `train.loss_atoms=score` averages over the scored atoms only (heavy atoms by default).
 
 Label noise (§3.2.3): during training the inputs x, v and every target frame get independent
@@ -56,8 +57,12 @@ def window_weights(batch: dict[str, Tensor], floor: float, kind: str = "rigid") 
         from atomray.evaluate import harmonic_floor  # evaluation sits beside training; imported when used
 
         base = harmonic_floor(batch, x0, v0, mass, lags)
+    elif kind == "anharmonic":
+        from atomray.evaluate import floor_predictions
+
+        base = floor_predictions(batch, ["anharmonic_all"])["anharmonic_all"]
     else:
-        raise ValueError(f"train.loss_weighting: unknown floor {kind!r}; expected rigid or harmonic")
+        raise ValueError(f"train.loss_weighting: unknown floor {kind!r}; expected rigid, harmonic or anharmonic")
     w = 1.0 / (masked_mse(base.float(), batch["target"].float(), mask) + floor)
     return w / w.mean()
 
