@@ -73,7 +73,7 @@ def mmff_acceleration(x: np.ndarray, z: np.ndarray):
         Chem.SanitizeMol(mol)
         props = AllChem.MMFFGetMoleculeProperties(mol)
         field = None if props is None else AllChem.MMFFGetMoleculeForceField(mol, props, nonBondedThresh=100.0)
-    except (ValueError, RuntimeError):
+    except (ValueError, RuntimeError, Chem.rdchem.MolSanitizeException):
         return None
     if field is None:
         return None
