@@ -27,9 +27,8 @@ fs among 50–500 fs; `benchmarks/anharmonic_floor.py`). Five-fold mean out-of-d
 
 A state whose bonds cannot be perceived, or which MMFF94 cannot type, has no MD path (NaN, or
 `fallback` where given; one warning per element formula) and `blend_md` keeps the harmonic
-path for it. Cost: ~8 ms per window of
-10–26 atoms and horizons ≤ 400 fs on one core (mean over the CV's log-uniform horizons), on
-the host, outside autograd.
+path for it. Cost: ~8 ms per window of 10–26 atoms and horizons ≤ 400 fs on one core (mean
+over the CV's log-uniform horizons), on the host, outside autograd.
 """
 
 from __future__ import annotations
@@ -81,7 +80,7 @@ def mmff_acceleration(x: np.ndarray, z: np.ndarray):
 
     def acceleration(pos: np.ndarray) -> np.ndarray:
         flat = pos.ravel().tolist()
-        field.CalcEnergy(flat)  # CalcGrad(pos) reads terms CalcEnergy(pos) sets: without it the gradient is wrong
+        field.CalcEnergy(flat)  # without it CalcGrad(pos) goes wrong after calls at other positions (MD blows up)
         return -np.asarray(field.CalcGrad(flat)).reshape(-1, 3) * KCAL_MOL_A_U * inv_mass
 
     acceleration.keep_alive = (mol, props, field)  # the force field points into them
