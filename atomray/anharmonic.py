@@ -43,6 +43,7 @@ from ase.symbols import Symbols
 from torch import Tensor
 
 from atomray.data.windows import atomic_masses
+from atomray.relaxation import mmff_field
 
 DT_FS = 0.5  # velocity-Verlet step (fs)
 TAU_MD_FS = 150.0  # hand-over time of the anharmonic_all floor and a fresh anharmonic prior
@@ -55,27 +56,10 @@ _WARNED: set[str] = set()
 def mmff_acceleration(x: np.ndarray, z: np.ndarray):
     """A function pos (N, 3) Å → acceleration (N, 3) Å/fs² under MMFF94 for the molecule with
     atomic numbers z whose bonds are perceived from x; None when that fails."""
-    from rdkit import Chem, RDLogger
-    from rdkit.Chem import AllChem, rdDetermineBonds
-
-    RDLogger.DisableLog("rdApp.*")
-    rw = Chem.RWMol()
-    for atomic_number in z:
-        rw.AddAtom(Chem.Atom(int(atomic_number)))
-    mol = rw.GetMol()
-    conf = Chem.Conformer(len(z))
-    for k, p in enumerate(np.asarray(x, dtype=np.float64)):
-        conf.SetAtomPosition(k, p.tolist())
-    mol.AddConformer(conf, assignId=True)
-    try:
-        rdDetermineBonds.DetermineBonds(mol, charge=0)
-        Chem.SanitizeMol(mol)
-        props = AllChem.MMFFGetMoleculeProperties(mol)
-        field = None if props is None else AllChem.MMFFGetMoleculeForceField(mol, props, nonBondedThresh=100.0)
-    except (ValueError, RuntimeError, Chem.rdchem.MolSanitizeException):
+    built = mmff_field(x, z, nonBondedThresh=100.0)
+    if built is None:
         return None
-    if field is None:
-        return None
+    field = built[2]
     inv_mass = 1.0 / atomic_masses(np.asarray(z)).astype(np.float64)[:, None]
 
     def acceleration(pos: np.ndarray) -> np.ndarray:
@@ -83,7 +67,7 @@ def mmff_acceleration(x: np.ndarray, z: np.ndarray):
         field.CalcEnergy(flat)  # without it CalcGrad(pos) goes wrong after calls at other positions (MD blows up)
         return -np.asarray(field.CalcGrad(flat)).reshape(-1, 3) * KCAL_MOL_A_U * inv_mass
 
-    acceleration.keep_alive = (mol, props, field)  # the force field points into them
+    acceleration.keep_alive = built  # the force field points into the molecule and its properties
     return acceleration
 
 

@@ -61,9 +61,11 @@ _BASIN_FILES: dict[int, tuple[np.ndarray, Path]] = {}  # id(GFN2 minimum) → (i
 _STORE_FAILED = False  # set when the store cannot be written: this process keeps basins in memory
 
 
-def mmff_minimum(x: np.ndarray, z: np.ndarray, max_steps: int = MAX_STEPS) -> np.ndarray | None:
-    """(N, 3) Å: the MMFF94 minimum nearest to x (atomic numbers z (N,)), or None when bonds
-    cannot be perceived or MMFF94 has no parameters for the molecule."""
+def mmff_field(x: np.ndarray, z: np.ndarray, **kwargs):
+    """(molecule, properties, MMFF94 force field) of the neutral molecule with atomic numbers z
+    (N,) whose bonds are perceived from x (N, 3) Å, or None when that fails or MMFF94 has no
+    parameters. The field points into the other two: keep them alive with it. `kwargs` go to
+    `MMFFGetMoleculeForceField`."""
     from rdkit import Chem, RDLogger
     from rdkit.Chem import AllChem, rdDetermineBonds
 
@@ -82,11 +84,17 @@ def mmff_minimum(x: np.ndarray, z: np.ndarray, max_steps: int = MAX_STEPS) -> np
     except (ValueError, RuntimeError, Chem.rdchem.MolSanitizeException):
         return None
     props = AllChem.MMFFGetMoleculeProperties(mol)
-    if props is None:
+    field = None if props is None else AllChem.MMFFGetMoleculeForceField(mol, props, **kwargs)
+    return None if field is None else (mol, props, field)
+
+
+def mmff_minimum(x: np.ndarray, z: np.ndarray, max_steps: int = MAX_STEPS) -> np.ndarray | None:
+    """(N, 3) Å: the MMFF94 minimum nearest to x (atomic numbers z (N,)), or None when bonds
+    cannot be perceived or MMFF94 has no parameters for the molecule."""
+    built = mmff_field(x, z)
+    if built is None:
         return None
-    field = AllChem.MMFFGetMoleculeForceField(mol, props)
-    if field is None:
-        return None
+    mol, _, field = built
     field.Minimize(maxIts=max_steps)
     return np.asarray(mol.GetConformer().GetPositions(), dtype=np.float64)
 
