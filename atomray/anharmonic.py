@@ -48,7 +48,7 @@ from atomray.relaxation import mmff_field
 DT_FS = 0.5  # velocity-Verlet step (fs)
 TAU_MD_FS = 150.0  # hand-over time of the anharmonic_all floor and a fresh anharmonic prior
 KCAL_MOL_A_U = 4.184e-4  # 1 kcal/mol/Å divided by 1 u, in Å/fs²
-RECENT_RESULTS = 4  # MD results kept, keyed by their inputs' bytes
+CACHE_BYTES = 256 * 2**20  # MD results kept (least recently used out first), keyed by their inputs' bytes
 _RECENT: OrderedDict[bytes, np.ndarray] = OrderedDict()
 _WARNED: set[str] = set()
 
@@ -92,9 +92,12 @@ def mmff_paths(x: Tensor, v: Tensor, z: Tensor, mask: Tensor, lags: Tensor,
                fallback: Tensor | None = None) -> Tensor:
     """(B, P, N, 3) float64 on x's device: each state's MMFF94 MD positions at each lag, from
     x, v (B, N, 3) Å and Å/fs of every atom, z, mask (B, N), lags (B, P) fs. States MMFF94
-    cannot handle get `fallback` (B, P, N, 3), NaN when None; padding is 0. The last few
-    results are kept (`_RECENT`): a training step that weighs its loss by the anharmonic floor
-    and then runs an anharmonic model integrates each window once."""
+    cannot handle get `fallback` (B, P, N, 3), NaN when None; padding is 0. Results are kept
+    up to `CACHE_BYTES` (`_RECENT`, per process): a training step that weighs its loss by the
+    anharmonic floor and then runs an anharmonic model integrates each window once, and the
+    fixed evaluation batches of every epoch after the first cost nothing. (Training batches
+    are new every epoch; once an epoch's outnumber the budget, evaluation batches fall out
+    and are integrated again.)"""
     arrays = tuple(np.ascontiguousarray(t.detach().cpu().numpy()).astype(dtype, copy=False) for t, dtype in
                    ((x, np.float64), (v, np.float64), (z, np.int64), (mask, np.bool_), (lags, np.float64)))
     key = hashlib.blake2b(b"".join(a.tobytes() + str(a.shape).encode() for a in arrays), digest_size=16).digest()
@@ -102,8 +105,9 @@ def mmff_paths(x: Tensor, v: Tensor, z: Tensor, mask: Tensor, lags: Tensor,
     if out is None:
         out = _integrate(*arrays)
     _RECENT[key] = out
-    while len(_RECENT) > RECENT_RESULTS:
-        _RECENT.popitem(last=False)
+    held = sum(a.nbytes for a in _RECENT.values())
+    while held > CACHE_BYTES and len(_RECENT) > 1:
+        held -= _RECENT.popitem(last=False)[1].nbytes
     out = out.copy()
     if fallback is not None:
         missing = np.isnan(out)

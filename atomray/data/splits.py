@@ -18,20 +18,32 @@ Kinds (`DataConfig.split`):
 `make_split` returns a `Split`; `split_table` turns it into a table saved with every run.
 Molecules without SMILES (imported MD files) cannot be fingerprinted; a cluster split then
 raises an error naming them.
+
+Stored folds. UMAP's embedding is not the same on every machine (numba compiles it for the
+host CPU; the same packages gave other tg80-mini folds on two machines), so the folds a data
+set's figures were measured on live with it: `<data.path>/cv_folds.json` (`FOLDS_FILE`) holds
+the molecule groups fold f tests on (it validates on group f + 1, trains on the rest), for one
+(split_seed, num_clusters, num_folds) and one molecule set. `umap_cluster` uses it whenever all
+of these match, and computes UMAP otherwise (saying why). Write one for a data set with
+`python -m atomray.data.splits DATA_DIR`.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
+import json
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
+from atomray import storage
 from atomray.config import DataConfig
 from atomray.data.frames import DataError
 from atomray.data.dataset import read_molecules
 
+FOLDS_FILE = "cv_folds.json"
 FULL = (0.0, 1.0)
 ID_RANGES = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}
 
@@ -192,17 +204,73 @@ def make_split(ids: Sequence[str], smiles: Sequence[str], cfg: DataConfig) -> Sp
         pick = lambda idx: tuple(sorted(ids[i] for i in idx))  # noqa: E731
         return Split("random", cfg.fold, pick(train), pick(val), pick(test))
     if cfg.split == "umap_cluster":
-        clusters = cluster_molecules(ids, smiles, cfg.num_clusters, cfg.split_seed)
-        roles = fold_clusters(cfg.fold, cfg.num_clusters, cfg.num_folds)
+        stored = stored_folds(cfg, ids)
+        if stored is not None:  # clusters: each molecule's fold group
+            clusters = {m: g for g, group in enumerate(stored) for m in group}
+            n = len(stored)
+            roles = {"test": [cfg.fold], "val": [(cfg.fold + 1) % n],
+                     "train": [g for g in range(n) if g not in (cfg.fold, (cfg.fold + 1) % n)]}
+        else:
+            clusters = cluster_molecules(ids, smiles, cfg.num_clusters, cfg.split_seed)
+            roles = fold_clusters(cfg.fold, cfg.num_clusters, cfg.num_folds)
         members = {r: tuple(sorted(m for m in ids if clusters[m] in cs)) for r, cs in roles.items()}
         empty = [r for r, m in members.items() if not m]
         if empty:
             raise DataError(f"fold {cfg.fold}: no molecules in the {empty} clusters")
-        emb = umap_coordinates(ids, smiles, cfg.split_seed)
+        emb = umap_coordinates(ids, smiles, cfg.split_seed)  # for the split figure
         embedding = {m: (float(x), float(y)) for m, (x, y) in zip(ids, emb)}
         return Split("umap_cluster", cfg.fold, members["train"], members["val"], members["test"],
                      clusters=clusters, embedding=embedding)
     raise DataError(f"data.split: unknown split {cfg.split!r}")
+
+
+def _fold_settings(cfg: DataConfig) -> dict[str, int]:
+    return {"split_seed": cfg.split_seed, "num_clusters": cfg.num_clusters, "num_folds": cfg.num_folds}
+
+
+def stored_folds(cfg: DataConfig, ids: Sequence[str]) -> list[list[str]] | None:
+    """The molecule groups of `<cfg.path>/cv_folds.json` (group f: fold f's test molecules) when
+    the file exists and its settings and molecules match `cfg` and `ids`; None otherwise (the
+    reason printed when the file exists). DataError naming the file and key for a malformed one."""
+    path = storage.join(cfg.path, FOLDS_FILE)
+    if not storage.is_file(path):
+        return None
+    try:
+        stored = json.loads(storage.read_text(path))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    groups = stored.get("groups") if isinstance(stored, dict) else None
+    if not (isinstance(groups, list) and all(isinstance(g, list) and all(isinstance(m, str) for m in g) for g in groups)):
+        raise DataError(f"{path}: key 'groups' must be a list of lists of molecule ids, one list per fold")
+    settings = {k: stored.get(k) for k in _fold_settings(cfg)}
+    members = [m for g in groups for m in g]
+    why = ""
+    if settings != _fold_settings(cfg):
+        why = f"it is for {settings}, this run asks for {_fold_settings(cfg)}"
+    elif len(groups) != cfg.num_folds:
+        raise DataError(f"{path}: key 'groups' has {len(groups)} groups; expected one per fold ({cfg.num_folds})")
+    elif len(members) != len(set(members)):
+        raise DataError(f"{path}: key 'groups' lists a molecule twice")
+    elif set(members) != set(ids):
+        why = (f"it covers other molecules (only there: {sorted(set(members) - set(ids))[:5]}, only in this run: "
+               f"{sorted(set(ids) - set(members))[:5]})")
+    if why:
+        print(f"{path} not used ({why}): computing UMAP folds, which differ between machines", flush=True)
+        return None
+    return groups
+
+
+def write_folds(cfg: DataConfig) -> str:
+    """Compute this machine's UMAP folds for the usable molecules of `cfg.path` and store them
+    there (`FOLDS_FILE`, replacing any); returns the file's path."""
+    molecules = usable_molecules(cfg)
+    ids, smiles = molecules.column("molecule_id").to_pylist(), molecules.column("smiles").to_pylist()
+    clusters = cluster_molecules(ids, smiles, cfg.num_clusters, cfg.split_seed)
+    tested = [fold_clusters(f, cfg.num_clusters, cfg.num_folds)["test"] for f in range(cfg.num_folds)]
+    groups = [sorted(m for m in ids if clusters[m] in cs) for cs in tested]
+    record = {**_fold_settings(cfg), "groups": groups, "clusters": clusters,
+              "provenance": "UMAP (atomray.data.splits.cluster_molecules) on this machine"}
+    return storage.write_text(storage.join(cfg.path, FOLDS_FILE), json.dumps(record, indent=1) + "\n")
 
 
 def usable_molecules(cfg: DataConfig):
@@ -279,3 +347,23 @@ def split_rows(split: Split) -> list[dict]:
             rows.append({"molecule_id": mid, "role": role, "fold": split.fold, "kind": split.kind,
                          "cluster": split.clusters.get(mid, -1), "frame_fraction_lo": lo, "frame_fraction_hi": hi})
     return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Store this machine's UMAP-cluster CV folds with a data set "
+                                             f"(DATA_DIR/{FOLDS_FILE}), so every machine runs the same folds.")
+    ap.add_argument("data_dir")
+    ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--num-clusters", type=int, default=10)
+    ap.add_argument("--num-folds", type=int, default=5)
+    args = ap.parse_args(argv)
+    cfg = DataConfig(path=args.data_dir, split="umap_cluster", split_seed=args.split_seed,
+                     num_clusters=args.num_clusters, num_folds=args.num_folds)
+    path = write_folds(cfg)
+    for f, group in enumerate(json.loads(storage.read_text(path))["groups"]):
+        print(f"fold {f} tests on {', '.join(group)}")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

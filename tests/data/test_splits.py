@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 
 from atomray.config import DataConfig
 from atomray.data.frames import DataError
-from atomray.data.splits import Split, fold_clusters, make_split, split_rows
+from atomray.data.splits import (FOLDS_FILE, Split, cluster_molecules, fold_clusters, make_split, split_rows,
+                                 stored_folds, usable_molecules, write_folds)
 
 # 30 small C/H/O/N molecules in a few chemical families, so clusters are meaningful.
 SMILES = [
@@ -79,10 +83,64 @@ def test_in_distribution_time_split_is_configurable_and_checked():
 
 
 def test_data_molecules_restricts_the_data_set_and_names_unknown_ids(repo_root):
-    from atomray.data.splits import usable_molecules
-
     path = str(repo_root / "data" / "tg80-mini")
     table = usable_molecules(DataConfig(path=path, molecules=("aspirin", "benzene")))
     assert sorted(table.column("molecule_id").to_pylist()) == ["aspirin", "benzene"]
     with pytest.raises(DataError, match=r"data.molecules: \['caffeine'\] not in"):
         usable_molecules(DataConfig(path=path, molecules=("aspirin", "caffeine")))
+
+
+def _folds_file(directory, groups, **settings):
+    record = {"split_seed": 0, "num_clusters": 10, "num_folds": 5, "groups": groups, **settings}
+    (directory / FOLDS_FILE).write_text(json.dumps(record))
+
+
+def test_stored_folds_decide_a_cluster_split(tmp_path):
+    groups = [IDS[k::5] for k in range(5)]  # deliberately unlike any UMAP clustering
+    _folds_file(tmp_path, groups)
+    for fold in range(5):
+        s = make_split(IDS, SMILES, DataConfig(path=str(tmp_path), split="umap_cluster", fold=fold))
+        assert s.test == tuple(sorted(groups[fold])) and s.val == tuple(sorted(groups[(fold + 1) % 5]))
+        assert set(s.train) == set(IDS) - set(s.test) - set(s.val)
+
+
+def test_stored_folds_for_other_settings_or_molecules_are_not_used(tmp_path, capsys):
+    computed = make_split(IDS, SMILES, DataConfig(split="umap_cluster", fold=0))
+    _folds_file(tmp_path, [IDS[k::5] for k in range(5)], split_seed=7)
+    assert make_split(IDS, SMILES, DataConfig(path=str(tmp_path), split="umap_cluster", fold=0)) == computed
+    assert "computing UMAP folds" in capsys.readouterr().out
+    _folds_file(tmp_path, [IDS[1:][k::5] for k in range(5)])  # one molecule missing
+    assert make_split(IDS, SMILES, DataConfig(path=str(tmp_path), split="umap_cluster", fold=0)) == computed
+    assert "mol00" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, key", [("{", "not valid JSON"), ('{"groups": "aspirin"}', "'groups'"),
+                                       (json.dumps({"split_seed": 0, "num_clusters": 10, "num_folds": 5,
+                                                    "groups": [IDS[:3]] * 5}), "twice")])
+def test_a_malformed_folds_file_is_named(tmp_path, text, key):
+    (tmp_path / FOLDS_FILE).write_text(text)
+    with pytest.raises(DataError, match=f"{FOLDS_FILE}.*{key}"):
+        make_split(IDS, SMILES, DataConfig(path=str(tmp_path), split="umap_cluster"))
+
+
+def test_write_folds_stores_this_machines_umap_folds(tmp_path, repo_root):
+    import shutil
+
+    shutil.copy(repo_root / "data" / "tg80-mini" / "molecules.parquet", tmp_path / "molecules.parquet")
+    cfg = DataConfig(path=str(tmp_path), split="umap_cluster")
+    write_folds(cfg)
+    table = usable_molecules(cfg)
+    ids, smiles = table.column("molecule_id").to_pylist(), table.column("smiles").to_pylist()
+    clusters = cluster_molecules(ids, smiles, 10, 0)
+    for fold in range(5):
+        stored = make_split(ids, smiles, dataclasses.replace(cfg, fold=fold))
+        assert {clusters[m] for m in stored.test} == set(fold_clusters(fold, 10, 5)["test"])
+
+
+def test_tg80_mini_ships_the_folds_its_figures_were_measured_on(repo_root):
+    cfg = DataConfig(path=str(repo_root / "data" / "tg80-mini"), split="umap_cluster")
+    table = usable_molecules(cfg)
+    ids = table.column("molecule_id").to_pylist()
+    assert stored_folds(cfg, ids) is not None  # the committed file matches the data set and cv.yaml
+    s = make_split(ids, table.column("smiles").to_pylist(), cfg)
+    assert s.test == ("aspirin", "benzene", "naphthalene", "toluene")

@@ -114,3 +114,27 @@ def test_anharmonic_needs_the_harmonic_prior(tmp_path):
     path.write_text("model:\n  prior: rotor\n  anharmonic: true\ndata:\n  context_atoms: all\n")
     with pytest.raises(ConfigError, match="model.prior"):
         load_config(path, [])
+
+
+def test_md_results_are_kept_within_the_byte_budget(monkeypatch):
+    """The same inputs integrate once while they fit the budget (fixed evaluation batches,
+    every epoch); the least recently used results leave first when it is exceeded."""
+    import atomray.anharmonic as anharmonic
+
+    z, xm = minimum("CCO")
+    runs = []
+    real = anharmonic._integrate
+    monkeypatch.setattr(anharmonic, "_integrate", lambda *a: runs.append(1) or real(*a))
+    monkeypatch.setattr(anharmonic, "_RECENT", type(anharmonic._RECENT)())
+    x = torch.from_numpy(xm)[None]
+    args = (torch.zeros_like(x), torch.from_numpy(z)[None], torch.ones(1, len(z), dtype=torch.bool))
+    one = lambda lag: mmff_paths(x, *args, torch.tensor([[lag]], dtype=torch.float64))  # noqa: E731
+    first = one(20.0)
+    torch.testing.assert_close(one(20.0), first)
+    assert len(runs) == 1
+    monkeypatch.setattr(anharmonic, "CACHE_BYTES", 2 * first.numel() * 8)  # room for two results
+    one(30.0), one(40.0)  # 20 fs is now the least recently used: it leaves
+    one(40.0)
+    assert len(runs) == 3
+    one(20.0)
+    assert len(runs) == 4
