@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,8 @@ _GFN2_MINIMA: dict[bytes, list[tuple[np.ndarray, np.ndarray]]] = {}
 MAX_BASINS = 512  # per molecule kept in memory; beyond, refinements are computed and not kept
 _BASIN_FILES: dict[int, tuple[np.ndarray, Path]] = {}  # id(GFN2 minimum) → (it, its file in the basin store)
 _STORE_FAILED = False  # set when the store cannot be written: this process keeps basins in memory
+RECENT_STATES = 8192  # MMFF94 minima kept per process, keyed by the state's bytes (least recently used out first)
+_RECENT: OrderedDict[bytes, np.ndarray | None] = OrderedDict()
 
 
 def mmff_field(x: np.ndarray, z: np.ndarray, **kwargs):
@@ -197,11 +200,28 @@ def nearest_minimum(x: np.ndarray, z: np.ndarray, method: str = "gfn2",
     every state of the basin (`atomray.vibration` caches its normal modes by it)."""
     if method not in METHODS:
         raise ValueError(f"relaxation method must be one of {', '.join(METHODS)}, found {method!r}")
-    mmff = mmff_minimum(x, z, max_steps)
+    mmff = recent_mmff_minimum(x, z, max_steps)
     if mmff is None or method == "mmff94":
         return mmff, False
     refined = basin_minimum(mmff, z)
     return (mmff, False) if refined is None else (refined, True)
+
+
+def recent_mmff_minimum(x: np.ndarray, z: np.ndarray, max_steps: int = MAX_STEPS) -> np.ndarray | None:
+    """`mmff_minimum`, with the last `RECENT_STATES` answers kept (keyed by the state's bytes): a
+    training step asks for each window twice (its loss weight by a floor, then the model's
+    prior), and for the fixed evaluation windows every epoch; the minimisation is most of the
+    harmonic prior's cost. Returns a copy."""
+    x, z = np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(z, dtype=np.int64)
+    key = x.tobytes() + z.tobytes() + f"{max_steps}/{x.shape}".encode()
+    if key in _RECENT:
+        _RECENT.move_to_end(key)
+    else:
+        _RECENT[key] = mmff_minimum(x, z, max_steps)
+        if len(_RECENT) > RECENT_STATES:
+            _RECENT.popitem(last=False)
+    hit = _RECENT[key]
+    return None if hit is None else hit.copy()
 
 
 def relax_geometry(x: np.ndarray, z: np.ndarray, method: str = "gfn2", max_steps: int = MAX_STEPS) -> np.ndarray | None:

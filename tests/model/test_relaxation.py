@@ -230,3 +230,23 @@ def test_a_relaxed_canonical_atom_stays_equivariant(batch):
     windows = {**batch, "rwpe": None, "target": torch.zeros(b, p, n, 3, dtype=torch.float64)}
     with torch.no_grad():
         assert_equivariant_output(model, windows, random_rotation(torch.Generator().manual_seed(5)), atol=1e-5, rtol=0)
+
+
+def test_a_state_is_minimised_once_while_it_is_recent(monkeypatch):
+    """A training step asks for each window's minimum twice (loss weight, then the model's
+    prior): MMFF94 minimises it once, and every caller gets its own copy."""
+    z, xm = conformer("CCO")
+    x = xm + np.random.default_rng(1).normal(0, 0.05, xm.shape)
+    calls = []
+    real = relaxation.mmff_minimum
+    monkeypatch.setattr(relaxation, "mmff_minimum", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(relaxation, "_RECENT", type(relaxation._RECENT)())
+    first = relaxation.nearest_minimum(x, z, "mmff94")[0]
+    first += 1.0  # a caller's change must not reach the next one
+    second = relaxation.nearest_minimum(x, z, "mmff94")[0]
+    assert len(calls) == 1
+    np.testing.assert_allclose(second, first - 1.0)
+    monkeypatch.setattr(relaxation, "RECENT_STATES", 1)
+    relaxation.nearest_minimum(xm, z, "mmff94")  # pushes x out
+    relaxation.nearest_minimum(x, z, "mmff94")
+    assert len(calls) == 3
