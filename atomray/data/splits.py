@@ -273,6 +273,20 @@ def write_folds(cfg: DataConfig) -> str:
     return storage.write_text(storage.join(cfg.path, FOLDS_FILE), json.dumps(record, indent=1) + "\n")
 
 
+def ensure_folds(cfg: DataConfig) -> str | None:
+    """The data set's stored folds file: kept when it matches the usable molecules of `cfg.path`
+    (a resumed or repeated build must not move the folds), written (`write_folds`) when there is
+    none that matches; None when the molecules are too few for `cfg.num_clusters` clusters or
+    some have no SMILES (no cluster split is possible)."""
+    molecules = usable_molecules(cfg)
+    ids, smiles = molecules.column("molecule_id").to_pylist(), molecules.column("smiles").to_pylist()
+    if stored_folds(cfg, ids) is not None:
+        return storage.join(cfg.path, FOLDS_FILE)
+    if len(ids) < cfg.num_clusters or not all(smiles):
+        return None
+    return write_folds(cfg)
+
+
 def usable_molecules(cfg: DataConfig):
     """The molecules table of `cfg.path`, restricted to `cfg.molecules` when given, without
     molecules the data set's stability report flagged (column `stable` False) unless

@@ -13,7 +13,9 @@ Output directory (the TG80 frames format of `atomray.data.frames`):
     build.json                                   the resolved build settings
     selection.json                               accepted library compounds + yield per criterion
     stability.csv, stability.png                 the stability report
-    molecules.parquet                            written last, when every molecule is finished
+    molecules.parquet                            written when every molecule is finished
+    cv_folds.json                                the UMAP-cluster CV folds, computed once, then kept
+                                                 (`atomray.data.splits`; 10 molecules or more)
 
 A rerun with the same settings resumes: finished molecules are never recomputed and a
 molecule under way continues from its last checkpoint (see `atomray.tg80.simulate`).
@@ -32,9 +34,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from atomray.config import flatten
+from atomray.config import DataConfig, flatten
 from atomray.data.frames import FRAMES_DIR, Molecule, provenance_json, write_molecules
 from atomray.data.dataset import read_segments
+from atomray.data.splits import ensure_folds
 from atomray.tg80.cluster import run_ray, select_library_ray
 from atomray.tg80.engines import engine_theory, engine_version, molecule_with_hydrogens
 from atomray.tg80.plan import BuildConfig, BuildError, MoleculeSpec, plan_molecules
@@ -175,6 +178,8 @@ def build(
         versions=_versions(),
     )
     write_molecules(out, molecules_rows(specs, cfg, rows, provenance))
+    folds = ensure_folds(DataConfig(path=str(out), split="umap_cluster"))
+    log.info("[tg80] cross-validation folds: %s", folds or "none (fewer molecules than clusters)")
     flagged = [r.molecule_id for r in rows if not r.stable]
     if flagged:
         log.warning("[tg80] flagged as unstable: %s (see %s)", flagged, out / "stability.csv")

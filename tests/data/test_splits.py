@@ -10,7 +10,7 @@ import pytest
 from atomray.config import DataConfig
 from atomray.data.frames import DataError
 from atomray.data.splits import (FOLDS_FILE, Split, cluster_molecules, fold_clusters, make_split, split_rows,
-                                 stored_folds, usable_molecules, write_folds)
+                                 ensure_folds, stored_folds, usable_molecules, write_folds)
 
 # 30 small C/H/O/N molecules in a few chemical families, so clusters are meaningful.
 SMILES = [
@@ -144,3 +144,22 @@ def test_tg80_mini_ships_the_folds_its_figures_were_measured_on(repo_root):
     assert stored_folds(cfg, ids) is not None  # the committed file matches the data set and cv.yaml
     s = make_split(ids, table.column("smiles").to_pylist(), cfg)
     assert s.test == ("aspirin", "benzene", "naphthalene", "toluene")
+
+
+def test_ensure_folds_writes_once_then_keeps_them(tmp_path, repo_root):
+    """A build stores its folds; a rebuild on another machine (other UMAP) must not move them."""
+    import shutil
+
+    shutil.copy(repo_root / "data" / "tg80-mini" / "molecules.parquet", tmp_path / "molecules.parquet")
+    cfg = DataConfig(path=str(tmp_path), split="umap_cluster")
+    groups = [["aspirin", "benzene", "naphthalene", "toluene"], ["lib-1483", "lib-2209", "nicotinamide", "paracetamol"],
+              ["lib-2330", "lib-3785", "malonaldehyde"], ["lib-4139", "lib-4687"], ["salicylic_acid", "uracil"]]
+    _folds_file(tmp_path, groups)
+    before = (tmp_path / FOLDS_FILE).read_text()
+    assert ensure_folds(cfg) == str(tmp_path / FOLDS_FILE)
+    assert (tmp_path / FOLDS_FILE).read_text() == before
+    (tmp_path / FOLDS_FILE).unlink()
+    assert ensure_folds(cfg) == str(tmp_path / FOLDS_FILE)  # none stored: this machine's UMAP folds
+    assert json.loads((tmp_path / FOLDS_FILE).read_text())["num_folds"] == 5
+    few = DataConfig(path=str(tmp_path), split="umap_cluster", molecules=("aspirin", "benzene", "toluene"))
+    assert ensure_folds(few) is None  # three molecules cannot make ten clusters
