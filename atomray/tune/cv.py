@@ -21,7 +21,7 @@ import numpy as np
 
 from atomray import tracking
 from atomray.config import RunConfig
-from atomray.data.splits import Split, default_eval_sets, fold_clusters, make_split, usable_molecules, with_training_range
+from atomray.data.splits import Split, default_eval_sets, make_split, usable_molecules, with_training_range
 from atomray.evaluate import FLOORS, comparison
 from atomray.report import write_csv
 from atomray.tune.runner import open_parent, run_trials, runs_table
@@ -114,10 +114,9 @@ def markdown(table: list[dict[str, Any]], folds: Sequence[int], model: str, cfg:
                          f"{value:.3f}): the model {comparison(model / value)} it")
             lines.append(f"  {per_fold_verdict(table, folds, kind)}")
     lines.append("")
+    splits = fold_splits(cfg, folds)  # the molecules say more than cluster numbers (stored folds have none)
     for f in folds:
-        roles = fold_clusters(f, cfg.data.num_clusters, cfg.data.num_folds)
-        lines.append(f"- fold {f}: test clusters {roles['test']}, validation clusters {roles['val']}, "
-                     f"training clusters {roles['train']}")
+        lines.append(f"- fold {f}: test {', '.join(splits[f].test)}; validation {', '.join(splits[f].val)}")
     return "\n".join(lines) + "\n"
 
 
