@@ -179,7 +179,7 @@ def build(
     )
     write_molecules(out, molecules_rows(specs, cfg, rows, provenance))
     folds = ensure_folds(DataConfig(path=str(out), split="umap_cluster"))
-    log.info("[tg80] cross-validation folds: %s", folds or "none (fewer molecules than clusters)")
+    log.info("[tg80] cross-validation folds: %s", folds or "none (fewer molecules than clusters, or no SMILES)")
     flagged = [r.molecule_id for r in rows if not r.stable]
     if flagged:
         log.warning("[tg80] flagged as unstable: %s (see %s)", flagged, out / "stability.csv")
