@@ -205,11 +205,9 @@ def make_split(ids: Sequence[str], smiles: Sequence[str], cfg: DataConfig) -> Sp
         return Split("random", cfg.fold, pick(train), pick(val), pick(test))
     if cfg.split == "umap_cluster":
         stored = stored_folds(cfg, ids)
-        if stored is not None:  # clusters: each molecule's fold group
+        if stored is not None:  # clusters: each molecule's fold group, one group per fold
             clusters = {m: g for g, group in enumerate(stored) for m in group}
-            n = len(stored)
-            roles = {"test": [cfg.fold], "val": [(cfg.fold + 1) % n],
-                     "train": [g for g in range(n) if g not in (cfg.fold, (cfg.fold + 1) % n)]}
+            roles = fold_clusters(cfg.fold, len(stored), len(stored))
         else:
             clusters = cluster_molecules(ids, smiles, cfg.num_clusters, cfg.split_seed)
             roles = fold_clusters(cfg.fold, cfg.num_clusters, cfg.num_folds)
@@ -260,10 +258,11 @@ def stored_folds(cfg: DataConfig, ids: Sequence[str]) -> list[list[str]] | None:
     return groups
 
 
-def write_folds(cfg: DataConfig) -> str:
-    """Compute this machine's UMAP folds for the usable molecules of `cfg.path` and store them
-    there (`FOLDS_FILE`, replacing any); returns the file's path."""
-    molecules = usable_molecules(cfg)
+def write_folds(cfg: DataConfig, molecules=None) -> str:
+    """Compute this machine's UMAP folds for the usable molecules of `cfg.path` (`molecules`, that
+    table, when the caller has it) and store them there (`FOLDS_FILE`, replacing any); returns
+    the file's path."""
+    molecules = usable_molecules(cfg) if molecules is None else molecules
     ids, smiles = molecules.column("molecule_id").to_pylist(), molecules.column("smiles").to_pylist()
     clusters = cluster_molecules(ids, smiles, cfg.num_clusters, cfg.split_seed)
     tested = [fold_clusters(f, cfg.num_clusters, cfg.num_folds)["test"] for f in range(cfg.num_folds)]
@@ -284,7 +283,7 @@ def ensure_folds(cfg: DataConfig) -> str | None:
         return storage.join(cfg.path, FOLDS_FILE)
     if len(ids) < cfg.num_clusters or not all(smiles):
         return None
-    return write_folds(cfg)
+    return write_folds(cfg, molecules)
 
 
 def usable_molecules(cfg: DataConfig):
