@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -43,13 +42,14 @@ from ase.symbols import Symbols
 from torch import Tensor
 
 from atomray.data.windows import atomic_masses
+from atomray.recent import Recent
 from atomray.relaxation import mmff_field
 
 DT_FS = 0.5  # velocity-Verlet step (fs)
 TAU_MD_FS = 150.0  # hand-over time of the anharmonic_all floor and a fresh anharmonic prior
 KCAL_MOL_A_U = 4.184e-4  # 1 kcal/mol/Å divided by 1 u, in Å/fs²
 CACHE_BYTES = 256 * 2**20  # MD results kept (least recently used out first), keyed by their inputs' bytes
-_RECENT: OrderedDict[bytes, np.ndarray] = OrderedDict()
+_RECENT = Recent(max_bytes=CACHE_BYTES)
 _WARNED: set[str] = set()
 
 
@@ -101,14 +101,7 @@ def mmff_paths(x: Tensor, v: Tensor, z: Tensor, mask: Tensor, lags: Tensor,
     arrays = tuple(np.ascontiguousarray(t.detach().cpu().numpy()).astype(dtype, copy=False) for t, dtype in
                    ((x, np.float64), (v, np.float64), (z, np.int64), (mask, np.bool_), (lags, np.float64)))
     key = hashlib.blake2b(b"".join(a.tobytes() + str(a.shape).encode() for a in arrays), digest_size=16).digest()
-    out = _RECENT.pop(key, None)
-    if out is None:
-        out = _integrate(*arrays)
-    _RECENT[key] = out
-    held = sum(a.nbytes for a in _RECENT.values())
-    while held > CACHE_BYTES and len(_RECENT) > 1:
-        held -= _RECENT.popitem(last=False)[1].nbytes
-    out = out.copy()
+    out = _RECENT.get(key, lambda: _integrate(*arrays)).copy()
     if fallback is not None:
         missing = np.isnan(out)
         out[missing] = fallback.detach().double().cpu().numpy()[missing]

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +45,7 @@ from torch import Tensor
 from atomray.basin_store import BasinStore
 from atomray.data.windows import atomic_masses
 from atomray.physics import superpose
+from atomray.recent import Recent
 
 MAX_STEPS = 500
 TAU_FS = 250.0  # a(Δt) = 1 − exp(−Δt/τ): the blend toward the minimum (relaxed_all, a fresh relaxed prior)
@@ -61,7 +61,7 @@ MAX_BASINS = 512  # per molecule kept in memory; beyond, refinements are compute
 _BASIN_FILES: dict[int, tuple[np.ndarray, Path]] = {}  # id(GFN2 minimum) → (it, its file in the basin store)
 _STORE_FAILED = False  # set when the store cannot be written: this process keeps basins in memory
 RECENT_STATES = 8192  # MMFF94 minima kept per process, keyed by the state's bytes (least recently used out first)
-_RECENT: OrderedDict[bytes, np.ndarray | None] = OrderedDict()
+_RECENT = Recent(max_items=RECENT_STATES)
 
 
 def mmff_field(x: np.ndarray, z: np.ndarray, **kwargs):
@@ -214,13 +214,7 @@ def recent_mmff_minimum(x: np.ndarray, z: np.ndarray, max_steps: int = MAX_STEPS
     harmonic prior's cost. Returns a copy."""
     x, z = np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(z, dtype=np.int64)
     key = x.tobytes() + z.tobytes() + f"{max_steps}/{x.shape}".encode()
-    if key in _RECENT:
-        _RECENT.move_to_end(key)
-    else:
-        _RECENT[key] = mmff_minimum(x, z, max_steps)
-        if len(_RECENT) > RECENT_STATES:
-            _RECENT.popitem(last=False)
-    hit = _RECENT[key]
+    hit = _RECENT.get(key, lambda: mmff_minimum(x, z, max_steps))
     return None if hit is None else hit.copy()
 
 

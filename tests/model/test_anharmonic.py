@@ -13,6 +13,7 @@ from atomray.anharmonic import KCAL_MOL_A_U, TAU_MD_FS, blend_md, mmff_accelerat
 from atomray.config import ConfigError, load_config
 from atomray.data.windows import atomic_masses
 from atomray.evaluate import floor_predictions
+from atomray.recent import Recent
 from atomray.model import build_model
 
 from test_vibration import TINY, batch, minimum  # noqa: F401 (the batch fixture)
@@ -125,14 +126,14 @@ def test_md_results_are_kept_within_the_byte_budget(monkeypatch):
     runs = []
     real = anharmonic._integrate
     monkeypatch.setattr(anharmonic, "_integrate", lambda *a: runs.append(1) or real(*a))
-    monkeypatch.setattr(anharmonic, "_RECENT", type(anharmonic._RECENT)())
+    monkeypatch.setattr(anharmonic, "_RECENT", Recent(max_bytes=anharmonic.CACHE_BYTES))
     x = torch.from_numpy(xm)[None]
     args = (torch.zeros_like(x), torch.from_numpy(z)[None], torch.ones(1, len(z), dtype=torch.bool))
     one = lambda lag: mmff_paths(x, *args, torch.tensor([[lag]], dtype=torch.float64))  # noqa: E731
     first = one(20.0)
     torch.testing.assert_close(one(20.0), first)
     assert len(runs) == 1
-    monkeypatch.setattr(anharmonic, "CACHE_BYTES", 2 * first.numel() * 8)  # room for two results
+    monkeypatch.setattr(anharmonic._RECENT, "max_bytes", 2 * first.numel() * 8)  # room for two results
     one(30.0), one(40.0)  # 20 fs is now the least recently used: it leaves
     one(40.0)
     assert len(runs) == 3

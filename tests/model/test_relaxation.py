@@ -18,6 +18,7 @@ from atomray import basin_store, physics
 from atomray.config import ModelConfig
 from atomray.data.windows import atomic_masses
 from atomray.evaluate import floor_predictions
+from atomray.recent import Recent
 from atomray.metrics import random_rotation
 from atomray.model import build_model
 from atomray import relaxation
@@ -240,13 +241,13 @@ def test_a_state_is_minimised_once_while_it_is_recent(monkeypatch):
     calls = []
     real = relaxation.mmff_minimum
     monkeypatch.setattr(relaxation, "mmff_minimum", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(relaxation, "_RECENT", type(relaxation._RECENT)())
+    monkeypatch.setattr(relaxation, "_RECENT", Recent(max_items=relaxation.RECENT_STATES))
     first = relaxation.nearest_minimum(x, z, "mmff94")[0]
     first += 1.0  # a caller's change must not reach the next one
     second = relaxation.nearest_minimum(x, z, "mmff94")[0]
     assert len(calls) == 1
     np.testing.assert_allclose(second, first - 1.0)
-    monkeypatch.setattr(relaxation, "RECENT_STATES", 1)
+    monkeypatch.setattr(relaxation._RECENT, "max_items", 1)
     relaxation.nearest_minimum(xm, z, "mmff94")  # pushes x out
     relaxation.nearest_minimum(x, z, "mmff94")
     assert len(calls) == 3
