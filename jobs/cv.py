@@ -44,14 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--folds: expected folds in [0, data.num_folds) = [0, {cfg.data.num_folds}), found {bad}")
 
     from atomray.train.pretrain import init_ray, resolve
-    from atomray.tune.cv import markdown, run_cv
+    from atomray.tune.cv import run_cv
 
     cfg = resolve(cfg)
     name = args.name or f"cv-{cfg.model.name}-{cfg.name}"
     init_ray()
     parent, rows, table = run_cv(cfg, args.folds, args.repeats, name, args.max_concurrent)
     folds = args.folds if args.folds is not None else list(range(cfg.data.num_folds))
-    print(markdown(table, folds, cfg.model.name, cfg))
+    print((Path(cfg.storage_path) / name / "cv_summary.md").read_text())  # what run_cv wrote
     print(f"MLflow parent run: {parent} ({len(rows)} fold runs) at {cfg.tracking.tracking_uri}")
     return 0 if len(rows) == len(folds) * args.repeats else 1
 

@@ -95,7 +95,10 @@ def per_fold_verdict(table: list[dict[str, Any]], folds: Sequence[int], kind: st
     return f"per fold, against that fold's strongest floor: beats it on {wins} of {scored} ({'; '.join(parts)})"
 
 
-def markdown(table: list[dict[str, Any]], folds: Sequence[int], model: str, cfg: RunConfig) -> str:
+def markdown(table: list[dict[str, Any]], folds: Sequence[int], model: str, cfg: RunConfig,
+             splits: dict[int, Split]) -> str:
+    """The Table-3 style summary; `splits` (fold → Split, as `fold_splits` gives) names each
+    fold's molecules."""
     head = "| metric (x1e-2 A^2) | " + " | ".join(f"fold {f}" for f in folds) + " | mean |"
     lines = [f"Cross-validation of `{model}` on `{cfg.data.path}` (UMAP clusters: {cfg.data.num_clusters}, "
              f"folds: {cfg.data.num_folds}; mean ± 2σ over repeats where there are several)", "", head,
@@ -114,8 +117,7 @@ def markdown(table: list[dict[str, Any]], folds: Sequence[int], model: str, cfg:
                          f"{value:.3f}): the model {comparison(model / value)} it")
             lines.append(f"  {per_fold_verdict(table, folds, kind)}")
     lines.append("")
-    splits = fold_splits(cfg, folds)  # the molecules say more than cluster numbers (stored folds have none)
-    for f in folds:
+    for f in folds:  # the molecules say more than cluster numbers (stored folds have none)
         lines.append(f"- fold {f}: test {', '.join(splits[f].test)}; validation {', '.join(splits[f].val)}")
     return "\n".join(lines) + "\n"
 
@@ -145,7 +147,7 @@ def run_cv(cfg: RunConfig, folds: Sequence[int] | None = None, repeats: int = 1,
         if rows:
             c.log_artifact(parent, str(write_csv(rows, out / "cv_runs.csv")), "cv")
         c.log_artifact(parent, str(write_csv(table, out / "cv_summary.csv")), "cv")
-        (out / "cv_summary.md").write_text(markdown(table, folds, cfg.model.name, cfg))
+        (out / "cv_summary.md").write_text(markdown(table, folds, cfg.model.name, cfg, splits))
         c.log_artifact(parent, str(out / "cv_summary.md"), "cv")
         for row in table:
             key = row["metric"].lower().replace(" ", "_")
