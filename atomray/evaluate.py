@@ -4,7 +4,7 @@ One home for "how good is it": the training loop's validation and test sets, cro
 sweeps, the notebooks and `jobs/evaluate.py` all score through `score_windows` and `summarise`,
 so a checkpoint evaluated here reproduces the figures its run logged on the same windows.
 
-    model, cfg, directory = load_model_uri(uri, "models:/atom@champion")       # atomray.tracking
+    model, cfg, state = load_model_uri(uri, "models:/atom@champion")           # atomray.tracking
     rows, table = evaluate_dataset(model, cfg, "data/tg80-mini", horizons_fs=[25, 100, 400, 1000])
 
 Floors (predictors that need no learning, `atomray.physics`), scored on exactly the model's

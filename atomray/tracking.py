@@ -215,19 +215,31 @@ def best_run(uri: str, experiment: str, metric: str = "best_val_s2t", mode: str 
 def download_checkpoint(uri: str, source: str, dst: str | Path | None = None) -> Path:
     """A local checkpoint directory for `source`: a directory path or storage URI (s3://...,
     e.g. a run's exported `best/`), runs:/<id>/<path>, or models:/<name>@<alias> /
-    models:/<name>/<version> (the pyfunc's artifacts)."""
+    models:/<name>/<version> (the pyfunc's artifacts). A remote source is copied under `dst`
+    (default: a new temporary directory, the caller's to remove); a failed copy leaves nothing."""
+    import shutil
     import tempfile
-
-    import mlflow
-
-    from atomray import storage
 
     path = Path(source).expanduser()
     if "://" not in source and ":/" not in source:
         if not (path / "model.pt").is_file():
             raise FileNotFoundError(f"{source}: not a checkpoint directory (no model.pt)")
         return path
+    made = dst is None
     dst = Path(dst or tempfile.mkdtemp(prefix="atomray-ckpt-"))
+    try:
+        return _download(uri, source, dst)
+    except BaseException:
+        if made:
+            shutil.rmtree(dst, ignore_errors=True)
+        raise
+
+
+def _download(uri: str, source: str, dst: Path) -> Path:
+    import mlflow
+
+    from atomray import storage
+
     if storage.is_uri(source) and not source.startswith(("runs:", "models:", "mlflow-artifacts:")):
         if not storage.is_file(storage.join(source, "model.pt")):
             raise FileNotFoundError(f"{source}: not a checkpoint directory (no model.pt)")
@@ -245,13 +257,17 @@ def download_checkpoint(uri: str, source: str, dst: str | Path | None = None) ->
 
 
 def load_model_uri(uri: str, source: str):
-    """(model in eval mode, RunConfig, checkpoint directory) for any `download_checkpoint`
-    source. Weights load with torch.load(weights_only=True)."""
-    from atomray.checkpoint import load_model
+    """(model in eval mode, RunConfig, TrainState) for any `download_checkpoint` source.
+    Weights load with torch.load(weights_only=True); a remote checkpoint is read from a
+    temporary copy that is removed afterwards."""
+    import tempfile
 
-    directory = download_checkpoint(uri, source)
-    model, cfg = load_model(directory)
-    return model, cfg, directory
+    from atomray.checkpoint import load_model, read_state
+
+    with tempfile.TemporaryDirectory(prefix="atomray-ckpt-") as tmp:
+        directory = download_checkpoint(uri, source, tmp)
+        model, cfg = load_model(directory)
+        return model, cfg, read_state(directory)
 
 
 def load_best(experiment: str, metric: str = "best_val_s2t", mode: str = "min", tracking_uri: str = ""):

@@ -31,10 +31,11 @@ sys.path.insert(0, str(ROOT))
 
 
 def fold_windows(cfg, fold: int, train_windows: int, train_molecules: int = 0, test_range: str = "ood",
-                 include_test: bool = False):
+                 include_test: bool = False, exclude: tuple[str, ...] = ()):
     """One CV fold's windows, each set drawn once and seeded as `jobs/cv.py` draws them:
     (split, training molecules, training pool, validation windows, test windows).
-    `train_molecules` > 0 keeps a seeded random subset of the fold's training molecules.
+    `train_molecules` > 0 keeps a seeded random subset of the fold's training molecules;
+    `exclude` names training molecules to leave out (before the subset is drawn).
     test_range "ood" scores the test molecules' whole trajectories (as `jobs/cv.py`); "last"
     only their last 10 % (`ID_RANGES["test"]`), which `include_test` (an oracle: the test
     molecules' first 80 % join the training pool) never trains on."""
@@ -44,7 +45,11 @@ def fold_windows(cfg, fold: int, train_windows: int, train_molecules: int = 0, t
 
     split = fold_splits(cfg, [fold])[fold]
     d = cfg.data
-    molecules = list(split.train)
+    unknown = sorted(set(exclude) - set(split.train))
+    if unknown:
+        raise ValueError(f"--exclude-molecules: {unknown} are not training molecules of fold {fold}; "
+                         f"expected some of {sorted(split.train)}")
+    molecules = [m for m in split.train if m not in exclude]
     if train_molecules:
         molecules = sorted(np.random.default_rng(d.split_seed).choice(molecules, train_molecules, replace=False))
     if include_test:
@@ -68,6 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--train-molecules", type=int, default=0,
                     help="train on only this many of the fold's training molecules (0: all); a data-scaling probe")
+    ap.add_argument("--exclude-molecules", nargs="+", default=[], metavar="NAME",
+                    help="leave these of the fold's training molecules out (a data-selection probe)")
     ap.add_argument("--test-range", choices=("ood", "last"), default="ood",
                     help="score the test molecules' whole trajectories (ood, as jobs/cv.py) or their last 10 %%")
     ap.add_argument("--include-test", action="store_true",
@@ -86,7 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg = resolve(load_config(args.config, args.overrides))
     split, train_molecules, pool, val, test = fold_windows(cfg, args.fold, args.train_windows, args.train_molecules,
-                                                       args.test_range, args.include_test)
+                                                       args.test_range, args.include_test,
+                                                       tuple(args.exclude_molecules))
     d = cfg.data
 
     torch.manual_seed(cfg.train.seed)

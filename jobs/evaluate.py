@@ -56,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from atomray import tracking
-    from atomray.checkpoint import read_state
     from atomray.config import ConfigError, TrackingConfig
     from atomray.data.frames import DataError
     from atomray.evaluate import FLOORS, data_digest, evaluate_dataset, run_validation, verdict
@@ -70,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.validation:  # before any work: an unwritable --out fails now, not after evaluating
             check_output_dir(args.out)
         uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
-        model, cfg, directory = tracking.load_model_uri(uri, args.model)
-        elements = read_state(directory).elements
+        model, cfg, state = tracking.load_model_uri(uri, args.model)
+        elements = state.elements
         if args.frame_average:
             from atomray.evaluate import frame_average
 

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from atomray import storage, tracking
     from atomray.config import ConfigError, TrackingConfig
     from atomray.data.frames import DataError
-    from atomray.checkpoint import CheckpointError, read_state
+    from atomray.checkpoint import CheckpointError
     from atomray.outputs import OutputError, check_output_file
     from atomray.predict import predict, state_from_file, state_from_smiles, write_extxyz
 
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_output_file(args.out)  # before any work
         uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
-        model, cfg, directory = tracking.load_model_uri(uri, args.model)
-        elements = read_state(directory).elements
+        model, cfg, state = tracking.load_model_uri(uri, args.model)
+        elements = state.elements
         state = (state_from_smiles(args.smiles, args.temperature, args.seed) if args.smiles
                  else state_from_file(args.structure, args.temperature, args.seed))
         t1 = time.perf_counter()

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from atomray import tracking
-    from atomray.checkpoint import CheckpointError, read_state
+    from atomray.checkpoint import CheckpointError
     from atomray.config import ConfigError, TrackingConfig
     from atomray.data.frames import DataError
     from atomray.outputs import OutputError, check_output_dir
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.starts < 1 or args.total_ps <= 0 or args.step_fs < 0:
             raise ConfigError(f"--starts must be >= 1 and --total-ps > 0, found {args.starts} and {args.total_ps}")
         uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
-        model, cfg, directory = tracking.load_model_uri(uri, args.model)
-        elements = read_state(directory).elements
+        model, cfg, state = tracking.load_model_uri(uri, args.model)
+        elements = state.elements
         states, molecule_of, references = start_states(args, cfg)
     except (DataError, ConfigError, CheckpointError, OutputError, StorageError, LookupError, OSError) as err:
         print(f"rollout: error: {err}", file=sys.stderr)

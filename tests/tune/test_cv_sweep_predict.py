@@ -126,10 +126,16 @@ def test_sweep_runs_one_child_per_trial_with_ablation_switches(env, sweep):
     assert "default" in sweep
 
 
-def test_load_best_returns_the_run_mlflow_ranks_best(env, sweep):
+def test_load_best_returns_the_run_mlflow_ranks_best(env, sweep, tmp_path, monkeypatch):
+    import tempfile
+
     import mlflow
 
-    from atomray.tracking import load_best
+    from atomray.tracking import download_checkpoint, load_best
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the checkpoint copies go
 
     mlflow.set_tracking_uri(env["uri"])
     ranked = mlflow.search_runs(experiment_names=["sweep-test"], filter_string="tags.`atomray.kind` = 'train'",
@@ -138,6 +144,11 @@ def test_load_best_returns_the_run_mlflow_ranks_best(env, sweep):
     assert run_id == ranked.iloc[0]["run_id"]
     assert cfg.model.attention == ranked.iloc[0]["params.model.attention"]
     assert not model.training
+    copies = lambda: list(scratch.glob("atomray-ckpt-*"))  # noqa: E731  (torch keeps its own caches there too)
+    assert not copies()  # the downloaded copy is gone once the model is loaded
+    with pytest.raises(LookupError, match="models:/no-such-model@champion"):
+        download_checkpoint(env["uri"], "models:/no-such-model@champion")
+    assert not copies()  # a failed download leaves nothing either
 
 
 def test_register_and_predict_a_new_molecule(env, sweep, tmp_path):
