@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_output_file(args.out)  # before any work
         uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
-        model, cfg, state = tracking.load_model_uri(uri, args.model)
-        elements = state.elements
+        model, cfg, trained = tracking.load_model_uri(uri, args.model)  # trained: the checkpoint's TrainState
+        elements = trained.elements
         state = (state_from_smiles(args.smiles, args.temperature, args.seed) if args.smiles
                  else state_from_file(args.structure, args.temperature, args.seed))
         t1 = time.perf_counter()
