@@ -8,6 +8,7 @@ overall and per ΔT decade. One change at a time, identical windows for every ru
     .venv/bin/python benchmarks/probe_fold.py --fold 2 --steps 320                      # cv.yaml as is
     .venv/bin/python benchmarks/probe_fold.py --fold 2 --steps 320 model.name=egno
     .venv/bin/python benchmarks/probe_fold.py --fold 2 --steps 320 train.loss_weighting=rigid
+    .venv/bin/python benchmarks/probe_fold.py --fold 3 --weight-shares          # who the loss weighting favours
 
 Prints validation S2T four times during training and, last, one JSON line (S2T ×10⁻² Å²).
 320 steps ≈ what one fold of `jobs/cv.py` trains (10 epochs × 2048 windows / 64); ~3–4 min per
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="score the test molecules' whole trajectories (ood, as jobs/cv.py) or their last 10 %%")
     ap.add_argument("--include-test", action="store_true",
                     help="oracle: also train on the test molecules' first 80 %% (needs --test-range last)")
+    ap.add_argument("--weight-shares", action="store_true",
+                    help="print each training molecule's share of the loss weight (train.loss_weighting, batches of "
+                         "data.batch_size) over the pool and stop, without training")
     ap.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -96,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                        args.test_range, args.include_test,
                                                        tuple(args.exclude_molecules))
     d = cfg.data
+    if args.weight_shares:
+        return weight_shares(cfg, args.fold, pool)
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, num_lags=d.num_lags, rwpe_dim=d.rwpe_k)
@@ -132,6 +138,25 @@ def main(argv: list[str] | None = None) -> dict:
                         if k.startswith("test_s2t_dt_") and k.endswith(("fs", "_rotor_all", "_harmonic_all"))},
               "prior_taus_fs": {k: round(float(v.exp()), 1) for k, v in model.named_parameters() if k.endswith("log_tau")},
               "seconds": time.perf_counter() - t0}
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def weight_shares(cfg, fold: int, pool: dict) -> dict:
+    """Each training molecule's share of the summed loss weights (`window_weights`, each random
+    batch normalised as in training) over the training pool, and its windows' share; one JSON line."""
+    from atomray.data.pipeline import to_torch
+    from atomray.train.loss import window_weights
+
+    train, b = to_torch(pool), cfg.data.batch_size
+    order = np.random.default_rng(cfg.train.seed).permutation(len(train["x0"]))  # mixed batches, as in training
+    weights = torch.cat([window_weights({k: v[torch.from_numpy(order[i:i + b])] for k, v in train.items()},
+                                        cfg.train.loss_weight_floor, cfg.train.loss_weighting)
+                         for i in range(0, len(order), b)]).numpy()
+    names = np.asarray(pool["molecule_id"])[order]
+    result = {"fold": fold, "loss_weighting": cfg.train.loss_weighting, "loss_weight_floor": cfg.train.loss_weight_floor,
+              "weight_share": {m: round(float(weights[names == m].sum() / weights.sum()), 4) for m in sorted(set(names))},
+              "window_share": {m: round(float((names == m).mean()), 4) for m in sorted(set(names))}}
     print(json.dumps(result), flush=True)
     return result
 
