@@ -49,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = resolve(cfg)
     name = args.name or f"cv-{cfg.model.name}-{cfg.name}"
     init_ray()
-    parent, rows, table = run_cv(cfg, args.folds, args.repeats, name, args.max_concurrent)
+    out = Path(cfg.storage_path) / name
+    parent, rows, table = run_cv(cfg, args.folds, args.repeats, name, args.max_concurrent, out_dir=out)
     folds = args.folds if args.folds is not None else list(range(cfg.data.num_folds))
-    print((Path(cfg.storage_path) / name / "cv_summary.md").read_text())  # what run_cv wrote
+    print((out / "cv_summary.md").read_text())  # what run_cv wrote
     print(f"MLflow parent run: {parent} ({len(rows)} fold runs) at {cfg.tracking.tracking_uri}")
     return 0 if len(rows) == len(folds) * args.repeats else 1
 
