@@ -1,11 +1,13 @@
-# Two commands: `make pretrain` runs the main job, `make test` runs the test suite.
+# Two commands: `make pretrain` runs the main job, `make test` runs the test suite (CI runs it).
+# `make test-fast` is the edit-test lane: every test not marked slow (no Ray clusters, MLflow
+# servers or jobs), a few minutes on 2 cores.
 # Each creates and fills .venv on first use (about 70 s), with nothing but Python present.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: pretrain test venv clean
+.PHONY: pretrain test test-fast venv clean
 
 venv: $(STAMP)
 
@@ -23,6 +25,9 @@ pretrain: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,4 +1,4 @@
-"""Checkpoints are directories that carry their own architecture (STYLE.md §7).
+"""Checkpoints are directories that carry their own architecture (docs/architecture.md).
 
     model.pt       state_dict of the unwrapped, uncompiled module (tensors only)
     optimizer.pt   optimiser state (tensors and plain numbers only), absent for exports

@@ -2,7 +2,8 @@
 
 One dataclass per concern (model, data, optimiser, training, scaling, tracking), grouped in
 `RunConfig`. A config is parsed once in a job, validated against these types, and never
-mutated afterwards; `dataclasses.replace` makes modified copies.
+mutated afterwards; `dataclasses.replace` makes modified copies. The defaults are the
+recommended model and training run (those of `jobs/configs/pretrain.yaml`).
 
     cfg = load_config("jobs/configs/pretrain.yaml", ["model.num_layers=6", "optim.lr=3e-4"])
     cfg.model.num_layers   # 6
@@ -25,15 +26,15 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration key is unknown, has the wrong type, or an invalid value."""
+from atomray.config_ranges import ConfigError, check_values, flatten, to_dict  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of the operator (paper Table 19; baselines share the interface).
 
+    Defaults are the measured best at the shipped CPU budget (`jobs/configs/pretrain.yaml`;
+    docs/experiments.md): a config that sets only `data.path` trains the recommended model.
     `name` picks the class from the model registry: "atom", "egno", "egnn_r", "egnn_s".
     Every paper ablation is a switch here; RWPE length lives in `DataConfig.rwpe_k` because
     the data pipeline computes it (Table 19 lists it under training). Label noise σ lives in
@@ -44,63 +45,52 @@ class ModelConfig:
     so lags of 8–24 000 fs are all resolved). `velocity_scale_fs` is the fixed unit in which
     the model reads velocities: v [Å/fs] × 100 fs = Å per 100 fs, the same order as the
     centred positions. ATOM uses `embed_dim`/`num_layers`/`num_heads`; the EGNN-family
-    baselines use `gnn_hidden_dim`/`num_layers` (EGNO defaults: hidden 64, 5 layers).
+    baselines use `gnn_hidden_dim`/`num_layers` (EGNO: hidden 64, 5 layers).
 
-    `prior` (every model): the physics extrapolation the model corrects — "none" (absolute
-    positions, the paper), "x0" (displacements, App. D.4), "rigid" (the rigid-body motion of
-    the atoms the model sees at constant ω) or "rotor" (their exact torque-free rigid-body
+    `prior` (every model): the physics extrapolation the model corrects (`atomray.priors.compose`)
+    — "none" (absolute positions, the paper), "x0" (displacements, App. D.4), "rigid" (the
+    molecule's rigid-body motion at constant ω), "rotor" (its exact torque-free rigid-body
     motion), or "harmonic" (rotor plus each atom's damped harmonic vibration about the
-    molecule's nearest GFN2-xTB minimum, `atomray.vibration`; needs every atom in the model and
-    `relaxation: gfn2`, and contains the relaxation, so not with `relaxed_prior`),
-    `atomray.model.prior`; the correction starts at zero. `correction_onset_fs` t_c > 0
-    scales the correction by r² / (1 + r²), r = Δt / t_c, so it grows from zero like Δt² as the
-    error of a prior that starts from x0 and v0 does (`atomray.model.prior.onset_gate`; 0: off).
+    molecule's nearest GFN2-xTB minimum, `atomray.priors.modes`; needs every atom in the model,
+    `data.context_atoms: all`). The correction starts at zero. `anharmonic` (harmonic prior)
+    hands the prior over from MMFF94 molecular dynamics of the start state
+    (`atomray.priors.anharmonic`). The data path computes the prior's paths
+    (`atomray.priors.paths`); the forward only composes them.
     `distance_bias`, `lag_conditioned_output` and `internal_velocity` are ATOM additions to the
     paper (see `atomray.model.atom`): a per-head attention term of interatomic distances, output
-    features scaled by a learned function of each lag, and (with a rigid / rotor prior)
-    velocities read relative to the rigid-body motion the prior extrapolates.
-    `relaxed_prior` (every model) adds to the prior a learned, lag-dependent move toward the
-    molecule's nearest minimum (`atomray.model.prior`, `atomray.relaxation`; `relaxation`:
-    "gfn2", the MMFF94 minimum refined with GFN2-xTB once per conformer basin, or "mmff94",
-    MMFF94's alone: faster, but biased against GFN2-xTB data on some molecules);
-    `relaxed_input` (ATOM) lifts the shift to that minimum as a second position stream;
-    `prior_input` (ATOM, harmonic prior) lifts the prior's internal displacement at each lag
-    into that lag's slot tokens. `anharmonic` (every model, harmonic prior) hands the harmonic
-    prior over from MMFF94 molecular dynamics of the start state (`atomray.anharmonic`; with
-    `prior_input` ATOM also lifts the MD's departure from the harmonic path at each lag). The
-    EGNO baseline starts its coordinates from the prior, so it sees the relaxed shape whenever
-    `relaxed_prior` is on; `relaxed_input` changes nothing for the EGNN family. Both need every
-    atom in the model (`data.context_atoms: all`), hydrogens included, for the force field.
+    features scaled by a learned function of each lag, and (with a rigid / rotor / harmonic
+    prior) velocities read relative to the rigid-body motion the prior extrapolates.
+    `relaxed_input` (ATOM, harmonic prior) lifts each atom's shift to the basin's minimum as a
+    second position stream; `prior_input` (ATOM, harmonic prior) lifts the prior's internal
+    displacement at each lag into that lag's slot tokens (with `anharmonic`, also where the
+    MD departs from it). EGNO starts its coordinates from the prior.
     """
 
     name: Literal["atom", "egno", "egnn_r", "egnn_s"] = "atom"
-    embed_dim: int = 128
-    num_layers: int = 5
-    num_heads: int = 8
+    embed_dim: int = 64
+    num_layers: int = 3
+    num_heads: int = 4
     output_heads: int = 1
-    attn_dropout: float = 0.2
+    attn_dropout: float = 0.0
     mlp_dropout: float = 0.0
     rope_base: float = 1000.0
     tau_fs: float = 10.0
     velocity_scale_fs: float = 100.0
     max_atomic_number: int = 10
-    lifting: Literal["equivariant", "linear", "canonical"] = "equivariant"
-    attention: Literal["heterogeneous", "self"] = "heterogeneous"
+    lifting: Literal["equivariant", "linear", "canonical"] = "canonical"
+    attention: Literal["heterogeneous", "self"] = "self"
     time_encoding: Literal["trope", "sinusoidal", "none"] = "trope"
     gamma: Literal["learned", "fixed"] = "learned"
     value_residual: Literal["learned", "fixed", "off"] = "learned"
-    prior: Literal["none", "x0", "rigid", "rotor", "harmonic"] = "rotor"
+    prior: Literal["none", "x0", "rigid", "rotor", "harmonic"] = "harmonic"
     distance_bias: bool = True
     lag_conditioned_output: bool = True
     internal_velocity: bool = True
-    relaxed_prior: bool = False
-    relaxed_input: bool = False
-    prior_input: bool = False
+    relaxed_input: bool = True
+    prior_input: bool = True
     anharmonic: bool = False
-    relaxation: Literal["gfn2", "mmff94"] = "gfn2"
-    correction_onset_fs: float = 0.0
     latent_equivariance_weight: float = 0.0
-    # EGNO / EGNN baselines (REFERENCE.md, "The EGNO single-task protocol").
+    # EGNO / EGNN baselines (the EGNO protocol, docs/architecture.md).
     gnn_hidden_dim: int = 64
     time_embed_dim: int = 32
     fourier_modes: int = 2
@@ -130,12 +120,12 @@ class DataConfig:
     path: str = "data/tg80-mini"
     num_lags: int = 8
     horizon: Literal["fixed", "loguniform"] = "loguniform"
-    horizon_fs: float = 3000.0
+    horizon_fs: float = 1000.0
     horizon_min_fs: float = 8.0
-    horizon_max_fs: float = 3000.0
+    horizon_max_fs: float = 1000.0
     discretisation: Literal["uniform", "tail"] = "uniform"
     tail_offset_fs: float = 0.0
-    context_atoms: Literal["heavy", "all"] = "heavy"
+    context_atoms: Literal["heavy", "all"] = "all"
     score_atoms: Literal["heavy", "all"] = "heavy"
     centre: bool = True
     rwpe_k: int = 8
@@ -146,10 +136,10 @@ class DataConfig:
     fold: int = 0
     num_folds: int = 5
     num_clusters: int = 10
-    train_windows: int = 6500
-    val_windows: int = 1000
+    train_windows: int = 2048
+    val_windows: int = 512
     test_windows: int = 1000
-    batch_size: int = 192
+    batch_size: int = 64
     split_seed: int = 0
     train_feed: Literal["stream", "fixed"] = "stream"
     chunk_frames: int = 4096
@@ -167,7 +157,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-10
     schedule: Literal["cosine", "constant", "step"] = "cosine"
-    warmup_steps: int = 0
+    warmup_steps: int = 20
     step_size: int = 2500
     step_gamma: float = 0.5
     grad_clip: float = 1.0
@@ -175,39 +165,35 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The training loop: epochs, label noise (paper §3.2.3), augmentation, seeds, fault injection.
+    """The training loop: epochs, label noise (paper §3.2.3), augmentation, loss weighting, seeds.
 
-    `augment: so3` rotates every training window (x0, v0 and targets about the centroid) by a
-    fresh uniformly random rotation each epoch (seeded by seed, epoch and rank), so a
-    quasi-equivariant model learns the dynamics in every orientation instead of memorising
+    `augment: so3` rotates every training window (x0, v0, targets and prior paths about the
+    centroid) by a fresh uniformly random rotation each epoch (seeded by seed, epoch and rank),
+    so a quasi-equivariant model learns the dynamics in every orientation instead of memorising
     the orientations it was trained on.
 
-    `loss_weighting: rigid` divides each window's squared error by the rigid-body floor's error
-    on that window plus `loss_weight_floor` (Å²), weights normalised to mean 1 per batch
-    (`atomray.train.loss.window_weights`): short horizons, where most of the motion the floors
-    miss is predictable, weigh as much as long ones. `harmonic` uses the harmonic_all floor
-    (the harmonic prior's own error) instead, `anharmonic` the anharmonic_all floor (the
-    anharmonic prior's). `none` is the paper's plain mean (eq. 1).
+    `loss_weighting: harmonic` divides each window's squared error by the harmonic_all floor's
+    error on that window (the harmonic prior's own error) plus `loss_weight_floor` (Å²), weights
+    normalised to mean 1 per batch (`atomray.train.loss.window_weights`): windows the prior
+    nearly solves weigh more, so the model does not add error to rigid molecules. `anharmonic`
+    uses the anharmonic_all floor instead. `none` is the paper's plain mean (eq. 1).
 
     `loss_atoms: score` averages the loss over the atoms the metrics score (`data.score_atoms`,
     heavy atoms by default) instead of every atom the model sees: with `data.context_atoms=all`
     the hydrogens still enter as tokens/nodes and are still predicted, but their large-amplitude
     motion no longer dominates the objective. `all` (the default) trains every predicted atom.
 
-    Every epoch is validated and checkpointed. Fault injection for tests of recovery:
-    `fail_at_epoch` >= 0 makes the last worker exit hard halfway through that epoch, and
-    `fail_after_report` >= 0 right after it reported that epoch (before Ray Train commits
-    it), each once per run; `max_failures` is Ray Train's FailureConfig (-1: retry without limit)."""
+    Label noise perturbs the model's inputs and targets, not the prior, which the data path
+    computed from the clean start state. Every epoch is validated and checkpointed;
+    `max_failures` is Ray Train's FailureConfig (-1: retry without limit)."""
 
-    epochs: int = 250
+    epochs: int = 12
     label_noise_sigma: float = 0.0
     augment: Literal["none", "so3"] = "none"
-    loss_weighting: Literal["none", "rigid", "harmonic", "anharmonic"] = "none"
-    loss_weight_floor: float = 0.005
+    loss_weighting: Literal["none", "harmonic", "anharmonic"] = "harmonic"
+    loss_weight_floor: float = 0.001
     loss_atoms: Literal["all", "score"] = "all"
     seed: int = 0
-    fail_at_epoch: int = -1
-    fail_after_report: int = -1
     max_failures: int = 3
 
 
@@ -230,7 +216,7 @@ class TrackingConfig:
     else a SQLite file `mlflow.db` in the working directory (made absolute)."""
 
     tracking_uri: str = ""
-    experiment: str = "atomray"
+    experiment: str = "atomray-pretrain"
     run_name: str = ""
     enabled: bool = True
 
@@ -239,7 +225,7 @@ class TrackingConfig:
 class RunConfig:
     """Everything one training run needs, resolved once and saved with every checkpoint."""
 
-    name: str = "atom-pretrain"
+    name: str = ""
     storage_path: str = "ray_results"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -343,34 +329,6 @@ def _from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """A plain nested dict of a config (tuples become lists), ready for YAML or MLflow."""
-
-    def plain(v: Any) -> Any:
-        if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, tuple):
-            return [plain(x) for x in v]
-        return v
-
-    return plain(cfg)
-
-
-def flatten(cfg: Any) -> dict[str, Any]:
-    """Dotted keys to leaf values, e.g. {"model.num_layers": 5, ...} (for MLflow params)."""
-    out: dict[str, Any] = {}
-
-    def walk(d: Mapping[str, Any], prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, Mapping):
-                walk(v, f"{prefix}{k}.")
-            else:
-                out[prefix + k] = v
-
-    walk(to_dict(cfg), "")
-    return out
-
-
 def _set_dotted(tree: dict[str, Any], key: str, value: Any, cls: type) -> None:
     parts = key.split(".")
     node, node_cls = tree, cls
@@ -408,8 +366,6 @@ def config_from_dict(data: Mapping[str, Any] | None, overrides: Sequence[str] = 
     """Build a validated config of type `cls` from a nested dict plus dotted overrides.
 
     A RunConfig's values are also range-checked (`atomray.config_ranges.check_values`)."""
-    from atomray.config_ranges import check_values  # it imports this module
-
     tree = _deep_copy(dict(data or {}))
     for key, value in parse_overrides(overrides):
         _set_dotted(tree, key, value, cls)

@@ -10,19 +10,51 @@ out of range raises `ConfigError` naming the dotted key, what was expected and w
 
 `RANGES` covers every int and float field (a test holds it to that); the cross-field checks
 are the assumptions of the model, the data pipeline and Ray Train that would otherwise fail
-only inside a Ray worker.
+only inside a Ray worker. This module sits below `atomray.config` (which imports it): it
+defines `ConfigError` and reads a config through `dataclasses` alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
-from atomray.config import ConfigError, flatten
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for annotations only: atomray.config imports this module
     from atomray.config import RunConfig
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, has the wrong type, or an invalid value."""
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain nested dict of a config dataclass (tuples become lists), ready for YAML or MLflow."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def flatten(cfg: Any) -> dict[str, Any]:
+    """Dotted keys to leaf values, e.g. {"model.num_layers": 5, ...} (for MLflow params)."""
+    out: dict[str, Any] = {}
+
+    def walk(d: Mapping[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, Mapping):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[prefix + k] = v
+
+    walk(to_dict(cfg), "")
+    return out
 
 # Dotted key -> allowed range: ">= a", "> a", or an interval "[a, b)" / "(a, b)" etc.; for a
 # list-valued key the range applies to every item.
@@ -32,7 +64,6 @@ RANGES: dict[str, str] = {
     "model.num_heads": ">= 1",
     "model.output_heads": ">= 1",
     "model.attn_dropout": "[0, 1)",
-    "model.correction_onset_fs": ">= 0",  # 0: no onset gate
     "model.mlp_dropout": "[0, 1)",
     "model.rope_base": "> 0",
     "model.tau_fs": "> 0",
@@ -73,8 +104,6 @@ RANGES: dict[str, str] = {
     "train.label_noise_sigma": ">= 0",
     "train.loss_weight_floor": "> 0",
     "train.seed": ">= 0",
-    "train.fail_at_epoch": ">= -1",  # -1: no fault injected
-    "train.fail_after_report": ">= -1",
     "train.max_failures": ">= -1",  # Ray Train's FailureConfig: -1 retries without limit
     "scaling.num_workers": ">= 1",
     "scaling.cpus_per_worker": ">= 0",
@@ -116,34 +145,22 @@ def _check_model(cfg: RunConfig) -> None:
     if m.name == "atom" and m.embed_dim % (2 * m.num_heads):
         raise _error("model.embed_dim", f"a multiple of 2 × model.num_heads = {2 * m.num_heads} (ATOM splits it "
                                         f"into {m.num_heads} heads of even size for T-RoPE)", m.embed_dim)
-    for key in ("relaxed_prior", "relaxed_input"):
-        if getattr(m, key) and cfg.data.context_atoms != "all":
-            raise _error("data.context_atoms", f"'all' with model.{key}=true (the relaxation needs every "
-                                               "atom, hydrogens included)", cfg.data.context_atoms)
-    if m.prior == "harmonic":
-        if cfg.data.context_atoms != "all":
-            raise _error("data.context_atoms", "'all' with model.prior=harmonic (the normal modes need every atom, "
-                                               "hydrogens included)", cfg.data.context_atoms)
-        if m.relaxation != "gfn2":
-            raise _error("model.relaxation", "gfn2 with model.prior=harmonic (the normal modes are GFN2-xTB's)",
-                         m.relaxation)
-        if m.relaxed_prior:
-            raise _error("model.relaxed_prior", "false with model.prior=harmonic (the harmonic prior relaxes "
-                                                "toward the minimum already)", m.relaxed_prior)
+    if m.prior == "harmonic" and cfg.data.context_atoms != "all":
+        raise _error("data.context_atoms", "'all' with model.prior=harmonic (the normal modes need every atom, "
+                                           "hydrogens included)", cfg.data.context_atoms)
     if m.prior == "harmonic" and cfg.train.label_noise_sigma > 0:
         warnings.warn(f"train.label_noise_sigma={cfg.train.label_noise_sigma} with model.prior=harmonic: the noise "
-                      "on x0 moves the prior's start displacement from the minimum (vibrations are ~0.05 Å), so "
-                      "the prior extrapolates noise during training (aspirin_single.yaml with σ = 0.1: validation "
-                      "1.00x → 1.38x harmonic_all in five epochs); 0 is the measured choice", stacklevel=3)
-    if m.anharmonic and m.prior != "harmonic":
-        raise _error("model.prior", "harmonic with model.anharmonic=true (MMFF94 MD hands over to the harmonic "
-                                    "prior)", m.prior)
-    if m.prior_input and m.prior != "harmonic":
-        raise _error("model.prior", "harmonic with model.prior_input=true (the input is the harmonic prior's "
-                                    "displacement at each lag)", m.prior)
-    if m.relaxed_prior and m.prior == "none":
-        raise _error("model.prior", "x0, rigid or rotor with model.relaxed_prior=true (the relaxation is added "
-                                    "to a prior)", m.prior)
+                      "moves the model's inputs away from the state the prior was computed from (vibrations are "
+                      "~0.05 Å); 0 is the measured choice (aspirin_single.yaml with σ = 0.1: validation 1.00x → "
+                      "1.38x harmonic_all in five epochs, when the prior saw the noise)", stacklevel=3)
+    for key in ("anharmonic", "prior_input", "relaxed_input"):
+        if getattr(m, key) and m.prior != "harmonic":
+            raise _error("model.prior", f"harmonic with model.{key}=true (it reads the harmonic prior's vibration"
+                                        f"{' and hands over from MMFF94 MD to it' if key == 'anharmonic' else ''})",
+                         m.prior)
+    if cfg.train.loss_weighting in ("harmonic", "anharmonic") and cfg.data.context_atoms != "all":
+        raise _error("data.context_atoms", f"'all' with train.loss_weighting={cfg.train.loss_weighting} (its floor's "
+                                           "normal modes need every atom, hydrogens included)", cfg.data.context_atoms)
 
 
 def _check_data(cfg: RunConfig) -> None:

@@ -1,5 +1,6 @@
-"""Equivariance of an operator measured against its numerical noise floor, and frame averaging
-(issue 13; MD-ET and TransIP report the same pair of numbers). Re-exported by `atomray.evaluate`.
+"""Symmetry diagnostics of an operator: its equivariance error against its numerical noise floor,
+frame averaging, and the paper's quasi-equivariance ε (App. E.3) and rotation penalty (Table 4).
+MD-ET and TransIP report the same pair of numbers. Re-exported by `atomray.evaluate`.
 
     rotations = rotation_set(16, torch.Generator().manual_seed(0), reflections=False)
     err = equivariance_error(model, windows, rotations)                      # float32
@@ -15,10 +16,12 @@ and the prediction f(x) (P, N, 3):
 norms over the P frames, the real atoms and xyz. The denominator is the size of the
 prediction about the centroid, so e is relative to the molecule's extent (dimensionless, not
 Å) and comparable across molecules; an exactly equivariant model gives e = 0 up to round-off.
-This differs from `atomray.metrics.quasi_equivariance_epsilon`, the paper's ε (App. E.3, Å):
+This differs from `quasi_equivariance_epsilon`, the paper's ε (App. E.3, Å):
 that averages the deviation over rotations before taking its norm. The rotations and norms are
 computed in float64 outside the model; the model sees its inputs in its own parameter dtype,
-optionally under autocast (bf16), so e measures the model in the precision it runs in.
+optionally under autocast (bf16), so e measures the model in the precision it runs in. A
+window's prior paths (`atomray.priors.paths`) turn with it (`atomray.data.augment.rotate_batch`),
+exactly as the data path would compute them for the rotated window.
 
 The noise floor is e of an exactly equivariant model in the same precision: what round-off
 alone costs. `noise_floor` measures it on the model's own weights made exactly equivariant —
@@ -47,9 +50,47 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from atomray.metrics import _KEYS, _EvalMode, _inputs, _predict, random_rotations
+from atomray.data.augment import random_rotation, random_rotations, rotate_batch
+from atomray.metrics import reduce_samples, s2t
+from atomray.model.registry import MODEL_INPUTS, model_inputs
+from atomray.priors.compose import PATH_KEYS
 
 EXACT_MODELS = ("egno", "egnn_r", "egnn_s")  # E(3)-equivariant by construction
+_BATCH_KEYS = (*MODEL_INPUTS, "target", "rwpe", *PATH_KEYS)
+
+
+def _inputs(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The batch's model inputs, target and prior paths as tensors on the model's device."""
+    missing = [k for k in (*MODEL_INPUTS, "target") if k not in batch]
+    if missing:
+        raise KeyError(f"equivariance: batch is missing {missing} (has {sorted(batch)})")
+    device = next(model.parameters()).device
+    out = {k: torch.as_tensor(batch[k], device=device) for k in _BATCH_KEYS if batch.get(k) is not None}
+    out["mask"] = out["mask"].bool()
+    return out
+
+
+def _predict(model: nn.Module, b: Mapping[str, Tensor], dtype: torch.dtype | None = None) -> Tensor:
+    """The model's prediction on batch b, its floating inputs cast to `dtype` first."""
+    if dtype is not None:
+        b = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in b.items()}
+    return model(**model_inputs(b))
+
+
+class _EvalMode:
+    """Context: model.eval() and no_grad, restoring the training flag afterwards."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.was_training = model, model.training
+        self.no_grad = torch.no_grad()
+
+    def __enter__(self) -> None:
+        self.model.eval()
+        self.no_grad.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.no_grad.__exit__(*exc)
+        self.model.train(self.was_training)
 
 
 @dataclass(frozen=True)
@@ -108,26 +149,26 @@ def equivariance_error(model: nn.Module, windows: Mapping[str, Any], rotations: 
     errors = np.zeros((n, len(rots)))
     with _EvalMode(model):
         for s in range(0, n, batch_size):
-            part = {k: windows[k][s : s + batch_size] for k in (*_KEYS, "target", "rwpe") if windows.get(k) is not None}
+            part = {k: windows[k][s : s + batch_size] for k in _BATCH_KEYS if windows.get(k) is not None}
             errors[s : s + batch_size] = _batch_errors(model, _inputs(model, part), rots, dtype, autocast)
     return EquivarianceError(float(errors.mean()), float(errors.max()), errors, _precision(model, autocast))
 
 
 def _batch_errors(model: nn.Module, b: Mapping[str, Any], rots: Tensor, dtype: torch.dtype,
                   autocast: torch.dtype | None) -> np.ndarray:
-    x0, v0 = b["x0"].double(), b["v0"].double()
+    b = {k: (v.double() if v.is_floating_point() else v) for k, v in b.items()}
+    x0 = b["x0"]
     m = b["mask"].double()[..., None]  # (B, N, 1)
     c = (x0 * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1)  # (B, 1, 3)
     m4, c4 = m[:, None], c[:, None]  # (B, 1, N, 1), (B, 1, 1, 3)
     amp = torch.autocast(x0.device.type, dtype=autocast) if autocast is not None else nullcontext()
     with amp:
-        base = _predict(model, b, x0.to(dtype), v0.to(dtype)).double() - c4  # (B, P, N, 3) about c
+        base = _predict(model, b, dtype).double() - c4  # (B, P, N, 3) about c
     size = (base**2 * m4).sum((1, 2, 3)).sqrt()  # (B,)
     out = torch.zeros(len(x0), len(rots), dtype=torch.float64, device=x0.device)
     for k, r in enumerate(rots.to(x0.device)):
-        xr = ((x0 - c) @ r.T + c) * m
         with amp:
-            turned = _predict(model, b, xr.to(dtype), (v0 @ r.T).to(dtype)).double() - c4
+            turned = _predict(model, rotate_batch(b, r), dtype).double() - c4
         out[:, k] = ((turned - base @ r.T) ** 2 * m4).sum((1, 2, 3)).sqrt() / size.clamp_min(1e-300)
     return out.cpu().numpy()
 
@@ -189,7 +230,8 @@ def pca_frames(x: Tensor, mask: Tensor, reflections: bool = False) -> Tensor:
 
 class FrameAveraged(nn.Module):
     """A model averaged over frames, with the model's call signature:
-    forward(x0, v0, z, lags_fs, mask, rwpe=None, **extra) → (B, P, N, 3) in x0's dtype.
+    forward(x0, v0, z, lags_fs, mask, rwpe=None, paths=None, **extra) → (B, P, N, 3) in x0's dtype
+    (the prior paths turn with each frame).
 
     f̄(x) = 1/K Σ_k g_k · f(g_k⁻¹ · x), g⁻¹ · x = (x − c) Q + c, v ↦ v Q, g · y = (y − c) Qᵀ + c,
     c the centroid of the real atoms. `rotations` (K, 3, 3) given: Q_k = R_kᵀ, the average of
@@ -208,9 +250,10 @@ class FrameAveraged(nn.Module):
                 setattr(self, name, getattr(model, name))
 
     def forward(self, x0: Tensor, v0: Tensor, z: Tensor, lags_fs: Tensor, mask: Tensor,
-                rwpe: Tensor | None = None, **extra: Any) -> Tensor:
+                rwpe: Tensor | None = None, paths: Mapping[str, Tensor] | None = None, **extra: Any) -> Tensor:
         x, v = x0.double(), v0.double()
         mask = mask.bool()
+        paths = dict(paths or {})
         m = mask.double()[..., None]  # (B, N, 1)
         c = (x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1)  # (B, 1, 3)
         if self.rotations is None:
@@ -219,9 +262,12 @@ class FrameAveraged(nn.Module):
             frames = self.rotations.to(x.device).transpose(1, 2)[None].expand(len(x), -1, 3, 3)  # Q_k = R_kᵀ
         acc = torch.zeros(x.shape[0], lags_fs.shape[1], x.shape[1], 3, dtype=torch.float64, device=x.device)
         for k in range(frames.shape[1]):
-            q = frames[:, k]  # (B, 3, 3)
-            xk = ((x - c) @ q + c) * m
-            y = self.model(xk.to(x0.dtype), (v @ q).to(v0.dtype), z, lags_fs, mask, rwpe, **extra).double()
+            q = frames[:, k]  # (B, 3, 3): g⁻¹ · x = (x − c) Q + c, a turn by Qᵀ
+            turned = rotate_batch({"x0": x, "v0": v, "mask": mask, **paths}, q.transpose(1, 2))
+            turned = {key: (t.to(x0.dtype) if t.is_floating_point() and key not in ("x0", "v0") else t)
+                      for key, t in turned.items()}
+            y = self.model(turned["x0"].to(x0.dtype), turned["v0"].to(v0.dtype), z, lags_fs, mask, rwpe,
+                           {key: turned[key] for key in paths}, **extra).double()
             acc += (y - c[:, None]) @ q.transpose(1, 2)[:, None] + c[:, None]  # (B, P, N, 3)
         return (acc / frames.shape[1] * m[:, None]).to(x0.dtype)
 
@@ -233,3 +279,46 @@ def frame_average(model: nn.Module, k: int | None = None, generator: torch.Gener
     if k is None:
         return FrameAveraged(model, None, reflections)
     return FrameAveraged(model, rotation_set(k, generator, reflections))
+
+
+# ---------------------------------------------------------------------------------------------
+# the paper's quasi-equivariance ε and rotation penalty
+
+
+def quasi_equivariance_epsilon(model: nn.Module, batch: Mapping[str, Any], n_rotations: int = 20,
+                               generator: torch.Generator | None = None, reduction: str = "mean") -> Tensor:
+    """Monte-Carlo ε of App. E.3 (Å): for every sample x_n of the batch and R random rotations g,
+
+        ε ≈ 1/N Σ_n ‖ 1/R Σ_r ( f(g·x_n) − g·f(x_n) ) ‖₂
+
+    where g rotates x0 and v0 about the origin (the centroid of a centred batch) and the norm
+    runs over the P frames, real atoms and xyz. 0 for an exactly rotation-equivariant model.
+    reduction "none" returns the (B,) per-sample values (for mean ± 2 SD as in Table 14).
+    """
+    if n_rotations < 1:
+        raise ValueError(f"quasi_equivariance_epsilon: n_rotations must be >= 1, found {n_rotations}")
+    b = _inputs(model, batch)
+    x0 = b["x0"]
+    m = b["mask"].to(x0.dtype)[:, None, :, None]
+    with _EvalMode(model):
+        base = _predict(model, b)  # (B, P, N, 3)
+        acc = torch.zeros_like(base)
+        for _ in range(n_rotations):  # one forward per rotation keeps memory at one batch
+            r = random_rotation(generator, x0.dtype).to(x0.device)
+            acc += _predict(model, rotate_batch(b, r, about="origin")) - base @ r.T
+    per_sample = ((acc / n_rotations) ** 2 * m).sum((1, 2, 3)).sqrt()  # (B,)
+    return reduce_samples(per_sample, reduction)
+
+
+def rotation_penalty(model: nn.Module, batch: Mapping[str, Any], rotation: Tensor) -> dict[str, float]:
+    """Table 4: S2T (Å²) of the batch as given and with inputs and targets rotated by
+    `rotation` (3, 3), their difference and ratio ("rotation penalty", ×)."""
+    b = _inputs(model, batch)
+    r = torch.as_tensor(rotation, dtype=b["x0"].dtype, device=b["x0"].device)
+    with _EvalMode(model):
+        plain = s2t(_predict(model, b), b["target"], b["mask"])
+        turned_batch = rotate_batch(b, r, about="origin")
+        turned = s2t(_predict(model, turned_batch), turned_batch["target"], b["mask"])
+    plain, turned = float(plain), float(turned)
+    return {"unrotated": plain, "rotated": turned, "increase": turned - plain,
+            "ratio": turned / plain if plain > 0 else float("inf")}

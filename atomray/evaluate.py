@@ -7,33 +7,13 @@ so a checkpoint evaluated here reproduces the figures its run logged on the same
     model, cfg, state = load_model_uri(uri, "models:/atom@champion")           # atomray.tracking
     rows, table = evaluate_dataset(model, cfg, "data/tg80-mini", horizons_fs=[25, 100, 400, 1000])
 
-Floors (predictors that need no learning, `atomray.physics`), scored on exactly the model's
-windows and atoms:
-
-    no_motion     x0
-    linear        x0 + v0 Δt
-    rigid_heavy   the rigid-body motion (centre-of-mass drift, rotation exp(ω Δt), ω = I⁻¹L)
-                  that the heavy atoms' x0, v0 and masses tell
-    rigid_all     the same from every atom of the molecule, hydrogens included (windows carry
-                  the atoms the model does not see as context atoms)
-    rotor_all     the exact torque-free rigid-body motion from every atom (L conserved, ω
-                  precessing as the body turns; Euler's equations): the strongest floor at long
-                  lags, since a free molecule's ω is not constant
-    relaxed_all   rotor_all plus a move toward the molecule's nearest minimum, a fraction
-                  a(Δt) = 1 − exp(−Δt / 250 fs) of the way (`atomray.relaxation`): the average
-                  shape it vibrates about, which matters at long lags. It is what a fresh model
-                  with `relaxed_prior` predicts; needs RDKit and ~3.5 ms per window
-    harmonic_all  rotor_all plus each atom's harmonic vibration about that minimum, from the
-                  start state's displacement and internal velocity on GFN2-xTB's normal modes,
-                  damped toward the minimum with τ = 1000 fs (`atomray.vibration`): the
-                  strongest floor wherever the potential is near-quadratic. What a fresh model
-                  with `prior=harmonic` predicts; a GFN2-xTB Hessian per new basin (0.05–1 s)
-    mmff_md       classical molecular dynamics of the whole molecule from x0 and v0 under
-                  MMFF94 (`atomray.anharmonic`, velocity Verlet, 0.5 fs): anharmonic, but not
-                  GFN2-xTB's force field; ~8 ms per window
-    anharmonic_all  harmonic_all handing over from mmff_md: harmonic_all + exp(−Δt / 150 fs)
-                  (mmff_md − harmonic_all): the strongest floor out of domain on the CV folds.
-                  What a fresh model with `prior=harmonic, anharmonic=true` predicts
+Floors (predictors that need no learning; `atomray.priors.compose`, docs/physics-floors.md),
+scored on exactly the model's windows and atoms: no_motion, linear, rigid_heavy, rigid_all,
+rotor_all, relaxed_all, harmonic_all, mmff_md and anharmonic_all. The windows first pass through
+the data path's prior transform (`atomray.priors.paths.PriorPaths`, `eval_transform`): the
+model's own prior paths and the floors' are computed once per window, from the data set's stored
+per-frame physics when it has some (`atomray.priors.frames`), else through the machine's basin
+store; rotated copies turn the paths with the windows instead of recomputing them.
 
 Errors are kept per window and lag (`ErrorTable`, Å², mean over the scored atoms and xyz), so
 any breakdown is a reduction of one table: S2T (mean over lags), S2S (last lag), per lag
@@ -57,7 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from atomray import physics, storage
+from atomray import storage
 from atomray.config import DataConfig, RunConfig
 from atomray.data.frames import DataError
 from atomray.data.dataset import frame_files, read_molecules
@@ -65,127 +45,37 @@ from atomray.data.pipeline import (fixed_windows, molecule_files, molecule_segme
                                    window_seed)
 from atomray.data.splits import Split, make_split, usable_molecules
 from atomray.data.windows import max_horizon_frames, pad_windows
+from atomray.data.augment import rotate_windows
 from atomray.equivariance import (EquivarianceError, FrameAveraged, equivariance_error,  # noqa: F401 (re-exported)
-                                  frame_average, noise_floor, rotation_set)
-from atomray.metrics import lag_errors, rotate_windows
+                                  frame_average, noise_floor, quasi_equivariance_epsilon, rotation_penalty,
+                                  rotation_set)
+from atomray.metrics import lag_errors
+from atomray.model.registry import model_inputs
+from atomray.priors.compose import FLOORS, PATH_KEYS, floor_parts, floor_predictions, prior_parts
+from atomray.priors.frames import FramePhysics
+from atomray.priors.paths import PriorPaths, apply_in_chunks, basin_source
 
-FLOORS = ("no_motion", "linear", "rigid_heavy", "rigid_all", "rotor_all", "relaxed_all", "harmonic_all", "mmff_md",
-          "anharmonic_all")
 PREDICTORS = ("model", "model_rotated") + FLOORS
-MODEL_INPUTS = ("x0", "v0", "z", "lags_fs", "mask")
 DT_DECADES = tuple(10.0 ** k for k in range(0, 7))  # ΔT bins (lo, hi] in fs
 
 
-def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
-    """The keyword arguments of a model's forward from a window batch."""
-    out = {k: batch[k] for k in MODEL_INPUTS}
-    out["rwpe"] = batch.get("rwpe")
-    return out
+def eval_transform(cfg: RunConfig | None, physics: FramePhysics | None, floors: Sequence[str] = FLOORS) -> PriorPaths:
+    """The prior transform of evaluation windows: the paths the model (trained with `cfg`;
+    None: no model) and the `floors` read, basins from `physics` (None: the machine's store)."""
+    parts = set(floor_parts(floors))
+    if cfg is not None:
+        parts |= prior_parts(cfg.model.prior, cfg.model.anharmonic)
+    return PriorPaths(parts, basin_source(physics))
+
+
+def with_paths(windows: Mapping[str, Any], transform: PriorPaths) -> dict[str, Any]:
+    """A padded numpy window set with its prior paths attached (in slices of 1024 windows)."""
+    return apply_in_chunks(transform, windows)
 
 
 def score_mask(batch: Mapping[str, Any]) -> Any:
     """The atoms the metrics score: `score` when the windows carry it, else every real atom."""
     return batch["score"] if "score" in batch else batch["mask"]
-
-
-# ---------------------------------------------------------------------------------------------
-# floors as predictors
-
-
-def floor_predictions(batch: Mapping[str, torch.Tensor], names: Sequence[str] = FLOORS) -> dict[str, torch.Tensor]:
-    """(B, P, N, 3) prediction of each floor for a window batch (float64)."""
-    x0, v0, lags = batch["x0"].double(), batch["v0"].double(), batch["lags_fs"].double()
-    mass = batch["mass"].double()
-    if "mask" in batch:  # padded batches; windows straight from cut_windows have no padding
-        mass = mass * batch["mask"].double()
-    out: dict[str, torch.Tensor] = {}
-    for name in names:
-        if name == "no_motion":
-            out[name] = physics.no_motion(x0, lags)
-        elif name == "linear":
-            out[name] = physics.linear(x0, v0, lags)
-        elif name == "rigid_heavy":
-            out[name] = physics.rigid(x0, v0, mass * (batch["z"] > 1).double(), lags)
-        elif name in ("rigid_all", "rotor_all"):
-            out[name] = (physics.rigid if name == "rigid_all" else physics.rotor)(x0, v0, mass, lags, _context(batch))
-        elif name == "relaxed_all":
-            out[name] = relaxed_floor(batch, x0, v0, mass, lags)
-        elif name == "harmonic_all":
-            if name not in out:
-                out[name] = harmonic_floor(batch, x0, v0, mass, lags)
-        elif name in ("mmff_md", "anharmonic_all"):  # both need the harmonic floor and the MD: once each
-            from atomray.anharmonic import TAU_MD_FS, blend_md
-
-            if "harmonic_all" not in out:
-                out["harmonic_all"] = harmonic_floor(batch, x0, v0, mass, lags)
-            if "mmff_md" not in out:
-                out["mmff_md"] = mmff_floor(batch, x0, v0, mass, lags, out["harmonic_all"])
-            if name == "anharmonic_all":
-                out[name] = blend_md(out["harmonic_all"], out["mmff_md"], lags, TAU_MD_FS)
-        else:
-            raise ValueError(f"unknown floor {name!r}; known: {', '.join(FLOORS)}")
-    return {name: out[name] for name in names}
-
-
-def _context(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...] | None:
-    if "ctx_x0" not in batch:
-        return None
-    return batch["ctx_x0"].double(), batch["ctx_v0"].double(), batch["ctx_mass"].double()
-
-
-def _whole_molecule(batch: Mapping[str, torch.Tensor], x0: torch.Tensor, v0: torch.Tensor,
-                    mass: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """x, v, z, mass (B, N + C, …) of the model's atoms followed by the context atoms (the
-    hydrogens when the model sees heavy atoms only; their atomic number is 1)."""
-    context = _context(batch)
-    z = batch["z"].long()
-    if context is None or not context[0].shape[1]:
-        return x0, v0, z, mass
-    return (torch.cat((x0, context[0]), 1), torch.cat((v0, context[1]), 1),
-            torch.cat((z, (context[2] > 0).long()), 1), torch.cat((mass, context[2]), 1))
-
-
-def relaxed_floor(batch: Mapping[str, torch.Tensor], x0: torch.Tensor, v0: torch.Tensor, mass: torch.Tensor,
-                  lags: torch.Tensor, method: str = "gfn2") -> torch.Tensor:
-    """The relaxed_all floor (B, P, N, 3): the rotor motion of every atom plus
-    a(Δt) R(Δt) δ, δ the shift of the model's atoms to the nearest minimum of the whole molecule
-    (`atomray.relaxation`, GFN2-xTB-refined by default; the context atoms, hydrogens, relaxed
-    with them)."""
-    from atomray.relaxation import relaxed_shift, toward_minimum
-
-    x_all, _, z_all, m_all = _whole_molecule(batch, x0, v0, mass)
-    shift = relaxed_shift(x_all, z_all, m_all > 0, method)[:, :x0.shape[1]]
-    c, u, rot = physics.rotor_motion(x0, v0, mass, lags, _context(batch))
-    return physics.carry(x0, c, u, rot, lags) + toward_minimum(shift, rot, lags)
-
-
-def harmonic_floor(batch: Mapping[str, torch.Tensor], x0: torch.Tensor, v0: torch.Tensor, mass: torch.Tensor,
-                   lags: torch.Tensor) -> torch.Tensor:
-    """The harmonic_all floor (B, P, N, 3): the rotor motion of every atom plus the damped
-    normal-mode vibration of the whole molecule about its nearest GFN2-xTB minimum, turned with
-    the body (`atomray.vibration`), for the model's atoms."""
-    from atomray.vibration import harmonic_paths, vibrate
-
-    x_all, v_all, z_all, m_all = _whole_molecule(batch, x0, v0, mass)
-    v_int = physics.internal_velocity(x_all, v_all, m_all)
-    osc, d0 = harmonic_paths(x_all, v_int, z_all, m_all > 0, lags)
-    n = x0.shape[1]
-    c, u, rot = physics.rotor_motion(x0, v0, mass, lags, _context(batch))
-    return physics.carry(x0, c, u, rot, lags) + vibrate(osc[:, :, :n], d0[:, :n], rot, lags)
-
-
-def mmff_floor(batch: Mapping[str, torch.Tensor], x0: torch.Tensor, v0: torch.Tensor, mass: torch.Tensor,
-               lags: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
-    """The mmff_md floor (B, P, N, 3): MMFF94 molecular dynamics of the whole molecule from its
-    start state (`atomray.anharmonic`), for the model's atoms; `fallback` (the harmonic floor)
-    for molecules MMFF94 cannot type."""
-    from atomray.anharmonic import mmff_paths
-
-    x_all, v_all, z_all, m_all = _whole_molecule(batch, x0, v0, mass)
-    n = x0.shape[1]
-    spare = torch.zeros((*lags.shape, *x_all.shape[1:]), dtype=fallback.dtype, device=fallback.device)
-    spare[:, :, :n] = fallback
-    return mmff_paths(x_all, v_all, z_all, m_all > 0, lags, spare)[:, :, :n]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +128,8 @@ def model_errors(model: torch.nn.Module, windows: Mapping[str, Any], batch_size:
 
 
 def floor_errors(windows: Mapping[str, Any], names: Sequence[str] = FLOORS, batch_size: int = 1024) -> dict[str, np.ndarray]:
-    """(W, P) errors of each floor on a padded window set (computed on the CPU in float64)."""
+    """(W, P) errors of each floor on a padded window set carrying the floors' prior paths
+    (`with_paths`), computed on the CPU in float64."""
     out: dict[str, list] = {n: [] for n in names}
     for part in _batches(windows, batch_size):
         t = {k: torch.as_tensor(v).cpu() for k, v in part.items() if not (isinstance(v, np.ndarray) and v.dtype == object)}
@@ -252,8 +143,8 @@ ROTATION_SEED = 20260  # the fixed rotations of the rotated copies
 
 
 def rotated_copy(windows: Mapping[str, Any], seed: int = ROTATION_SEED) -> dict[str, Any]:
-    """The windows, each turned about its centroid by its own fixed random rotation (numpy in,
-    numpy out; torch in, torch out on the same device)."""
+    """The windows and their prior paths, each turned about its centroid by its own fixed random
+    rotation (numpy in, numpy out; torch in, torch out on the same device)."""
     numpy = isinstance(windows["x0"], np.ndarray)
     t = {k: torch.as_tensor(v) for k, v in windows.items() if not (isinstance(v, np.ndarray) and v.dtype == object)}
     out = rotate_windows(t, torch.Generator().manual_seed(seed))
@@ -266,8 +157,9 @@ def rotated_copy(windows: Mapping[str, Any], seed: int = ROTATION_SEED) -> dict[
 def score_windows(model: torch.nn.Module | None, windows: Mapping[str, Any], batch_size: int = 256,
                   autocast: Any = None, floors: Sequence[str] = FLOORS,
                   rotated: Mapping[str, Any] | None = None) -> ErrorTable:
-    """The ErrorTable of a window set: the model (if given) on the windows and on `rotated`
-    (default: `rotated_copy(windows)`), and the floors on the same windows."""
+    """The ErrorTable of a window set carrying its prior paths (`with_paths`): the model (if
+    given) on the windows and on `rotated` (default: `rotated_copy(windows)`), and the floors
+    on the same windows."""
     ids = windows.get("molecule_id")
     lags = np.asarray(windows["lags_fs"].cpu() if isinstance(windows["lags_fs"], torch.Tensor) else windows["lags_fs"])
     table = ErrorTable(lags.astype(np.float64), np.asarray(ids if ids is not None else [""] * len(lags), dtype=object),
@@ -402,7 +294,8 @@ def check_request(root: str | Path, molecules: Sequence[str] | None, horizons_fs
 def evaluate_dataset(model: torch.nn.Module, cfg: RunConfig, root: str | Path, molecules: Sequence[str] | None = None,
                      horizons_fs: Sequence[float] = (25.0, 100.0, 400.0, 1000.0), num_lags: Sequence[int] = (8,),
                      windows: int = 200, seed: int = 0, batch_size: int = 256, elements: Sequence[int] = (),
-                     progress: bool = False) -> tuple[list[dict[str, Any]], dict[int, ErrorTable]]:
+                     progress: bool = False, timings: dict[str, float] | None = None,
+                     ) -> tuple[list[dict[str, Any]], dict[int, ErrorTable]]:
     """Score `model` (trained with `cfg`) on `windows` fixed windows per molecule, horizon ΔT
     (uniform lags) and number of lags P of the data set at `root`.
 
@@ -410,12 +303,19 @@ def evaluate_dataset(model: torch.nn.Module, cfg: RunConfig, root: str | Path, m
     horizon fixed and P lags, from anywhere in each trajectory, seeded by (seed, molecule, P,
     ΔT). Returns one row per (P, molecule, ΔT) with S2T/S2S of the model and every floor and
     their ratios, plus a mean row per (P, ΔT) (molecule_id "mean"), and per P the ErrorTable
-    of all its windows (its `errors` hold every predictor).
+    of all its windows (its `errors` hold every predictor). `timings`, when given, receives the
+    seconds spent per stage: cutting windows, each part of the prior paths (basins, vibration,
+    MMFF94 MD, ...), and scoring (the floors and the model).
     """
+    import time
     from tqdm import tqdm
 
     wanted = check_request(root, molecules, horizons_fs, num_lags)
     files = molecule_files(root, wanted)
+    physics = FramePhysics.load(root, wanted)
+    transform = eval_transform(cfg, physics)
+    clock = timings if timings is not None else {}
+    clock["stored per-frame physics"] = float(physics is not None)
     rows, tables = [], []
     steps = tqdm(total=len(wanted) * len(horizons_fs) * len(num_lags), desc="evaluate", unit="set",
                  disable=not progress)
@@ -427,12 +327,20 @@ def evaluate_dataset(model: torch.nn.Module, cfg: RunConfig, root: str | Path, m
             for h in horizons_fs:
                 dcfg = replace(cfg.data, horizon="fixed", horizon_fs=float(h), num_lags=int(p))
                 usable = [s for s in segments if s.n_frames > max_horizon_frames(dcfg, s.dt_fs)]
+                t0 = time.perf_counter()
                 w = pad_windows(segment_windows(usable, windows, dcfg, window_seed(seed, mid, "evaluate", p, float(h))))
+                t1 = time.perf_counter()
+                w = with_paths(w, transform)
+                t2 = time.perf_counter()
                 table = score_windows(model, w, batch_size)
+                t3 = time.perf_counter()
+                for key, value in (("windows", t1 - t0), ("prior paths", t2 - t1), ("scoring", t3 - t2)):
+                    clock[key] = clock.get(key, 0.0) + value
                 tables.append((int(p), table))
                 rows.append(_row(table, {"num_lags": int(p), "molecule_id": mid, "horizon_fs": float(h)}))
                 steps.update()
     steps.close()
+    clock.update({f"prior paths: {part}": value for part, value in transform.seconds.items()})
     for p in num_lags:
         for h in horizons_fs:
             group = [r for r in rows if r["num_lags"] == p and r["horizon_fs"] == float(h)]
@@ -464,8 +372,8 @@ def _ratios(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def validation_windows(data: DataConfig, split: Split) -> dict[str, np.ndarray]:
-    """The fixed validation windows of a training run: the same on every rank, every epoch and
-    when `run_validation` re-scores a checkpoint."""
+    """The fixed validation windows of a training run (without prior paths): the same on every
+    rank, every epoch and when `run_validation` re-scores a checkpoint."""
     return fixed_windows(data.path, split.val, data.val_windows, data, data.split_seed + 1, split.ranges["val"])
 
 
@@ -477,5 +385,5 @@ def run_validation(model: torch.nn.Module, cfg: RunConfig, path: str | Path | No
     data = replace(cfg.data, path=str(path or cfg.data.path))
     molecules = usable_molecules(data)
     split = make_split(molecules.column("molecule_id").to_pylist(), molecules.column("smiles").to_pylist(), data)
-    windows = validation_windows(data, split)
+    windows = with_paths(validation_windows(data, split), eval_transform(cfg, FramePhysics.load(data.path, split.val)))
     return summarise(score_windows(model, windows, batch_size), "val"), len(windows["x0"])

@@ -9,7 +9,9 @@ model sees the atoms it was trained on (`data.context_atoms`: heavy atoms, or ev
 centred on their centroid, with RWPE from the 1.6 Å radius graph, exactly as the window
 sampler makes them. Lags may be
 any number and any spacing (T-RoPE takes real times; they are fed P = data.num_lags at a
-time), and the output is in the input's coordinate frame.
+time), and the output is in the input's coordinate frame. The model's prior paths go through
+the same transform as training windows (`atomray.priors.paths`), with the state's basin found
+through the machine's basin store (MMFF94, and GFN2-xTB once for a basin never met).
 """
 
 from __future__ import annotations
@@ -23,14 +25,19 @@ import numpy as np
 from atomray.config import RunConfig
 from atomray.data.frames import DataError, check_atomic_numbers, check_coordinates
 
+
 @dataclass
 class InitialState:
-    """One molecular state: atomic numbers (N,), positions (N,3) Å, velocities (N,3) Å/fs."""
+    """One molecular state: atomic numbers (N,), positions (N,3) Å, velocities (N,3) Å/fs.
+    `frame_of`: (data set root, molecule id, frames row, frame) when the state is a frame of a
+    data set, so its prior reads the data set's stored per-frame physics (`atomray.priors.frames`)
+    instead of minimising it again; None for a new state."""
 
     name: str
     atomic_numbers: np.ndarray
     positions: np.ndarray
     velocities: np.ndarray
+    frame_of: tuple[str, str, int, int] | None = None
 
 
 @dataclass
@@ -103,7 +110,8 @@ def predict(model, cfg: RunConfig, state: InitialState, lags_fs: Sequence[float]
     """Predict the positions of `state`'s model atoms at `lags_fs` (fs after the state)."""
     import torch
 
-    from atomray.data.windows import rwpe_of_frames
+    from atomray.data.pipeline import to_torch
+    from atomray.model.registry import model_inputs
 
     lags = np.asarray(lags_fs, dtype=np.float64)
     if lags.ndim != 1 or len(lags) == 0 or not np.all(np.isfinite(lags)) or np.any(lags <= 0):
@@ -118,22 +126,89 @@ def predict(model, cfg: RunConfig, state: InitialState, lags_fs: Sequence[float]
     check_elements(z, elements, state.name)
     x = state.positions[keep].astype(np.float32)
     origin = x.mean(0)
-    x0 = (x - origin)[None]  # (1, N, 3)
-    v0 = state.velocities[keep].astype(np.float32)[None]
-    rwpe = rwpe_of_frames(x0, cfg.data.rwpe_k, cfg.data.radius) if cfg.data.rwpe_k > 0 else None
+    p = cfg.data.num_lags
     # The models take P = cfg.data.num_lags lags per sample; any other number of lags is cut
     # into groups of P (the last group padded by repeating its final lag), one sample each.
-    p = cfg.data.num_lags
     groups = -(-len(lags) // p)
     padded = np.concatenate([lags, np.full(groups * p - len(lags), lags[-1])]).reshape(groups, p)
+    batch = state_windows(cfg, [state], np.repeat(np.arange(1), groups), padded, origin[None])
     b, n = groups, len(z)
     with torch.no_grad():
-        out = model(torch.from_numpy(np.repeat(x0, b, 0)), torch.from_numpy(np.repeat(v0, b, 0)),
-                    torch.from_numpy(np.repeat(z[None].astype(np.int64), b, 0)),
-                    torch.from_numpy(padded.astype(np.float32)), torch.ones(b, n, dtype=torch.bool),
-                    None if rwpe is None else torch.from_numpy(np.repeat(rwpe, b, 0)))
+        out = model(**model_inputs(to_torch(batch)))
     positions = out.reshape(b * p, n, 3)[: len(lags)].double().numpy() + origin  # (len(lags), N, 3)
     return PredictedFrames(state.name, z, lags, positions, x.astype(np.float64))
+
+
+def state_windows(cfg: RunConfig, states: Sequence[InitialState], which: np.ndarray, lags: np.ndarray,
+                  origins: np.ndarray, positions: np.ndarray | None = None, velocities: np.ndarray | None = None,
+                  dtype=np.float32) -> dict[str, np.ndarray]:
+    """A padded window batch (numpy, no targets) of model inputs for new states, with their prior
+    paths: row r is state `which[r]` at lags `lags[r]` (P,) fs, centred on `origins[which[r]]`
+    (3,). `positions`/`velocities` (S, N_max, 3) override the states' own (rollout steps; the
+    model's atoms, padded). The same atoms, centring, RWPE and prior transform as training windows."""
+    from atomray.data.windows import atom_selection, rwpe_of_frames
+    from atomray.elements import atomic_masses
+    from atomray.priors.compose import prior_parts
+    from atomray.priors.paths import PriorPaths
+
+    keeps = [atom_selection(s.atomic_numbers, cfg.data.context_atoms) for s in states]
+    others = [np.setdiff1d(np.arange(len(s.atomic_numbers)), k) for s, k in zip(states, keeps)]
+    n = max(len(k) for k in keeps)
+    m = max(len(o) for o in others)
+    rows = len(which)
+    out = {"x0": np.zeros((rows, n, 3), dtype), "v0": np.zeros((rows, n, 3), dtype), "z": np.zeros((rows, n), np.int64),
+           "mass": np.zeros((rows, n), dtype), "mask": np.zeros((rows, n), bool), "lags_fs": lags.astype(dtype)}
+    context = cfg.data.context_atoms == "heavy" and m > 0
+    if context:
+        out.update(ctx_x0=np.zeros((rows, m, 3), dtype), ctx_v0=np.zeros((rows, m, 3), dtype),
+                   ctx_mass=np.zeros((rows, m), dtype))
+    for r, i in enumerate(which):
+        s, k, o = states[i], keeps[i], others[i]
+        pos = s.positions[k] if positions is None else positions[i, :len(k)]
+        vel = s.velocities[k] if velocities is None else velocities[i, :len(k)]
+        out["x0"][r, :len(k)] = pos - origins[i]
+        out["v0"][r, :len(k)] = vel
+        out["z"][r, :len(k)] = s.atomic_numbers[k]
+        out["mass"][r, :len(k)] = atomic_masses(s.atomic_numbers[k])
+        out["mask"][r, :len(k)] = True
+        if context and positions is None and len(o):  # a rollout step has no hydrogens of a heavy-atom model
+            out["ctx_x0"][r, :len(o)] = s.positions[o] - origins[i]
+            out["ctx_v0"][r, :len(o)] = s.velocities[o]
+            out["ctx_mass"][r, :len(o)] = atomic_masses(s.atomic_numbers[o])
+    if cfg.data.rwpe_k > 0:
+        out["rwpe"] = np.zeros((rows, n, cfg.data.rwpe_k), dtype)
+        for r, i in enumerate(which):
+            k = int(out["mask"][r].sum())
+            out["rwpe"][r, :k] = rwpe_of_frames(out["x0"][r:r + 1, :k], cfg.data.rwpe_k, cfg.data.radius)[0]
+    known = positions is None  # a rollout step's states are new states, whatever they started from
+    # new states are grouped by their atoms (the same atom order: their paths are computed together)
+    out["molecule_id"] = np.array([states[i].frame_of[1] if known and states[i].frame_of else
+                                   "new:" + "-".join(map(str, states[i].atomic_numbers)) for i in which], dtype=object)
+    out["segment"] = np.array([states[i].frame_of[2] if known and states[i].frame_of else -1 for i in which], np.int64)
+    out["frame"] = np.array([states[i].frame_of[3] if known and states[i].frame_of else -1 for i in which], np.int64)
+    roots = {states[i].frame_of[0] for i in which if known and states[i].frame_of}
+    parts = prior_parts(cfg.model.prior, cfg.model.anharmonic)
+    return PriorPaths(parts, StatesBasins(roots), dtype=dtype)(out)
+
+
+class StatesBasins:
+    """The basin source of `state_windows`: a data set frame's stored basin where its data set
+    has per-frame physics, the machine's basin store for every other state."""
+
+    def __init__(self, roots: set[str]):
+        from atomray.priors.frames import FramePhysics
+        from atomray.priors.paths import DatasetBasins, StateBasins
+
+        self.stored = {}
+        for root in roots:
+            physics = FramePhysics.load(root)
+            if physics is not None:
+                self.stored.update({m: DatasetBasins(physics) for m in physics.molecules})
+        self.new = StateBasins()
+
+    def __call__(self, molecule_id, segment, frame, x, z, n_model):
+        source = self.stored.get(molecule_id) if (segment >= 0).all() else None
+        return (source or self.new)(molecule_id, segment, frame, x, z, n_model)
 
 
 def write_extxyz(path: str | Path, frames: PredictedFrames) -> Path:

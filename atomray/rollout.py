@@ -22,12 +22,10 @@ molecule's rotation (ω ~ 10⁻³ rad/fs), so the rigid / rotor prior with a zer
 a rigid molecule exactly and its rollout is the analytic motion to round-off
 (`tests/test_rollout.py`). With P = data.num_lags ≥ 5 a step is one model call (P − 4 recorded
 frames); with fewer lags the frames and the difference lags go in two rows of the batch.
-`velocity="autodiff"` instead differentiates the model along the lag by forward-mode AD (exact
-for the model, no extra lags): it agrees with the difference to ~10⁻⁷ relative but costs about
-30× more on CPU (PyTorch's fused attention has no forward-mode derivative and the rotor's RK4
-runs through decomposed ops), so the difference is the default (measured:
-benchmarks/bench_rollout.py). Atoms the model does not see (hydrogens of a heavy-atom model)
-are not rolled out.
+Each step's states go through the same prior transform as training windows
+(`atomray.priors.paths`, basins through the machine's basin store). Atoms the model does not see
+(hydrogens of a heavy-atom model) are not rolled out; such a model's rigid-body prior then comes
+from its heavy atoms alone after the first step.
 """
 
 from __future__ import annotations
@@ -70,10 +68,11 @@ def state_from_dataset(root: str | Path, molecule_id: str, frame: int) -> Initia
     total = sum(p.n_frames for p in pieces)
     if not 0 <= frame < total:
         raise DataError(f"{root}: molecule {molecule_id!r} has {total} frames; frame {frame} does not exist")
+    name = f"{molecule_id}@{frame}"
     for piece in pieces:
         if frame < piece.n_frames:
-            return InitialState(f"{molecule_id}@{frame}", piece.atomic_numbers, piece.positions[frame].astype(np.float64),
-                                piece.velocities[frame].astype(np.float64))
+            return InitialState(name, piece.atomic_numbers, piece.positions[frame].astype(np.float64),
+                                piece.velocities[frame].astype(np.float64), (str(root), molecule_id, piece.segment, frame))
         frame -= piece.n_frames
     raise AssertionError("unreachable")
 
@@ -100,62 +99,47 @@ def step_lags(step: float, p: int, delta: float = DELTA_FS) -> tuple[np.ndarray,
     return np.stack([frames, np.concatenate([diff, np.full(p - len(DIFFERENCE), step)])]), frames
 
 
-def predict_with_velocity(model, x0, v0, z, lags, mask, rwpe=None, velocity: str = "difference"):
-    """(positions (B,P,N,3), ∂positions/∂t at the last lag (B,N,3)) by forward-mode AD along the
-    last lag (`velocity="autodiff"`; attention on PyTorch's math kernel, as the fused CPU kernels
-    have no forward-mode derivative)."""
-    import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    if velocity != "autodiff":
-        raise ValueError(f"predict_with_velocity: velocity must be 'autodiff', found {velocity!r}")
-    tangent = torch.zeros_like(lags)
-    tangent[:, -1] = 1.0
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-        out, dout = torch.func.jvp(lambda t: model(x0, v0, z, t, mask, rwpe), (lags,), (tangent,))
-    return out, dout[:, -1]
-
-
-def model_step(model, xc, v, z, mask, rwpe, step: float, p: int, dtype, velocity: str,
-               delta: float = DELTA_FS) -> tuple[np.ndarray, np.ndarray]:
-    """One rollout step of centred states: (frames (B, F, N, 3) centred, velocity at ΔT (B, N, 3))."""
+def model_step(model, cfg: RunConfig, states: Sequence[InitialState], x: np.ndarray, v: np.ndarray, step: float,
+               dtype, delta: float = DELTA_FS) -> tuple[np.ndarray, np.ndarray]:
+    """One rollout step from the states' current model-atom positions x and velocities v
+    (B, N, 3), lab frame: (frames (B, F, N, 3) centred on each state's centroid, velocity at ΔT
+    (B, N, 3), the centroids (B, 1, 3))."""
     import torch
 
-    b = xc.shape[0]
-    t = lambda a: None if a is None else torch.as_tensor(a, dtype=dtype)  # noqa: E731
-    if velocity == "autodiff":
-        lags = np.tile(step * np.arange(1, p + 1) / p, (b, 1))
-        out, vel = predict_with_velocity(model, t(xc), t(v), torch.as_tensor(z), t(lags), torch.as_tensor(mask),
-                                         t(rwpe), velocity)
-        return out.double().numpy(), vel.double().numpy()
-    if velocity != "difference":
-        raise ValueError(f"rollout: velocity must be 'difference' or 'autodiff', found {velocity!r}")
+    from atomray.data.pipeline import to_torch
+    from atomray.model.registry import model_inputs
+    from atomray.predict import state_windows
+
+    b, p = x.shape[0], cfg.data.num_lags
     rows, frames = step_lags(step, p, delta)
     r = len(rows)  # each state repeated once per row
-    rep = lambda a: None if a is None else np.repeat(a, r, axis=0)  # noqa: E731
+    mask = np.zeros(x.shape[:2], bool)
+    for i, s in enumerate(states):
+        mask[i, : len(model_atoms(cfg, s.atomic_numbers))] = True
+    origin = (x * mask[..., None]).sum(1, keepdims=True) / mask.sum(1)[:, None, None]  # (B, 1, 3)
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    batch = state_windows(cfg, states, np.repeat(np.arange(b), r), np.tile(rows, (b, 1)), origin[:, 0], x, v,
+                          dtype=np_dtype)
     with torch.no_grad():
-        out = model(t(rep(xc)), t(rep(v)), torch.as_tensor(rep(z)), t(np.tile(rows, (b, 1))),
-                    torch.as_tensor(rep(mask)), t(rep(rwpe)))
+        out = model(**model_inputs(to_torch(batch)))
     out = out.double().numpy().reshape(b, r * p, *out.shape[2:])  # (B, R·P, N, 3)
     flat = rows.ravel()
     at = [int(np.flatnonzero(flat == lag)[0]) for lag in step + delta * np.asarray(DIFFERENCE)]
     with np.errstate(invalid="ignore", over="ignore"):  # a molecule flying apart: handled by the caller
         vel = sum(w * out[:, i] for w, i in zip(WEIGHTS, at)) / (12 * delta)
-    return out[:, : len(frames)], vel
+    return out[:, : len(frames)], vel, origin
 
 
 def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: float, step_fs: float | None = None,
-            elements: Sequence[int] = (), dtype=None, progress: bool = False, velocity: str = "difference",
-            delta_fs: float = DELTA_FS) -> Rollout:
+            elements: Sequence[int] = (), dtype=None, progress: bool = False, delta_fs: float = DELTA_FS) -> Rollout:
     """Roll every state forward to `total_fs` in steps of `step_fs` (default: the longest
     trained horizon), all states in one batch. `dtype` (default float32) is the precision of
     the model's inputs; pass torch.float64 with a float64 model for exact physics checks.
-    `velocity`: "difference" (default, spacing `delta_fs`) or "autodiff", see the module docstring."""
+    Velocities: the centred difference over lags ΔT ± `delta_fs`, ΔT ± 2 `delta_fs`."""
     import time
 
     import torch
 
-    from atomray.data.windows import rwpe_of_frames
     from atomray.evaluate import check_elements
 
     if not states:
@@ -173,17 +157,16 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
         check_elements(z, elements, s.name)
     b, n, p = len(states), max(len(z) for z in zs), cfg.data.num_lags
     mask = np.zeros((b, n), bool)
-    z_pad = np.zeros((b, n), np.int64)
     x = np.zeros((b, n, 3))
     v = np.zeros((b, n, 3))
     for i, (s, k, z) in enumerate(zip(states, keeps, zs)):
-        mask[i, : len(z)], z_pad[i, : len(z)] = True, z
+        mask[i, : len(z)] = True
         x[i, : len(z)], v[i, : len(z)] = s.positions[k], s.velocities[k]
 
     n_steps = int(round(total_fs / step))
     if not 0 < delta_fs < step / 2:
         raise DataError(f"rollout: the difference spacing must be in (0, step/2), found {delta_fs} fs")
-    frame_lags = step_lags(step, p, delta_fs)[1] if velocity == "difference" else step * np.arange(1, p + 1) / p
+    frame_lags = step_lags(step, p, delta_fs)[1]
     frames, velocities = [x.copy()], [v.copy()]
     dead = np.zeros(b, bool)
     model = model.eval()
@@ -194,14 +177,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
 
         bar = tqdm(total=n_steps, desc=f"rollout of {b} molecule(s), {step:g} fs per step", unit="step")
     for _ in range(n_steps):
-        origin = (x * mask[..., None]).sum(1, keepdims=True) / mask.sum(1)[:, None, None]
-        xc = (x - origin) * mask[..., None]
-        rwpe = None
-        if cfg.data.rwpe_k > 0:
-            rwpe = np.zeros((b, n, cfg.data.rwpe_k))
-            for i, z in enumerate(zs):
-                rwpe[i, : len(z)] = rwpe_of_frames(xc[i : i + 1, : len(z)], cfg.data.rwpe_k, cfg.data.radius)[0]
-        out, vel = model_step(model, xc, v, z_pad, mask, rwpe, step, p, dtype, velocity, delta_fs)
+        out, vel, origin = model_step(model, cfg, states, x, v, step, dtype, delta_fs)
         out = out * mask[:, None, :, None] + origin[:, None]  # (B, F, N, 3)
         x, v = out[:, -1].copy(), vel * mask[..., None]
         # A molecule whose state is no longer finite has flown apart: its frames are NaN from

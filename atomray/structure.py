@@ -39,7 +39,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from atomray.data.windows import atomic_masses
+from atomray.elements import atomic_masses
 
 U_KG = 1.66053906660e-27  # atomic mass unit (CODATA 2018)
 K_B = 1.380649e-23  # Boltzmann constant, J/K (exact, SI 2019)

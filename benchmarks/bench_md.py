@@ -1,6 +1,7 @@
 """MD throughput of the TG80 builder.
 
-    python benchmarks/bench_md.py [--repeats 3] [--steps 300] [--molecules 4] [--production-fs 1000]
+    python benchmarks/bench_md.py [--repeats 3] [--steps 300] [--molecules 4] [--production-fs 2000]
+    python benchmarks/bench_md.py --repeats 1 --steps 20 --molecules 2 --production-fs 100   # runs it; too small for the speed-up
 
 Prints one JSON line (the last line of output) with
     fs_per_s_per_core       simulated fs per wall-second on one core, GFN2-xTB aspirin

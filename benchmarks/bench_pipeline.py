@@ -1,6 +1,18 @@
-"""Is the data path ever the bottleneck? Ray Data → Ray Train vs the same loop fed from memory.
+"""How fast the data path feeds a training worker, and whether it is ever the bottleneck.
 
-Runs the same training on the shipped TG80-mini set with 2 CPU workers (DDP, gloo), streaming
+Default: windows per second that one CPU core delivers to a training worker, for a shipped
+config's prior — the worker's window stream (`atomray.data.pipeline.WindowStream`: cut windows
+from the chunks Ray Data sends, pool, shuffle, pad, attach the prior paths, convert to torch),
+pinned to one core, fed the chunk tables `chunk_segments` makes of tg80-mini (what Ray Data's
+read tasks hand the worker). Median over `--repeats` epochs of `--windows` windows each.
+
+    .venv/bin/python benchmarks/bench_pipeline.py                                   # pretrain.yaml
+    .venv/bin/python benchmarks/bench_pipeline.py --config jobs/configs/cv.yaml
+
+Target (issue 30): ≥ 1,000 windows/s per core with every shipped config's prior.
+
+`--end-to-end`: is the data path ever the bottleneck of a whole training run? Ray Data → Ray
+Train vs the same loop fed from memory. Runs the same training on the shipped TG80-mini set with 2 CPU workers (DDP, gloo), streaming
 through the real pipeline (read_parquet + chunking → streaming split → worker window stream)
 and with each worker's windows drawn into memory up front (same model, same loop, same
 batches per epoch). Throughput is training samples per second of the epochs after the first
@@ -9,8 +21,8 @@ A B B A … over `--repeats` pairs so that drift of a shared machine falls on bo
 a feed's figure is the median over all its counted epochs (epoch-to-epoch noise on a shared
 2-core VM is ±10 %, so one short run of each cannot resolve a 10 % gap).
 
-    .venv/bin/python benchmarks/bench_pipeline.py            # last line: one JSON object
-    .venv/bin/python benchmarks/bench_pipeline.py --gpu      # 1 GPU worker instead (on a GPU node)
+    .venv/bin/python benchmarks/bench_pipeline.py --end-to-end        # last line: one JSON object
+    .venv/bin/python benchmarks/bench_pipeline.py --end-to-end --gpu  # 1 GPU worker instead (on a GPU node)
 
 Target: ratio = pipeline / in-memory ≥ 0.9.
 """
@@ -50,12 +62,77 @@ def run(feed: str, overrides: list[str], storage: str) -> dict:
     return {"rates": rates, "waits": waits}
 
 
+class ChunkShard:
+    """The worker's view of its Ray Data shard: `iter_batches` over chunk tables (pyarrow), as
+    the streaming split delivers them."""
+
+    def __init__(self, tables: list):
+        self.tables = tables
+
+    def iter_batches(self, **_: object):
+        yield from self.tables
+
+
+def stream_rate(config: str, windows: int, repeats: int, overrides: list[str]) -> dict:
+    """Windows per second one core's window stream delivers (median of `repeats` epochs)."""
+    import numpy as np
+    import torch
+
+    from atomray.config import load_config
+    from atomray.data.dataset import read_molecules, read_parquet
+    from atomray.data.pipeline import EpochPlan, WindowStream, chunk_segments, count_starts, scan_segments
+    from atomray.data.splits import make_split, usable_molecules
+    from atomray.train.loss import training_transform
+    from atomray.train.pretrain import resolve
+
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core: the figure is per core
+    torch.set_num_threads(1)
+    cfg = resolve(load_config(config, overrides + [f"data.path={ROOT / 'data' / 'tg80-mini'}"]), ROOT)
+    table = usable_molecules(cfg.data)
+    split = make_split(table.column("molecule_id").to_pylist(), table.column("smiles").to_pylist(), cfg.data)
+    transform, _ = training_transform(cfg, list(split.train))
+    segments = scan_segments(cfg.data.path, split.train)
+    z = dict(zip(*(read_molecules(cfg.data.path).column(c).to_pylist() for c in ("molecule_id", "atomic_numbers"))))
+    tables = [chunk_segments(read_parquet(path), cfg.data, z) for path in sorted({s.path for s in segments})]
+    tables = [t.filter(np.isin(t.column("molecule_id").to_numpy(zero_copy_only=False), list(split.train)))
+              for t in tables]
+    local = cfg.data.batch_size // cfg.scaling.num_workers
+    data = cfg.data.__class__(**{**cfg.data.__dict__, "train_windows": windows, "batch_size": local})
+    plan = EpochPlan.make(data, count_starts(segments, data), 1)
+    rates = []
+    for epoch in range(repeats + 1):
+        stream = WindowStream(ChunkShard(tables), data, plan, cfg.train.seed, 0, transform=transform,
+                              with_context=transform.context)
+        t0 = time.perf_counter()
+        n = 0
+        for _, batches in stream.epochs(epoch, epoch + 1):
+            for batch in batches:
+                n += len(batch["x0"])
+        stream.close()
+        if epoch:  # the first epoch warms caches and imports
+            rates.append(n / (time.perf_counter() - t0))
+    return {"config": Path(config).name, "prior": cfg.model.prior + ("+anharmonic" if cfg.model.anharmonic else ""),
+            "loss_weighting": cfg.train.loss_weighting, "batch": local,
+            "windows_per_s_per_core": round(statistics.median(rates), 1), "epoch_rates": [round(r, 1) for r in rates],
+            "windows_per_epoch": plan.steps_per_epoch * plan.local_batch,
+            "prior_paths_s_per_window": {k: round(v / max(1, repeats + 1) / (plan.steps_per_epoch * plan.local_batch), 6)
+                                         for k, v in transform.seconds.items()},
+            "cores": 1, "load_average_1min": round(os.getloadavg()[0], 2), "target_windows_per_s_per_core": 1000}
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "pretrain.yaml"))
+    parser.add_argument("--windows", type=int, default=2048, help="windows per epoch of the stream benchmark")
+    parser.add_argument("--end-to-end", action="store_true", help="the Ray Data vs in-memory training comparison")
     parser.add_argument("--epochs", type=int, default=5, help="per run; the first is not counted")
-    parser.add_argument("--repeats", type=int, default=3, help="pairs of runs, one of each feed")
+    parser.add_argument("--repeats", type=int, default=3, help="epochs (stream) or pairs of runs (--end-to-end)")
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = parser.parse_args()
+    if not args.end_to_end:
+        print(json.dumps(stream_rate(args.config, args.windows, args.repeats, args.overrides)))
+        return
 
     overrides = [f"train.epochs={args.epochs}", "data.train_windows=4096", "data.val_windows=256",
                  "data.test_windows=0"]

@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ridge", type=float, nargs="+", default=[0.01, 1.0, 10.0])
     args = ap.parse_args(argv)
 
-    from atomray import physics
     from atomray.data.dataset import load_trajectories
-    from atomray.data.windows import atomic_masses
+    from atomray.elements import atomic_masses
+    from atomray.priors import rigid as physics
 
     trajectories = load_trajectories(args.data, [args.molecule]).get(args.molecule)
     if not trajectories:

@@ -7,12 +7,24 @@ overall and per ΔT decade. One change at a time, identical windows for every ru
 
     .venv/bin/python benchmarks/probe_fold.py --fold 2 --steps 320                      # cv.yaml as is
     .venv/bin/python benchmarks/probe_fold.py --fold 2 --steps 320 model.name=egno
-    .venv/bin/python benchmarks/probe_fold.py --fold 2 --steps 320 train.loss_weighting=rigid
+    .venv/bin/python benchmarks/probe_fold.py --fold 2 --steps 320 model.anharmonic=true train.loss_weighting=anharmonic
     .venv/bin/python benchmarks/probe_fold.py --fold 3 --weight-shares          # who the loss weighting favours
 
-Prints validation S2T four times during training and, last, one JSON line (S2T ×10⁻² Å²).
-320 steps ≈ what one fold of `jobs/cv.py` trains (10 epochs × 2048 windows / 64); ~3–4 min per
-run on one thread. Two runs side by side with `--threads 1` use a 2-core machine fully.
+The windows carry their prior paths, computed once before training as the data path computes
+them (`atomray.priors.paths`): the training pool through the run's training transform
+(`atomray.train.loss.training_transform`), the validation and test windows through
+`atomray.evaluate.eval_transform`, both from tg80-mini's stored per-frame physics
+(`atomray.priors.frames`; the script waits for it while it is still being computed). A model
+with a prior other than harmonic also needs `model.relaxed_input=false model.prior_input=false`.
+
+Prints validation S2T four times during training and, last, one JSON line (S2T ×10⁻² Å²):
+test_s2t and every floor's test S2T, the ratios to rotor_all and harmonic_all, S2T per ΔT
+decade, the prior's learned τ, seconds. 320 steps ≈ what one fold of `jobs/cv.py` trains (10
+epochs × 2048 windows / 64). Two runs side by side with `--threads 1` use a 2-core machine fully.
+The figures in docs/experiments.md (and "~3–4 min per run on one thread") came from the code
+before the priors moved to the data path, when the prior's physics ran inside the forward pass
+(memoised per window) and switches since removed existed (the relaxed prior, the onset gate,
+`train.loss_weighting=rigid`); rerun a baseline before comparing with them.
 """
 
 from __future__ import annotations
@@ -39,7 +51,8 @@ def fold_windows(cfg, fold: int, train_windows: int, train_molecules: int = 0, t
     `exclude` names training molecules to leave out (before the subset is drawn).
     test_range "ood" scores the test molecules' whole trajectories (as `jobs/cv.py`); "last"
     only their last 10 % (`ID_RANGES["test"]`), which `include_test` (an oracle: the test
-    molecules' first 80 % join the training pool) never trains on."""
+    molecules' first 80 % join the training pool) never trains on. The windows carry no prior
+    paths yet: `training_pool` and `scoring_windows` attach them."""
     from atomray.data.pipeline import fixed_windows
     from atomray.data.splits import ID_RANGES, default_eval_sets
     from atomray.tune.cv import fold_splits
@@ -63,6 +76,51 @@ def fold_windows(cfg, fold: int, train_windows: int, train_molecules: int = 0, t
     frames = test_set.frame_fraction if test_range == "ood" else ID_RANGES["test"]
     test = fixed_windows(d.path, test_set.molecules, test_set.n, d, test_set.seed, frames)
     return split, molecules, pool, val, test
+
+
+def wait_for_physics(root, molecules, timeout_s: float = 1800.0) -> None:
+    """Block until the data set's per-frame physics is stored for every one of `molecules` (it
+    may still be being computed by another process); an error after `timeout_s`."""
+    from atomray.priors.frames import missing_molecules
+
+    t0 = time.perf_counter()
+    while missing := missing_molecules(root, list(dict.fromkeys(molecules))):
+        if time.perf_counter() - t0 > timeout_s:
+            raise SystemExit(f"{root}: no per-frame physics for {missing} after {timeout_s:.0f} s "
+                             f"(python jobs/frame_physics.py --data {root})")
+        print(f"waiting for {root}'s per-frame physics of {len(missing)} molecule(s) ...", flush=True)
+        time.sleep(30)
+
+
+def training_pool(cfg, molecules, pool: dict) -> dict:
+    """The training pool with the prior paths a training batch carries (the model's prior and
+    the loss weights' floor; `atomray.train.loss.training_transform`), context atoms kept only
+    when that transform needs them, as the training loop holds a fixed pool."""
+    from atomray.evaluate import with_paths
+    from atomray.train.loss import training_transform
+
+    transform = training_transform(cfg, list(molecules))[0]
+    pool = with_paths(pool, transform)
+    if not transform.context:
+        pool = {k: v for k, v in pool.items() if not k.startswith("ctx_")}
+    return pool
+
+
+def scoring_windows(cfg, molecules, windows: dict, floors=None, model: bool = True) -> dict:
+    """Evaluation windows of `molecules` with the prior paths the `floors` (default: all) and,
+    with `model`, the model of `cfg` read, basins from the data set's stored per-frame physics
+    (waited for when a path needs a basin)."""
+    from atomray.evaluate import FLOORS, eval_transform, with_paths
+    from atomray.priors.compose import floor_parts, prior_parts
+    from atomray.priors.frames import FramePhysics
+
+    floors = FLOORS if floors is None else floors
+    parts = floor_parts(floors) | (prior_parts(cfg.model.prior, cfg.model.anharmonic) if model else frozenset())
+    physics = None
+    if "vibration" in parts:
+        wait_for_physics(cfg.data.path, molecules)
+        physics = FramePhysics.load(cfg.data.path, list(molecules))
+    return with_paths(windows, eval_transform(cfg if model else None, physics, floors))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -100,8 +158,12 @@ def main(argv: list[str] | None = None) -> dict:
                                                        args.test_range, args.include_test,
                                                        tuple(args.exclude_molecules))
     d = cfg.data
+    wait_for_physics(d.path, [*train_molecules, *split.val, *split.test])
+    pool = training_pool(cfg, train_molecules, pool)
     if args.weight_shares:
         return weight_shares(cfg, args.fold, pool)
+    val = scoring_windows(cfg, split.val, val)
+    test = scoring_windows(cfg, split.test, test)
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, num_lags=d.num_lags, rwpe_dim=d.rwpe_k)
@@ -136,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
               "ratio_harmonic_all": m["test_s2t"] / m["test_s2t_harmonic_all"],
               "by_dt": {k[len("test_s2t_"):]: round(100 * v, 4) for k, v in m.items()
                         if k.startswith("test_s2t_dt_") and k.endswith(("fs", "_rotor_all", "_harmonic_all"))},
-              "prior_taus_fs": {k: round(float(v.exp()), 1) for k, v in model.named_parameters() if k.endswith("log_tau")},
+              "prior_taus_fs": {k: round(float(v.detach().exp()), 1) for k, v in model.named_parameters() if k.endswith("log_tau")},
               "seconds": time.perf_counter() - t0}
     print(json.dumps(result), flush=True)
     return result
@@ -144,15 +206,19 @@ def main(argv: list[str] | None = None) -> dict:
 
 def weight_shares(cfg, fold: int, pool: dict) -> dict:
     """Each training molecule's share of the summed loss weights (`window_weights`, each random
-    batch normalised as in training) over the training pool, and its windows' share; one JSON line."""
+    batch normalised as in training) over the training pool (carrying its prior paths), and its
+    windows' share; one JSON line."""
     from atomray.data.pipeline import to_torch
     from atomray.train.loss import window_weights
 
     train, b = to_torch(pool), cfg.data.batch_size
     order = np.random.default_rng(cfg.train.seed).permutation(len(train["x0"]))  # mixed batches, as in training
-    weights = torch.cat([window_weights({k: v[torch.from_numpy(order[i:i + b])] for k, v in train.items()},
-                                        cfg.train.loss_weight_floor, cfg.train.loss_weighting)
-                         for i in range(0, len(order), b)]).numpy()
+    if cfg.train.loss_weighting == "none":
+        weights = np.ones(len(order))
+    else:
+        weights = torch.cat([window_weights({k: v[torch.from_numpy(order[i:i + b])] for k, v in train.items()},
+                                            cfg.train.loss_weight_floor, cfg.train.loss_weighting)
+                             for i in range(0, len(order), b)]).numpy()
     names = np.asarray(pool["molecule_id"])[order]
     result = {"fold": fold, "loss_weighting": cfg.train.loss_weighting, "loss_weight_floor": cfg.train.loss_weight_floor,
               "weight_share": {m: round(float(weights[names == m].sum() / weights.sum()), 4) for m in sorted(set(names))},

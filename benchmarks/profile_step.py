@@ -1,12 +1,18 @@
-"""Where a training step's time goes: one CV fold's windows, the committed cv.yaml model and loss.
+"""Where a training step's time goes: data (cutting and padding windows), the prior (its paths in
+the data path, and its composition inside the forward pass) and the network (forward, backward,
+optimiser step), for a shipped config on the shipped data set, one CPU thread.
 
-    .venv/bin/python benchmarks/profile_step.py [--fold 0] [--batches 8] [--batch 32] [key=value ...]
+    .venv/bin/python benchmarks/profile_step.py                                  # pretrain.yaml
+    .venv/bin/python benchmarks/profile_step.py --config jobs/configs/cv.yaml
+    .venv/bin/python benchmarks/profile_step.py --config jobs/configs/tg80_multitask.yaml --batch 32
 
-Draws `--batches` batches of `--batch` training windows of the fold (a rank's share of cv.yaml's
-batch of 64 on 2 workers), runs one untimed step, then `train_step` on each under cProfile on
-one thread. Prints one JSON line: seconds per step (median), and the seconds per step spent in
-the physics that runs on the host (MMFF94 MD, MMFF94 minimisation, GFN2-xTB basin matching) and
-in the network's forward and backward passes.
+Windows are drawn the way a training worker draws them (random training molecules of the
+config's split, the config's horizons; `--batch` windows per step, default the config's batch
+over its workers), each step timed part by part, `--batches` steps after one untimed. The
+composition inside the forward (`atomray.priors.compose.Prior`) is timed with cProfile. Data
+paths are replaced by tg80-mini (the paper-scale config's TG80 data is not shipped). Prints one
+JSON line: seconds per step (medians) of each part and the prior's share of the step.
+Target (issue 30): prior share ≤ 5 % for every shipped config.
 """
 
 from __future__ import annotations
@@ -19,66 +25,104 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-PARTS = {  # label: (file suffix, function) whose cumulative time is reported
-    "mmff94_md": ("atomray/anharmonic.py", "_integrate"),
-    "mmff94_minimisation": ("atomray/relaxation.py", "mmff_minimum"),
-    "basin_matching": ("atomray/relaxation.py", "basin_minimum"),
-    "loss_weights": ("atomray/train/loss.py", "window_weights"),
-    "model_forward": ("torch/nn/modules/module.py", "_call_impl"),
-    "backward": ("torch/_tensor.py", "backward"),
-}
+
+def training_pool(cfg, molecules: list[str]) -> list:
+    """The training molecules' frames rows, held in memory as a worker holds its chunks."""
+    from atomray.data.pipeline import molecule_files, molecule_segments
+
+    files = molecule_files(cfg.data.path, molecules)
+    return [seg for m in molecules for seg in molecule_segments(cfg.data.path, m, files[m])]
+
+
+def draw_batch(cfg, pool: list, n: int, rng: np.random.Generator, context: bool) -> dict:
+    """n windows from 4 random trajectories of the pool, padded: what a worker's stream pools."""
+    from atomray.data.pipeline import window_seed
+    from atomray.data.windows import pad_windows, sample_windows
+
+    picks = rng.choice(len(pool), size=4, replace=len(pool) < 4)
+    counts = np.bincount(rng.integers(0, 4, size=n), minlength=4)
+    groups = [sample_windows(pool[i], int(c), cfg.data, window_seed(int(rng.integers(2**31)), i), with_context=context)
+              for i, c in zip(picks, counts) if c]
+    return pad_windows(groups)
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "cv.yaml"))
-    ap.add_argument("--fold", type=int, default=0)
+    ap.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "pretrain.yaml"))
     ap.add_argument("--batches", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=0, help="windows per step (default: the config's per worker)")
     ap.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
-    from probe_fold import fold_windows
-
     from atomray.config import load_config
     from atomray.data.pipeline import to_torch
+    from atomray.data.splits import make_split, usable_molecules
     from atomray.model import build_model
+    from atomray.train.loss import training_transform
     from atomray.train.optim import build_optimizer, train_step
     from atomray.train.pretrain import resolve
 
-    cfg = resolve(load_config(args.config, args.overrides))
-    pool = fold_windows(cfg, args.fold, (args.batches + 1) * args.batch)[2]
-    batches = [to_torch({k: v[i:i + args.batch] for k, v in pool.items()})
-               for i in range(0, (args.batches + 1) * args.batch, args.batch)]
+    cfg = load_config(args.config, args.overrides + [f"data.path={ROOT / 'data' / 'tg80-mini'}"])
+    if cfg.data.split == "umap_cluster" and cfg.data.num_clusters > 5:  # tg80-mini's 16 molecules
+        cfg = replace(cfg, data=replace(cfg.data, num_clusters=10, num_folds=5))
+    cfg = resolve(cfg, ROOT)
+    table = usable_molecules(cfg.data)
+    split = make_split(table.column("molecule_id").to_pylist(), table.column("smiles").to_pylist(), cfg.data)
+    transform, _ = training_transform(cfg, list(split.train))
+    pool = training_pool(cfg, list(split.train))
+    batch_size = args.batch or max(1, cfg.data.batch_size // cfg.scaling.num_workers)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k)
     optimizer = build_optimizer(model, cfg.optim)
     gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
     total = args.batches + 1
-    train_step(model, optimizer, batches[0], cfg, 0, total, gen, gen, nullcontext())  # untimed
-    profile, seconds = cProfile.Profile(), []
-    for step, batch in enumerate(batches[1:], start=1):
+    parts: dict[str, list[float]] = {"data": [], "prior_paths": [], "to_torch": [], "network": []}
+    profile = cProfile.Profile()
+    for step in range(total):
         t0 = time.perf_counter()
-        profile.enable()
+        windows = draw_batch(cfg, pool, batch_size, rng, transform.context)
+        t1 = time.perf_counter()
+        windows = transform(windows)
+        t2 = time.perf_counter()
+        batch = to_torch(windows)
+        t3 = time.perf_counter()
+        if step:
+            profile.enable()
         train_step(model, optimizer, batch, cfg, step, total, gen, gen, nullcontext())
-        profile.disable()
-        seconds.append(time.perf_counter() - t0)
+        if step:
+            profile.disable()
+        t4 = time.perf_counter()
+        if step:  # the first step is not timed (allocations, lazy imports)
+            for key, value in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                value = value if key != "to_torch" else value
+                parts[key].append(value)
     stats = pstats.Stats(profile).stats  # (file, line, function) -> (calls, primitive, tottime, cumtime, callers)
-    parts = {}
-    for label, (suffix, function) in PARTS.items():
-        cum = sum(v[3] for (f, _, name), v in stats.items() if f.endswith(suffix) and name == function)
-        parts[f"{label}_s"] = round(cum / args.batches, 4)
-    row = {"fold": args.fold, "batch": args.batch, "steps": args.batches, "model": cfg.model.name,
-           "seconds_per_step_median": round(statistics.median(seconds), 4), **parts}
+    compose = sum(v[3] for (f, _, name), v in stats.items()
+                  if f.endswith("atomray/priors/compose.py") and name in ("forward", "floor_predictions")) / args.batches
+    med = {k: statistics.median(v) for k, v in parts.items()}
+    med["data"] += med.pop("to_torch")
+    network = med["network"] - compose
+    step_s = med["data"] + med["prior_paths"] + med["network"]
+    prior = med["prior_paths"] + compose
+    row = {"config": Path(args.config).name, "overrides": args.overrides, "model": cfg.model.name,
+           "prior": cfg.model.prior + ("+anharmonic" if cfg.model.anharmonic else ""),
+           "loss_weighting": cfg.train.loss_weighting, "batch": batch_size, "steps": args.batches,
+           "data_s": round(med["data"], 4), "prior_paths_s": round(med["prior_paths"], 4),
+           "prior_compose_s": round(compose, 4), "network_s": round(network, 4),
+           "seconds_per_step": round(step_s, 4), "prior_share": round(prior / step_s, 4),
+           "prior_paths_parts_s": {k: round(v / total, 4) for k, v in transform.seconds.items()},
+           "threads": 1, "target_prior_share": 0.05}
     print(json.dumps(row))
     return row
 

@@ -9,8 +9,9 @@
 up at $MLFLOW_TRACKING_URI or --tracking-uri); --data any data set `validate_dataset` accepts
 (TG80 frames, imported MD17 / MD22 / npz / extxyz). For every molecule, horizon ΔT and number
 of lags P it draws --windows fixed windows (uniform lags, seeded) and scores the model and the
-floors — no motion, linear (x0 + v0 Δt), rigid body from the heavy atoms and from all atoms —
-on exactly those windows. Writes evaluation.csv (a row per P × molecule × ΔT, and a mean row
+physics floors (docs/physics-floors.md) on exactly those windows; the prior paths come from the
+data set's stored per-frame physics, or from the machine's basin store when it has none. The
+last line says where the time went. Writes evaluation.csv (a row per P × molecule × ΔT, and a mean row
 per P × ΔT), evaluation.md (the tables to read) and s2t_vs_dt.png to --out, and logs them with
 the means to an MLflow run in the `atomray-eval` experiment (params: model, data directory and
 a digest of its files). ATOM evaluates at any P; EGNO / EGNN refuse a P other than their own.
@@ -87,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.data:
             raise DataError("--data is required (or --validation)")
+        load_seconds = time.perf_counter() - t0
+        timings: dict[str, float] = {}
         rows, _ = evaluate_dataset(model, cfg, args.data, args.molecules, args.horizons_fs, args.num_lags,
-                                   args.windows, args.seed, args.batch_size, elements, progress=True)
+                                   args.windows, args.seed, args.batch_size, elements, progress=True, timings=timings)
         seconds = time.perf_counter() - t0
         run_id = ""
         with staged(args.out) as local:  # a URI --out: written locally, then copied there
@@ -115,7 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     print(tables)
     print(f"wrote {', '.join(str(f) for f in files)}; {sum(r['windows'] for r in rows if r['molecule_id'] != 'mean')} "
           f"windows in {seconds:.1f} s" + (f"; MLflow run {run_id} ({uri})" if run_id else ""))
+    print(where_time_went(load_seconds, timings))
     return 0
+
+
+def where_time_went(load_seconds: float, timings: dict[str, float]) -> str:
+    """One line: the seconds of each stage of an evaluation, and where the prior's basins came from."""
+    stored = "the data set's stored per-frame physics" if timings.pop("stored per-frame physics", 0.0) else (
+        "the machine's basin store (no stored per-frame physics: python jobs/frame_physics.py --data ...)")
+    parts = [f"loading the model {load_seconds:.1f}"] + [f"{k} {v:.1f}" for k, v in timings.items()]
+    return f"time (s): {', '.join(parts)}; basins from {stored}"
 
 
 def equivariance(model, cfg, args) -> dict:
@@ -125,10 +137,12 @@ def equivariance(model, cfg, args) -> dict:
 
     from atomray.data.dataset import read_molecules
     from atomray.data.pipeline import fixed_windows
-    from atomray.evaluate import equivariance_error, noise_floor, rotation_set
+    from atomray.evaluate import equivariance_error, eval_transform, noise_floor, rotation_set, with_paths
+    from atomray.priors.frames import FramePhysics
 
     molecules = args.molecules or read_molecules(args.data).column("molecule_id").to_pylist()
     windows = fixed_windows(args.data, molecules, args.windows, cfg.data, args.seed)
+    windows = with_paths(windows, eval_transform(cfg, FramePhysics.load(args.data, molecules), floors=()))
     rotations = rotation_set(args.equivariance, torch.Generator().manual_seed(args.seed))
     out, lines = {}, []
     for autocast, suffix in ((None, ""), (torch.bfloat16, "_bf16")):  # the model's precision, then bf16 autocast

@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MPLBACKEND", "Agg")
-# One basin store per test session (atomray.basin_store), shared by the session's jobs and Ray
+# One basin store per test session (atomray.priors.store), shared by the session's jobs and Ray
 # workers, which inherit it: tests neither read nor fill the user's ~/.cache/atomray.
 if "ATOMRAY_CACHE_DIR" not in os.environ:
     os.environ["ATOMRAY_CACHE_DIR"] = tempfile.mkdtemp(prefix="atomray-basins-")

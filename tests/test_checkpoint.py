@@ -8,6 +8,8 @@ import os
 import pytest
 import torch
 
+from model.symmetry import call, random_batch
+
 from atomray.config import RunConfig, config_from_dict
 from atomray.model import build_model
 from atomray.checkpoint import (
@@ -32,8 +34,8 @@ def test_round_trip(tmp_path):
     torch.manual_seed(1)
     model = model_of(CFG)
     opt = torch.optim.AdamW(model.parameters(), amsgrad=True)
-    model(torch.randn(1, 4, 3), torch.zeros(1, 4, 3), torch.full((1, 4), 6), torch.arange(1.0, 9)[None],
-          torch.ones(1, 4, dtype=torch.bool), torch.rand(1, 4, 4)).sum().backward()
+    call(model, random_batch(torch.Generator().manual_seed(1), b=1, n=4, p=8, rwpe_dim=4, dtype=torch.float32)
+         ).sum().backward()
     opt.step()
     state = TrainState(epoch=3, step=40, history=[{"epoch": 3, "val_s2t": 0.5}], mlflow_run_id="abc")
     save_checkpoint(tmp_path, model, CFG, state, opt)

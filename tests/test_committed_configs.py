@@ -1,5 +1,6 @@
-"""Every committed config builds its model and runs one forward pass; every file in
-cluster/ parses with the tool that consumes it (STYLE.md §10)."""
+"""Every committed config builds its model and runs one forward pass on windows of the shipped
+data set, prepared by the same data path as training (its prior paths included); every file in
+cluster/ parses with the tool that consumes it."""
 
 from __future__ import annotations
 
@@ -20,17 +21,26 @@ CONFIGS = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
 def test_config_builds_model_and_runs_forward(path):
     from atomray.model import build_model
 
-    cfg = load_config(path)
+    from dataclasses import replace
+
+    from atomray.data.pipeline import fixed_windows, to_torch
+    from atomray.model.registry import model_inputs
+    from atomray.priors.frames import FramePhysics
+    from atomray.train.loss import training_transform
+
+    cfg = load_config(path, [f"data.path={ROOT / 'data' / 'tg80-mini'}"])  # the MD17 configs' data is downloaded
+    data = replace(cfg.data, horizon="fixed", horizon_fs=min(cfg.data.horizon_max_fs, cfg.data.horizon_fs, 400.0))
+    cfg = replace(cfg, data=data)
     model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).eval()
-    n, p = 6, cfg.data.num_lags
-    x0 = torch.tensor([[0.0, 0, 0], [1.4, 0, 0], [2.1, 1.2, 0], [3.5, 1.2, 0], [4.2, 0, 0], [5.6, 0, 0]])[None]
-    x0 = x0 - x0.mean(1, keepdim=True)
-    lags = torch.linspace(10.0, 200.0, p)[None]
-    rwpe = torch.rand(1, n, cfg.data.rwpe_k) if cfg.data.rwpe_k else None
+    molecules = ["aspirin", "ethanol"]
+    windows = fixed_windows(data.path, molecules, 3, data, 0)
+    assert FramePhysics.load(data.path, molecules) is not None, \
+        "tg80-mini ships with its per-frame physics (python jobs/frame_physics.py --data data/tg80-mini)"
+    transform, _ = training_transform(cfg, molecules)
+    batch = to_torch(transform(windows))
     with torch.no_grad():
-        out = model(x0, 0.01 * torch.randn(1, n, 3), torch.tensor([[6, 6, 8, 6, 7, 6]]), lags,
-                    torch.ones(1, n, dtype=torch.bool), rwpe)
-    assert out.shape == (1, p, n, 3) and torch.isfinite(out).all()
+        out = model(**model_inputs(batch))
+    assert out.shape == batch["target"].shape and torch.isfinite(out).all()
 
 
 def test_cluster_launcher_yaml_matches_rays_schema():

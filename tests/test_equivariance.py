@@ -28,7 +28,8 @@ from atomray.equivariance import (FrameAveraged, equivariance_error, exact_twin,
 from atomray.model import build_model
 
 torch.set_num_threads(1)
-TINY = ModelConfig(embed_dim=16, num_layers=1, num_heads=2, attn_dropout=0.0, gnn_hidden_dim=16, prior="x0")
+TINY = ModelConfig(embed_dim=16, num_layers=1, num_heads=2, attn_dropout=0.0, gnn_hidden_dim=16, prior="x0",
+                   relaxed_input=False, prior_input=False, lifting="equivariant", attention="heterogeneous")
 P = 4
 
 
@@ -202,7 +203,8 @@ def test_evaluate_job_reports_equivariance_beside_its_noise_floor_and_frame_aver
     from atomray.model import build_model
 
     cfg = load_config(ROOT / "jobs" / "configs" / "tiny.yaml", [f"data.path={ROOT / 'data' / 'tg80-mini'}"])
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, prior="x0"))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, prior="x0", relaxed_input=False,
+                                                             prior_input=False, lifting="equivariant"))
     torch.manual_seed(0)
     model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k)
     with torch.no_grad():

@@ -8,10 +8,14 @@ from dataclasses import replace
 import pytest
 import torch
 
+from model.symmetry import random_batch
+
 from atomray.config import ModelConfig
 from atomray.model import build_model
 from atomray.train.loss import add_label_noise, trajectory_loss
-from atomray.metrics import quasi_equivariance_epsilon, random_rotation, rotation_penalty, s2s, s2t
+from atomray.data.augment import random_rotation
+from atomray.equivariance import quasi_equivariance_epsilon, rotation_penalty
+from atomray.metrics import s2s, s2t
 
 torch.set_num_threads(1)
 
@@ -84,18 +88,13 @@ def test_label_noise_statistics_and_padding():
 
 
 def molecule_batch(seed: int = 2):
-    g = torch.Generator().manual_seed(seed)
-    x0 = torch.randn(3, 6, 3, generator=g, dtype=torch.float64) * torch.tensor([1.5, 1.0, 0.6], dtype=torch.float64)
-    x0 = x0 - x0.mean(1, keepdim=True)
-    mask = torch.ones(3, 6, dtype=torch.bool)
-    return {"x0": x0, "v0": torch.randn(3, 6, 3, generator=g, dtype=torch.float64) * 0.01,
-            "z": torch.randint(6, 9, (3, 6), generator=g), "mask": mask,
-            "lags_fs": torch.tensor([[100.0, 200.0]] * 3, dtype=torch.float64),
-            "target": x0[:, None].repeat(1, 2, 1, 1) + 0.1, "rwpe": None}
+    """Three random molecules of six atoms with every prior path (the default model's harmonic prior)."""
+    return random_batch(torch.Generator().manual_seed(seed), b=3, n=6, p=2)
 
 
 def tiny(**switches):
-    cfg = replace(ModelConfig(embed_dim=32, num_layers=2, num_heads=4, attn_dropout=0.0, gnn_hidden_dim=16), **switches)
+    cfg = replace(ModelConfig(embed_dim=32, num_layers=2, num_heads=4, attn_dropout=0.0, gnn_hidden_dim=16,
+                              lifting="equivariant", attention="heterogeneous"), **switches)
     torch.manual_seed(0)
     model = build_model(cfg, 2, 0).double()
     with torch.no_grad():  # lift the zero-initialised projections (and output head) so the trunk acts

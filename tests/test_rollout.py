@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from atomray.config import RunConfig
-from atomray.data.windows import atomic_masses
+from atomray.elements import atomic_masses
 from atomray.model import build_model
 from atomray.predict import InitialState
 from atomray.rollout import rollout, write_rollout_extxyz
@@ -40,27 +40,28 @@ def spinning_molecule(omega: float = 2e-3, drift=(1e-3, -5e-4, 2e-4), seed: int 
     return state, exact
 
 
-@pytest.mark.parametrize("name, num_lags, velocity, frames", [
-    ("atom", 8, "difference", [12.5, 25.0, 37.5, 50.0]),  # frames and difference lags in one call
-    ("atom", 4, "difference", [12.5, 25.0, 37.5, 50.0]),  # two rows per state
-    ("egno", 8, "difference", [12.5, 25.0, 37.5, 50.0]),
-    ("atom", 4, "autodiff", [12.5, 25.0, 37.5, 50.0]),
+RIGID = dict(prior="rigid", relaxed_input=False, prior_input=False)  # the inputs read the harmonic prior
+
+
+@pytest.mark.parametrize("name, num_lags, frames", [
+    ("atom", 8, [12.5, 25.0, 37.5, 50.0]),  # frames and difference lags in one call
+    ("atom", 4, [12.5, 25.0, 37.5, 50.0]),  # two rows per state
+    ("egno", 8, [12.5, 25.0, 37.5, 50.0]),
 ])
-def test_rigid_prior_rollout_reproduces_the_analytic_rigid_motion(name, num_lags, velocity, frames):
+def test_rigid_prior_rollout_reproduces_the_analytic_rigid_motion(name, num_lags, frames):
     cfg = RunConfig()
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name, prior="rigid", embed_dim=16,
-                                                             num_layers=1, num_heads=2, gnn_hidden_dim=16),
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name, embed_dim=16, num_layers=1,
+                                                             num_heads=2, gnn_hidden_dim=16, **RIGID),
                               data=dataclasses.replace(cfg.data, context_atoms="all", num_lags=num_lags, rwpe_k=4))
     torch.manual_seed(0)
     model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).double()
     state, exact = spinning_molecule()
-    traj = rollout(model, cfg, [state, state], total_fs=100 * 50.0, step_fs=50.0, dtype=torch.float64,
-                   velocity=velocity)
+    traj = rollout(model, cfg, [state, state], total_fs=100 * 50.0, step_fs=50.0, dtype=torch.float64)
     assert traj.positions[0].shape == (100 * len(frames) + 1, len(Z), 3)
     assert np.allclose(traj.times_fs[1 : len(frames) + 1], frames) and traj.times_fs[-1] == pytest.approx(5000.0)
     expected = np.stack([exact(t) for t in traj.times_fs])
     error = np.abs(traj.positions[0] - expected).max()
-    assert error < 1e-8, f"{name}, {velocity}: {error:.3g} Å from the analytic rigid motion after 100 steps"
+    assert error < 1e-8, f"{name}: {error:.3g} Å from the analytic rigid motion after 100 steps"
     assert np.array_equal(traj.positions[0], traj.positions[1])  # batched molecules do not mix
 
 
@@ -68,8 +69,8 @@ def test_rollout_extxyz_reads_back_with_every_atom(tmp_path):
     import ase.io
 
     cfg = RunConfig()
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, prior="rigid", embed_dim=16, num_layers=1,
-                                                             num_heads=2),
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, embed_dim=16, num_layers=1, num_heads=2,
+                                                             **RIGID),
                               data=dataclasses.replace(cfg.data, context_atoms="all", num_lags=4, rwpe_k=4))
     model = build_model(cfg.model, num_lags=4, rwpe_dim=4)
     state, _ = spinning_molecule()
@@ -87,8 +88,8 @@ class Exploding(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x0, v0, z, lags, mask, rwpe=None):
-        out = self.model(x0, v0, z, lags, mask, rwpe)
+    def forward(self, x0, v0, z, lags_fs, mask, rwpe=None, paths=None):
+        out = self.model(x0, v0, z, lags_fs, mask, rwpe, paths)
         return torch.cat([out[:1], out[1:2] * float("inf"), out[2:]])
 
 
@@ -96,8 +97,8 @@ def test_a_molecule_that_flies_apart_is_marked_and_the_others_go_on():
     from atomray import structure
 
     cfg = RunConfig()
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, prior="rigid", embed_dim=16, num_layers=1,
-                                                             num_heads=2),
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, embed_dim=16, num_layers=1, num_heads=2,
+                                                             **RIGID),
                               data=dataclasses.replace(cfg.data, context_atoms="all", num_lags=8, rwpe_k=4))
     model = Exploding(build_model(cfg.model, num_lags=8, rwpe_dim=4))
     state, exact = spinning_molecule()

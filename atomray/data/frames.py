@@ -1,7 +1,7 @@
 """The "TG80 frames" data format: schema, records, checks and atomic writers (readers:
 `atomray.data.dataset`).
 
-A data set is a directory (DESIGN.md, "Data format"):
+A data set is a directory (docs/data.md):
 
     molecules.parquet     one row per molecule (MOLECULES_SCHEMA; extra columns allowed)
     frames/*.parquet      one row per trajectory segment of one molecule (FRAMES_SCHEMA)
@@ -131,6 +131,8 @@ class Trajectory:
     t0_fs: float
     positions: np.ndarray  # (F, N, 3) float32
     velocities: np.ndarray  # (F, N, 3) float32
+    segment: int = 0  # the frames row it comes from (when it is one row, or a piece of one)
+    first_frame: int = 0  # frame 0 here is this frame of that row
 
     @property
     def n_frames(self) -> int:
@@ -340,13 +342,14 @@ def write_dataset(
                     None if vel is None else vel[start : start + size])
             for k, start in enumerate(range(0, pos.shape[0], size))
         ]
-        write_segments(root / FRAMES_DIR / f"{_safe_name(mol.molecule_id)}.parquet", segs)
+        write_segments(root / FRAMES_DIR / f"{safe_name(mol.molecule_id)}.parquet", segs)
         mol.n_frames = int(pos.shape[0])
         molecules.append(mol)
     return write_molecules(root, molecules)
 
 
-def _safe_name(molecule_id: str) -> str:
+def safe_name(molecule_id: str) -> str:
+    """A file name for a molecule id: letters, digits, "-", "_" and "." kept, anything else "_"."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in molecule_id)
 
 

@@ -4,7 +4,7 @@ reads) -> a TG80-frames data set (`atomray.data.frames`).
     cfg = ImportConfig(format="md17", dt_fs=0.5)                  # atomray.data.sources
     summaries = import_dataset(["md17_aspirin.npz"], "data/md17", cfg)
 
-Formats and how each is read: `atomray.data.sources` (REFERENCE.md, "Public MD benchmark files").
+Formats and how each is read: `atomray.data.sources` (docs/data.md).
 
 `import_dataset` writes the whole data set into a temporary sibling directory, validates it
 with `validate_dataset`, and only then renames it to the destination; on any error the

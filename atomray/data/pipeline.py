@@ -7,9 +7,10 @@
         → streaming split to the Ray Train workers (TorchTrainer `datasets=`)
     worker: WindowStream — for each chunk it receives, draw windows with a generator seeded by
         (seed, epoch, rank, chunk), pool and shuffle windows across chunks, pad to the batch's
-        largest molecule (mask), convert to torch; a background thread keeps a bounded queue
-        of ready batches filled and runs ahead across epoch boundaries, so Ray Data's
-        per-epoch start-up never stalls training.
+        largest molecule (mask), attach each window's prior paths (a `transform` the training
+        loop hands in: `atomray.priors.paths.PriorPaths`, vectorised over the batch), convert to
+        torch; a background thread keeps a bounded queue of ready batches filled and runs ahead
+        across epoch boundaries, so Ray Data's per-epoch start-up never stalls training.
 
 Why windows are cut on the worker rather than in `map_batches`: the window seed must depend
 on the epoch and the worker, which only the worker knows (a Ray Data plan is fixed when the
@@ -33,7 +34,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -51,7 +52,7 @@ from atomray.data.windows import (
 )
 
 DATA_TASK_CPUS = 0.25  # logical CPUs each Ray Data read / chunking task reserves
-CHUNK_COLUMNS = ["molecule_id", "chunk", "dt_fs", "n_atoms", "n_frames", "n_starts",
+CHUNK_COLUMNS = ["molecule_id", "segment", "first_frame", "chunk", "dt_fs", "n_atoms", "n_frames", "n_starts",
                  "atomic_numbers", "positions", "velocities"]
 
 
@@ -110,6 +111,8 @@ def chunk_segments(table: pa.Table, cfg: DataConfig, atomic_numbers: dict[str, l
         segment = int(table.column("segment")[i].as_py())
         for k, (a, b, n_starts) in enumerate(chunk_bounds(n_frames, cfg, dt, fraction)):
             out["molecule_id"].append(mid)
+            out["segment"].append(segment)
+            out["first_frame"].append(a)
             out["chunk"].append(segment * 1_000_003 + k)
             out["dt_fs"].append(dt)
             out["n_atoms"].append(n_atoms)
@@ -120,6 +123,8 @@ def chunk_segments(table: pa.Table, cfg: DataConfig, atomic_numbers: dict[str, l
             out["velocities"].append(np.ascontiguousarray(vel[a:b]).reshape(-1))
     return pa.table({
         "molecule_id": pa.array(out["molecule_id"], pa.string()),
+        "segment": pa.array(out["segment"], pa.int32()),
+        "first_frame": pa.array(out["first_frame"], pa.int64()),
         "chunk": pa.array(out["chunk"], pa.int64()),
         "dt_fs": pa.array(out["dt_fs"], pa.float64()),
         "n_atoms": pa.array(out["n_atoms"], pa.int32()),
@@ -228,6 +233,8 @@ def chunk_to_trajectory(batch: pa.Table, i: int) -> tuple[Trajectory, int]:
         t0_fs=0.0,
         positions=batch.column("positions")[i].values.to_numpy(zero_copy_only=False).reshape(shape),
         velocities=batch.column("velocities")[i].values.to_numpy(zero_copy_only=False).reshape(shape),
+        segment=int(batch.column("segment")[i].as_py()),
+        first_frame=int(batch.column("first_frame")[i].as_py()),
     )
     return traj, int(batch.column("n_starts")[i].as_py())
 
@@ -276,9 +283,12 @@ class WindowStream:
     """
 
     def __init__(self, shard: Any, cfg: DataConfig, plan: EpochPlan, seed: int, rank: int,
-                 device: Any = "cpu", pool_chunks: int = 16, queue_batches: int | None = None):
+                 device: Any = "cpu", pool_chunks: int = 16, queue_batches: int | None = None,
+                 transform: Callable[[dict], dict] | None = None, with_context: bool = False):
         self.shard, self.cfg, self.plan, self.seed, self.rank = shard, cfg, plan, seed, rank
         self.device, self.pool_chunks = device, pool_chunks
+        self.transform = transform or (lambda batch: batch)
+        self.with_context = with_context  # context atoms in training batches (a prior that needs them)
         # Deep enough to cover Ray Data's per-epoch start-up while the previous epoch trains.
         depth = queue_batches if queue_batches is not None else max(32, plan.steps_per_epoch)
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
@@ -303,12 +313,15 @@ class WindowStream:
             merged = pad_windows(pool)
             order = shuffle_rng.permutation(len(merged["x0"]))
             full = len(order) // plan.local_batch * plan.local_batch
-            for s in range(0, full, plan.local_batch):
-                if made >= plan.steps_per_epoch:
-                    return
-                idx = order[s : s + plan.local_batch]
-                yield to_torch({k: v[idx] for k, v in merged.items()}, self.device)
+            take = min(full, max(0, plan.steps_per_epoch - made) * plan.local_batch)
+            # One transform call for every batch of the pool: its cost is mostly per call (the
+            # rotor's RK4 steps), so a pool of batches pays it once.
+            ready = self.transform({k: v[order[:take]] for k, v in merged.items()}) if take else {}
+            for s in range(0, take, plan.local_batch):
+                yield to_torch({k: v[s : s + plan.local_batch] for k, v in ready.items()}, self.device)
                 made += 1
+            if made >= plan.steps_per_epoch:
+                return
             rest = order[full:]
             pool = [{k: v[rest] for k, v in merged.items()}] if len(rest) and not final else []
             pool_size = len(rest) if pool else 0
@@ -322,7 +335,7 @@ class WindowStream:
                 held = (held + [(traj, n_starts, chunk)])[-self.pool_chunks:]
                 if n == 0 or made >= plan.steps_per_epoch:
                     continue
-                pool.append(sample_windows(traj, n, cfg, rng, start_range=(0, n_starts), with_context=False))
+                pool.append(sample_windows(traj, n, cfg, rng, start_range=(0, n_starts), with_context=self.with_context))
                 pool_size += n
                 if len(pool) >= self.pool_chunks:
                     yield from drain(final=False)
@@ -335,7 +348,7 @@ class WindowStream:
             rng = window_seed(self.seed, epoch, traj.molecule_id, chunk, "top-up", top_up)
             missing = need - made * plan.local_batch - pool_size
             pool.append(sample_windows(traj, max(missing, plan.local_batch), cfg, rng, start_range=(0, n_starts),
-                                       with_context=False))
+                                       with_context=self.with_context))
             pool_size += len(pool[-1]["x0"])
             top_up += 1
             yield from drain(final=False)
@@ -384,7 +397,7 @@ class InMemoryStream:
     """
 
     def __init__(self, windows: dict[str, Any], plan: EpochPlan, seed: int, rank: int, device: Any = "cpu"):
-        self.windows = to_torch({k: v for k, v in windows.items() if not k.startswith("ctx_")}, device)
+        self.windows = to_torch(windows, device)
         self.plan, self.seed, self.rank = plan, seed, rank
         n = len(self.windows["x0"])
         if n < plan.local_batch:
@@ -452,7 +465,7 @@ def molecule_segments(root: str | Path, molecule_id: str, files: Sequence[str]) 
     out = []
     for seg in segments:
         vel = seg.velocities if seg.velocities is not None else finite_difference_velocities(seg.positions, seg.dt_fs)
-        out.append(Trajectory(molecule_id, z, seg.dt_fs, seg.t0_fs, seg.positions, vel))
+        out.append(Trajectory(molecule_id, z, seg.dt_fs, seg.t0_fs, seg.positions, vel, seg.segment))
     return out
 
 

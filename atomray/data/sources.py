@@ -1,6 +1,6 @@
 """Reading public MD files into runs of consecutive MD steps (the first half of an import).
 
-Formats (REFERENCE.md, "Public MD benchmark files"):
+Formats (docs/data.md, "Public MD files"):
 
     md17, md22  sGDML npz: `R` (frames, N, 3) Å, `z` (N,); frames 0.5 fs (MD17), 1 fs (MD22).
     rmd17  revised MD17 npz: `coords`, `nuclear_charges`, `old_indices`. Rows are a random
@@ -13,7 +13,7 @@ Formats (REFERENCE.md, "Public MD benchmark files"):
            momenta, ASE units (Å per 1/ase.units.fs fs) -> Å/fs; per-frame `time_fs` in info.
 
 The time step is always given by the user (`dt_fs`), never guessed. Without velocities in
-the file they are forward differences the EGNO way (REFERENCE.md, "The EGNO single-task
+the file they are forward differences the EGNO way (docs/reference.md, "The EGNO single-task
 protocol"): v[t] = (x[t+1] - x[t]) / dt in Å/fs and the last frame of each run is dropped.
 Velocities are stored explicitly, so every reader sees the same numbers.
 """

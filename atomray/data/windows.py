@@ -1,7 +1,7 @@
 """The window sampler: training samples cut from a trajectory, vectorised over many windows.
 
 A window starts at frame t and asks for the positions at P lags inside a horizon ΔT
-(DESIGN.md, "A training sample"; paper §4 "Training setups"):
+(paper §4 "Training setups"):
 
     uniform:  t_p = t + (ΔT * p) // P                      p = 1..P   (in frames)
     tail:     t_p = t + Δ̄ + ((ΔT - Δ̄) * p) // P
@@ -12,7 +12,7 @@ returned `lags_fs` are the lags actually realised, so data sets with different t
 mix correctly.
 
 Everything is pure NumPy on a seeded `np.random.Generator`; no Python loop runs per window.
-The EGNO/MD17 protocol (REFERENCE.md) is reproduced by `egno_start_frames` + `cut_windows`.
+The EGNO/MD17 protocol (docs/data.md) is reproduced by `egno_start_frames` + `cut_windows`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 
 from atomray.config import DataConfig
 from atomray.data.frames import DataError, Trajectory
+from atomray.elements import atomic_masses
 
 Windows = dict[str, np.ndarray]
 
@@ -188,17 +189,9 @@ def atom_selection(atomic_numbers: np.ndarray, context_atoms: str = "heavy", whe
     return keep
 
 
-def atomic_masses(atomic_numbers: np.ndarray) -> np.ndarray:
-    """Standard atomic masses (u, IUPAC values as tabulated by ASE) of atomic numbers; 0 → 0."""
-    from ase.data import atomic_masses as table
-
-    z = np.asarray(atomic_numbers, dtype=np.int64)
-    return np.where(z > 0, table[np.clip(z, 0, len(table) - 1)], 0.0).astype(np.float32)
-
-
 def cut_windows(positions: np.ndarray, velocities: np.ndarray, atomic_numbers: np.ndarray,
                 dt_fs: float, starts: np.ndarray, offsets: np.ndarray, cfg: DataConfig,
-                molecule_id: str = "", with_context: bool = True) -> Windows:
+                molecule_id: str = "", with_context: bool = True, segment: int = 0, first_frame: int = 0) -> Windows:
     """Cut windows at `starts` (W,) with lag `offsets` (W, P) frames from one trajectory.
 
     Returns a dict of arrays with leading dimension W, for the N atoms the model sees
@@ -207,7 +200,9 @@ def cut_windows(positions: np.ndarray, velocities: np.ndarray, atomic_numbers: n
       of those atoms when `cfg.centre` (the subtracted `origin` (W,3) is returned too);
       z (W,N) int64; mass (W,N) u; score (W,N) bool, the atoms the metrics score
       (`cfg.score_atoms`); lags_fs (W,P) float32; start (W,) int64; rwpe (W,N,K) float32 when
-      cfg.rwpe_k > 0; molecule_id (W,) str.
+      cfg.rwpe_k > 0; molecule_id (W,) str; segment (W,) and frame (W,) int64, the frames row
+      and the frame of it each window starts at (`first_frame` + start: the key of the start
+      frame's stored physics, `atomray.priors.frames`).
     With `with_context`, also the molecule's other atoms (the hydrogens when only heavy atoms
     are model atoms; M = 0 otherwise) in the same frame: ctx_x0 (W,M,3), ctx_v0 (W,M,3),
     ctx_mass (W,M). They take part in the physics floors (the rigid body "from all atoms"),
@@ -250,6 +245,8 @@ def cut_windows(positions: np.ndarray, velocities: np.ndarray, atomic_numbers: n
         "start": starts,
         "origin": origin.astype(np.float32, copy=False),
         "molecule_id": np.full(w, molecule_id, dtype=object),
+        "segment": np.full(w, segment, dtype=np.int64),
+        "frame": starts + first_frame,
     }
     if with_context:
         other = np.setdiff1d(np.arange(len(z_all)), keep)
@@ -290,7 +287,7 @@ def sample_windows(traj: Trajectory, n: int, cfg: DataConfig, rng: np.random.Gen
     offsets = lag_offsets(horizons, cfg.num_lags, cfg.discretisation, tail)
     starts = draw_starts(rng, offsets[:, -1], (lo, hi), where, (s_lo, s_hi))
     return cut_windows(traj.positions, traj.velocities, traj.atomic_numbers, traj.dt_fs,
-                       starts, offsets, cfg, traj.molecule_id, with_context)
+                       starts, offsets, cfg, traj.molecule_id, with_context, traj.segment, traj.first_frame)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ registry. Importing this package imports torch and e3nn but never Ray.
 from atomray.model.atom import ATOM
 from atomray.model.egnn import EGNNRollout, EGNNSequential
 from atomray.model.egno import EGNO
-from atomray.model.registry import MODELS, build_model, count_parameters
+from atomray.model.registry import MODEL_INPUTS, MODELS, build_model, count_parameters, model_inputs
 
-__all__ = ["ATOM", "EGNO", "EGNNRollout", "EGNNSequential", "MODELS", "build_model", "count_parameters"]
+__all__ = ["ATOM", "EGNO", "EGNNRollout", "EGNNSequential", "MODEL_INPUTS", "MODELS", "build_model", "count_parameters",
+           "model_inputs"]

@@ -2,9 +2,12 @@
 
     F_θ = P ∘ σ(K_L) ∘ … ∘ σ(K_1) ∘ Q        (§3.2: lifting Q, attention kernels K_l, projection P)
 
-forward(x0, v0, z, lags_fs, mask, rwpe=None) → (B, P, N, 3) positions (Å) in the centred frame
-of x0. Inputs are a padded batch (`atomray.data.windows.pad_windows`): x0 (B,N,3) Å, v0 (B,N,3)
-Å/fs, z (B,N) int (0 = padding), lags_fs (B,P) fs, mask (B,N) bool, rwpe (B,N,K) or None.
+forward(x0, v0, z, lags_fs, mask, rwpe=None, paths=None) → (B, P, N, 3) positions (Å) in the
+centred frame of x0. Inputs are a padded batch (`atomray.data.windows.pad_windows`): x0 (B,N,3)
+Å, v0 (B,N,3) Å/fs, z (B,N) int (0 = padding), lags_fs (B,P) fs, mask (B,N) bool, rwpe (B,N,K) or
+None, and the prior paths the data path attached (`atomray.priors.paths`; {} for prior none
+or x0). The forward is tensor math on the batch's device: no RDKit, tblite or NumPy, no host
+synchronisation, so it compiles with `torch.compile(fullgraph=True)`.
 
 Time slots. The lifted initial state is duplicated over S = P + 1 time slots (App. C.2):
 slot 0 holds the initial state at t_0 and slot p the query for t_p = t_0 + lag_p. T-RoPE
@@ -17,13 +20,13 @@ lags is read from `lags_fs`, so a model trained with P lags predicts any number 
 any times (§4.3, ΔT and P invariance), except with `time_encoding=none`, whose learned slot
 embeddings exist only for the trained P.
 
-Output = prior + R(Δt) · correction (`ModelConfig.prior`, `atomray.model.prior`): the
+Output = prior + R(Δt) · correction (`ModelConfig.prior`, `atomray.priors.compose`): the
 equivariant projection of the P lag tokens is a correction to a physics extrapolation — none
 (absolute positions, the paper), x0 (delta prediction, App. D.4), or the rigid-body motion of
-the atoms the model sees at constant ω (rigid) or exactly (rotor: L conserved, ω precessing),
-or rotor plus each atom's damped normal-mode vibration about the nearest GFN2-xTB minimum
-(harmonic, `atomray.vibration`; its start displacement d0 = −δ then serves relaxed_input),
-optionally handed over from MMFF94 molecular dynamics (`anharmonic`, `atomray.anharmonic`).
+the molecule at constant ω (rigid) or exactly (rotor: L conserved, ω precessing), or rotor plus
+each atom's damped normal-mode vibration about the nearest GFN2-xTB minimum (harmonic,
+`atomray.priors.modes`; its start displacement d0 = −δ serves relaxed_input), optionally handed
+over from MMFF94 molecular dynamics (`anharmonic`, `atomray.priors.anharmonic`).
 The correction is a displacement in the body frame at t_0, turned with the body by the
 prior's orientation R(Δt): what the model learns (vibrations, relaxation) is then the same
 whichever way the molecule spins. The projection starts at zero, so at initialisation the
@@ -43,7 +46,7 @@ Ablation switches (ModelConfig, paper §4.4 and App. D):
   latent_equivariance_weight > 0 builds a transip-style MLP (see `latent_equivariance_loss`).
 Label noise (§3.2.3) is applied by the training loss (`atomray.train.loss`), not here.
 
-Additions to the paper, each a switch (measured in the README's ablation table):
+Additions to the paper, each a switch (measured in docs/experiments.md, "Ablations"):
   distance_bias  a per-head attention term b_h(d_ij) of the start frame's interatomic
                  distances (`DistanceBias`), shared by all blocks and streams. The paper's
                  trunk sees geometry only through dot products of lifted vectors; this gives
@@ -54,26 +57,23 @@ Additions to the paper, each a switch (measured in the README's ablation table):
                  T-RoPE alone only re-weights attention. Scalar and vector channels are scaled
                  by invariants, so the projection stays equivariant.
   prior          as above (the paper's delta prediction is prior=x0).
-  relaxed_prior  the prior also moves each atom a learned, lag-dependent fraction of the way to
-                 the molecule's nearest minimum (MMFF94, refined with GFN2-xTB), turned with the body (`Prior`,
-                 `atomray.relaxation`): the average shape the molecule vibrates about, which
-                 the trunk cannot guess for a molecule it never saw.
-  relaxed_input  the shift δ to that minimum is lifted like a position (o3.Linear of
-                 [δ, ‖δ‖], δ in 0.1 Å) and added to the X stream: attention sees how far each
-                 atom sits from its equilibrium place.
+  relaxed_input  with the harmonic prior, the shift δ = −d0 to the basin's minimum (MMFF94,
+                 refined with GFN2-xTB) is lifted like a position (o3.Linear of [δ, ‖δ‖], δ in
+                 0.1 Å) and added to the X stream: attention sees how far each atom sits from
+                 its equilibrium place, which the trunk cannot guess for a molecule it never saw.
   prior_input    with the harmonic prior, each lag's slot tokens also lift the prior's internal
                  displacement at that lag (exp(−Δt/τ) osc(Δt) − d0, o3.Linear of [·, ‖·‖] in
                  0.1 Å), as EGNO starts its coordinates from the prior trajectory: attention sees
                  where the vibration puts every atom at every lag, and corrects it. With
                  `anharmonic` a second lifting adds where MMFF94 molecular dynamics of the start
-                 state departs from that harmonic path (`atomray.anharmonic`, turned back into
+                 state departs from that harmonic path (`atomray.priors.anharmonic`, turned back into
                  x's frame, 0.1 Å): per atom and lag, attention can weigh the force field against
                  the normal modes, which the fixed hand-over exp(−Δt/τ) of the prior cannot.
   internal_velocity  with a rigid / rotor / harmonic prior the lifting reads each atom's velocity relative
                  to the rigid-body motion the prior already extrapolates (v − u − ω × r): what is
                  left to predict is the internal motion, and that is what the model sees.
 
-Differences from the paper's Table 19 / App. D and the authors' code (REFERENCE.md) that remain
+Differences from the paper's Table 19 / App. D and the authors' code (docs/architecture.md) that remain
 in every configuration: attention scale 1/√d_h (the authors' code: 1/d_h); the residual
 stream is the phase stream Z, not X, and the value residual mixes attention values, not block
 outputs; one pre-norm RMSNorm per sub-layer and a final RMSNorm; SwiGLU of width ≈ 5d/3 with no
@@ -89,24 +89,40 @@ Parameter count, MD17 config (d 128, 5 blocks, 8 heads, P 8, 1 output head, RWPE
 Velocities enter in units of Å per `velocity_scale_fs` (100 fs), so their size matches the
 centred positions. The model follows the dtype and device of its parameters; inputs are cast
 to the parameter dtype and the output is returned in x0's dtype. Under bf16 autocast the
-canonical frame, the prior and time angles stay in float32 or better.
+canonical frame, the prior and time angles stay in float32 or better. Atomic numbers are not
+range-checked here (a host synchronisation): the data path checks them
+(`atomray.model.lifting.check_atomic_numbers`), and `ATOMRAY_DEBUG=1` checks them here too.
 """
 
 from __future__ import annotations
+
+import os
+from typing import Mapping
 
 import torch
 from e3nn import o3
 from torch import Tensor, nn
 
 from atomray.config import ModelConfig
+from atomray.data.augment import rotate_batch
+from atomray.elements import mass_table
 from atomray.model.attention import AttentionBias, Block, DistanceBias
 from atomray.model.canonical import canonicalise
-from atomray.model.lifting import EquivariantLifting, LinearLifting, chemistry_features, hidden_irreps, with_norm
-from atomray.model.prior import Prior, onset_gate
+from atomray.model.lifting import (EquivariantLifting, LinearLifting, check_atomic_numbers, chemistry_features,
+                                   hidden_irreps, with_norm)
 from atomray.model.time_encoding import SinusoidalTimeEmbedding, rope_tables, sinusoidal_embedding
+from atomray.priors.compose import Prior
+from atomray.priors.rigid import internal_velocity
 
 
 RELAXED_INPUT_SCALE = 10.0  # relaxed_input: δ in units of 0.1 Å, the size of the lifted positions
+DEBUG_ENV = "ATOMRAY_DEBUG"  # set (not "0") to check inputs inside forward too: host synchronisations
+
+
+def debug_checks() -> bool:
+    """Whether forward passes check their inputs' values (`ATOMRAY_DEBUG=1`), at the cost of host
+    synchronisations; never while `torch.compile` traces."""
+    return os.environ.get(DEBUG_ENV, "0") not in ("", "0") and not torch.compiler.is_compiling()
 
 
 class OutputHead(nn.Module):
@@ -167,7 +183,11 @@ class ATOM(nn.Module):
         chem_dim = cfg.max_atomic_number + rwpe_dim
         lift = LinearLifting if cfg.lifting == "linear" else EquivariantLifting
         self.lifting = lift(d, chem_dim)
-        self.prior = Prior(cfg.prior, cfg.max_atomic_number, cfg.relaxed_prior, cfg.relaxation, cfg.anharmonic)
+        self.prior = Prior(cfg.prior, cfg.anharmonic)
+        self.register_buffer("masses", torch.from_numpy(mass_table(cfg.max_atomic_number)), persistent=False)
+        if cfg.relaxed_input and cfg.prior != "harmonic":
+            raise ValueError(f"ATOM: relaxed_input lifts the harmonic prior's start displacement; it needs "
+                             f"prior='harmonic', found {cfg.prior!r}")
         if cfg.relaxed_input:  # the shift to the minimum, lifted like a position
             self.lift_relaxed = (nn.Linear(4, d) if cfg.lifting == "linear"
                                  else o3.Linear("1x1o + 1x0e", hidden_irreps(d)))
@@ -201,7 +221,7 @@ class ATOM(nn.Module):
 
     # -- pieces ---------------------------------------------------------------------------
 
-    def _check(self, x0: Tensor, lags_fs: Tensor, rwpe: Tensor | None) -> None:
+    def _check(self, x0: Tensor, z: Tensor, lags_fs: Tensor, rwpe: Tensor | None) -> None:
         b = x0.shape[0]
         if lags_fs.dim() != 2 or lags_fs.shape[0] != b or lags_fs.shape[1] < 1:
             raise ValueError(f"ATOM: lags_fs must be (B, P) with B = {b} and P >= 1, found {tuple(lags_fs.shape)}")
@@ -211,37 +231,39 @@ class ATOM(nn.Module):
         k = 0 if rwpe is None else rwpe.shape[-1]
         if k != self.rwpe_dim:
             raise ValueError(f"ATOM: built for RWPE length {self.rwpe_dim}, found rwpe with {k} features")
+        if debug_checks():
+            check_atomic_numbers(z, self.cfg.max_atomic_number)
 
     def embed(self, x0: Tensor, v0: Tensor, z: Tensor, lags_fs: Tensor, mask: Tensor,
-              rwpe: Tensor | None = None, t0_fs: float | Tensor = 0.0) -> tuple[Tensor, dict]:
+              rwpe: Tensor | None = None, paths: Mapping[str, Tensor] | None = None,
+              t0_fs: float | Tensor = 0.0) -> tuple[Tensor, dict]:
         """Run lifting and trunk: (B, P, N, d) final-normed token features of the P lag slots,
-        plus the state needed to project them (canonical frame, mask)."""
-        self._check(x0, lags_fs, rwpe)
+        plus the state needed to project them (canonical frame, mask, the prior)."""
+        self._check(x0, z, lags_fs, rwpe)
         cfg, dtype = self.cfg, self.final_norm.weight.dtype
         b, n, _ = x0.shape
         s = lags_fs.shape[1] + 1
         mask = mask.bool()
+        paths = paths if paths is not None else {}
+        if cfg.prior not in ("none", "x0"):
+            self.prior.check(paths)
         x, v = x0.to(dtype), v0.to(dtype) * cfg.velocity_scale_fs
         frame = None
         if cfg.lifting == "canonical":  # the frame's signs come from the lab velocities (App. D.1)
             x, v_frame, q, mu = canonicalise(x, v, mask)
             frame = (q, mu)
         m_frame = mask.to(dtype)[..., None]
-        if cfg.internal_velocity:
-            v = self.prior.internal_velocity(x0, v0, z, mask).to(dtype) * cfg.velocity_scale_fs
+        if cfg.internal_velocity and cfg.prior in ("rigid", "rotor", "harmonic"):
+            with torch.autocast(device_type=x0.device.type, enabled=False):
+                v = internal_velocity(x0, v0, self.masses[z.long()] * mask).to(dtype) * cfg.velocity_scale_fs
             v = (v @ frame[0]).to(dtype) * m_frame if frame is not None else v  # into the canonical frame, like x
         elif frame is not None:
             v = v_frame
         chem = chemistry_features(z, cfg.max_atomic_number, rwpe, dtype)
         lx, lv, lz = self.lifting(x, v, chem)  # (B, N, d) each
-        paths = self.prior.paths(x0, v0, z, mask, lags_fs) if cfg.prior == "harmonic" else None
-        if paths is not None:  # the harmonic prior's d0 = x − minimum is −δ: one relaxation, not two
-            delta = -paths[1]
-        else:
-            delta = self.prior.shift(x0, z, mask) if cfg.relaxed_prior or cfg.relaxed_input else None
-        if cfg.relaxed_input:  # δ (~0.05 Å) in Å/10, in the frame x is in
-            dl = delta.to(dtype) * RELAXED_INPUT_SCALE
-            dl = (dl @ frame[0].to(dtype)) * m_frame if frame is not None else dl
+        if cfg.relaxed_input:  # δ = −d0 (~0.05 Å) in Å/10, in the frame x is in
+            dl = -paths["vib_d0"].to(dtype) * RELAXED_INPUT_SCALE
+            dl = ((dl @ frame[0].to(dtype)) * m_frame).to(dtype) if frame is not None else dl  # autocast: back to dtype
             lx = lx + self.lift_relaxed(with_norm(dl))
         m = mask.to(dtype)[..., None]
         lx, lv, lz = lx * m, lv * m, lz * m
@@ -254,16 +276,15 @@ class ATOM(nn.Module):
             tok = lz[:, None].expand(b, s, n, -1)  # (B, S, N, d)
         else:
             ctx, tok = None, (lx + lv + lz)[:, None].expand(b, s, n, -1)
-        md = self.prior.md(x0, v0, z, mask, lags_fs) if cfg.anharmonic else None
+        base, rot = self.prior(x0.to(dtype), lags_fs, paths)  # (B, P, N, 3), (B, P, 3, 3) or None
         if cfg.prior_input:  # slot p also reads exp(−Δt_p/τ) osc(Δt_p) − d0, in Å/10, in x's frame
             dp = self.prior.vibration(paths, None, lags_fs).to(dtype) * RELAXED_INPUT_SCALE  # (B, P, N, 3)
-            dp = (dp @ frame[0][:, None].to(dtype)) if frame is not None else dp
+            dp = (dp @ frame[0][:, None].to(dtype)).to(dtype) if frame is not None else dp
             lifted = self.lift_prior(with_norm(dp))
-            if md is not None:  # MMFF94 MD's departure from the harmonic path, turned back into x's frame
-                base, rot = self.prior(x0.to(dtype), v0.to(dtype), z, mask, lags_fs)
-                harmonic = base + self.prior.vibration(paths, rot, lags_fs).to(base.dtype)
-                gap = torch.nan_to_num(md.to(dtype) - harmonic) @ rot.to(dtype) * RELAXED_INPUT_SCALE
-                gap = (gap @ frame[0][:, None].to(dtype)) if frame is not None else gap
+            if cfg.anharmonic:  # MMFF94 MD's departure from the harmonic path, turned back into x's frame
+                harmonic = paths["rotor_path"].to(dtype) + self.prior.vibration(paths, rot, lags_fs).to(dtype)
+                gap = self.prior.md_departure(harmonic, rot, paths).to(dtype) * RELAXED_INPUT_SCALE
+                gap = (gap @ frame[0][:, None].to(dtype)).to(dtype) if frame is not None else gap
                 lifted = lifted + self.lift_md(with_norm(gap * m[:, None]))
             tok = torch.cat((tok[:, :1], tok[:, 1:] + lifted * m[:, None]), dim=1)
         rope = None
@@ -274,9 +295,8 @@ class ATOM(nn.Module):
         else:
             tok = tok + self.slot_embed.to(dtype)[None, :, None]
         h = tok.reshape(b, s * n, -1)  # (B, T, d)
-        padded = torch.compiler.is_compiling() or not bool(mask.all())
         pair = self.distance(x, mask) if self.distance is not None else None  # (B, H, N, N)
-        bias = AttentionBias(s, mask if padded else None, pair)
+        bias = AttentionBias(s, mask, pair)
         v1 = None
         for i, blk in enumerate(self.blocks):
             h, values = blk(h, ctx, rope, bias, v1)
@@ -285,7 +305,7 @@ class ATOM(nn.Module):
         h = self.final_norm(h.view(b, s, n, -1)[:, 1:])  # (B, P, N, d)
         if self.lag_gain is not None:
             h = self.lag_gain(h, lags)
-        return h, {"frame": frame, "mask": m, "delta": delta, "paths": paths, "md": md}
+        return h, {"frame": frame, "mask": m, "base": base, "rot": rot}
 
     def project(self, h: Tensor, state: dict) -> Tensor:
         """Token features (B, P, N, d) → correction (B, P, N, 3) in the input frame (a
@@ -301,28 +321,23 @@ class ATOM(nn.Module):
     # -- public ---------------------------------------------------------------------------
 
     def forward(self, x0: Tensor, v0: Tensor, z: Tensor, lags_fs: Tensor, mask: Tensor,
-                rwpe: Tensor | None = None, t0_fs: float | Tensor = 0.0) -> Tensor:
+                rwpe: Tensor | None = None, paths: Mapping[str, Tensor] | None = None,
+                t0_fs: float | Tensor = 0.0) -> Tensor:
         """(B, P, N, 3) predicted positions (Å, centred frame of x0); 0 at padded atoms.
 
         `t0_fs` (scalar or (B, 1)) is the time of the initial state; the output depends only
         on lags_fs, so any t0 gives the same result with T-RoPE (a test checks it).
         """
-        h, state = self.embed(x0, v0, z, lags_fs, mask, rwpe, t0_fs)
+        h, state = self.embed(x0, v0, z, lags_fs, mask, rwpe, paths, t0_fs)
         y = self.project(h, state)
-        base, rot = self.prior(x0.to(y.dtype), v0.to(y.dtype), z, mask, lags_fs)
+        base, rot = state["base"], state["rot"]
         if base is not None:  # the correction turns with the body: R(Δt) δ
-            if self.cfg.relaxed_prior:
-                base = base + self.prior.relaxation(state["delta"], rot, lags_fs).to(base.dtype)
-            if state["paths"] is not None:  # prior harmonic: the damped normal-mode vibration
-                base = base + self.prior.vibration(state["paths"], rot, lags_fs).to(base.dtype)
-            if state["md"] is not None:  # handed over from MMFF94 MD
-                base = self.prior.hand_over(base, state["md"], lags_fs)
-            y = onset_gate(y, lags_fs, self.cfg.correction_onset_fs)  # grows like Δt² from zero when set
-            y = (base + y @ rot.transpose(-1, -2).to(y.dtype)) * state["mask"][:, None]
+            y = (base.to(y.dtype) + y @ rot.transpose(-1, -2).to(y.dtype)) * state["mask"][:, None]
         return y.to(x0.dtype)
 
     def latent_equivariance_loss(self, x0: Tensor, v0: Tensor, z: Tensor, lags_fs: Tensor,
-                                 mask: Tensor, rwpe: Tensor | None, rotation: Tensor) -> Tensor:
+                                 mask: Tensor, rwpe: Tensor | None, rotation: Tensor,
+                                 paths: Mapping[str, Tensor] | None = None) -> Tensor:
         """transip-style latent equivariance loss (scalar), weight `latent_equivariance_weight`.
 
         A small MLP τ predicts the trunk embedding of the rotated input from the embedding of
@@ -334,8 +349,10 @@ class ATOM(nn.Module):
             raise RuntimeError("latent_equivariance_loss needs ModelConfig.latent_equivariance_weight > 0")
         b = x0.shape[0]
         r = rotation.to(x0.dtype).expand(b, 3, 3)
-        e, state = self.embed(x0, v0, z, lags_fs, mask, rwpe)  # (B, P, N, d)
-        e_rot, _ = self.embed(x0 @ r.transpose(1, 2), v0 @ r.transpose(1, 2), z, lags_fs, mask, rwpe)
+        e, state = self.embed(x0, v0, z, lags_fs, mask, rwpe, paths)  # (B, P, N, d)
+        turned = rotate_batch({"x0": x0, "v0": v0, "mask": mask, **(paths or {})}, r, about="origin")
+        e_rot, _ = self.embed(turned["x0"], turned["v0"], z, lags_fs, mask, rwpe,
+                              {k: turned[k] for k in (paths or {})})
         rvec = r.reshape(b, 1, 1, 9).to(e.dtype).expand(*e.shape[:3], 9)
         pred = self.latent_map(torch.cat((e, rvec), dim=-1))  # (B, P, N, d)
         m = state["mask"][:, None]  # (B, 1, N, 1)

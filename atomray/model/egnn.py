@@ -1,6 +1,6 @@
 """EGNN layers on a dense, masked radius graph, and the EGNN-R / EGNN-S baselines (paper §4).
 
-EGNN (Satorras et al. 2021) with velocity, as used by EGNO (REFERENCE.md):
+EGNN (Satorras et al. 2021) with velocity, as used by EGNO (docs/architecture.md):
 
     m_ij = φ_e(h_i, h_j, ‖x_i − x_j‖², e_ij)                         (edges of the graph only)
     x_i ← x_i + Σ_j (x_i − x_j) clamp(φ_x(m_ij)) / deg_i + φ_v(h_i) v_i
@@ -8,14 +8,19 @@ EGNN (Satorras et al. 2021) with velocity, as used by EGNO (REFERENCE.md):
 
 The graph is built once on the start frame: 1-hop edges between atoms closer than `radius`
 (1.6 Å) plus 2-hop edges, padding excluded; e_ij = [1-hop, 2-hop, start-frame distance].
-The graph is found densely ((B, N, N) distances; molecules here are small), then turned into an
-edge list (`EdgeList`) so that messages are computed on edges only: with hydrogens as nodes a
-molecule has far fewer edges than atom pairs.
+The graph is found densely ((B, N, N) distances; molecules here are small). On the CPU, in eager
+mode, it is then turned into an edge list (`EdgeList`) so that messages are computed on edges
+only: with hydrogens as nodes a molecule has far fewer edges than atom pairs. An edge list has
+a data-dependent size (a host synchronisation, and a graph break under `torch.compile`), so on
+a GPU and under compilation messages run on every atom pair, masked to the edges
+(`DenseGraph`): the same numbers, static shapes.
 Every update is built from differences x_i − x_j, velocities and invariants, so the layers
 are exactly E(3)-equivariant and permutation-equivariant; padded atoms neither send nor
 receive messages.
 
-Baselines behind the ATOM interface, forward(x0, v0, z, lags_fs, mask, rwpe=None) → (B,P,N,3):
+Baselines behind the ATOM interface, forward(x0, v0, z, lags_fs, mask, rwpe=None, paths=None) →
+(B,P,N,3); with a prior, the output is prior + α (x̂ − prior), α learned from 0
+(`atomray.priors.compose`):
   EGNNRollout (EGNN-R)     one step model (num_layers EGNN layers, shared by all steps) applied
                            P times; step p is told its step size t_p − t_{p−1} (sinusoidal
                            embedding), hidden features carry over between steps, and the next
@@ -36,9 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from typing import Mapping
+
 from atomray.config import ModelConfig
-from atomray.model.prior import Prior, onset_gate
 from atomray.model.time_encoding import SinusoidalTimeEmbedding
+from atomray.priors.compose import Prior
 
 COORD_CLAMP = 100.0  # EGNN's clamp on the per-edge coordinate update weight
 
@@ -93,6 +100,32 @@ class EdgeList:
         return cls(recv, send, feats, deg.clamp_min(1.0))
 
 
+@dataclass
+class DenseGraph:
+    """A batch of G graphs of N nodes as a dense (G, N, N) edge mask with attributes (G, N, N, A)
+    and the receivers' degrees (G, N, 1, at least 1): static shapes for GPUs and `torch.compile`."""
+
+    edges: Tensor
+    attr: Tensor
+    deg: Tensor
+
+    @classmethod
+    def from_dense(cls, edges: Tensor, attr: Tensor, copies: int = 1) -> "DenseGraph":
+        """As `EdgeList.from_dense`: graph b repeated `copies` times (b·copies + p)."""
+        if copies > 1:
+            edges = edges.repeat_interleave(copies, dim=0)
+            attr = attr.repeat_interleave(copies, dim=0)
+        deg = edges.to(attr.dtype).sum(-1, keepdim=True).clamp_min(1.0)
+        return cls(edges, attr, deg)
+
+
+def make_graph(edges: Tensor, attr: Tensor, copies: int = 1) -> "EdgeList | DenseGraph":
+    """The edge list on the CPU in eager mode; the dense graph on a GPU or under torch.compile."""
+    if edges.device.type == "cpu" and not torch.compiler.is_compiling():
+        return EdgeList.from_dense(edges, attr, copies)
+    return DenseGraph.from_dense(edges, attr, copies)
+
+
 class EGNNLayer(nn.Module):
     """One E(n)-equivariant layer with velocity, messages on the edges of an `EdgeList`.
 
@@ -113,7 +146,9 @@ class EGNNLayer(nn.Module):
         self.phi_v = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
         self.phi_h = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
-    def forward(self, h: Tensor, x: Tensor, v: Tensor, graph: EdgeList) -> tuple[Tensor, Tensor]:
+    def forward(self, h: Tensor, x: Tensor, v: Tensor, graph: "EdgeList | DenseGraph") -> tuple[Tensor, Tensor]:
+        if isinstance(graph, DenseGraph):
+            return self._dense(h, x, v, graph)
         shape = h.shape
         hf, xf = h.reshape(-1, shape[-1]), x.reshape(-1, 3)  # (G·N, H), (G·N, 3)
         diff = xf[graph.recv] - xf[graph.send]  # (E, 3) x_i − x_j
@@ -129,6 +164,20 @@ class EGNNLayer(nn.Module):
         h = h + self.phi_h(torch.cat((h, agg.view(shape)), dim=-1))
         return h, x
 
+    def _dense(self, h: Tensor, x: Tensor, v: Tensor, graph: DenseGraph) -> tuple[Tensor, Tensor]:
+        """The same layer on every (receiver i, sender j) pair, masked to the graph's edges."""
+        diff = x[:, :, None] - x[:, None, :]  # (G, N, N, 3) x_i − x_j
+        d2 = diff.square().sum(-1, keepdim=True)  # (G, N, N, 1)
+        geo = torch.cat((d2, graph.attr.to(d2.dtype)), -1)  # (G, N, N, 1 + A)
+        pre = self.e_src(h)[:, :, None] + self.e_dst(h)[:, None, :] + self.e_geo(geo)
+        e = graph.edges[..., None].to(h.dtype)  # (G, N, N, 1)
+        m = F.silu(self.e_out(F.silu(pre))) * e  # (G, N, N, H), zero off the edges
+        moves = diff * self.phi_x(m).clamp(-COORD_CLAMP, COORD_CLAMP) * e  # (G, N, N, 3)
+        trans = moves.sum(2).to(x.dtype) / graph.deg.to(x.dtype)  # (G, N, 3)
+        x = x + trans + self.phi_v(h) * v
+        h = h + self.phi_h(torch.cat((h, m.sum(2).to(h.dtype)), dim=-1))
+        return h, x
+
 
 class EGNNBaseline(nn.Module):
     """Shared input handling for the EGNN-family baselines."""
@@ -139,7 +188,7 @@ class EGNNBaseline(nn.Module):
         hid = cfg.gnn_hidden_dim
         self.node_embed = nn.Linear(2 + rwpe_dim, hid)
         self.time_embed = SinusoidalTimeEmbedding(cfg.time_embed_dim, hid, cfg.rope_base, cfg.tau_fs)
-        self.prior = Prior(cfg.prior, cfg.max_atomic_number, cfg.relaxed_prior, cfg.relaxation, cfg.anharmonic)
+        self.prior = Prior(cfg.prior, cfg.anharmonic)
         if cfg.prior != "none":
             self.alpha = nn.Parameter(torch.zeros(()))  # prior + α (x̂ − prior): the prior at init
 
@@ -162,25 +211,18 @@ class EGNNBaseline(nn.Module):
         h = self.node_embed(node_features(v, z, rwpe, self.cfg)) * m  # (B, N, H)
         return x, v, h, edges, attr, m
 
-    def _finish(self, pred: Tensor, base: Tensor | None, m: Tensor, lags_fs: Tensor, dtype: torch.dtype) -> Tensor:
-        """The output (B, P, N, 3): the network's positions, or prior + α g(Δt) (x̂ − prior), g the
-        correction onset (`atomray.model.prior.onset_gate`; 1 when `correction_onset_fs` is 0)."""
+    def _finish(self, pred: Tensor, base: Tensor | None, m: Tensor, dtype: torch.dtype) -> Tensor:
+        """The output (B, P, N, 3): the network's positions, or prior + α (x̂ − prior)."""
         if base is not None:
-            corr = onset_gate(self.alpha * (pred - base), lags_fs, self.cfg.correction_onset_fs)
-            pred = (base + corr) * m[:, None]
+            pred = (base + self.alpha * (pred - base)) * m[:, None]
         return pred.to(dtype)
 
-    def _prior(self, x0: Tensor, v0: Tensor, z: Tensor, mask: Tensor, lags_fs: Tensor, m: Tensor) -> Tensor | None:
-        base, rot = self.prior(x0.to(m.dtype), v0.to(m.dtype), z, mask, lags_fs)
-        if base is None:
-            return None
-        if self.cfg.relaxed_prior:  # toward the minimum (`Prior.relaxation`)
-            base = base + self.prior.relaxation(self.prior.shift(x0, z, mask), rot, lags_fs).to(base.dtype)
-        if self.cfg.prior == "harmonic":  # the damped normal-mode vibration (`Prior.vibration`)
-            base = base + self.prior.vibration(self.prior.paths(x0, v0, z, mask, lags_fs), rot, lags_fs).to(base.dtype)
-        if self.cfg.anharmonic:  # handed over from MMFF94 MD (`Prior.hand_over`)
-            base = self.prior.hand_over(base, self.prior.md(x0, v0, z, mask, lags_fs), lags_fs)
-        return base * m[:, None]
+    def _prior(self, x0: Tensor, lags_fs: Tensor, paths: Mapping[str, Tensor] | None, m: Tensor) -> Tensor | None:
+        """The prior's positions (B, P, N, 3) in the stream's dtype (`atomray.priors.compose`), or None."""
+        if self.cfg.prior not in ("none", "x0"):
+            self.prior.check(paths)
+        base, _ = self.prior(x0.to(m.dtype), lags_fs, paths)
+        return None if base is None else base.to(m.dtype) * m[:, None]
 
 
 class EGNNRollout(EGNNBaseline):
@@ -191,9 +233,9 @@ class EGNNRollout(EGNNBaseline):
         self.layers = nn.ModuleList(EGNNLayer(cfg.gnn_hidden_dim) for _ in range(cfg.num_layers))
 
     def forward(self, x0: Tensor, v0: Tensor, z: Tensor, lags_fs: Tensor, mask: Tensor,
-                rwpe: Tensor | None = None) -> Tensor:
+                rwpe: Tensor | None = None, paths: Mapping[str, Tensor] | None = None) -> Tensor:
         x, v, h0, edges, attr, m = self._inputs(x0, v0, z, lags_fs, mask, rwpe)
-        graph = EdgeList.from_dense(edges, attr)
+        graph = make_graph(edges, attr)
         lags = lags_fs.to(x.dtype)
         steps = torch.diff(lags, dim=1, prepend=torch.zeros_like(lags[:, :1]))  # (B, P) fs
         temb = self.time_embed(steps)  # (B, P, H)
@@ -206,8 +248,8 @@ class EGNNRollout(EGNNBaseline):
             v = (xp - x) / step * self.cfg.velocity_scale_fs * m  # finite-difference velocity
             x, h = xp * m, h * m
             out.append(x)
-        base = self._prior(x0, v0, z, mask, lags_fs, m)
-        return self._finish(torch.stack(out, dim=1), base, m, lags_fs, x0.dtype)  # (B, P, N, 3)
+        base = self._prior(x0, lags_fs, paths, m)
+        return self._finish(torch.stack(out, dim=1), base, m, x0.dtype)  # (B, P, N, 3)
 
 
 class EGNNSequential(EGNNBaseline):
@@ -220,9 +262,9 @@ class EGNNSequential(EGNNBaseline):
         )
 
     def forward(self, x0: Tensor, v0: Tensor, z: Tensor, lags_fs: Tensor, mask: Tensor,
-                rwpe: Tensor | None = None) -> Tensor:
+                rwpe: Tensor | None = None, paths: Mapping[str, Tensor] | None = None) -> Tensor:
         x, v, h, edges, attr, m = self._inputs(x0, v0, z, lags_fs, mask, rwpe)
-        graph = EdgeList.from_dense(edges, attr)
+        graph = make_graph(edges, attr)
         lags = lags_fs.to(x.dtype)
         steps = torch.diff(lags, dim=1, prepend=torch.zeros_like(lags[:, :1]))  # (B, P) fs
         temb = self.time_embed(lags)  # (B, P, H)
@@ -234,5 +276,5 @@ class EGNNSequential(EGNNBaseline):
             v = (xp - x) / steps[:, p, None, None].clamp_min(1e-6) * self.cfg.velocity_scale_fs * m
             h, x = h * m, xp * m
             out.append(x)
-        base = self._prior(x0, v0, z, mask, lags_fs, m)
-        return self._finish(torch.stack(out, dim=1), base, m, lags_fs, x0.dtype)  # (B, P, N, 3)
+        base = self._prior(x0, lags_fs, paths, m)
+        return self._finish(torch.stack(out, dim=1), base, m, x0.dtype)  # (B, P, N, 3)

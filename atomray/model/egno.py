@@ -1,4 +1,4 @@
-"""EGNO: the Equivariant Graph Neural Operator baseline (Xu et al. 2024; REFERENCE.md).
+"""EGNO: the Equivariant Graph Neural Operator baseline (Xu et al. 2024; docs/architecture.md).
 
 The initial state is repeated over the P lags; each slice carries a sinusoidal embedding
 (dim `time_embed_dim` = 32) of its real lag in fs (the multitask data set has a different ΔT
@@ -19,7 +19,7 @@ it and the whole operator is E(3)-equivariant.
 Parameters at the defaults (hidden 64, 5 layers, 2 modes, RWPE 8): 273 241 here — per layer
 33 537 (EGNN) + 16 384 (spectral h) + 4 160 (pointwise h) + 4 (spectral x). The paper's EGNO
 has 335 770; the difference is in details of the original code's layers not specified in
-the paper or REFERENCE.md.
+the paper.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atomray.config import ModelConfig
-from atomray.model.egnn import EdgeList, EGNNBaseline, EGNNLayer
+from typing import Mapping
+
+from atomray.model.egnn import EGNNBaseline, EGNNLayer, make_graph
 
 
 class SpectralConv(nn.Module):
@@ -55,7 +57,7 @@ class SpectralConv(nn.Module):
 
 
 class EGNO(EGNNBaseline):
-    """EGNO behind the ATOM interface: forward(x0, v0, z, lags_fs, mask, rwpe) → (B,P,N,3)."""
+    """EGNO behind the ATOM interface: forward(x0, v0, z, lags_fs, mask, rwpe, paths) → (B,P,N,3)."""
 
     def __init__(self, cfg: ModelConfig, num_lags: int, rwpe_dim: int = 0):
         super().__init__(cfg, num_lags, rwpe_dim)
@@ -66,21 +68,21 @@ class EGNO(EGNNBaseline):
         self.conv_x = nn.ModuleList(SpectralConv(1, 1, cfg.fourier_modes) for _ in range(cfg.num_layers))
 
     def forward(self, x0: Tensor, v0: Tensor, z: Tensor, lags_fs: Tensor, mask: Tensor,
-                rwpe: Tensor | None = None) -> Tensor:
+                rwpe: Tensor | None = None, paths: Mapping[str, Tensor] | None = None) -> Tensor:
         x, v, h, edges, attr, m = self._inputs(x0, v0, z, lags_fs, mask, rwpe)
         b, n, _ = x.shape
         p = self.num_lags
         temb = self.time_embed(lags_fs.to(x.dtype))  # (B, P, H)
         h = (h[:, None] + temb[:, :, None]) * m[:, None]  # (B, P, N, H)
-        base = self._prior(x0, v0, z, mask, lags_fs, m)
+        base = self._prior(x0, lags_fs, paths, m)
         xs = x[:, None].expand(b, p, n, 3) if base is None else base  # (B, P, N, 3)
         flat = lambda t: t.reshape(b * p, *t.shape[2:])  # noqa: E731  (B, P, …) → (B·P, …)
         v_f = flat(v[:, None].expand(b, p, n, 3))
-        graph = EdgeList.from_dense(edges, attr, copies=p)  # the start-frame graph in every slice
+        graph = make_graph(edges, attr, copies=p)  # the start-frame graph in every slice
         for conv_h, lin_h, conv_x, layer in zip(self.conv_h, self.lin_h, self.conv_x, self.layers):
             h = h + F.leaky_relu(conv_h(h) + lin_h(h))
             xs = xs + conv_x((xs - x[:, None])[..., None])[..., 0]
             hf, xf = layer(flat(h), flat(xs), v_f, graph)
             h = hf.view(b, p, n, -1) * m[:, None]
             xs = xf.view(b, p, n, 3) * m[:, None]
-        return self._finish(xs, base, m, lags_fs, x0.dtype)
+        return self._finish(xs, base, m, x0.dtype)

@@ -1,14 +1,18 @@
-"""The model registry: `ModelConfig.name` → class, and `build_model`.
+"""The model registry: `ModelConfig.name` → class, `build_model`, and the one model interface.
 
     model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k)
-    pred = model(x0, v0, z, lags_fs, mask, rwpe)        # (B, P, N, 3) Å, centred frame
+    pred = model(**model_inputs(batch))      # (B, P, N, 3) Å, centred frame
+    pred = model(x0, v0, z, lags_fs, mask, rwpe, paths)
 
 Every registered class takes (cfg: ModelConfig, num_lags: int, rwpe_dim: int) and has the
 same forward signature. `rwpe_dim` is the RWPE length the data pipeline produces (0 = off:
-then `rwpe` must be None).
+then `rwpe` must be None). `paths` holds the batch's prior paths (`atomray.priors.paths`),
+which the data path attached: the forward only composes them (`atomray.priors.compose`).
 """
 
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 from torch import nn
 
@@ -16,6 +20,7 @@ from atomray.config import ConfigError, ModelConfig
 from atomray.model.atom import ATOM
 from atomray.model.egnn import EGNNRollout, EGNNSequential
 from atomray.model.egno import EGNO
+from atomray.priors.compose import PATH_KEYS
 
 MODELS: dict[str, type[nn.Module]] = {
     "atom": ATOM,
@@ -23,6 +28,21 @@ MODELS: dict[str, type[nn.Module]] = {
     "egnn_r": EGNNRollout,
     "egnn_s": EGNNSequential,
 }
+
+
+MODEL_INPUTS = ("x0", "v0", "z", "lags_fs", "mask")
+
+
+def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of a model's forward from a window batch (torch tensors): the
+    state, the lags, RWPE when present, and every prior path the batch carries."""
+    missing = [k for k in MODEL_INPUTS if k not in batch]
+    if missing:
+        raise KeyError(f"model inputs: the batch lacks {missing} (it has {sorted(batch)})")
+    out = {k: batch[k] for k in MODEL_INPUTS}
+    out["rwpe"] = batch.get("rwpe")
+    out["paths"] = {k: batch[k] for k in PATH_KEYS if k in batch}
+    return out
 
 
 def build_model(cfg: ModelConfig, num_lags: int, rwpe_dim: int = 0) -> nn.Module:

@@ -96,7 +96,7 @@ def segment_path(out: Path, molecule_id: str, segment: int) -> Path:
 
 def molecule_path(out: Path, molecule_id: str) -> Path:
     """A finished molecule's trajectory: one frames row holding every production frame, so
-    training windows may span the whole trajectory (DESIGN.md: a row holds the largest
+    training windows may span the whole trajectory (docs/data.md: a row holds the largest
     horizon)."""
     return out / FRAMES_DIR / f"{molecule_id}.parquet"
 

@@ -1,6 +1,6 @@
 """The Ray Train boundary: the worker loop and the TorchTrainer that runs it.
 
-This is the only module that calls `ray.train.*` (DESIGN.md). The worker loop builds the
+This is the only module that calls `ray.train.*` (docs/architecture.md). The worker loop builds the
 model and data inside the worker, wraps the model with `prepare_model` (DDP: gloo on CPU,
 NCCL on CUDA), trains on its Ray Data shard through `WindowStream`, validates on fixed
 windows every epoch, and reports metrics with a checkpoint directory. `EpochRecorder`, a
@@ -34,10 +34,12 @@ from atomray import storage
 from atomray.config import RunConfig, config_from_dict, to_dict
 from atomray.data.pipeline import EpochPlan, InMemoryStream, WindowStream, fixed_windows, to_torch
 from atomray.data.splits import EvalSet, Split
-from atomray.evaluate import (FLOORS, ErrorTable, model_errors, rotated_copy, score_windows, strongest_floor,
-                              summarise, validation_windows)
+from atomray.evaluate import (FLOORS, ErrorTable, eval_transform, model_errors, rotated_copy, score_windows,
+                              strongest_floor, summarise, validation_windows, with_paths)
 from atomray.checkpoint import TrainState, load_optimizer, load_weights, read_state, save_checkpoint
-from atomray.train.loss import epoch_generator, training_loss
+from atomray.priors.paths import PriorPaths
+from atomray.train.faults import COMMIT_MARKER, maybe_exit_after_report, maybe_inject_fault, read_faults
+from atomray.train.loss import epoch_generator, training_loss, training_transform
 from atomray.train.optim import build_optimizer, lr_at, train_step
 
 
@@ -90,6 +92,17 @@ class RankEvalSet:
         return summarise(gather_tables(local), self.name, breakdown)
 
 
+def load_physics(root: str, molecules: list[str], known: Any) -> Any:
+    """The stored per-frame physics of `molecules` (the training molecules' may be loaded
+    already: `known`), or None when the data set has none for them (then the machine's basin
+    store serves the evaluation windows)."""
+    from atomray.priors.frames import FramePhysics
+
+    if known is not None and all(m in known.molecules for m in molecules):
+        return known
+    return FramePhysics.load(root, molecules) if molecules else None
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker function. `config` holds the resolved RunConfig as a dict ("run"),
     the split ("split"), the epoch plan inputs and the MLflow run to log to."""
@@ -125,11 +138,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         remove_uncommitted_checkpoints(config["run_dir"], checkpoint)
 
     data = cfg.data
-    eval_sets = [RankEvalSet.make("val", validation_windows(data, split), rank, world, device)]
+    transform, physics = training_transform(cfg, split.train)  # the prior paths of training batches
+    scoring = eval_transform(cfg, load_physics(data.path, [*split.val, *split.test], physics))
+    eval_sets = [RankEvalSet.make("val", with_paths(validation_windows(data, split), scoring), rank, world, device)]
     for d in config.get("eval_sets", []):
         es = EvalSet.from_dict(d)
         windows = fixed_windows(data.path, es.molecules, es.n, data, es.seed, es.frame_fraction)
-        eval_sets.append(RankEvalSet.make(es.name, windows, rank, world, device))
+        scoring = eval_transform(cfg, load_physics(data.path, es.molecules, physics))
+        eval_sets.append(RankEvalSet.make(es.name, with_paths(windows, scoring), rank, world, device))
 
     probe = {k: v[:2] for k, v in eval_sets[0].windows.items()}
     unused = find_unused_parameters(model, probe, cfg)
@@ -143,9 +159,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     total_steps = plan.steps_per_epoch * cfg.train.epochs
     if data.train_feed == "fixed":  # one set of windows, drawn once, every epoch
         held = fixed_windows(data.path, split.train, data.train_windows, data, data.split_seed + 4, split.ranges["train"])
-        stream = InMemoryStream({k: v[rank::world] for k, v in held.items()}, plan, cfg.train.seed, rank, device)
+        held = with_paths({k: v[rank::world] for k, v in held.items()}, transform)
+        if not transform.context:
+            held = {k: v for k, v in held.items() if not k.startswith("ctx_")}
+        stream = InMemoryStream(held, plan, cfg.train.seed, rank, device)
     else:
-        stream = WindowStream(ray.train.get_dataset_shard("train"), data, plan, cfg.train.seed, rank, device)
+        stream = WindowStream(ray.train.get_dataset_shard("train"), data, plan, cfg.train.seed, rank, device,
+                              transform=transform, with_context=transform.context)
 
     try:
         for epoch, batches in stream.epochs(state.epoch + 1, cfg.train.epochs):
@@ -160,7 +180,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 waited += time.perf_counter() - t_wait
                 if batch is None:
                     break
-                maybe_inject_fault(cfg, config, epoch, n_batches, plan.steps_per_epoch, rank, world)
+                maybe_inject_fault(config, epoch, n_batches, plan.steps_per_epoch, rank, world)
                 loss = train_step(model, optimizer, batch, cfg, state.step, total_steps, noise_gen, augment_gen, autocast)
                 state.step += 1
                 n_batches += 1
@@ -183,7 +203,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state.history.append(row)
             state.best_val_s2s = min(state.best_val_s2s, row["val_s2s"])
             report(row, model, optimizer, cfg, state, rank, Checkpoint)
-            maybe_exit_after_report(cfg, config, epoch, rank, world)
+            maybe_exit_after_report(config, epoch, rank, world)
     finally:
         stream.close()
 
@@ -263,49 +283,6 @@ def remove_uncommitted_checkpoints(run_dir: str, committed: Any) -> list[str]:
     return removed
 
 
-def inject_fault_once(config: dict, kind: str, epoch: int, rank: int) -> None:
-    """Exit this process hard, once per run and kind (a marker beside the run remembers it)."""
-    marker = storage.join(config["run_dir"], f".fault_{kind}")
-    if storage.exists(marker):
-        return
-    storage.write_text(marker, f"{kind} epoch {epoch} rank {rank}\n")
-    os._exit(1)
-
-
-COMMIT_MARKER = ".committed_epoch"  # written by the controller while a fault is configured
-
-
-def maybe_inject_fault(cfg: RunConfig, config: dict, epoch: int, step: int, steps: int, rank: int, world: int) -> None:
-    """Fault injection for tests (`train.fail_at_epoch`): the last rank exits hard halfway
-    through that epoch, once per run, and only once Ray Train has committed the epoch before
-    it (the controller reports commits in run_dir/.committed_epoch while a fault is
-    configured): otherwise whether the restart resumes or starts over would depend on how soon
-    the controller polled the workers."""
-    if cfg.train.fail_at_epoch != epoch or rank != world - 1 or step != steps // 2:
-        return
-    if epoch > 0:
-        wait_for_commit(config["run_dir"], epoch - 1)
-    inject_fault_once(config, "mid_epoch", epoch, rank)
-
-
-def wait_for_commit(run_dir: str, epoch: int, timeout_s: float = 300.0) -> None:
-    """Block until the controller has recorded `epoch` as committed in run_dir."""
-    marker = storage.join(run_dir, COMMIT_MARKER)
-    deadline = time.monotonic() + timeout_s
-    while not (storage.exists(marker) and int(storage.read_text(marker) or -1) >= epoch):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{marker}: epoch {epoch} was not committed within {timeout_s:.0f} s")
-        time.sleep(0.2)
-
-
-def maybe_exit_after_report(cfg: RunConfig, config: dict, epoch: int, rank: int, world: int) -> None:
-    """Fault injection for tests (`train.fail_after_report`): the last rank exits hard right
-    after reporting that epoch, before Ray Train can commit it (rank 0 has uploaded its
-    checkpoint by then: the directory a dead attempt leaves behind), once per run."""
-    if cfg.train.fail_after_report == epoch and rank == world - 1 and world > 1:
-        inject_fault_once(config, "after_report", epoch, rank)
-
-
 def committed_history(checkpoint: Any) -> list[dict[str, float]]:
     """The metric history saved in a (committed) Ray Train checkpoint, read from its storage."""
     import posixpath
@@ -369,7 +346,8 @@ def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: 
     if cfg.scaling.use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker
     log_level = os.environ.get("ATOMRAY_LOG_LEVEL", "INFO")  # set by atomray.train.pretrain.quiet_logs
-    commit_marker = storage.join(run_dir, COMMIT_MARKER) if cfg.train.fail_at_epoch > 0 else ""
+    faults = read_faults()
+    commit_marker = storage.join(run_dir, COMMIT_MARKER) if faults.get("fail_at_epoch", -1) > 0 else ""
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -382,6 +360,7 @@ def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: 
             "eval_sets": [e.to_dict() for e in eval_sets or []],
             "elements": list(elements or []),
             "log_level": log_level,
+            "faults": faults,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers,
                                                use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources,

@@ -6,21 +6,22 @@ Each sample is averaged over its own real atoms, frames and xyz, then samples ar
 so a molecule counts the same whatever its size (the multitask objective of §3.3 averages
 over molecules). For single-molecule batches this is exactly EGNO's MSE.
 
-`train.loss_weighting=rigid` weights each sample by 1 / (the rigid-body floor's error on it + ε),
-normalised to mean 1 over the batch (`window_weights`). The plain mean is dominated by the
-longest horizons, where vibrations have dephased and little is predictable from (x0, v0); the
-weighted loss lets the short and middle horizons steer training. On five-fold CV it did not
-lower the mean out-of-domain S2T (README, "Cross-validation"), so the shipped configs keep none.
-`harmonic` weights by the harmonic_all floor's error instead (the floor of the harmonic prior),
-`anharmonic` by the anharmonic_all floor's (the floor of the anharmonic prior, `atomray.anharmonic`).
+`train.loss_weighting=harmonic` (the default) weights each sample by 1 / (the harmonic_all
+floor's error on it + ε), normalised to mean 1 over the batch (`window_weights`): the plain mean
+is dominated by the windows the prior gets worst, and a model trained on it adds error to the
+rigid molecules its prior nearly solves (docs/experiments.md, "Rigid molecules"). `anharmonic`
+weights by the anharmonic_all floor's error (the floor of the anharmonic prior). The floors
+are composed from the batch's prior paths (`atomray.priors.compose.floor_predictions`).
 `train.loss_atoms=score` averages over the scored atoms only (heavy atoms by default).
 
 Label noise (§3.2.3): during training the inputs x, v and every target frame get independent
 Gaussian noise, x + ξ_x, v + ξ_v, x^{(t+Δt_p)} + ξ_x^p. The model never adds noise itself.
 The latent-equivariance regulariser lives on the model (`ATOM.latent_equivariance_loss`);
 the loop adds `ModelConfig.latent_equivariance_weight` × that loss when the weight is > 0.
-Augmentation (`train.augment=so3`, `atomray.metrics.rotate_windows`) turns every training window by a random
-rotation before noise and loss, so orientation carries no information to memorise.
+Augmentation (`train.augment=so3`, `atomray.data.augment.rotate_windows`) turns every training window,
+its prior paths included, by a random rotation before noise and loss, so orientation carries no
+information to memorise. The noise perturbs the model's inputs and targets, not the prior paths:
+the data path computed them from the clean start state.
 """
 
 from __future__ import annotations
@@ -30,10 +31,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from atomray import physics
 from atomray.checkpoint import unwrap
 from atomray.config import RunConfig
-from atomray.metrics import masked_mse, random_rotation
+from atomray.data.augment import random_rotation
+from atomray.metrics import masked_mse
+from atomray.model.registry import model_inputs
+from atomray.data.frames import DataError
+from atomray.priors.compose import floor_parts, floor_predictions, prior_parts
+from atomray.priors.frames import FramePhysics
+from atomray.priors.paths import PriorPaths, basin_source
 
 
 def trajectory_loss(pred: Tensor, target: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
@@ -43,27 +49,44 @@ def trajectory_loss(pred: Tensor, target: Tensor, mask: Tensor, weights: Tensor 
     return per_sample.mean() if weights is None else (per_sample * weights).mean()
 
 
+LOSS_FLOORS = {"harmonic": "harmonic_all", "anharmonic": "anharmonic_all"}
+
+
+def training_parts(cfg: RunConfig) -> frozenset[str]:
+    """The prior path parts a training batch needs: the model's prior and the loss weights' floor."""
+    parts = set(prior_parts(cfg.model.prior, cfg.model.anharmonic))
+    if cfg.train.loss_weighting in LOSS_FLOORS:
+        parts |= floor_parts([LOSS_FLOORS[cfg.train.loss_weighting]])
+    return frozenset(parts)
+
+
+def training_transform(cfg: RunConfig, molecules: list[str]) -> tuple[PriorPaths, FramePhysics | None]:
+    """The data-path transform of training batches (`atomray.priors.paths.PriorPaths`) and the
+    stored per-frame physics it reads (None when no part needs a basin). The driver made sure
+    the physics exists (`atomray.priors.frames.ensure_frame_physics`); a data set without it is
+    an error here, not minutes of minimisation inside every worker."""
+    parts = training_parts(cfg)
+    physics = None
+    if "vibration" in parts:
+        physics = FramePhysics.load(cfg.data.path, molecules)
+        if physics is None:
+            raise DataError(f"{cfg.data.path}: the {cfg.model.prior} prior needs the data set's per-frame physics, "
+                            "which is not stored for every training molecule; compute it first "
+                            f"(python jobs/frame_physics.py --data {cfg.data.path})")
+    context = cfg.data.context_atoms == "heavy" and bool(parts)
+    return PriorPaths(parts, basin_source(physics), context=context), physics
+
+
 @torch.no_grad()
-def window_weights(batch: dict[str, Tensor], floor: float, kind: str = "rigid") -> Tensor:
+def window_weights(batch: dict[str, Tensor], floor: float, kind: str = "harmonic") -> Tensor:
     """(B,) weights 1 / (S2T of a physics floor on the window's atoms + floor Å²), scaled to
-    mean 1: `kind` rigid is the rigid-body extrapolation of the window's atoms, harmonic the
-    harmonic_all floor (`atomray.evaluate.harmonic_floor`, GFN2-xTB normal modes; needs z).
-    Needs x0, v0, target, mask, mass and lags_fs in the batch."""
-    x0, v0, mask = batch["x0"].double(), batch["v0"].double(), batch["mask"]
-    mass, lags = batch["mass"].double() * mask, batch["lags_fs"].double()
-    if kind == "rigid":
-        base = physics.rigid(x0, v0, mass, lags)
-    elif kind == "harmonic":
-        from atomray.evaluate import harmonic_floor  # evaluation sits beside training; imported when used
-
-        base = harmonic_floor(batch, x0, v0, mass, lags)
-    elif kind == "anharmonic":
-        from atomray.evaluate import floor_predictions
-
-        base = floor_predictions(batch, ["anharmonic_all"])["anharmonic_all"]
-    else:
-        raise ValueError(f"train.loss_weighting: unknown floor {kind!r}; expected rigid, harmonic or anharmonic")
-    w = 1.0 / (masked_mse(base.float(), batch["target"].float(), mask) + floor)
+    mean 1: `kind` harmonic is the harmonic_all floor, anharmonic the anharmonic_all floor,
+    composed from the batch's prior paths. Needs x0, v0, target, mask, mass, lags_fs."""
+    if kind not in LOSS_FLOORS:
+        raise ValueError(f"train.loss_weighting: unknown floor {kind!r}; expected one of {', '.join(LOSS_FLOORS)}")
+    name = LOSS_FLOORS[kind]
+    base = floor_predictions(batch, [name])[name]
+    w = 1.0 / (masked_mse(base.float(), batch["target"].float(), batch["mask"]) + floor)
     return w / w.mean()
 
 
@@ -112,12 +135,13 @@ def training_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: R
     loss_mask = batch["mask"] & batch["score"].bool() if cfg.train.loss_atoms == "score" else batch["mask"]
     x0, v0, target = add_label_noise(batch["x0"], batch["v0"], batch["target"], batch["mask"],
                                      cfg.train.label_noise_sigma, generator)
+    inputs = {**model_inputs(batch), "x0": x0, "v0": v0}
     with autocast:
-        pred = model(x0, v0, batch["z"], batch["lags_fs"], batch["mask"], batch.get("rwpe"))
+        pred = model(**inputs)
         loss = trajectory_loss(pred.float(), target, loss_mask, weights)
         weight = cfg.model.latent_equivariance_weight
         if weight > 0:
             rot = random_rotation(generator, dtype=torch.float32).to(x0.device)
             loss = loss + weight * unwrap(model).latent_equivariance_loss(
-                x0, v0, batch["z"], batch["lags_fs"], batch["mask"], batch.get("rwpe"), rot)
+                x0, v0, batch["z"], batch["lags_fs"], batch["mask"], batch.get("rwpe"), rot, inputs["paths"])
     return loss

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from atomray.config import OptimConfig, RunConfig
-from atomray.metrics import rotate_windows
+from atomray.data.augment import rotate_windows
 from atomray.train.loss import training_loss
 
 

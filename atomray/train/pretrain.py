@@ -155,6 +155,7 @@ def pretrain(cfg: RunConfig, *, split: Split | None = None, eval_sets: list[Eval
     if total_starts == 0:
         raise DataError(f"{cfg.data.path}: the training molecules have no trajectory long enough for the horizon")
 
+    ensure_physics(cfg, split)
     elements = sorted({int(z) for m in split.train for z in z_of[m] if z > 1 or cfg.data.context_atoms == "all"})
     run_dir = storage.join(cfg.storage_path, cfg.name)
     run_id = ""
@@ -194,6 +195,17 @@ def pretrain(cfg: RunConfig, *, split: Split | None = None, eval_sets: list[Eval
         raise
     return PretrainResult(run_id, cfg.tracking.tracking_uri, export_dir, best, history[-1], history,
                           split.to_dict(), time.perf_counter() - t0)
+
+
+def ensure_physics(cfg: RunConfig, split: Split) -> None:
+    """Compute the data set's per-frame physics before training, once (`atomray.priors.frames`;
+    Ray tasks, one per molecule), when the run's prior or loss weights need basins; a data set
+    that has it (tg80-mini ships with it) costs nothing here."""
+    from atomray.priors.frames import ensure_frame_physics
+    from atomray.train.loss import training_parts
+
+    if "vibration" in training_parts(cfg):
+        ensure_frame_physics(cfg.data.path, list(dict.fromkeys([*split.train, *split.val, *split.test])))
 
 
 def log_split(uri: str, run_id: str, split: Split) -> None:

@@ -116,6 +116,12 @@ def run_trials(cfg: RunConfig, trials: list[dict[str, Any]] | dict[str, Any], sw
         param_space = dict(trials)
         unpack = lambda c: {"overrides": dict(c)}  # noqa: E731
     base = to_dict(cfg)
+    # Every trial's floors (and the harmonic prior) read the data set's per-frame physics:
+    # computed here once, as Ray tasks, not by each trial inside its placement group.
+    from atomray.data.splits import usable_molecules
+    from atomray.priors.frames import ensure_frame_physics
+
+    ensure_frame_physics(cfg.data.path, usable_molecules(cfg.data).column("molecule_id").to_pylist())
 
     def trainable(config: dict[str, Any]) -> None:
         _trial(unpack(config), base, parent_run_id, sweep, prepare)

@@ -6,8 +6,7 @@ Keys are dotted RunConfig keys, so a trial's overrides apply with `apply_overrid
   and the log-uniform horizon's Δt_min and ΔT_max.
 - `ABLATIONS`: each paper ablation and each of atomray's additions (prior, context atoms,
   augmentation, distance bias, lag-conditioned output, internal velocities, loss weighting,
-  relaxation in the prior and as an input, the harmonic prior as an input) with its
-  alternatives, the default first; `ablation_trials` makes the one-switch-at-a-time list (the
+  the relaxation and the harmonic prior as inputs) with its alternatives, the default first; `ablation_trials` makes the one-switch-at-a-time list (the
   default model plus one trial per alternative value), or the full factorial grid.
 """
 
@@ -32,15 +31,14 @@ ABLATIONS: dict[str, list[Any]] = {
     "model.distance_bias": [True, False],
     "model.lag_conditioned_output": [True, False],
     "model.internal_velocity": [True, False],
-    "train.loss_weighting": ["none", "rigid"],
-    "model.relaxed_prior": [False, True],
+    "train.loss_weighting": ["harmonic", "none"],
     "model.relaxed_input": [True, False],
     "model.prior_input": [True, False],
 }
 # Alternatives that only make sense together: the quasi-equivariant lifting learns rotations
 # from augmented data (on the exactly equivariant default, augmentation changes nothing), the
-# paper's own default (quasi-equivariant, heterogeneous attention, augmented), and the previous
-# default (the rotor prior without the relaxation input).
+# paper's own default (quasi-equivariant, heterogeneous attention, augmented), and the rotor
+# prior without the inputs that read the harmonic prior.
 COMBINED: list[dict[str, Any]] = [
     {"model.lifting": "equivariant", "train.augment": "so3"},
     {"model.lifting": "equivariant", "model.attention": "heterogeneous", "train.augment": "so3"},
@@ -99,23 +97,17 @@ def _unchanged(trial: dict[str, Any]) -> bool:
 
 def _compatible(trial: dict[str, Any]) -> dict[str, Any]:
     """The trial made runnable (`atomray.config_ranges`): without the hydrogens
-    (context_atoms=heavy) the force field has no molecule, so the relaxation is off and the
-    harmonic prior becomes rotor; the relaxed prior is the rotor's alternative to the harmonic
-    vibration (harmonic becomes rotor under it) and has nothing to add to without a prior
-    (prior=none); prior_input needs the harmonic prior.
+    (context_atoms=heavy) there are no normal modes, so the harmonic prior becomes rotor and
+    the harmonic loss weighting none; the relaxation and prior inputs read the harmonic prior.
     Switches the trial does not set but the base config (sweep.yaml) turns on are set off
     explicitly where they cannot run."""
     out = dict(trial)
     if out.get("data.context_atoms") == "heavy":
-        out.update({"model.relaxed_prior": False, "model.relaxed_input": False})
         if out.get("model.prior", _BASE_PRIOR) == "harmonic":
             out["model.prior"] = "rotor"
-    if out.get("model.relaxed_prior") and out.get("model.prior", _BASE_PRIOR) == "harmonic":
-        out["model.prior"] = "rotor"
-    if out.get("model.prior") == "none" and "model.relaxed_prior" in out:
-        out["model.relaxed_prior"] = False
+        out["train.loss_weighting"] = "none"
     if out.get("model.prior", _BASE_PRIOR) != "harmonic":
-        out["model.prior_input"] = False
+        out.update({"model.prior_input": False, "model.relaxed_input": False})
     return out
 
 

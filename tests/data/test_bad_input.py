@@ -167,7 +167,7 @@ def short_trajectory(n_frames: int = 20) -> Trajectory:
 
 
 def test_sample_windows_refuses_a_trajectory_shorter_than_the_horizon():
-    cfg = DataConfig(horizon="fixed", horizon_fs=50.0, num_lags=8, rwpe_k=0)
+    cfg = DataConfig(horizon="fixed", horizon_fs=50.0, num_lags=8, rwpe_k=0, context_atoms="heavy")
     with pytest.raises(DataError) as err:
         sample_windows(short_trajectory(20), 4, cfg, np.random.default_rng(0))
     msg = str(err.value)

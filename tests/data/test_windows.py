@@ -36,7 +36,7 @@ def synthetic_md(n_frames: int, z: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def egno_reference(R: np.ndarray, z: np.ndarray, delta_frame: int, num_timesteps: int,
                    max_samples: tuple[int, int, int]):
-    """The EGNO MD17 data protocol, transcribed step by step from REFERENCE.md with plain
+    """The EGNO MD17 data protocol, transcribed step by step from docs/reference.md with plain
     loops (deliberately not sharing code with atomray)."""
     x = R
     v = x[1:] - x[:-1]
@@ -73,7 +73,7 @@ def test_reproduces_egno_md17_protocol(tmp_path):
     pos, vel = R[:-1], (R[1:] - R[:-1]) / dt
     write_dataset(tmp_path, [(Molecule("aspirin", ASPIRIN_Z, dt, 0, source="md17"), pos, vel)])
     (traj,) = load_trajectories(tmp_path)["aspirin"]
-    cfg = DataConfig(horizon="fixed", horizon_fs=1500.0, num_lags=8, centre=False, rwpe_k=0)
+    cfg = DataConfig(horizon="fixed", horizon_fs=1500.0, num_lags=8, centre=False, rwpe_k=0, context_atoms="heavy")
     starts = egno_start_frames(traj.n_frames, horizon_frames=3000)
     horizon = horizon_frames(cfg, traj.dt_fs, 1, np.random.default_rng(0))
     assert horizon[0] == 3000
@@ -105,7 +105,7 @@ def test_uniform_and_tail_lags():
 
 
 def test_loguniform_horizons_cover_range_in_log_space():
-    cfg = DataConfig(horizon="loguniform", horizon_min_fs=8.0, horizon_max_fs=24000.0)
+    cfg = DataConfig(horizon="loguniform", horizon_min_fs=8.0, horizon_max_fs=24000.0, context_atoms="heavy")
     h = horizon_frames(cfg, 1.0, 200_000, np.random.default_rng(1))
     assert h.min() >= 8 and h.max() <= 24000
     logs = np.log(h)
@@ -123,7 +123,7 @@ def _traj(n_frames=2000, dt=1.0, z=ASPIRIN_Z):
 
 def test_windows_stay_inside_frame_range_and_are_centred():
     traj = _traj()
-    cfg = DataConfig(horizon="loguniform", horizon_min_fs=8, horizon_max_fs=500, rwpe_k=0)
+    cfg = DataConfig(horizon="loguniform", horizon_min_fs=8, horizon_max_fs=500, rwpe_k=0, context_atoms="heavy")
     w = sample_windows(traj, 5000, cfg, np.random.default_rng(0), frame_range=(100, 1200))
     last = w["start"] + (w["lags_fs"][:, -1] / traj.dt_fs).astype(int)
     assert w["start"].min() >= 100 and last.max() < 1200
@@ -139,7 +139,7 @@ def test_windows_stay_inside_frame_range_and_are_centred():
 
 def test_sampling_is_seeded():
     traj = _traj()
-    cfg = DataConfig(rwpe_k=4, horizon_max_fs=500)
+    cfg = DataConfig(rwpe_k=4, horizon_max_fs=500, context_atoms="heavy")
     a = sample_windows(traj, 64, cfg, np.random.default_rng(5))
     b = sample_windows(traj, 64, cfg, np.random.default_rng(5))
     c = sample_windows(traj, 64, cfg, np.random.default_rng(6))
@@ -163,7 +163,7 @@ def test_all_atoms_are_model_atoms_with_context_all_and_heavy_ones_are_scored():
 
 def test_heavy_atom_windows_carry_the_hydrogens_as_context_in_the_same_frame():
     traj = _traj()
-    cfg = DataConfig(rwpe_k=0, horizon_max_fs=500)
+    cfg = DataConfig(rwpe_k=0, horizon_max_fs=500, context_atoms="heavy")
     w = sample_windows(traj, 8, cfg, np.random.default_rng(0))
     heavy, hydrogen = ASPIRIN_Z > 1, ASPIRIN_Z == 1
     assert w["x0"].shape[1] == heavy.sum() and w["ctx_x0"].shape == (8, hydrogen.sum(), 3)
@@ -177,7 +177,7 @@ def test_heavy_atom_windows_carry_the_hydrogens_as_context_in_the_same_frame():
 
 def test_horizon_longer_than_trajectory_is_an_error():
     traj = _traj(n_frames=100)
-    cfg = DataConfig(horizon="fixed", horizon_fs=3000.0)
+    cfg = DataConfig(horizon="fixed", horizon_fs=3000.0, context_atoms="heavy")
     with pytest.raises(DataError) as err:
         sample_windows(traj, 4, cfg, np.random.default_rng(0))
     assert "asp" in str(err.value) and "horizon" in str(err.value)
@@ -197,7 +197,7 @@ def test_rwpe_of_a_six_ring_and_a_chain():
 
 def test_rwpe_matches_dense_matrix_powers():
     traj = _traj()
-    cfg = DataConfig(rwpe_k=8, horizon_max_fs=500)
+    cfg = DataConfig(rwpe_k=8, horizon_max_fs=500, context_atoms="heavy")
     w = sample_windows(traj, 32, cfg, np.random.default_rng(2))
     for i in (0, 13, 31):
         a = radius_adjacency(w["x0"][i], 1.6).astype(float)
@@ -210,7 +210,7 @@ def test_rwpe_matches_dense_matrix_powers():
 def test_pad_windows_masks_padding():
     small = _traj(z=np.array([6, 8, 1, 1]))
     big = _traj()
-    cfg = DataConfig(rwpe_k=2, horizon_max_fs=200)
+    cfg = DataConfig(rwpe_k=2, horizon_max_fs=200, context_atoms="heavy")
     rng = np.random.default_rng(0)
     batch = pad_windows([sample_windows(small, 3, cfg, rng), sample_windows(big, 2, cfg, rng)])
     assert batch["x0"].shape == (5, 13, 3) and batch["target"].shape == (5, 8, 13, 3)

@@ -149,7 +149,7 @@ def test_trope_dot_products_depend_only_on_time_differences():
 def test_shifting_every_timestamp_leaves_atom_unchanged(attention):
     g = torch.Generator().manual_seed(2)
     batch = random_batch(g, b=2, n=5, p=4, pad=1)
-    cfg = ModelConfig(embed_dim=32, num_layers=2, num_heads=4, attn_dropout=0.0, attention=attention)
+    cfg = ModelConfig(embed_dim=32, num_layers=2, num_heads=4, attn_dropout=0.0, attention=attention, lifting="equivariant")
     model = randomise_parameters(build_model(cfg, 4, 0).double()).eval()
     base = call(model, batch)
     torch.testing.assert_close(call(model, batch, t0_fs=777.25), base, atol=1e-9, rtol=1e-9)

@@ -23,7 +23,8 @@ from atomray.model import build_model
 from atomray.train.loss import trajectory_loss
 
 torch.set_num_threads(1)
-TINY = ModelConfig(embed_dim=32, num_layers=2, num_heads=4, attn_dropout=0.0, prior="none")
+TINY = ModelConfig(embed_dim=32, num_layers=2, num_heads=4, attn_dropout=0.0, prior="none", relaxed_input=False,
+                   prior_input=False, lifting="equivariant", attention="heterogeneous")
 
 
 def test_rescaling_distances_from_the_centroid_changes_the_prediction():

@@ -9,8 +9,12 @@ from dataclasses import replace
 import pytest
 import torch
 
+from symmetry import with_paths
+
 from atomray.config import ModelConfig
+from atomray.elements import atomic_masses
 from atomray.model import build_model
+from atomray.model.registry import model_inputs
 from atomray.train.loss import trajectory_loss
 
 torch.set_num_threads(1)
@@ -43,7 +47,8 @@ def harmonic_batch(seed: int = 0, b: int = 4, n: int = 5) -> dict[str, torch.Ten
     return {"x0": x0, "v0": v0, "z": z, "lags_fs": lags, "mask": mask, "target": target}
 
 
-TINY = ModelConfig(embed_dim=32, num_layers=2, num_heads=4, attn_dropout=0.0, gnn_hidden_dim=32, prior="none")
+TINY = ModelConfig(embed_dim=32, num_layers=2, num_heads=4, attn_dropout=0.0, gnn_hidden_dim=32, prior="none",
+                   relaxed_input=False, prior_input=False, lifting="equivariant", attention="heterogeneous")
 
 
 @pytest.mark.parametrize("variant", [
@@ -57,12 +62,13 @@ TINY = ModelConfig(embed_dim=32, num_layers=2, num_heads=4, attn_dropout=0.0, gn
 def test_model_overfits_a_few_trajectories(variant):
     torch.manual_seed(0)
     batch = harmonic_batch()
+    batch = with_paths({**batch, "mass": torch.from_numpy(atomic_masses(batch["z"].numpy()))}, ("rigid",))
     model = build_model(replace(TINY, **variant), P, 0)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, STEPS)
     losses = []
     for _ in range(STEPS):  # stops as soon as the loss is below 1 % of its start
-        pred = model(batch["x0"], batch["v0"], batch["z"], batch["lags_fs"], batch["mask"])
+        pred = model(**model_inputs(batch))
         loss = trajectory_loss(pred, batch["target"], batch["mask"])
         opt.zero_grad()
         loss.backward()

@@ -97,9 +97,9 @@ def assert_mlflow_equals_history(c, run_id: str, history: list[dict]) -> None:
 
 
 def test_workers_killed_mid_epoch_and_at_an_epoch_boundary_resume_with_an_exact_record(servers, mmff_dataset, tmp_path):
-    """The last rank is killed halfway through epoch 1 (train.fail_at_epoch) and again right
-    after it reported epoch 2, before Ray Train committed it (train.fail_after_report): rank 0
-    had uploaded epoch 2's checkpoint by then. Ray Train restarts the workers twice; the run
+    """The last rank is killed halfway through epoch 1 (ATOMRAY_FAULTS fail_at_epoch, a test-only
+    hook) and again right after it reported epoch 2, before Ray Train committed it
+    (fail_after_report): rank 0 had uploaded epoch 2's checkpoint by then. Ray Train restarts the workers twice; the run
     resumes each time from the last committed checkpoint, MLflow equals the committed
     history step by step, and the uncommitted checkpoint is gone."""
     epochs = 4
@@ -109,13 +109,13 @@ from atomray.config import load_config
 from atomray.train.pretrain import pretrain, resolve
 cfg = resolve(load_config("jobs/configs/tiny.yaml", {TINY + [
         f"data.path={mmff_dataset}", f"storage_path={tmp_path / 'results'}", "name=fault",
-        f"train.epochs={epochs}", "train.fail_at_epoch=1", "train.fail_after_report=2",
-        "tracking.experiment=fault", f"tracking.tracking_uri={servers['mlflow']}"]!r}))
+        f"train.epochs={epochs}", "tracking.experiment=fault", f"tracking.tracking_uri={servers['mlflow']}"]!r}))
 ray.init(address="{servers['gcs']}")
 result = pretrain(cfg)
 print("HISTORY", json.dumps(result.history))
 """
-    out = subprocess.run([sys.executable, "-c", code], env=ray_env(), capture_output=True, text=True,
+    faults = {"ATOMRAY_FAULTS": "fail_at_epoch=1,fail_after_report=2"}  # the test-only hook (atomray.train.faults)
+    out = subprocess.run([sys.executable, "-c", code], env={**ray_env(), **faults}, capture_output=True, text=True,
                          timeout=900, cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     run_dir = tmp_path / "results" / "fault"
@@ -155,12 +155,13 @@ from atomray.config import load_config
 from atomray.train.pretrain import pretrain, resolve
 cfg = resolve(load_config("jobs/configs/tiny.yaml", {TINY + [
         f"data.path={mmff_dataset}", f"storage_path={tmp_path / 'results'}", "name=doomed",
-        "train.epochs=2", "train.fail_at_epoch=0", "train.max_failures=0", "tracking.experiment=doomed",
+        "train.epochs=2", "train.max_failures=0", "tracking.experiment=doomed",
         f"tracking.tracking_uri={servers['mlflow']}"]!r}))
 ray.init(address="{servers['gcs']}")
 pretrain(cfg)
 """
-    out = subprocess.run([sys.executable, "-c", code], env=ray_env(), capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], env={**ray_env(), "ATOMRAY_FAULTS": "fail_at_epoch=0"},
+                         capture_output=True, text=True,
                          timeout=600, cwd=Path(__file__).resolve().parents[2])
     assert out.returncode != 0, out.stdout[-3000:]
     _, runs = mlflow_runs(servers["mlflow"], "doomed")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model.symmetry import call, random_batch
+
 from atomray.config import ModelConfig, OptimConfig
 from atomray.model import build_model
 from atomray.train.optim import build_optimizer, is_hidden_matrix, lr_at
@@ -22,9 +24,10 @@ def test_cosine_schedule_with_warmup():
 
 
 def test_step_and_constant_schedules():
-    step = OptimConfig(lr=1e-3, schedule="step", step_size=5, step_gamma=0.5)
+    step = OptimConfig(lr=1e-3, schedule="step", step_size=5, step_gamma=0.5, warmup_steps=0)
     assert [lr_at(s, 100, step) for s in (0, 4, 5, 10)] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4])
     assert lr_at(77, 100, OptimConfig(lr=3e-4, schedule="constant")) == pytest.approx(3e-4)
+    assert lr_at(0, 100, OptimConfig(lr=3e-4, schedule="constant")) == pytest.approx(3e-4 / 20)  # default warm-up
 
 
 def _tiny_atom():
@@ -37,9 +40,7 @@ def test_each_optimiser_takes_a_step(name):
     model = _tiny_atom()
     opt = build_optimizer(model, OptimConfig(name=name, eps=1e-5 if name == "muon" else 1e-10))
     before = [p.detach().clone() for p in model.parameters()]
-    x0 = torch.randn(2, 5, 3)
-    out = model(x0, 0.01 * torch.randn(2, 5, 3), torch.full((2, 5), 6), torch.tensor([[10.0, 20, 30, 40]] * 2),
-                torch.ones(2, 5, dtype=torch.bool))
+    out = call(model, random_batch(torch.Generator().manual_seed(0), b=2, n=5, p=4, dtype=torch.float32))
     out.pow(2).mean().backward()
     with_grad = [i for i, p in enumerate(model.parameters()) if p.grad is not None and p.grad.abs().sum() > 0]
     opt.step()

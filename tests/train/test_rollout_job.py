@@ -21,7 +21,8 @@ def test_rollout_job_writes_extxyz_with_every_atom_and_an_mlflow_run(servers, tm
     from atomray.model import build_model
 
     cfg = RunConfig()
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, prior="rigid", embed_dim=16, num_layers=1,
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, prior="rigid", relaxed_input=False,
+                                                             prior_input=False, embed_dim=16, num_layers=1,
                                                              num_heads=2),
                               data=dataclasses.replace(cfg.data, context_atoms="all", num_lags=8, rwpe_k=4))
     model = build_model(cfg.model, num_lags=8, rwpe_dim=4)

@@ -3,10 +3,10 @@
     memo = Recent(max_bytes=256 * 2**20)        # or max_items=8192, or both
     value = memo.get(key, lambda: expensive())   # computed once while the key stays recent
 
-Used where a training run asks for the same state's physics more than once: the MMFF94 MD of
-a window (`atomray.anharmonic`) and its MMFF94 minimum (`atomray.relaxation`). Keys are bytes
-of the inputs; values are returned as stored, so callers that hand them on copy them. Per
-process, not shared between Ray workers.
+Used where a process meets the same state's physics more than once: the MMFF94 MD of a window
+(`atomray.priors.anharmonic`) and the MMFF94 minimum of a state (`atomray.priors.minima`). Keys
+are bytes of the inputs; values are returned as stored, so callers that hand them on copy them.
+Per process, not shared between Ray workers.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""The LRU memo behind the MD and minimum caches (`atomray.recent`)."""
+"""The LRU memo behind the MD and minimum caches (`atomray.priors.recent`)."""
 
 import numpy as np
 
-from atomray.recent import Recent
+from atomray.priors.recent import Recent
 
 
 def counted(calls, value):
@@ -38,3 +38,16 @@ def test_a_failed_answer_is_remembered_too():
     assert memo.get("x", counted(calls, None)) is None
     assert memo.get("x", counted(calls, None)) is None
     assert len(calls) == 1
+
+
+def test_both_bounds_apply_and_the_byte_count_follows_what_leaves():
+    """max_items and max_bytes together: whichever is exceeded evicts; evicted values stop counting."""
+    memo, calls = Recent(max_items=3, max_bytes=64), []
+    for key in "abc":
+        memo.get(key, counted(calls, np.zeros(2)))  # 16 bytes each: the item bound applies first
+    memo.get("d", counted(calls, np.zeros(2)))
+    assert len(memo) == 3 and memo._bytes == 48
+    memo.get("e", counted(calls, np.zeros(6)))  # 48 bytes: 96 held would exceed 64, two small ones leave
+    assert len(memo) == 2 and memo._bytes == 64
+    memo.get("a", counted(calls, np.zeros(2)))  # "a" left with the first eviction: computed again
+    assert len(calls) == 6

@@ -1,0 +1,214 @@
+"""Harmonic vibration about the nearest minimum: the internal motion a start state already
+tells, as far as the potential is quadratic.
+
+    basin = basin_modes(finder, k)                       # Basin: minimum + GFN2-xTB normal modes
+    osc, d0 = vibration_paths(x, v_int, mass, lags, basin)   # (W, P, N, 3), (W, N, 3) Å, float64
+    change = vibrate(osc, d0, rot, lags, tau_fs)             # (B, P, N, 3): add to the rigid motion
+
+For each state, its basin's minimum x* (`atomray.priors.minima`: MMFF94 finds the basin,
+GFN2-xTB refines it) is superposed on x (mass-weighted Kabsch). The GFN2-xTB Hessian H at x*
+(central differences of analytic forces, step `HESSIAN_STEP`; 6N force calls, once per basin)
+gives the normal modes: eigenvectors e_k and angular frequencies ω_k of M^-½ H M^-½ once the
+three translations and three rotations are projected out. The start displacement d0 = x − x*
+and the internal velocity (v less the rigid-body motion, `atomray.priors.rigid.internal_velocity`),
+mass-weighted and projected on the modes, give each mode's amplitude and phase, and each mode
+oscillates on its own:
+
+    q_k(Δt) = c_k + (q_k(0) − c_k) cos ω_k Δt + q̇_k(0) sin(ω_k Δt) / ω_k,   osc(Δt) = M^-½ Σ_k e_k q_k(Δt)
+
+(plus the part of d0 outside the modes, which the superposition makes ~0), c_k = f_k / ω_k² the
+mode's own minimum, f the mass-weighted force left at x* (the refinement stops at 0.03 eV/Å,
+and along soft torsions that residual force alone moves atoms by 0.02 Å in 60 fs). Modes
+softer than 30 cm⁻¹ oscillate at 30 cm⁻¹. Measured on the CV windows of nine molecules
+(sum of S2T): every mode oscillating with c_k 4.21, without c_k 4.27, c_k on modes above
+150 cm⁻¹ only 4.29; soft modes (< 100 cm⁻¹) held still instead of oscillating 6.97 — soft
+torsions are anharmonic but their harmonic oscillation still helps. Anharmonic coupling
+dephases the modes over hundreds of fs, so the prediction decays toward the minimum,
+d(Δt) = exp(−Δt/τ) osc(Δt), and the change to add to the rigid-body motion is
+R(Δt) (d(Δt) − d0), turned with the body. Without a refined minimum (GFN2-xTB failed) there
+are no modes and osc = d0 at every lag: the undamped part is a move toward the minimum.
+
+Why: the trajectories are GFN2-xTB molecular dynamics, so GFN2-xTB's harmonic normal modes are
+the molecule's own vibrations to first order. On tg80-mini they remove 79 % (median over
+molecules) of the relaxed_all floor's error at the CV horizons (docs/physics-floors.md): the
+`harmonic_all` floor and `ModelConfig.prior=harmonic`. The exponential damping is the ensemble
+average of dephasing; τ = 1000 fs fits best among 250, 500, 1000 fs and no damping on both the
+CV (≤ 400 fs) and pretraining (≤ 1000 fs) horizons.
+
+Reproducibility: a basin's minimum is refined from the first state met there, and its modes
+follow from that minimum. A data set's basins are computed once, in frame order, and stored
+with it (`atomray.priors.frames`); new states share the machine's basin store
+(`atomray.priors.store`), where the modes are written beside each basin's minimum. Either
+way every process uses the same minimum and the same modes, so a run's logged floors and a
+later evaluation agree to float rounding (without a shared minimum, the soft modes' phases
+moved the harmonic_all error of 48 windows by up to 1.5 × 10⁻³ between two processes).
+
+Cost: the Hessian, 6N GFN2-xTB force calls (0.05 s for ethanol, ~1 s for 21–28 atoms on one
+core), once per basin; then the paths are a few small matrix products per window, vectorised
+over every window of a basin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from atomray.elements import atomic_masses
+from atomray.priors import store
+from atomray.priors.minima import BasinFinder
+from atomray.priors.rigid import kabsch_np
+
+HESSIAN_STEP = 0.005  # Å, central differences of GFN2-xTB forces
+TAU_VIB_FS = 1000.0  # dephasing time of the harmonic_all floor and a fresh harmonic prior
+EV_PER_A2_U_IN_FS2 = 9.648533e-3  # 1 eV / (Å² u) = 9.65e-3 fs⁻²: ω² from the mass-weighted Hessian
+CM_TO_OMEGA = 2 * np.pi * 2.99792458e-5  # angular frequency (fs⁻¹) of one wavenumber (cm⁻¹)
+OMEGA_MIN = CM_TO_OMEGA * 30.0  # fs⁻¹ (30 cm⁻¹): softer modes (torsions near a saddle) use this
+
+
+@dataclass(frozen=True)
+class Basin:
+    """One conformer basin of a molecule: atomic numbers z (N,), the minimum (N, 3) Å, and its
+    normal modes — angular frequencies omega (K,) fs⁻¹, orthonormal mass-weighted modes
+    (3N, K), the residual force on each mode (K,) fs⁻² Å √u. K = 0 when the minimum is
+    MMFF94's alone (refinement failed): no modes, the vibration is a move to the minimum."""
+
+    z: np.ndarray
+    minimum: np.ndarray
+    omega: np.ndarray
+    modes: np.ndarray
+    force: np.ndarray
+
+    @property
+    def refined(self) -> bool:
+        return self.modes.shape[1] > 0
+
+    @classmethod
+    def unrefined(cls, z: np.ndarray, minimum: np.ndarray) -> "Basin":
+        n = len(z)
+        return cls(np.asarray(z, np.int64), minimum, np.zeros(0), np.zeros((3 * n, 0)), np.zeros(0))
+
+    def permuted(self, order: np.ndarray) -> "Basin":
+        """The same basin with its atoms in `order` (indices into this basin's atoms)."""
+        k = self.modes.shape[1]
+        modes = self.modes.reshape(len(self.z), 3, k)[order].reshape(3 * len(order), k)
+        return Basin(self.z[order], self.minimum[order], self.omega, modes, self.force)
+
+
+def gfn2_hessian(x: np.ndarray, z: np.ndarray, step: float = HESSIAN_STEP) -> tuple[np.ndarray, np.ndarray]:
+    """(3N, 3N) symmetric GFN2-xTB Hessian (eV/Å²) at x (N, 3) Å, by central differences of the
+    analytic forces (tblite, neutral), and the forces at x (N, 3) eV/Å."""
+    from ase import Atoms
+    from tblite.ase import TBLite
+
+    atoms = Atoms(numbers=np.asarray(z), positions=np.asarray(x, dtype=np.float64))
+    atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
+    n = len(z)
+    hess = np.zeros((3 * n, 3 * n))
+    atoms.positions = np.array(x, dtype=np.float64)
+    force = atoms.get_forces()
+    for i in range(n):
+        for a in range(3):
+            p = np.array(x, dtype=np.float64)
+            p[i, a] += step
+            atoms.positions = p
+            plus = atoms.get_forces().ravel()
+            p[i, a] -= 2 * step
+            atoms.positions = p
+            minus = atoms.get_forces().ravel()
+            hess[:, 3 * i + a] = (minus - plus) / (2 * step)
+    return 0.5 * (hess + hess.T), force
+
+
+def rigid_basis(x: np.ndarray, mass: np.ndarray) -> np.ndarray:
+    """(3N, r) orthonormal basis of the mass-weighted translations and rotations of x (N, 3);
+    r = 6, or 5 for a linear molecule."""
+    sq = np.sqrt(mass)[:, None]
+    r = x - (mass[:, None] * x).sum(0) / mass.sum()
+    vecs = [(sq * np.eye(3)[a]).ravel() for a in range(3)]
+    vecs += [(sq * np.cross(np.eye(3)[a], r)).ravel() for a in range(3)]
+    u, s, _ = np.linalg.svd(np.stack(vecs, 1), full_matrices=False)
+    return u[:, s > 1e-6 * s.max()]
+
+
+def normal_modes(minimum: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ω (K,) fs⁻¹, E (3N, K) orthonormal mass-weighted modes, f (K,) the residual force at the
+    minimum on each mode) of the GFN2-xTB minimum (N, 3), K = 3N − 6 (− 5 if linear): the
+    Hessian, projected and diagonalised."""
+    mass = atomic_masses(np.asarray(z)).astype(np.float64)
+    w = np.repeat(1.0 / np.sqrt(mass), 3)
+    hess, force = gfn2_hessian(minimum, z)
+    k = hess * w[:, None] * w[None, :]
+    q = rigid_basis(minimum, mass)
+    proj = np.eye(len(k)) - q @ q.T
+    lam, vecs = np.linalg.eigh(proj @ k @ proj)
+    internal = np.square(q.T @ vecs).sum(0) < 0.5
+    omega = np.sqrt(np.clip(lam[internal] * EV_PER_A2_U_IN_FS2, OMEGA_MIN**2, None))
+    modes = vecs[:, internal]
+    return omega, modes, modes.T @ (force.ravel() * w) * EV_PER_A2_U_IN_FS2
+
+
+def modes_suffix() -> str:
+    """The file suffix of a stored basin's modes: the Hessian's settings are part of it."""
+    return f".modes-step{HESSIAN_STEP}-min{OMEGA_MIN:.6g}.npz"
+
+
+def basin_modes(finder: BasinFinder, index: int) -> Basin:
+    """Basin `index` of `finder` with its normal modes: computed once per process, and for a
+    basin in the machine's store read from (or written to) the file beside its minimum, so
+    every process uses the first writer's modes."""
+    if index in finder.modes_cache:
+        return finder.modes_cache[index]
+    minimum, refined = finder.minimum(index)
+    if not refined:
+        basin = Basin.unrefined(finder.z, minimum)
+    else:
+        stored = finder.files[index]
+        path = None if stored is None else stored.with_suffix(modes_suffix())
+        arrays = None if path is None else store.read(path)
+        if arrays is None:
+            arrays = dict(zip(("omega", "modes", "force"), normal_modes(minimum, finder.z)))
+            if path is not None:  # every process uses the first writer's modes
+                with contextlib.suppress(OSError):  # unwritable: this process keeps its own
+                    arrays = store.read(store.write_once(path, arrays)) or arrays
+        basin = Basin(finder.z, minimum, arrays["omega"], arrays["modes"], arrays["force"])
+    finder.modes_cache[index] = basin
+    return basin
+
+
+def vibration_paths(x: np.ndarray, v_int: np.ndarray, mass: np.ndarray, lags: np.ndarray,
+                    basin: Basin) -> tuple[np.ndarray, np.ndarray]:
+    """(osc (W, P, N, 3), d0 (W, N, 3)) float64 for W states of one basin: the undamped harmonic
+    displacement from the superposed minimum at each lag, and at lag 0 (d0 = x − minimum).
+    x, v_int (W, N, 3) Å and Å/fs (velocity relative to the rigid-body motion), mass (N,) u,
+    lags (W, P) fs; atoms in the basin's order."""
+    w, n = x.shape[:2]
+    minimum = np.broadcast_to(basin.minimum, x.shape)
+    rot, cp, cq = kabsch_np(minimum, x, np.broadcast_to(mass, (w, n)))  # (W, 3, 3), (W, 1, 3)
+    d0 = x - ((minimum - cp) @ np.swapaxes(rot, -1, -2) + cq)  # (W, N, 3), in x's frame
+    if not basin.refined:
+        return np.broadcast_to(d0[:, None], (w, lags.shape[1], n, 3)).copy(), d0
+    sq = np.repeat(np.sqrt(mass), 3)  # (3N,)
+    d0m = (d0 @ rot).reshape(w, 3 * n)  # into the minimum's frame
+    q0 = (d0m * sq) @ basin.modes  # (W, K): mass-weighted, on the modes
+    qd = ((v_int @ rot).reshape(w, 3 * n) * sq) @ basin.modes
+    omega = basin.omega
+    wt = omega * lags[..., None]  # (W, P, K)
+    centre = basin.force / omega**2  # each mode oscillates about its own minimum
+    q = centre + (q0 - centre)[:, None] * np.cos(wt) + qd[:, None] * np.sin(wt) / omega  # (W, P, K)
+    rest = d0m - (q0 @ basin.modes.T) / sq  # (W, 3N): d0 outside the modes, kept
+    osc = ((q @ basin.modes.T) / sq + rest[:, None]).reshape(w, -1, n, 3)  # (W, P, N, 3), minimum's frame
+    return osc @ np.swapaxes(rot, -1, -2)[:, None], d0  # back into x's frame
+
+
+def vibrate(osc: Tensor, d0: Tensor, rot: Tensor | None, lags: Tensor, tau_fs: Tensor | float = TAU_VIB_FS) -> Tensor:
+    """(B, P, N, 3) R(Δt) (exp(−Δt/τ) osc(Δt) − d0): the change of the internal displacement,
+    turned with the body's orientation R (B, P, 3, 3), or in x's frame when rot is None;
+    lags (B, P) fs. Differentiable in τ."""
+    dtype = osc.dtype if rot is None else rot.dtype
+    damp = torch.exp(-lags.to(dtype) / tau_fs)[..., None, None]  # (B, P, 1, 1)
+    change = damp * osc.to(dtype) - d0[:, None].to(dtype)
+    return change if rot is None else change @ rot.transpose(-1, -2)

@@ -1,0 +1,210 @@
+"""`atomray.priors.modes`: GFN2-xTB normal modes of a basin and the harmonic vibration about its
+minimum. Real tblite GFN2-xTB (Hessians and a short molecular dynamics run) on ethanol."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from atomray.data.augment import random_rotation
+from atomray.elements import atomic_masses
+from atomray.priors import modes as modes_module
+from atomray.priors.minima import BasinFinder, machine_finder
+from atomray.priors.modes import (CM_TO_OMEGA, EV_PER_A2_U_IN_FS2, OMEGA_MIN, Basin, basin_modes, modes_suffix,
+                                  normal_modes, rigid_basis, vibrate, vibration_paths)
+from atomray.priors.rigid import internal_velocity
+from priorkit import conformer, fresh_store, minimum
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def ethanol() -> tuple[np.ndarray, np.ndarray, Basin]:
+    """(z, the GFN2-xTB minimum, its Basin with normal modes) of ethanol, from a finder without store."""
+    z, xm = minimum("CCO")
+    finder = BasinFinder(z)
+    basin = basin_modes(finder, finder.assign(xm))
+    assert basin.refined
+    return z, basin.minimum.copy(), basin
+
+
+def test_normal_modes_are_the_internal_motions_with_gfn2_frequencies(ethanol):
+    z, xm, basin = ethanol
+    omega, modes, force = normal_modes(xm, z)
+    assert modes.shape == (27, 21) and omega.shape == force.shape == (21,)  # 3N − 6 for ethanol
+    np.testing.assert_allclose(modes.T @ modes, np.eye(21), atol=1e-8)
+    mass = atomic_masses(z).astype(float)
+    assert np.abs(rigid_basis(xm, mass).T @ modes).max() < 1e-6  # no translation or rotation
+    wavenumbers = omega / CM_TO_OMEGA  # cm⁻¹
+    assert 3300 < wavenumbers.max() < 4000  # the O–H stretch
+    assert 2800 < np.sort(wavenumbers)[-2] < 3200  # C–H stretches
+    assert omega.min() >= OMEGA_MIN
+    np.testing.assert_array_equal(basin.omega, omega)  # the basin's modes are its minimum's
+
+
+def test_vibrate_damps_toward_the_minimum_and_turns_with_the_body():
+    osc = torch.ones(1, 2, 3, 3, dtype=torch.float64)
+    d0 = torch.full((1, 3, 3), 2.0, dtype=torch.float64)
+    lags = torch.tensor([[0.0, 1e6]], dtype=torch.float64)
+    rot = random_rotation(torch.Generator().manual_seed(1)).expand(1, 2, 3, 3)
+    out = vibrate(osc, d0, rot, lags, 1000.0)
+    torch.testing.assert_close(out[:, 0], ((osc[:, 0] - d0) @ rot[0, 0].T))
+    torch.testing.assert_close(out[:, 1], (-d0) @ rot[0, 1].T)  # long after: at the minimum
+    half = vibrate(osc, d0, None, torch.tensor([[0.0, 1000.0 * np.log(2)]], dtype=torch.float64), 1000.0)
+    torch.testing.assert_close(half[:, 1], 0.5 * osc[:, 1] - d0)  # x0's frame, half-damped at τ ln 2
+    tau = torch.tensor(300.0, dtype=torch.float64, requires_grad=True)
+    vibrate(osc, d0, rot, torch.tensor([[50.0, 500.0]], dtype=torch.float64), tau).sum().backward()
+    assert tau.grad.abs() > 0  # differentiable in τ
+    assert EV_PER_A2_U_IN_FS2 == pytest.approx(1.602176634e-19 / (1.66053906660e-27 * 1e-20) * 1e-30, rel=1e-6)
+
+
+def test_harmonic_paths_follow_real_gfn2_dynamics_at_small_amplitude(ethanol):
+    """Ethanol 0.02 Å from its minimum with small internal velocities, propagated 60 fs by
+    GFN2-xTB velocity Verlet: the undamped harmonic path stays within a fraction of the
+    displacement no motion makes."""
+    from ase import Atoms, units
+    from ase.md.verlet import VelocityVerlet
+    from tblite.ase import TBLite
+
+    z, xm, basin = ethanol
+    rng = np.random.default_rng(3)
+    mass = atomic_masses(z).astype(float)
+    x0 = xm + rng.normal(0, 0.02, xm.shape)
+    v0 = internal_velocity(torch.from_numpy(x0)[None], torch.from_numpy(rng.normal(0, 0.002, xm.shape))[None],
+                           torch.from_numpy(mass)[None])[0].numpy()
+    atoms = Atoms(numbers=z, positions=x0, masses=mass)
+    atoms.set_velocities(v0 / units.fs)
+    atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
+    md, lags, truth = VelocityVerlet(atoms, timestep=0.5 * units.fs), [10.0, 20.0, 40.0, 60.0], []
+    for steps in np.diff([0.0] + lags) / 0.5:
+        md.run(int(steps))
+        truth.append(atoms.get_positions())
+    osc, d0 = vibration_paths(x0[None], v0[None], mass, np.array([lags]), basin)
+    pred = x0 + osc[0] - d0[0]  # no rigid motion: v0 has none
+    truth = np.stack(truth)
+    err_harmonic = np.square(pred - truth).mean()
+    err_still = np.square(x0 - truth).mean()
+    assert err_harmonic < 0.02 * err_still, (err_harmonic, err_still)  # measured 0.008
+
+
+def test_each_mode_oscillates_about_its_own_minimum(ethanol):
+    """A state displaced along one mode (from the mode's own minimum c_k = f_k/ω_k², where the
+    residual force vanishes) swings as a cos ω_k Δt; one pushed along it swings as b sin(ω_k Δt)/ω_k;
+    one at rest at the modes' minimum stays there."""
+    z, xm, basin = ethanol
+    mass = atomic_masses(z).astype(float)
+    sq = np.repeat(np.sqrt(mass), 3)
+    centre = basin.force / basin.omega ** 2
+    k = int(np.argsort(basin.omega)[5])  # a mode of a few hundred cm⁻¹
+    w = basin.omega[k]
+    lags = np.linspace(0.0, 2.5 * 2 * np.pi / w, 9)[None]  # 2.5 periods
+    at = lambda q: xm + ((basin.modes @ q) / sq).reshape(-1, 3)  # noqa: E731 minimum + M^-½ E q
+    unit = np.zeros_like(centre)
+    unit[k] = 1.0
+    a, b = 0.02, 0.002  # Å √u, Å √u / fs
+    x_rest, x_pulled = at(centre), at(centre + a * unit)
+    still = np.zeros_like(xm)
+    pushed = ((basin.modes @ (b * unit)) / sq).reshape(-1, 3)
+    osc, d0 = vibration_paths(np.stack([x_rest, x_pulled, x_rest]), np.stack([still, still, pushed]), mass,
+                              np.repeat(lags, 3, 0), basin)
+    shape = ((basin.modes @ unit) / sq).reshape(-1, 3)  # M^-½ e_k
+    rest = x_rest - xm
+    np.testing.assert_allclose(osc[0], np.broadcast_to(rest, osc[0].shape), atol=1e-9)
+    np.testing.assert_allclose(osc[1], rest + a * np.cos(w * lags[0])[:, None, None] * shape, atol=2e-5)
+    np.testing.assert_allclose(osc[2], rest + b * (np.sin(w * lags[0]) / w)[:, None, None] * shape, atol=1e-9)
+    np.testing.assert_allclose(d0, np.stack([rest, x_pulled - xm, rest]), atol=2e-5)
+    assert np.abs(rest).max() > 1e-3  # the residual force's own minimum is not the refined one
+
+
+def test_paths_are_vectorised_over_windows_and_turn_with_the_state(ethanol):
+    """Many windows of one basin (other lags each) at once equal one at a time; a turned and
+    shifted state gives the turned paths (the minimum is superposed on each state)."""
+    z, xm, basin = ethanol
+    mass = atomic_masses(z).astype(float)
+    g = np.random.default_rng(5)
+    x = xm + g.normal(0, 0.03, (4, *xm.shape))
+    v = internal_velocity(torch.from_numpy(x), torch.from_numpy(g.normal(0, 0.005, x.shape)),
+                          torch.from_numpy(np.broadcast_to(mass, (4, len(z))).copy())).numpy()
+    lags = np.sort(g.uniform(1, 800, (4, 5)), axis=1)
+    osc, d0 = vibration_paths(x, v, mass, lags, basin)
+    for i in range(4):
+        one = vibration_paths(x[i:i + 1], v[i:i + 1], mass, lags[i:i + 1], basin)
+        np.testing.assert_allclose(osc[i], one[0][0], atol=1e-12)
+        np.testing.assert_allclose(d0[i], one[1][0], atol=1e-12)
+    r = random_rotation(torch.Generator().manual_seed(4)).numpy()
+    turned = vibration_paths(x @ r.T - 3.0, v @ r.T, mass, lags, basin)
+    np.testing.assert_allclose(turned[0], osc @ r.T, atol=1e-9)
+    np.testing.assert_allclose(turned[1], d0 @ r.T, atol=1e-9)
+    assert np.abs(osc - d0[:, None]).max() > 0.01  # the atoms do vibrate
+
+
+def test_a_permuted_basin_gives_the_permuted_paths(ethanol):
+    z, xm, basin = ethanol
+    mass = atomic_masses(z).astype(float)
+    order = np.array([2, 0, 8, 1, 5, 3, 7, 4, 6])
+    g = np.random.default_rng(6)
+    x = xm + g.normal(0, 0.03, (2, *xm.shape))
+    v = g.normal(0, 0.003, x.shape)
+    lags = np.array([[5.0, 50.0, 500.0]] * 2)
+    osc, d0 = vibration_paths(x, v, mass, lags, basin)
+    moved = basin.permuted(order)
+    np.testing.assert_array_equal(moved.z, z[order])
+    p_osc, p_d0 = vibration_paths(x[:, order], v[:, order], mass[order], lags, moved)
+    np.testing.assert_allclose(p_osc, osc[:, :, order], atol=1e-12)
+    np.testing.assert_allclose(p_d0, d0[:, order], atol=1e-12)
+
+
+def test_an_unrefined_basin_has_no_modes_and_moves_straight_to_its_minimum(ethanol):
+    """Without a refined minimum there are no modes: osc = d0 at every lag (so the vibration
+    prior is the undamped part of a move toward the minimum)."""
+    z, xm, _ = ethanol
+    mass = atomic_masses(z).astype(float)
+    basin = Basin.unrefined(z, xm)
+    assert not basin.refined and basin.modes.shape == (27, 0)
+    g = np.random.default_rng(7)
+    r = random_rotation(torch.Generator().manual_seed(7)).numpy()
+    x = (xm + g.normal(0, 0.03, xm.shape)) @ r.T + 1.0
+    osc, d0 = vibration_paths(x[None], g.normal(0, 0.005, (1, *xm.shape)), mass, np.array([[5.0, 500.0]]), basin)
+    np.testing.assert_array_equal(osc[0], np.stack([d0[0], d0[0]]))
+    w = mass / mass.sum()  # d0 = x − the minimum superposed on x (mass-weighted)
+    fitted = x - d0[0]
+    assert np.abs((w[:, None] * d0[0]).sum(0)).max() < 1e-10
+    assert abs(np.linalg.norm(fitted[0] - fitted[1]) - np.linalg.norm(xm[0] - xm[1])) < 1e-10  # a rigid copy
+    assert 0.02 < np.sqrt((d0 ** 2).sum(-1).mean()) < 0.1
+
+
+def test_basin_modes_are_computed_once_and_stored_beside_the_basin(tmp_path, monkeypatch, ethanol):
+    """The first finder of the machine computes a basin's Hessian and writes the modes beside
+    its minimum (the name carries the Hessian's settings); a second finder reading that basin
+    (another process) reads the modes instead of computing them, bit for bit."""
+    z, xm, _ = ethanol
+    fresh_store(monkeypatch, tmp_path)
+    calls = []
+    real = modes_module.normal_modes
+    monkeypatch.setattr(modes_module, "normal_modes", lambda *a: calls.append(1) or real(*a))
+    first = machine_finder(z)
+    k = first.assign(xm)
+    basin = basin_modes(first, k)
+    assert basin_modes(first, k) is basin and len(calls) == 1
+    assert first.files[k].with_suffix(modes_suffix()).exists()
+    monkeypatch.setattr("atomray.priors.minima._MACHINE", {})
+    second = machine_finder(z)
+    assert second is not first and second.assign(xm) == k
+    again = basin_modes(second, k)
+    assert len(calls) == 1  # read, not recomputed
+    for key in ("minimum", "omega", "modes", "force"):
+        np.testing.assert_array_equal(getattr(again, key), getattr(basin, key), err_msg=key)
+
+
+def test_a_new_finder_never_gets_the_basins_of_a_finder_that_is_gone():
+    """Basins are kept per finder: a finder made after another was freed (CPython may give it
+    the same address) gets its own basins, never the old finder's (regression: keyed by id(),
+    toluene's per-frame physics once held ethanol's first basins)."""
+    g = np.random.default_rng(8)
+    for n in range(2, 20):  # each finder's molecule has another atom count
+        finder = BasinFinder(np.full(n, 6))
+        finder._add(g.normal(size=(n, 3)), None)  # an unrefined basin: no Hessian needed
+        basin = basin_modes(finder, 0)
+        assert len(basin.z) == n and basin.minimum is finder.minimum(0)[0]
+        del finder, basin  # freed at once (no reference cycles): the next finder may reuse its address
