@@ -41,8 +41,8 @@ from atomray import storage
 from atomray.config import DataConfig, RunConfig
 from atomray.data.frames import DataError
 from atomray.data.dataset import frame_files, read_molecules
-from atomray.data.pipeline import (fixed_windows, molecule_files, molecule_segments, scan_segments, segment_windows,
-                                   window_seed)
+from atomray.data.pipeline import (fixed_windows, molecule_files, molecule_segments, read_atomic_numbers,
+                                   scan_segments, segment_windows, window_seed)
 from atomray.data.splits import Split, make_split, usable_molecules
 from atomray.data.windows import max_horizon_frames, pad_windows
 from atomray.data.augment import rotate_windows
@@ -51,7 +51,7 @@ from atomray.equivariance import (EquivarianceError, FrameAveraged, equivariance
                                   rotation_set)
 from atomray.metrics import lag_errors
 from atomray.model.registry import model_inputs
-from atomray.priors.compose import FLOORS, PATH_KEYS, floor_parts, floor_predictions, prior_parts
+from atomray.priors.compose import FLOORS, floor_parts, floor_predictions, prior_parts
 from atomray.priors.frames import FramePhysics
 from atomray.priors.paths import PriorPaths, apply_in_chunks, basin_source
 
@@ -291,56 +291,98 @@ def check_request(root: str | Path, molecules: Sequence[str] | None, horizons_fs
     return wanted
 
 
+def _molecule_sets(root: str, cfg_dict: dict, mid: str, files: list[str], num_lags: Sequence[int],
+                   horizons_fs: Sequence[float], windows: int, seed: int) -> tuple[list, dict[str, float]]:
+    """One molecule's evaluation windows with their prior paths, every (P, ΔT) set in order (a
+    worker process's job: a molecule's basins are met in one fixed order): ([(P, ΔT, windows)],
+    seconds per stage)."""
+    import time
+
+    from atomray.config import config_from_dict
+
+    cfg = config_from_dict(cfg_dict)
+    segments = molecule_segments(root, mid, files)
+    transform = eval_transform(cfg, FramePhysics.load(root, [mid]))
+    out, clock = [], {"windows": 0.0, "prior paths": 0.0}
+    for p in num_lags:
+        for h in horizons_fs:
+            dcfg = replace(cfg.data, horizon="fixed", horizon_fs=float(h), num_lags=int(p))
+            usable = [s for s in segments if s.n_frames > max_horizon_frames(dcfg, s.dt_fs)]
+            t0 = time.perf_counter()
+            w = pad_windows(segment_windows(usable, windows, dcfg, window_seed(seed, mid, "evaluate", p, float(h))))
+            t1 = time.perf_counter()
+            out.append((int(p), float(h), with_paths(w, transform)))
+            clock["windows"] += t1 - t0
+            clock["prior paths"] += time.perf_counter() - t1
+    clock.update({f"prior paths: {part}": value for part, value in transform.seconds.items()})
+    return out, clock
+
+
+def _start_worker() -> None:
+    torch.set_num_threads(1)
+
+
 def evaluate_dataset(model: torch.nn.Module, cfg: RunConfig, root: str | Path, molecules: Sequence[str] | None = None,
                      horizons_fs: Sequence[float] = (25.0, 100.0, 400.0, 1000.0), num_lags: Sequence[int] = (8,),
                      windows: int = 200, seed: int = 0, batch_size: int = 256, elements: Sequence[int] = (),
-                     progress: bool = False, timings: dict[str, float] | None = None,
+                     progress: bool = False, timings: dict[str, float] | None = None, workers: int = 0,
                      ) -> tuple[list[dict[str, Any]], dict[int, ErrorTable]]:
     """Score `model` (trained with `cfg`) on `windows` fixed windows per molecule, horizon ΔT
     (uniform lags) and number of lags P of the data set at `root`.
 
     Windows are cut the way the model was trained (its atoms, centring, RWPE), with the
     horizon fixed and P lags, from anywhere in each trajectory, seeded by (seed, molecule, P,
-    ΔT). Returns one row per (P, molecule, ΔT) with S2T/S2S of the model and every floor and
-    their ratios, plus a mean row per (P, ΔT) (molecule_id "mean"), and per P the ErrorTable
-    of all its windows (its `errors` hold every predictor). `timings`, when given, receives the
-    seconds spent per stage: cutting windows, each part of the prior paths (basins, vibration,
-    MMFF94 MD, ...), and scoring (the floors and the model).
+    ΔT). Their prior paths (and the floors') are computed molecule by molecule in `workers`
+    processes (0: one per usable CPU; 1: in this process) while this process scores the model
+    on the molecules already done. Returns one row per (P, molecule, ΔT) with S2T/S2S of the
+    model and every floor and their ratios, plus a mean row per (P, ΔT) (molecule_id "mean"),
+    and per P the ErrorTable of all its windows (its `errors` hold every predictor). `timings`,
+    when given, receives the seconds spent per stage (summed over processes): cutting windows,
+    each part of the prior paths (basins, vibration, MMFF94 MD, ...), and scoring.
     """
+    import os
     import time
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm import tqdm
+
+    from atomray.config import to_dict
 
     wanted = check_request(root, molecules, horizons_fs, num_lags)
     files = molecule_files(root, wanted)
-    physics = FramePhysics.load(root, wanted)
-    transform = eval_transform(cfg, physics)
+    for mid in wanted:
+        z = read_atomic_numbers(root, mid)
+        check_elements(z[z > 1] if cfg.data.context_atoms == "heavy" else z, elements, f"{root}: molecule {mid!r}")
     clock = timings if timings is not None else {}
-    clock["stored per-frame physics"] = float(physics is not None)
-    rows, tables = [], []
+    clock["stored per-frame physics"] = float(FramePhysics.load(root, wanted) is not None)
+    workers = workers or min(len(wanted), len(os.sched_getaffinity(0)))
+    args = [(str(root), to_dict(cfg), mid, files.get(mid, []), list(num_lags), list(horizons_fs), windows, seed)
+            for mid in wanted]
     steps = tqdm(total=len(wanted) * len(horizons_fs) * len(num_lags), desc="evaluate", unit="set",
                  disable=not progress)
-    for mid in wanted:
-        segments = molecule_segments(root, mid, files.get(mid, []))
-        check_elements(segments[0].atomic_numbers[segments[0].atomic_numbers > 1] if cfg.data.context_atoms == "heavy"
-                       else segments[0].atomic_numbers, elements, f"{root}: molecule {mid!r}")
-        for p in num_lags:
-            for h in horizons_fs:
-                dcfg = replace(cfg.data, horizon="fixed", horizon_fs=float(h), num_lags=int(p))
-                usable = [s for s in segments if s.n_frames > max_horizon_frames(dcfg, s.dt_fs)]
+    rows, tables = [], []
+    pool = None
+    if workers > 1:
+        import multiprocessing
+
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker)
+    try:
+        jobs = [pool.submit(_molecule_sets, *a) for a in args] if pool else None
+        for k, mid in enumerate(wanted):
+            sets, seconds = jobs[k].result() if pool else _molecule_sets(*args[k])
+            for key, value in seconds.items():
+                clock[key] = clock.get(key, 0.0) + value
+            for p, h, w in sets:
                 t0 = time.perf_counter()
-                w = pad_windows(segment_windows(usable, windows, dcfg, window_seed(seed, mid, "evaluate", p, float(h))))
-                t1 = time.perf_counter()
-                w = with_paths(w, transform)
-                t2 = time.perf_counter()
                 table = score_windows(model, w, batch_size)
-                t3 = time.perf_counter()
-                for key, value in (("windows", t1 - t0), ("prior paths", t2 - t1), ("scoring", t3 - t2)):
-                    clock[key] = clock.get(key, 0.0) + value
-                tables.append((int(p), table))
-                rows.append(_row(table, {"num_lags": int(p), "molecule_id": mid, "horizon_fs": float(h)}))
+                clock["scoring"] = clock.get("scoring", 0.0) + time.perf_counter() - t0
+                tables.append((p, table))
+                rows.append(_row(table, {"num_lags": p, "molecule_id": mid, "horizon_fs": h}))
                 steps.update()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     steps.close()
-    clock.update({f"prior paths: {part}": value for part, value in transform.seconds.items()})
     for p in num_lags:
         for h in horizons_fs:
             group = [r for r in rows if r["num_lags"] == p and r["horizon_fs"] == float(h)]

@@ -17,7 +17,7 @@ ROOT = Path(atomray.__file__).resolve().parent
 # (layer, module-name prefixes), bottom first; the longest matching prefix decides
 LAYERS = [
     ("config", ["atomray.config_ranges", "atomray.config", "atomray.elements", "atomray.storage", "atomray.outputs",
-                "atomray.metrics"]),
+                "atomray.metrics", "atomray.threads"]),
     ("data", ["atomray.data", "atomray.tg80"]),
     ("priors", ["atomray.priors", "atomray.structure"]),
     ("model", ["atomray.model", "atomray.checkpoint", "atomray.mlflow_model"]),

@@ -25,11 +25,14 @@ interatomic distances to every token pair of atoms i and j (an addition to the p
 
 Attention dropout (Table 19: 0.2) acts on the attention probabilities after the softmax and
 rescales the kept ones by 1/(1 − p), as SDPA's `dropout_p` does. On CUDA, in eval mode and
-at p = 0 the attention is one SDPA call. On CPU, SDPA with dropout_p > 0 falls back to its
-unfused math path (a per-entry Bernoulli draw, ~190 ms per MD17 block), so training on CPU
-uses `atomray.model.dropout_attention` instead, with the keys and values of the X, V, Z
-streams side by side, (B, H, 3T, D): one (T × 3T) score matrix per head holds the three
-softmaxes, and γ_F / (1 − p) is folded into the values. Each block owns the workspace that
+at p = 0 the attention is one SDPA call per stream, all three on the same queries (one call
+on the streams stacked as 3H heads copied q three times and concatenated the keys and
+values: about 9 % slower per MD17 block at N = 9 and at N = 21, CPU inference, 1 thread).
+On CPU, SDPA with dropout_p > 0 falls back to its unfused math path (a per-entry Bernoulli
+draw, ~190 ms per MD17 block), so training on CPU uses `atomray.model.dropout_attention`
+instead, with the keys and values of the X, V, Z streams side by side, (B, H, 3T, D): one
+(T × 3T) score matrix per head holds the three softmaxes, and γ_F / (1 − p) is folded into
+the values. Each block owns the workspace that
 carries the probabilities and mask from its forward to its backward.
 
 Parameters per block (d = model width, h = SwiGLU width ≈ 5d/3, a multiple of 8):
@@ -141,13 +144,14 @@ class TemporalAttention(nn.Module):
                 q, k, kc = apply_rope(q, rope), apply_rope(k, rope), apply_rope(kc, rope)
             else:
                 kc = kc.expand(b, 2 * hh, s, n, dh)
-            keys = torch.cat((kc, k), dim=1).reshape(b, 3 * hh, t, dh)  # (B, 3H, T, D): X, V, Z
-            vals = torch.cat((vc.expand(b, 2 * hh, s, n, dh), v), dim=1).reshape(b, 3 * hh, t, dh)
-            qs = q.reshape(b, 1, hh, t, dh).expand(b, 3, hh, t, dh).reshape(b, 3 * hh, t, dh)
-            o = F.scaled_dot_product_attention(
-                qs, keys, vals, attn_mask=bias.sdpa(streams, q.dtype), dropout_p=self.dropout if self.training else 0.0
-            )  # (B, 3H, T, D)
-            o = torch.einsum("f,bfhtd->bthd", self.gamma.to(o.dtype), o.view(b, 3, hh, t, dh))
+            # one SDPA call per stream on the same queries: no 3x copy of q, no key/value concatenation
+            q, kc = q.reshape(b, hh, t, dh), kc.reshape(b, 2, hh, t, dh)
+            vc = vc.expand(b, 2 * hh, s, n, dh).reshape(b, 2, hh, t, dh)
+            kv = ((kc[:, 0], vc[:, 0]), (kc[:, 1], vc[:, 1]), (k.reshape(b, hh, t, dh), v.reshape(b, hh, t, dh)))
+            mask, p, gamma = bias.sdpa(q.dtype), self.dropout if self.training else 0.0, self.gamma.to(q.dtype)
+            o = sum(gamma[f] * F.scaled_dot_product_attention(q, kf, vf, attn_mask=mask, dropout_p=p)
+                    for f, (kf, vf) in enumerate(kv))  # (B, H, T, D)
+            o = o.transpose(1, 2)  # (B, T, H, D)
         else:
             if v1 is not None and self.mix != "off":
                 lam = self._lam()
@@ -163,7 +167,7 @@ class TemporalAttention(nn.Module):
                 q, k = apply_rope(q, rope), apply_rope(k, rope)
             o = F.scaled_dot_product_attention(
                 q.reshape(b, hh, t, dh), k.reshape(b, hh, t, dh), v.reshape(b, hh, t, dh),
-                attn_mask=bias.sdpa(1, q.dtype), dropout_p=self.dropout if self.training else 0.0,
+                attn_mask=bias.sdpa(q.dtype), dropout_p=self.dropout if self.training else 0.0,
             ).transpose(1, 2)  # (B, T, H, D)
         return self.out(o.reshape(b, t, d)), values
 
@@ -195,10 +199,10 @@ class AttentionBias:
     """The additive attention logits every block of one forward shares: padded keys (never
     attended) and, optionally, a per-head term between atoms i and j (B, H, N, N) that applies
     to every (slot, slot') pair of their tokens and to every stream. Built lazily, once per
-    forward, in the layout each attention path needs: `sdpa` for SDPA's attn_mask (streams
-    stacked on the head axis, F·H), `explicit` for `dropout_attention` (streams side by side on
-    the key axis, F·T). Padded keys get the most negative finite number, so exp underflows to 0
-    and no row is empty."""
+    forward, in the layout each attention path needs: `sdpa` for SDPA's attn_mask (one SDPA
+    call per stream, so one stream's T keys), `explicit` for `dropout_attention` (streams side
+    by side on the key axis, F·T). Padded keys get the most negative finite number, so exp
+    underflows to 0 and no row is empty."""
 
     def __init__(self, slots: int, key_mask: Tensor | None, pair: Tensor | None = None):
         self.slots, self.key_mask, self.pair = slots, key_mask, pair
@@ -217,15 +221,14 @@ class AttentionBias:
             out = pad if out is None else out.masked_fill(~keys, torch.finfo(dtype).min)
         return out
 
-    def sdpa(self, streams: int, dtype: torch.dtype) -> Tensor | None:
-        key = ("sdpa", streams, dtype)
+    def sdpa(self, dtype: torch.dtype) -> Tensor | None:
+        key = ("sdpa", dtype)
         if key not in self._cache:
             if self.pair is None and self.key_mask is not None:  # bool keys: SDPA's cheapest mask
                 keys = self.key_mask[:, None, :].expand(-1, self.slots, -1)
                 self._cache[key] = keys.reshape(len(self.key_mask), 1, 1, -1)
             else:
-                tok = self._tokens(dtype)
-                self._cache[key] = tok if tok is None or tok.shape[1] == 1 else tok.repeat(1, streams, 1, 1)
+                self._cache[key] = self._tokens(dtype)
         return self._cache[key]
 
     def explicit(self, streams: int, dtype: torch.dtype) -> Tensor | None:

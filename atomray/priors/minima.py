@@ -43,6 +43,7 @@ import numpy as np
 from atomray.priors.recent import Recent
 from atomray.priors.rigid import kabsch_np
 from atomray.priors.store import BasinStore
+from atomray.threads import single_threaded
 
 MAX_STEPS = 500
 GFN2_FMAX = 0.03  # eV/Å: the refinement stops below this largest force (tighter wanders along flat torsions:
@@ -111,7 +112,8 @@ def gfn2_minimum(start: np.ndarray, z: np.ndarray) -> np.ndarray | None:
     atoms = Atoms(numbers=np.asarray(z), positions=np.asarray(start, dtype=np.float64))
     atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
     try:
-        BFGS(atoms, logfile=None).run(fmax=GFN2_FMAX, steps=GFN2_MAX_STEPS)
+        with single_threaded():  # tblite's OpenMP pool spins next to torch's threads (atomray.threads)
+            BFGS(atoms, logfile=None).run(fmax=GFN2_FMAX, steps=GFN2_MAX_STEPS)
     except Exception:  # tblite raises on SCF failure; the caller falls back to MMFF94
         return None
     return np.asarray(atoms.get_positions(), dtype=np.float64)

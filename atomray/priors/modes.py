@@ -61,6 +61,7 @@ from atomray.elements import atomic_masses
 from atomray.priors import store
 from atomray.priors.minima import BasinFinder
 from atomray.priors.rigid import kabsch_np
+from atomray.threads import single_threaded
 
 HESSIAN_STEP = 0.005  # Å, central differences of GFN2-xTB forces
 TAU_VIB_FS = 1000.0  # dephasing time of the harmonic_all floor and a fresh harmonic prior
@@ -101,6 +102,11 @@ class Basin:
 def gfn2_hessian(x: np.ndarray, z: np.ndarray, step: float = HESSIAN_STEP) -> tuple[np.ndarray, np.ndarray]:
     """(3N, 3N) symmetric GFN2-xTB Hessian (eV/Å²) at x (N, 3) Å, by central differences of the
     analytic forces (tblite, neutral), and the forces at x (N, 3) eV/Å."""
+    with single_threaded():  # tblite's OpenMP pool spins next to torch's threads (atomray.threads)
+        return _hessian(x, z, step)
+
+
+def _hessian(x: np.ndarray, z: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
     from ase import Atoms
     from tblite.ase import TBLite
 

@@ -19,14 +19,13 @@ are never recomputed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -35,10 +34,10 @@ from atomray.data.dataset import read_segments
 from atomray.tg80.dynamics import MDState, config_json, prepare_state, run_steps
 from atomray.tg80.engines import embed, make_engine, molecule_with_hydrogens
 from atomray.tg80.plan import BuildConfig, BuildError, MoleculeSpec
+from atomray.threads import single_threaded
 
 STATE_DIR = "_state"
 SEGMENTS_DIR = "_segments"  # segments of molecules still being simulated (staging)
-SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 class BuildInterrupted(RuntimeError):
@@ -63,30 +62,6 @@ class Progress:
             f"{self.simulated_fs:,.0f}/{self.total_fs:,.0f} fs ({100 * self.simulated_fs / max(self.total_fs, 1):.0f}%) "
             f"| {self.fs_per_s:,.0f} fs/s | {self.elapsed_s:,.0f} s"
         )
-
-
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    """One thread for the engines' OpenMP / BLAS pools while inside, so one process uses
-    one core (N workers then give ~N×). Uses threadpoolctl when installed (pools that are
-    already loaded), and the environment variables for pools loaded later."""
-    old = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
-    os.environ.update(SINGLE_THREAD_ENV)
-    try:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            limits = contextlib.nullcontext()
-        else:
-            limits = threadpool_limits(limits=1)
-        with limits:
-            yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def segment_path(out: Path, molecule_id: str, segment: int) -> Path:

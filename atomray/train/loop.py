@@ -37,7 +37,6 @@ from atomray.data.splits import EvalSet, Split
 from atomray.evaluate import (FLOORS, ErrorTable, eval_transform, model_errors, rotated_copy, score_windows,
                               strongest_floor, summarise, validation_windows, with_paths)
 from atomray.checkpoint import TrainState, load_optimizer, load_weights, read_state, save_checkpoint
-from atomray.priors.paths import PriorPaths
 from atomray.train.faults import COMMIT_MARKER, maybe_exit_after_report, maybe_inject_fault, read_faults
 from atomray.train.loss import epoch_generator, training_loss, training_transform
 from atomray.train.optim import build_optimizer, lr_at, train_step

@@ -179,7 +179,7 @@ def test_dropout_is_unbiased():
 def test_eval_mode_ignores_dropout(attention):
     g = torch.Generator().manual_seed(9)
     batch = random_batch(g, b=2, n=5, p=4, pad=1)
-    cfg = ModelConfig(embed_dim=32, num_layers=2, num_heads=4, attn_dropout=0.2, attention=attention)
+    cfg = ModelConfig(embed_dim=32, num_layers=2, num_heads=4, attn_dropout=0.2, attention=attention, lifting="equivariant")
     model = randomise_parameters(build_model(cfg, 4, 0).double()).eval()
     plain = randomise_parameters(build_model(replace(cfg, attn_dropout=0.0), 4, 0).double()).eval()
     torch.testing.assert_close(call(model, batch), call(plain, batch), atol=0, rtol=0)
@@ -189,3 +189,26 @@ def test_eval_mode_ignores_dropout(attention):
     torch.manual_seed(0)
     assert torch.equal(call(model, batch), first)  # reproducible under a seed
     assert (call(model, batch) - first).abs().max() > 1e-6  # and fresh on the next call
+
+
+def test_dropout_runs_under_inference_mode_on_several_threads():
+    """A train-mode forward under torch.inference_mode (e.g. a rollout of a model left in train
+    mode): the worker threads that run the batch chunks must inherit inference mode, or writing
+    their chunk of the (inference) output tensor fails. Same mask and result as under no_grad."""
+    old, old_chunk = torch.get_num_threads(), kernel._CHUNK_ENTRIES
+    torch.set_num_threads(2)
+    kernel._CHUNK_ENTRIES = 2 * 2 * 6 * 12  # 3 chunks of 2 samples: both workers get one
+    try:
+        g = torch.Generator().manual_seed(11)
+        q, k, v = (torch.randn(6, 2, n, 5, generator=g, dtype=torch.float64) for n in (6, 12, 12))
+        torch.manual_seed(12)
+        with torch.no_grad():
+            want = dropout_attention(q, k, v, 0.2, 2)
+        torch.manual_seed(12)
+        with torch.inference_mode():
+            got = dropout_attention(q, k, v, 0.2, 2)
+    finally:
+        torch.set_num_threads(old)
+        kernel._CHUNK_ENTRIES = old_chunk
+    assert got.is_inference()
+    torch.testing.assert_close(got, want, atol=0, rtol=0)

@@ -14,7 +14,7 @@ from atomray.priors.minima import BasinFinder, machine_finder
 from atomray.priors.modes import (CM_TO_OMEGA, EV_PER_A2_U_IN_FS2, OMEGA_MIN, Basin, basin_modes, modes_suffix,
                                   normal_modes, rigid_basis, vibrate, vibration_paths)
 from atomray.priors.rigid import internal_velocity
-from priorkit import conformer, fresh_store, minimum
+from priorkit import fresh_store, minimum
 
 torch.set_num_threads(1)
 
