@@ -107,6 +107,30 @@ def synthetic_batch(batch: int, n_atoms: int, num_lags: int, rwpe_dim: int, seed
             "target": x0[:, None] + 0.1 * torch.randn(batch, num_lags, n_atoms, 3, generator=g), "paths": paths}
 
 
+def step_functions(model, data: dict, opt) -> tuple:
+    """(train, infer) closures for atomray's model on `data`: a training step as the worker loop
+    takes it (label noise σ 0.1, forward, L2 loss, backward, grad-norm clip 1.0, `opt` step) and
+    an inference in eval mode under `torch.inference_mode`. `data["paths"]` (optional) holds the
+    prior's paths."""
+    noise = torch.Generator().manual_seed(1)
+    args = ("z", "lags_fs", "mask", "rwpe")
+    paths = data.get("paths")
+
+    def train_step() -> None:
+        x0, v0, target = add_label_noise(data["x0"], data["v0"], data["target"], data["mask"], 0.1, noise)
+        loss = trajectory_loss(model(x0, v0, *(data[k] for k in args), paths), target, data["mask"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    def infer() -> None:
+        with torch.inference_mode():
+            model(data["x0"], data["v0"], *(data[k] for k in args), paths)
+
+    return train_step, infer
+
+
 def throughput(cfg: ModelConfig, data: dict, num_lags: int, rwpe_dim: int, repeats: int,
                probe: MatmulProbe) -> dict[str, float]:
     """Medians of train / inference samples per second of `cfg` on `data`, and of the matmul
@@ -115,20 +139,7 @@ def throughput(cfg: ModelConfig, data: dict, num_lags: int, rwpe_dim: int, repea
     torch.manual_seed(0)
     model = build_model(cfg, num_lags, rwpe_dim)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5, eps=1e-10, amsgrad=True)
-    noise = torch.Generator().manual_seed(1)
-    args = ("z", "lags_fs", "mask", "rwpe")
-
-    def train_step() -> None:
-        x0, v0, target = add_label_noise(data["x0"], data["v0"], data["target"], data["mask"], 0.1, noise)
-        loss = trajectory_loss(model(x0, v0, *(data[k] for k in args), data["paths"]), target, data["mask"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-
-    def infer() -> None:
-        with torch.inference_mode():
-            model(data["x0"], data["v0"], *(data[k] for k in args), data["paths"])
+    train_step, infer = step_functions(model, data, opt)
 
     b = len(data["x0"])
     out: dict[str, list[float]] = {"train": [], "infer": [], "peak_train": [], "peak_infer": []}

@@ -62,16 +62,16 @@ import torch.nn.functional as F
 
 from atomray.config import ModelConfig
 from atomray.model import build_model
-from atomray.train.loss import add_label_noise, trajectory_loss
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_model's step functions
 
 
 PAPER = {  # atomray's ModelConfig at the paper's MD17 settings (Table 19), every addition to the paper off
     "name": "atom", "embed_dim": 128, "num_layers": 5, "num_heads": 8, "output_heads": 1, "attn_dropout": 0.2,
     "mlp_dropout": 0.0, "rope_base": 1000.0, "lifting": "equivariant", "attention": "heterogeneous",
     "time_encoding": "trope", "gamma": "learned", "value_residual": "learned", "prior": "none",
-    "distance_bias": False, "lag_conditioned_output": False, "internal_velocity": False, "relaxed_prior": False,
-    "relaxed_input": False, "prior_input": False, "anharmonic": False, "correction_onset_fs": 0.0,
-    "latent_equivariance_weight": 0.0,
+    "distance_bias": False, "lag_conditioned_output": False, "internal_velocity": False,
+    "relaxed_input": False, "prior_input": False, "anharmonic": False, "latent_equivariance_weight": 0.0,
 }
 
 
@@ -173,22 +173,11 @@ def optimiser(model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def atomray_steps(model, data: dict):
-    opt, noise = optimiser(model), torch.Generator().manual_seed(1)
-    args = ("z", "lags_fs", "mask", "rwpe")
+    """atomray's training step and inference, as `bench_model.py` times them, with the authors'
+    optimiser settings."""
+    from bench_model import step_functions
 
-    def train() -> None:
-        x0, v0, target = add_label_noise(data["x0"], data["v0"], data["target"], data["mask"], 0.1, noise)
-        loss = trajectory_loss(model(x0, v0, *(data[k] for k in args)), target, data["mask"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-
-    def infer() -> None:
-        with torch.inference_mode():
-            model(data["x0"], data["v0"], *(data[k] for k in args))
-
-    return train, infer
+    return step_functions(model, data, optimiser(model))
 
 
 def official_steps(model, data: dict):

@@ -17,7 +17,7 @@ v·g(Z, RWPE) and scalar channels ‖x‖·h + ‖v‖·k + l (all functions of 
 stream is the attention query and the residual stream (§3.2.2), so it must hold the position:
 without it no query knows where its atom is, and attention cannot weigh neighbours by
 distance (the authors' code also forms the phase as a product of lifted x with lifted (v, Z);
-REFERENCE.md). All three maps are exactly E(3)-equivariant (x and v are polar vectors, 1o);
+docs/reference.md). All three maps are exactly E(3)-equivariant (x and v are polar vectors, 1o);
 tests check `lift(x Rᵀ) = lift(x) D(R)ᵀ` with reflections.
 
 `LinearLifting` is the "no equivariant lift" ablation (§4.4): plain `nn.Linear` layers on
@@ -56,11 +56,12 @@ def check_atomic_numbers(z: Tensor, max_atomic_number: int) -> None:
 def chemistry_features(z: Tensor, max_atomic_number: int, rwpe: Tensor | None, dtype: torch.dtype) -> Tensor:
     """(B, N, Zmax [+ K]) invariant per-atom features: one-hot Z (index Z−1) and RWPE.
 
-    Padding atoms (Z = 0) get an all-zero one-hot. Raises ValueError if any Z exceeds
-    `max_atomic_number` (checked on the host; skipped while `torch.compile` traces).
+    Padding atoms (Z = 0) get an all-zero one-hot. Built by comparison, not `one_hot` (whose
+    range check synchronises with the host): the data path checks Z (`check_atomic_numbers`),
+    and `ATOMRAY_DEBUG=1` checks it in the forward pass too (`atomray.model.atom`).
     """
-    check_atomic_numbers(z, max_atomic_number)
-    onehot = nn.functional.one_hot(z.long(), max_atomic_number + 1)[..., 1:].to(dtype)  # (B, N, Zmax)
+    elements = torch.arange(1, max_atomic_number + 1, device=z.device)
+    onehot = (z.long()[..., None] == elements).to(dtype)  # (B, N, Zmax)
     if rwpe is None:
         return onehot
     return torch.cat((onehot, rwpe.to(dtype)), dim=-1)

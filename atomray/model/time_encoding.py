@@ -62,7 +62,7 @@ class SinusoidalTimeEmbedding(nn.Module):
     """Lag (fs) → learned projection of its sinusoidal features: (...,) → (..., out_dim).
 
     The "sinusoidal" time-encoding ablation of ATOM (§4.4, "EGNO-style sinusoidal positional
-    encoding") and the EGNO / EGNN time embedding (dim 32, REFERENCE.md).
+    encoding") and the EGNO / EGNN time embedding (dim 32, docs/reference.md).
     """
 
     def __init__(self, feature_dim: int, out_dim: int, base: float, tau_fs: float):

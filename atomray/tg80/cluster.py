@@ -18,7 +18,8 @@ from atomray.tg80.library import csv_columns, hashed_id, library_files, library_
 from atomray.tg80.plan import BuildConfig, BuildError, MoleculeSpec
 from atomray.tg80.seeds import Seed
 from atomray.tg80.selection import CRITERIA, Candidate, ScreenResult, SelectionConfig, SelectionResult, diversify, screen
-from atomray.tg80.simulate import SINGLE_THREAD_ENV, Progress, simulate_molecule, simulated_fs_on_disk, single_threaded
+from atomray.threads import SINGLE_THREAD_ENV, single_threaded
+from atomray.tg80.simulate import Progress, simulate_molecule, simulated_fs_on_disk
 
 
 def _simulate_task(spec: MoleculeSpec, out: str, cfg: BuildConfig) -> dict:

@@ -146,6 +146,12 @@ def pretrain(cfg: RunConfig, *, split: Split | None = None, eval_sets: list[Eval
     molecules = usable_molecules(cfg.data)
     ids = molecules.column("molecule_id").to_pylist()
     z_of = dict(zip(ids, molecules.column("atomic_numbers").to_pylist()))
+    too_heavy = {m: max(z) for m, z in z_of.items() if max(z) > cfg.model.max_atomic_number}
+    if too_heavy:  # the model's one-hot chemistry has max_atomic_number slots: refuse before any work
+        mid, zmax = next(iter(too_heavy.items()))
+        raise DataError(f"{cfg.data.path}: molecule {mid!r} has atomic number {zmax}, above "
+                        f"model.max_atomic_number={cfg.model.max_atomic_number}; raise it or leave the molecule out "
+                        f"(data.molecules)")
     if split is None:
         split = make_split(ids, molecules.column("smiles").to_pylist(), cfg.data)
     if eval_sets is None:
