@@ -52,7 +52,7 @@ from atomray.equivariance import (EquivarianceError, FrameAveraged, equivariance
 from atomray.metrics import lag_errors
 from atomray.model.registry import model_inputs
 from atomray.priors.compose import FLOORS, floor_parts, floor_predictions, prior_parts
-from atomray.priors.frames import FramePhysics
+from atomray.priors.frames import FramePhysics, missing_molecules
 from atomray.priors.paths import PriorPaths, apply_in_chunks, basin_source
 
 PREDICTORS = ("model", "model_rotated") + FLOORS
@@ -232,11 +232,16 @@ def verdict(metrics: Mapping[str, float], key: str) -> str:
     return f"the model {comparison(ratio)} the strongest floor ({name}) on {key}: {ratio:.2f}x its error"
 
 
-def check_elements(z: Iterable[int], elements: Sequence[int], name: str) -> None:
-    """Refuse elements the model never saw in training (they have untrained embeddings)."""
+def check_elements(z: Iterable[int], elements: Sequence[int], name: str, max_atomic_number: int = 0) -> None:
+    """Refuse atomic numbers above the model's `max_atomic_number` (its one-hot chemistry has
+    no slot for them; 0: no limit) and elements the model never saw in training (they have
+    untrained embeddings; none recorded: no check)."""
+    z = [int(x) for x in z]
+    if max_atomic_number and z and max(z) > max_atomic_number:
+        raise DataError(f"{name}: atomic number {max(z)} exceeds the model's max_atomic_number {max_atomic_number}")
     if not elements:
         return
-    unseen = sorted(set(int(x) for x in z if int(x) > 0) - set(int(e) for e in elements))
+    unseen = sorted(set(x for x in z if x > 0) - set(int(e) for e in elements))
     if unseen:
         from ase.data import chemical_symbols
 
@@ -352,9 +357,10 @@ def evaluate_dataset(model: torch.nn.Module, cfg: RunConfig, root: str | Path, m
     files = molecule_files(root, wanted)
     for mid in wanted:
         z = read_atomic_numbers(root, mid)
-        check_elements(z[z > 1] if cfg.data.context_atoms == "heavy" else z, elements, f"{root}: molecule {mid!r}")
+        check_elements(z[z > 1] if cfg.data.context_atoms == "heavy" else z, elements, f"{root}: molecule {mid!r}",
+                       cfg.model.max_atomic_number)
     clock = timings if timings is not None else {}
-    clock["stored per-frame physics"] = float(FramePhysics.load(root, wanted) is not None)
+    clock["stored per-frame physics"] = float(not missing_molecules(root, wanted))
     workers = workers or min(len(wanted), len(os.sched_getaffinity(0)))
     args = [(str(root), to_dict(cfg), mid, files.get(mid, []), list(num_lags), list(horizons_fs), windows, seed)
             for mid in wanted]

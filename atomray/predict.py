@@ -118,12 +118,9 @@ def predict(model, cfg: RunConfig, state: InitialState, lags_fs: Sequence[float]
         raise DataError(f"lags must be a non-empty list of positive times in fs, found {list(lags_fs)}")
     keep = model_atoms(cfg, state.atomic_numbers)
     z = state.atomic_numbers[keep]
-    if cfg.model.max_atomic_number and z.max() > cfg.model.max_atomic_number:
-        raise DataError(f"{state.name}: atomic number {int(z.max())} exceeds the model's max_atomic_number "
-                        f"{cfg.model.max_atomic_number}")
     from atomray.evaluate import check_elements
 
-    check_elements(z, elements, state.name)
+    check_elements(z, elements, state.name, cfg.model.max_atomic_number)
     x = state.positions[keep].astype(np.float32)
     origin = x.mean(0)
     p = cfg.data.num_lags
@@ -186,24 +183,29 @@ def state_windows(cfg: RunConfig, states: Sequence[InitialState], which: np.ndar
                                    "new:" + "-".join(map(str, states[i].atomic_numbers)) for i in which], dtype=object)
     out["segment"] = np.array([states[i].frame_of[2] if known and states[i].frame_of else -1 for i in which], np.int64)
     out["frame"] = np.array([states[i].frame_of[3] if known and states[i].frame_of else -1 for i in which], np.int64)
-    roots = {states[i].frame_of[0] for i in which if known and states[i].frame_of}
+    frames_of: dict[str, set[str]] = {}  # data set root → the molecules whose frames start windows
+    for i in which:
+        if known and states[i].frame_of:
+            frames_of.setdefault(states[i].frame_of[0], set()).add(states[i].frame_of[1])
     parts = prior_parts(cfg.model.prior, cfg.model.anharmonic)
-    return PriorPaths(parts, StatesBasins(roots), dtype=dtype)(out)
+    return PriorPaths(parts, StatesBasins(frames_of), dtype=dtype)(out)
 
 
 class StatesBasins:
     """The basin source of `state_windows`: a data set frame's stored basin where its data set
     has per-frame physics, the machine's basin store for every other state."""
 
-    def __init__(self, roots: set[str]):
-        from atomray.priors.frames import FramePhysics
+    def __init__(self, frames_of: dict[str, set[str]]):
+        """`frames_of`: each data set root and the molecules whose frames the states are."""
+        from atomray.priors.frames import FramePhysics, read_molecule
         from atomray.priors.paths import DatasetBasins, StateBasins
 
         self.stored = {}
-        for root in roots:
-            physics = FramePhysics.load(root)
-            if physics is not None:
-                self.stored.update({m: DatasetBasins(physics) for m in physics.molecules})
+        for root, molecules in frames_of.items():
+            found = {m: p for m in sorted(molecules) if (p := read_molecule(root, m)) is not None}
+            if found:
+                source = DatasetBasins(FramePhysics(root, found))
+                self.stored.update(dict.fromkeys(found, source))
         self.new = StateBasins()
 
     def __call__(self, molecule_id, segment, frame, x, z, n_model):

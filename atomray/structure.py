@@ -167,7 +167,7 @@ def dihedral_angles(traj: Any, bonds: Any) -> np.ndarray:
 
 def radius_of_gyration(traj: Any, z: Any) -> np.ndarray:
     """(T,) mass-weighted radius of gyration (Å) about the centre of mass, standard atomic
-    masses of `z` (N,) (`atomray.data.windows.atomic_masses`)."""
+    masses of `z` (N,) (`atomray.elements.atomic_masses`)."""
     traj = _trajectory(traj)
     m = _masses(z, traj.shape[1])
     c = np.einsum("n,tnk->tk", m, traj) / m.sum()

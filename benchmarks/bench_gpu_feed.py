@@ -35,8 +35,8 @@ def measured_gpu_rate(config: str, batch: int, steps: int = 20) -> float:
     from atomray.config import load_config
     from atomray.data.pipeline import fixed_windows, to_torch
     from atomray.model import build_model
-    from atomray.train.loss import training_loss, training_transform
-    from atomray.train.optim import build_optimizer
+    from atomray.train.loss import training_transform
+    from atomray.train.optim import build_optimizer, train_step
 
     cfg = load_config(config, [f"data.path={ROOT / 'data' / 'tg80-mini'}"])
     molecules = ["aspirin", "paracetamol", "lib-2330", "toluene"]
@@ -52,10 +52,7 @@ def measured_gpu_rate(config: str, batch: int, steps: int = 20) -> float:
         if i == 3:
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-        loss = training_loss(model, data, cfg, gen, amp)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, data, cfg, i, steps + 3, gen, gen, amp)  # the worker loop's step
     torch.cuda.synchronize()
     return steps * batch / (time.perf_counter() - t0)
 

@@ -36,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,9 +75,22 @@ class ChunkShard:
 
 
 def stream_rate(config: str, windows: int, repeats: int, overrides: list[str]) -> dict:
-    """Windows per second one core's window stream delivers (median of `repeats` epochs)."""
-    import numpy as np
+    """Windows per second one core's window stream delivers (median of `repeats` epochs); the
+    process runs on one core and one torch thread meanwhile, and is given its cores back after."""
     import torch
+
+    cores, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    os.sched_setaffinity(0, {sorted(cores)[0]})  # one core: the figure is per core
+    torch.set_num_threads(1)
+    try:
+        return _one_core_rate(config, windows, repeats, overrides)
+    finally:
+        os.sched_setaffinity(0, cores)
+        torch.set_num_threads(threads)
+
+
+def _one_core_rate(config: str, windows: int, repeats: int, overrides: list[str]) -> dict:
+    import numpy as np
 
     from atomray.config import load_config
     from atomray.data.dataset import read_molecules, read_parquet
@@ -85,8 +99,6 @@ def stream_rate(config: str, windows: int, repeats: int, overrides: list[str]) -
     from atomray.train.loss import training_transform
     from atomray.train.pretrain import resolve
 
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core: the figure is per core
-    torch.set_num_threads(1)
     cfg = resolve(load_config(config, overrides + [f"data.path={ROOT / 'data' / 'tg80-mini'}"]), ROOT)
     table = usable_molecules(cfg.data)
     split = make_split(table.column("molecule_id").to_pylist(), table.column("smiles").to_pylist(), cfg.data)
@@ -97,7 +109,7 @@ def stream_rate(config: str, windows: int, repeats: int, overrides: list[str]) -
     tables = [t.filter(np.isin(t.column("molecule_id").to_numpy(zero_copy_only=False), list(split.train)))
               for t in tables]
     local = cfg.data.batch_size // cfg.scaling.num_workers
-    data = cfg.data.__class__(**{**cfg.data.__dict__, "train_windows": windows, "batch_size": local})
+    data = replace(cfg.data, train_windows=windows, batch_size=local)
     plan = EpochPlan.make(data, count_starts(segments, data), 1)
     rates = []
     for epoch in range(repeats + 1):

@@ -50,7 +50,6 @@ import json
 import os
 import statistics
 import sys
-import time
 import types
 import typing
 from contextlib import contextmanager
@@ -147,23 +146,19 @@ def build_official(path: Path, num_lags: int, rwpe: int):
 
 
 def molecules(batch: int, n_atoms: int, num_lags: int, rwpe: int, seed: int = 0) -> dict:
-    """One synthetic batch, in atomray's layout and (key `official`) in the authors'."""
-    g = torch.Generator().manual_seed(seed)
-    x0 = torch.randn(batch, n_atoms, 3, generator=g) * 1.5
-    x0 = x0 - x0.mean(1, keepdim=True)
-    v0 = torch.randn(batch, n_atoms, 3, generator=g) * 0.01
-    z = torch.randint(6, 9, (batch, n_atoms), generator=g)
-    rw = torch.rand(batch, n_atoms, rwpe, generator=g) if rwpe else None
-    lags = (3000.0 * 0.5 / num_lags) * torch.arange(1, num_lags + 1).expand(batch, num_lags)
-    target = x0[:, None] + 0.1 * torch.randn(batch, num_lags, n_atoms, 3, generator=g)
+    """`bench_model.synthetic_batch` (no prior paths: the paper's model has no prior), with the
+    same batch in the authors' layout under the key `official`."""
+    from bench_model import synthetic_batch
+
+    data = synthetic_batch(batch, n_atoms, num_lags, rwpe, seed)
+    data.pop("paths")
+    x0, v0, z, rw = data["x0"], data["v0"], data["z"], data["rwpe"]
     xn = torch.cat((x0, x0.norm(dim=-1, keepdim=True)), -1)
     vn = torch.cat((v0, v0.norm(dim=-1, keepdim=True)), -1)
     feats = [xn, vn, z[..., None].float()] + ([rw] if rw is not None else [])
     rep = lambda t: t[:, None].expand(batch, num_lags, *t.shape[1:]).contiguous()  # noqa: E731
-    official = {"x_0": rep(xn), "v_0": rep(vn), "concatenated_features": rep(torch.cat(feats, -1))}
-    mask = torch.ones(batch, n_atoms, dtype=torch.bool)
-    return {"x0": x0, "v0": v0, "z": z, "lags_fs": lags.contiguous(), "mask": mask, "rwpe": rw, "target": target,
-            "official": official}
+    data["official"] = {"x_0": rep(xn), "v_0": rep(vn), "concatenated_features": rep(torch.cat(feats, -1))}
+    return data
 
 
 def optimiser(model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -199,14 +194,10 @@ def official_steps(model, data: dict):
     return train, infer
 
 
-def seconds(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def cell(models: dict, data: dict, rounds: int) -> dict:
     """Median samples/s of each model's train step and inference over alternating rounds."""
+    from bench_model import seconds
+
     b = len(data["x0"])
     fns = {"atomray": atomray_steps(models["atomray"], data), "official": official_steps(models["official"], data)}
     rates: dict[str, list[float]] = {f"{m}_{k}": [] for m in fns for k in ("train", "infer")}

@@ -105,7 +105,6 @@ def main(argv: list[str] | None = None) -> dict:
         t4 = time.perf_counter()
         if step:  # the first step is not timed (allocations, lazy imports)
             for key, value in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                value = value if key != "to_torch" else value
                 parts[key].append(value)
     stats = pstats.Stats(profile).stats  # (file, line, function) -> (calls, primitive, tottime, cumtime, callers)
     compose = sum(v[3] for (f, _, name), v in stats.items()

@@ -45,11 +45,19 @@ def main(argv: list[str] | None = None) -> int:
         todo = missing_molecules(args.data, wanted)
         print(f"frame_physics: {len(wanted)} molecule(s) in {args.data}, {len(todo)} to compute", flush=True)
         t0 = time.perf_counter()
+        started = False
         if todo:
+            import ray
+
             from atomray.train.pretrain import init_ray
 
+            started = not ray.is_initialized()
             init_ray(num_cpus=args.num_cpus)
-        physics = ensure_frame_physics(args.data, wanted)
+        try:
+            physics = ensure_frame_physics(args.data, wanted)
+        finally:
+            if started:  # a caller's own Ray instance stays up; the one this job started goes
+                ray.shutdown()
     except (DataError, StorageError) as err:
         print(f"frame_physics: error: {err}", file=sys.stderr)
         return 2

@@ -46,6 +46,16 @@ def test_the_physics_is_real_where_it_is_not_patched():
     assert mmff_minimum(state.positions, state.atomic_numbers) is not None
 
 
+def test_the_patches_catch_the_host_physics_a_new_state_needs(no_host_physics):
+    """The guard is meaningful: with the patch, the minimisation a new state goes through raises."""
+    from atomray.priors.minima import mmff_minimum
+    from atomray.rollout import state_from_dataset
+
+    state = state_from_dataset(DATA, "aspirin", 10)
+    with pytest.raises(AssertionError, match="host physics"):
+        mmff_minimum(state.positions, state.atomic_numbers)
+
+
 def test_a_training_step_and_a_prediction_never_call_rdkit_or_tblite(no_host_physics):
     from atomray.config import load_config
     from atomray.data.pipeline import fixed_windows, to_torch

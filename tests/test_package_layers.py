@@ -78,7 +78,7 @@ def layer_of(name: str) -> int:
             if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
                 best, layer = len(prefix), index
     if layer is None:
-        raise AssertionError(f"{name} belongs to no layer of tests/test_layering.py")
+        raise AssertionError(f"{name} belongs to no layer of tests/test_package_layers.py")
     return layer
 
 

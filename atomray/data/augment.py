@@ -82,7 +82,7 @@ def rotate_batch(batch: Mapping[str, Any], rotation: Tensor, about: str = "centr
         if kind == "scalar":
             continue
         rr = r.to(value.dtype)
-        extra = value.dim() - 3 if kind != "rotation" else value.dim() - 3  # leading lag axes after B
+        extra = value.dim() - 3  # leading lag axes after B (vectors, positions and rotations alike)
         shape = (b,) + (1,) * max(extra, 0) + (3, 3)
         rb = rr.view(shape)
         if kind == "position":

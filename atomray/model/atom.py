@@ -90,8 +90,9 @@ Velocities enter in units of Å per `velocity_scale_fs` (100 fs), so their size 
 centred positions. The model follows the dtype and device of its parameters; inputs are cast
 to the parameter dtype and the output is returned in x0's dtype. Under bf16 autocast the
 canonical frame, the prior and time angles stay in float32 or better. Atomic numbers are not
-range-checked here (a host synchronisation): the data path checks them
-(`atomray.model.lifting.check_atomic_numbers`), and `ATOMRAY_DEBUG=1` checks them here too.
+range-checked here (a host synchronisation): pretraining refuses a data set with atomic numbers
+above `max_atomic_number`, evaluation, prediction and rollout refuse such a molecule
+(`atomray.evaluate.check_elements`), and `ATOMRAY_DEBUG=1` checks them here too.
 """
 
 from __future__ import annotations
@@ -245,8 +246,7 @@ class ATOM(nn.Module):
         s = lags_fs.shape[1] + 1
         mask = mask.bool()
         paths = paths if paths is not None else {}
-        if cfg.prior not in ("none", "x0"):
-            self.prior.check(paths)
+        self.prior.check(paths)
         x, v = x0.to(dtype), v0.to(dtype) * cfg.velocity_scale_fs
         frame = None
         if cfg.lifting == "canonical":  # the frame's signs come from the lab velocities (App. D.1)
@@ -282,8 +282,7 @@ class ATOM(nn.Module):
             dp = (dp @ frame[0][:, None].to(dtype)).to(dtype) if frame is not None else dp
             lifted = self.lift_prior(with_norm(dp))
             if cfg.anharmonic:  # MMFF94 MD's departure from the harmonic path, turned back into x's frame
-                harmonic = paths["rotor_path"].to(dtype) + self.prior.vibration(paths, rot, lags_fs).to(dtype)
-                gap = self.prior.md_departure(harmonic, rot, paths).to(dtype) * RELAXED_INPUT_SCALE
+                gap = self.prior.md_departure(rot, lags_fs, paths).to(dtype) * RELAXED_INPUT_SCALE
                 gap = (gap @ frame[0][:, None].to(dtype)).to(dtype) if frame is not None else gap
                 lifted = lifted + self.lift_md(with_norm(gap * m[:, None]))
             tok = torch.cat((tok[:, :1], tok[:, 1:] + lifted * m[:, None]), dim=1)

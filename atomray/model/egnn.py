@@ -219,8 +219,7 @@ class EGNNBaseline(nn.Module):
 
     def _prior(self, x0: Tensor, lags_fs: Tensor, paths: Mapping[str, Tensor] | None, m: Tensor) -> Tensor | None:
         """The prior's positions (B, P, N, 3) in the stream's dtype (`atomray.priors.compose`), or None."""
-        if self.cfg.prior not in ("none", "x0"):
-            self.prior.check(paths)
+        self.prior.check(paths)
         base, _ = self.prior(x0.to(m.dtype), lags_fs, paths)
         return None if base is None else base.to(m.dtype) * m[:, None]
 

@@ -57,8 +57,8 @@ def chemistry_features(z: Tensor, max_atomic_number: int, rwpe: Tensor | None, d
     """(B, N, Zmax [+ K]) invariant per-atom features: one-hot Z (index Z−1) and RWPE.
 
     Padding atoms (Z = 0) get an all-zero one-hot. Built by comparison, not `one_hot` (whose
-    range check synchronises with the host): the data path checks Z (`check_atomic_numbers`),
-    and `ATOMRAY_DEBUG=1` checks it in the forward pass too (`atomray.model.atom`).
+    range check synchronises with the host): the jobs refuse a Z above `max_atomic_number` before
+    any forward pass (`atomray.model.atom`), and `ATOMRAY_DEBUG=1` checks it there too.
     """
     elements = torch.arange(1, max_atomic_number + 1, device=z.device)
     onehot = (z.long()[..., None] == elements).to(dtype)  # (B, N, Zmax)

@@ -40,12 +40,12 @@ from ase.symbols import Symbols
 from torch import Tensor
 
 from atomray.elements import atomic_masses
+from atomray.priors.forcefield import KCAL_MOL_A_U, NONBONDED_THRESH
 from atomray.priors.minima import mmff_field
 from atomray.priors.recent import Recent
 
 DT_FS = 0.5  # velocity-Verlet step (fs)
 TAU_MD_FS = 150.0  # hand-over time of the anharmonic_all floor and a fresh anharmonic prior
-KCAL_MOL_A_U = 4.184e-4  # 1 kcal/mol/Å divided by 1 u, in Å/fs²
 CACHE_BYTES = 256 * 2**20  # MD results kept (least recently used out first), keyed by their inputs' bytes
 _RECENT = Recent(max_bytes=CACHE_BYTES)
 _WARNED: set[str] = set()
@@ -54,7 +54,7 @@ _WARNED: set[str] = set()
 def mmff_acceleration(x: np.ndarray, z: np.ndarray):
     """A function pos (N, 3) Å → acceleration (N, 3) Å/fs² under MMFF94 for the molecule with
     atomic numbers z whose bonds are perceived from x; None when that fails."""
-    built = mmff_field(x, z, nonBondedThresh=100.0)
+    built = mmff_field(x, z, nonBondedThresh=NONBONDED_THRESH)
     if built is None:
         return None
     field = built[2]

@@ -113,7 +113,7 @@ class Prior(nn.Module):
         b, p = lags.shape
         if self.kind == "x0":
             eye = torch.eye(3, dtype=x0.dtype, device=x0.device).expand(b, p, 3, 3)
-            return x0[:, None].expand(b, p, *x0.shape[1:]), eye
+            return rigid.no_motion(x0, lags), eye
         dtype = x0.dtype
         with torch.autocast(device_type=x0.device.type, enabled=False):
             name = "rigid" if self.kind == "rigid" else "rotor"
@@ -131,11 +131,13 @@ class Prior(nn.Module):
             return vibrate(paths["vib_osc"].to(dtype), paths["vib_d0"].to(dtype), rot, lags,
                            self.vib_log_tau.exp().to(dtype))
 
-    def md_departure(self, harmonic: Tensor, rot: Tensor, paths: Mapping[str, Tensor]) -> Tensor:
-        """(B, P, N, 3) where MMFF94 MD departs from the harmonic path, turned back into x0's frame
-        (0 where there is no MD)."""
+    def md_departure(self, rot: Tensor, lags: Tensor, paths: Mapping[str, Tensor]) -> Tensor:
+        """(B, P, N, 3) where MMFF94 MD departs from the harmonic path (rotor + vibration, the
+        path `forward` blends MD into), turned back into x0's frame (0 where there is no MD); in
+        rot's dtype."""
+        harmonic = paths["rotor_path"].to(rot.dtype) + self.vibration(paths, rot, lags)
         ok = paths["md_ok"].to(harmonic.dtype)[:, None, None, None]
-        return (paths["md_path"].to(harmonic.dtype) - harmonic) * ok @ rot.to(harmonic.dtype)
+        return (paths["md_path"].to(harmonic.dtype) - harmonic) * ok @ rot
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,9 +177,9 @@ def floor_predictions(batch: Mapping[str, Tensor], names: Sequence[str] = FLOORS
         if missing:
             raise KeyError(f"floor {name!r} needs the batch keys {missing} (atomray.priors.paths.PriorPaths)")
         if name == "no_motion":
-            value = x0[:, None].expand(x0.shape[0], lags.shape[1], *x0.shape[1:])
+            value = rigid.no_motion(x0, lags)
         elif name == "linear":
-            value = x0[:, None] + v0[:, None] * lags[:, :, None, None]
+            value = rigid.linear(x0, v0, lags)
         elif name == "rigid_heavy":
             value = rigid.rigid(x0, v0, mass * (batch["z"] > 1).double(), lags)
         elif name == "rigid_all":

@@ -236,12 +236,12 @@ def _molecule_task(root: str, molecule_id: str) -> tuple[str, int, int, float]:
     return molecule_id, sum(p.n_frames for p in pieces), len(physics.basins), time.perf_counter() - t0
 
 
-def ensure_frame_physics(root: str | Path, molecule_ids: Sequence[str] | None = None,
-                         progress: bool = True, num_cpus: float = 1.0) -> FramePhysics:
-    """Compute and store the per-frame physics of every (or the given) molecule that lacks it,
-    then load it. Molecules run as Ray tasks (`num_cpus` each) when Ray is initialised and this
-    process is not inside a placement group (a Tune trial), else here one after another; a
-    progress bar counts molecules."""
+def compute_missing(root: str | Path, molecule_ids: Sequence[str] | None = None,
+                    progress: bool = True, num_cpus: float = 1.0) -> list[str]:
+    """Compute and store the per-frame physics of every (or the given) molecule that lacks it;
+    the ids it computed. Molecules run as Ray tasks (`num_cpus` each) when Ray is initialised and
+    this process is not inside a placement group (a Tune trial), else here one after another; a
+    progress bar counts molecules. Nothing is read back: a stored molecule costs one existence check."""
     from atomray.data.dataset import read_molecules
 
     root = str(root)
@@ -250,10 +250,21 @@ def ensure_frame_physics(root: str | Path, molecule_ids: Sequence[str] | None = 
     if todo:
         _compute(root, todo, progress, num_cpus)
         _write_provenance(root)
+        if still := missing_molecules(root, todo):
+            raise DataError(f"{root}: per-frame physics of {still[:5]} is still missing after computing it")
+    return todo
+
+
+def ensure_frame_physics(root: str | Path, molecule_ids: Sequence[str] | None = None,
+                         progress: bool = True, num_cpus: float = 1.0) -> FramePhysics:
+    """`compute_missing`, then load every (or the given) molecule's physics."""
+    from atomray.data.dataset import read_molecules
+
+    ids = list(molecule_ids) if molecule_ids is not None else read_molecules(root).column("molecule_id").to_pylist()
+    compute_missing(root, ids, progress, num_cpus)
     physics = FramePhysics.load(root, ids)
     if physics is None:
-        raise DataError(f"{root}: per-frame physics of {missing_molecules(root, ids)[:5]} is still missing after "
-                        "computing it")
+        raise DataError(f"{root}: per-frame physics of {missing_molecules(root, ids)[:5]} is missing")
     return physics
 
 

@@ -41,7 +41,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-FLOORS = ("no_motion", "linear", "rigid", "rotor")
 ROTOR_STEP_RAD = 0.2  # largest rotation per RK4 step of `rotor`
 ROTOR_MAX_STEPS = 4096
 
@@ -118,13 +117,14 @@ def rigid(x0: Tensor, v0: Tensor, mass: Tensor, lags: Tensor,
     return out.to(x0.dtype)
 
 
-def quaternion_matrix(q: Tensor) -> Tensor:
-    """(…, 3, 3) rotation matrices of unit quaternions q = (w, x, y, z) (…, 4)."""
-    w, x, y, z = q.unbind(-1)
-    return torch.stack((
-        torch.stack((1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)), -1),
-        torch.stack((2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)), -1),
-        torch.stack((2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)), -1),
+def quaternion_matrix(q: Tensor | np.ndarray) -> Tensor | np.ndarray:
+    """(…, 3, 3) rotation matrices of unit quaternions q = (w, x, y, z) (…, 4), torch or NumPy."""
+    stack = torch.stack if isinstance(q, Tensor) else np.stack
+    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    return stack((
+        stack((1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)), -1),
+        stack((2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)), -1),
+        stack((2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)), -1),
     ), -2)
 
 
@@ -139,7 +139,7 @@ def rotor_rotations(ang: Tensor, inertia_inv: Tensor, lags: Tensor) -> Tensor:
     iinv = inertia_inv.detach().double().cpu().numpy()  # (B, 3, 3)
     t = lags.detach().double().cpu().numpy()  # (B, P)
     q = rotor_quaternions(ell, iinv, t)
-    return torch.from_numpy(quaternion_matrix_np(q)).to(lags.device)
+    return torch.from_numpy(quaternion_matrix(q)).to(lags.device)
 
 
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -181,16 +181,6 @@ def rotor_quaternions(ell: np.ndarray, inertia_inv: np.ndarray, lags: np.ndarray
         q = q + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
         q /= np.sqrt((q * q).sum(-1, keepdims=True))
     return q.reshape(b, p, 4)
-
-
-def quaternion_matrix_np(q: np.ndarray) -> np.ndarray:
-    """`quaternion_matrix` in NumPy: (…, 3, 3) rotation matrices of unit quaternions (…, 4)."""
-    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    return np.stack((
-        np.stack((1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)), -1),
-        np.stack((2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)), -1),
-        np.stack((2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)), -1),
-    ), -2)
 
 
 def rotor_motion(x0: Tensor, v0: Tensor, mass: Tensor, lags: Tensor,

@@ -91,15 +91,18 @@ class RankEvalSet:
         return summarise(gather_tables(local), self.name, breakdown)
 
 
-def load_physics(root: str, molecules: list[str], known: Any) -> Any:
-    """The stored per-frame physics of `molecules` (the training molecules' may be loaded
-    already: `known`), or None when the data set has none for them (then the machine's basin
-    store serves the evaluation windows)."""
+def load_physics(root: str, molecules: list[str], *known: Any) -> Any:
+    """The stored per-frame physics of `molecules`, taken from what is loaded already (`known`,
+    None where nothing was) or read, or None when the data set has none for them (then the
+    machine's basin store serves the evaluation windows)."""
     from atomray.priors.frames import FramePhysics
 
-    if known is not None and all(m in known.molecules for m in molecules):
-        return known
-    return FramePhysics.load(root, molecules) if molecules else None
+    if not molecules:
+        return None
+    loaded = {m: p for k in known if k is not None for m, p in k.molecules.items()}
+    if all(m in loaded for m in molecules):
+        return FramePhysics(root, {m: loaded[m] for m in molecules})
+    return FramePhysics.load(root, molecules)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -138,12 +141,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     data = cfg.data
     transform, physics = training_transform(cfg, split.train)  # the prior paths of training batches
-    scoring = eval_transform(cfg, load_physics(data.path, [*split.val, *split.test], physics))
+    held_out = load_physics(data.path, [*split.val, *split.test], physics)
+    scoring = eval_transform(cfg, held_out)
     eval_sets = [RankEvalSet.make("val", with_paths(validation_windows(data, split), scoring), rank, world, device)]
     for d in config.get("eval_sets", []):
         es = EvalSet.from_dict(d)
         windows = fixed_windows(data.path, es.molecules, es.n, data, es.seed, es.frame_fraction)
-        scoring = eval_transform(cfg, load_physics(data.path, es.molecules, physics))
+        scoring = eval_transform(cfg, load_physics(data.path, es.molecules, physics, held_out))
         eval_sets.append(RankEvalSet.make(es.name, with_paths(windows, scoring), rank, world, device))
 
     probe = {k: v[:2] for k, v in eval_sets[0].windows.items()}

@@ -63,7 +63,7 @@ def training_parts(cfg: RunConfig) -> frozenset[str]:
 def training_transform(cfg: RunConfig, molecules: list[str]) -> tuple[PriorPaths, FramePhysics | None]:
     """The data-path transform of training batches (`atomray.priors.paths.PriorPaths`) and the
     stored per-frame physics it reads (None when no part needs a basin). The driver made sure
-    the physics exists (`atomray.priors.frames.ensure_frame_physics`); a data set without it is
+    the physics exists (`atomray.priors.frames.compute_missing`); a data set without it is
     an error here, not minutes of minimisation inside every worker."""
     parts = training_parts(cfg)
     physics = None

@@ -207,11 +207,11 @@ def ensure_physics(cfg: RunConfig, split: Split) -> None:
     """Compute the data set's per-frame physics before training, once (`atomray.priors.frames`;
     Ray tasks, one per molecule), when the run's prior or loss weights need basins; a data set
     that has it (tg80-mini ships with it) costs nothing here."""
-    from atomray.priors.frames import ensure_frame_physics
+    from atomray.priors.frames import compute_missing
     from atomray.train.loss import training_parts
 
     if "vibration" in training_parts(cfg):
-        ensure_frame_physics(cfg.data.path, list(dict.fromkeys([*split.train, *split.val, *split.test])))
+        compute_missing(cfg.data.path, list(dict.fromkeys([*split.train, *split.val, *split.test])))
 
 
 def log_split(uri: str, run_id: str, split: Split) -> None:

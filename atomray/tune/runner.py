@@ -119,9 +119,9 @@ def run_trials(cfg: RunConfig, trials: list[dict[str, Any]] | dict[str, Any], sw
     # Every trial's floors (and the harmonic prior) read the data set's per-frame physics:
     # computed here once, as Ray tasks, not by each trial inside its placement group.
     from atomray.data.splits import usable_molecules
-    from atomray.priors.frames import ensure_frame_physics
+    from atomray.priors.frames import compute_missing
 
-    ensure_frame_physics(cfg.data.path, usable_molecules(cfg.data).column("molecule_id").to_pylist())
+    compute_missing(cfg.data.path, usable_molecules(cfg.data).column("molecule_id").to_pylist())
 
     def trainable(config: dict[str, Any]) -> None:
         _trial(unpack(config), base, parent_run_id, sweep, prepare)

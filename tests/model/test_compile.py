@@ -7,15 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from symmetry import random_batch, randomise_parameters
+from symmetry import call, random_batch, randomise_parameters
 
 from atomray.config import ModelConfig
 from atomray.model import build_model
-from atomray.model.registry import model_inputs
-
-
-def _inputs(batch: dict) -> dict:
-    return model_inputs({k: v for k, v in batch.items() if v is not None})
 
 
 @pytest.mark.slow
@@ -26,13 +21,13 @@ def test_default_model_compiles_forward_and_backward_as_one_graph(name):
     assert cfg.prior == "harmonic" and cfg.relaxed_input and cfg.prior_input  # the default prior and its inputs
     model = randomise_parameters(build_model(cfg, 4, 2))
     batch = random_batch(torch.Generator().manual_seed(0), b=2, n=5, p=4, rwpe_dim=2, dtype=torch.float32, pad=1)
-    eager = model(**_inputs(batch))
+    eager = call(model, batch)
     eager.square().sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # a graph break raises here
-    out = compiled(**_inputs(batch))
+    out = call(compiled, batch)
     out.square().sum().backward()
     torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-4)
     for n, p in model.named_parameters():
@@ -48,13 +43,13 @@ def test_compiled_atom_matches_eager_forward_and_backward():
     batch = random_batch(g, b=3, n=6, p=4, rwpe_dim=2, pad=2, dtype=torch.float32)
     model = randomise_parameters(build_model(ModelConfig(embed_dim=32, num_layers=2, num_heads=4,
                                                          attn_dropout=0.0), 4, 2))
-    eager = model(**_inputs(batch))
+    eager = call(model, batch)
     eager.square().sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     torch._dynamo.reset()
     compiled = torch.compile(model)
-    out = compiled(**_inputs(batch))
+    out = call(compiled, batch)
     out.square().sum().backward()
     torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-4)
     for name, p in model.named_parameters():

@@ -7,7 +7,6 @@ benzene, padded) whose paths `PriorPaths` computed with real MMFF94 and GFN2-xTB
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import replace
 
 import numpy as np
@@ -24,6 +23,7 @@ from atomray.priors.compose import (FLOORS, KINDS, PARTS, PATH_KEYS, TAU_RELAX_F
                                     floor_predictions, prior_parts, toward_minimum)
 from atomray.priors.modes import TAU_VIB_FS
 from atomray.priors.paths import DatasetBasins, PriorPaths
+from model.symmetry import call, randomise_parameters
 from priorkit import as_torch, frame_physics, windows
 
 torch.set_num_threads(1)
@@ -210,10 +210,6 @@ def test_rotor_and_rigid_priors_differ_when_the_body_precesses(real):
 # models start at their prior
 
 
-def call(model, batch: dict, **extra) -> torch.Tensor:
-    return model(**model_inputs(batch), **extra)
-
-
 def first_lags(batch: dict, p: int) -> dict:
     """The batch with its first p lags only (and the paths at them)."""
     out = dict(batch)
@@ -265,18 +261,8 @@ def test_a_fresh_models_prior_times_are_learnable(real):
     assert model.prior.vib_log_tau.grad.abs() > 0 and model.prior.md_log_tau.grad.abs() > 0
 
 
-def randomise(model: torch.nn.Module, scale: float = 0.5) -> torch.nn.Module:
-    """Every parameter random, seeded by its name (shared parameters of two variants agree)."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-            std = scale / p.shape[-1] ** 0.5 if p.dim() > 1 else 1.0
-            p.copy_(torch.randn(p.shape, generator=g, dtype=F64).to(p.dtype) * std)
-    return model
-
-
 def features(cfg: ModelConfig, batch: dict) -> torch.Tensor:
-    model = randomise(build_model(cfg, 8, 8).double().eval())
+    model = randomise_parameters(build_model(cfg, 8, 8).double().eval(), scale=0.5)
     with torch.no_grad():
         h, _ = model.embed(**model_inputs(batch))
     return h
@@ -321,7 +307,7 @@ def test_a_harmonic_canonical_atom_stays_equivariant_on_real_windows(real):
     """Turning real windows with their paths (`rotate_batch`) turns the prediction of an ATOM with
     random weights, the harmonic prior, relaxed and prior inputs and the anharmonic hand-over."""
     torch.manual_seed(0)
-    model = randomise(build_model(replace(TINY, anharmonic=True), 8, 8).double().eval())
+    model = randomise_parameters(build_model(replace(TINY, anharmonic=True), 8, 8).double().eval(), scale=0.5)
     q = random_rotation(torch.Generator().manual_seed(5))
     inputs = {k: real[k] for k in ("x0", "v0", "z", "lags_fs", "mask", "rwpe", *PATH_KEYS)}
     m = real["mask"][:, None, :, None].double()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from atomray.data.augment import random_rotations
 from atomray.data.dataset import read_molecules
 from atomray.data.pipeline import molecule_files, molecule_segments
 from atomray.elements import atomic_masses
@@ -39,13 +40,6 @@ def padded(arrays: list[np.ndarray], n_atoms: int) -> torch.Tensor:
     for b, a in enumerate(arrays):
         out[b, :len(a)] = a
     return torch.from_numpy(out)
-
-
-def random_rotations(n: int, generator: torch.Generator) -> torch.Tensor:
-    """(n, 3, 3) float64 proper rotations, Haar-distributed (QR of Gaussian matrices)."""
-    q, r = torch.linalg.qr(torch.randn(n, 3, 3, generator=generator, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
-    return q * torch.linalg.det(q)[:, None, None]  # det −1 → +1 by flipping all three axes
 
 
 def rdkit_energy_grad(field, x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -196,7 +190,7 @@ def test_forces_are_rotation_equivariant(molecules):
     xs = [molecules[m][0][1234] for m in names]
     batch = MMFFBatch.stack([mmff_terms(x, molecules[m][2]) for m, x in zip(names, xs)], 22)
     pos = padded(xs, 22)
-    rot = random_rotations(len(names), g)  # (B, 3, 3)
+    rot = random_rotations(len(names), g, dtype=torch.float64)  # (B, 3, 3)
     shift = torch.randn(len(names), 1, 3, generator=g, dtype=torch.float64)
     e, f = forces(batch, pos)
     e_rot, f_rot = forces(batch, pos @ rot.transpose(1, 2) + shift)
