@@ -26,6 +26,12 @@ Each step's states go through the same prior transform as training windows
 (`atomray.priors.paths`, basins through the machine's basin store). Atoms the model does not see
 (hydrogens of a heavy-atom model) are not rolled out; such a model's rigid-body prior then comes
 from its heavy atoms alone after the first step.
+
+Between steps a `Control` may act on the velocities the next step starts from: momentum
+conservation (the rigid-body part of the velocities replaced by the start state's, so linear and
+angular momentum are the start's exactly) and a CSVR thermostat on the internal kinetic energy
+(NVT). `Rollout.model_velocities` keeps the velocities the model itself predicted, before any
+control, so the model's own temperature can be read beside the controlled one.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ import numpy as np
 
 from atomray.config import RunConfig
 from atomray.data.frames import DataError
+from atomray.elements import atomic_masses
+from atomray.structure import U_A2_FS2_IN_K
 from atomray.predict import InitialState, model_atoms, write_frames
 
 
@@ -51,8 +59,10 @@ class Rollout:
     times_fs: np.ndarray
     positions: list[np.ndarray]
     step_fs: float
-    step_velocities: list[np.ndarray] = field(default_factory=list)  # (S + 1, n_i, 3)
-    seconds: float = 0.0  # wall time of the model steps
+    step_velocities: list[np.ndarray] = field(default_factory=list)  # (S + 1, n_i, 3), after any control
+    seconds: float = 0.0  # wall time of the model steps (controls included)
+    model_velocities: list[np.ndarray] = field(default_factory=list)  # (S, n_i, 3), the model's, before control
+    control_seconds: float = 0.0  # of which the velocity control
 
     @property
     def simulated_fs(self) -> float:
@@ -130,12 +140,114 @@ def model_step(model, cfg: RunConfig, states: Sequence[InitialState], x: np.ndar
     return out[:, : len(frames)], vel, origin
 
 
+KB = 1.0 / U_A2_FS2_IN_K  # Boltzmann's constant, u·(Å/fs)²/K
+
+
+@dataclass(frozen=True)
+class Control:
+    """What `rollout` does to each step's velocities before the next step starts from them.
+
+    `momentum`: the velocities the model predicts are split into the rigid-body part
+    u + ω × (x − c) (`atomray.priors.rigid.rigid_motion`: c the centre of mass, u its velocity,
+    ω = I⁻¹L) and the internal rest, and the rigid part is replaced by u₀ + I⁻¹L₀ × (x − c), with
+    u₀ and L₀ of the start state. Total linear momentum and angular momentum about the centre of
+    mass then equal the start's exactly at every step, as in the reference NVE MD of an isolated
+    molecule. The internal velocities are untouched.
+
+    `thermostat="csvr"` (needs `momentum`, whose split it uses): canonical sampling through
+    velocity rescaling (Bussi, Donadio & Parrinello, J. Chem. Phys. 126, 014101, 2007) of the
+    internal kinetic energy K, with f = 3N − 3 − rank(I) degrees of freedom (3N − 6 for a
+    non-linear molecule), target K̄ = f k_B T / 2 at `temperature_k` and relaxation time
+    `tau_fs`. One update per rollout step of length ΔT, c = exp(−ΔT/τ):
+
+        K' = c K + (1 − c) K̄ (R₁² + S) / f + 2 R₁ √(c (1 − c) K K̄ / f),
+
+    R₁ a standard normal and S a χ² draw with f − 1 degrees of freedom; the internal velocities
+    are scaled by √(K'/K). The rigid-body part stays the start's, so NVT keeps the momenta too.
+    Draws come from one generator seeded with `seed`, in the batch's order.
+    """
+
+    momentum: bool = False
+    thermostat: str = "none"  # none | csvr
+    temperature_k: float = 300.0
+    tau_fs: float = 100.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.thermostat not in ("none", "csvr"):
+            raise DataError(f"rollout: thermostat must be 'none' or 'csvr', found {self.thermostat!r}")
+        if self.thermostat == "csvr" and not self.momentum:
+            raise DataError("rollout: the CSVR thermostat acts on the internal velocities; it needs momentum control")
+        if self.thermostat == "csvr" and not (self.temperature_k > 0 and self.tau_fs > 0):
+            raise DataError(f"rollout: the CSVR thermostat needs a temperature > 0 K and tau > 0 fs, "
+                            f"found {self.temperature_k} K and {self.tau_fs} fs")
+
+    @property
+    def active(self) -> bool:
+        return self.momentum or self.thermostat != "none"
+
+
+def csvr_kinetic_energy(k: np.ndarray, k_target: np.ndarray, dof: np.ndarray, c: float,
+                        rng: np.random.Generator) -> np.ndarray:
+    """One CSVR update K → K' of kinetic energies k (B,) towards k_target (B,) with dof (B,)
+    degrees of freedom and c = exp(−Δt/τ) (formula in `Control`); K' = K where dof = 0."""
+    f = np.maximum(dof, 1).astype(np.float64)
+    r1 = rng.standard_normal(len(k))
+    s = np.where(f > 1, rng.chisquare(np.maximum(f - 1, 1)), 0.0)
+    new = c * k + (1 - c) * k_target * (r1 * r1 + s) / f + 2 * r1 * np.sqrt(c * (1 - c) * k * k_target / f)
+    return np.where(dof > 0, new, k)
+
+
+class _Controller:
+    """The `Control` of one batch of rollouts: the start's rigid-body motion, masses, generator."""
+
+    def __init__(self, control: Control, x: np.ndarray, v: np.ndarray, mass: np.ndarray, step_fs: float):
+        from atomray.priors.rigid import rigid_motion
+
+        self.control, self.mass = control, _float64(mass)
+        _, self.u0, _, self.ang0, inertia_inv = rigid_motion(_float64(x), _float64(v), self.mass)
+        rank = np.linalg.matrix_rank(inertia_inv.numpy(), hermitian=True)  # 3, or 2 for a linear molecule
+        self.dof = np.maximum(3 * (mass > 0).sum(1) - 3 - rank, 0)
+        self.k_target = 0.5 * self.dof * KB * control.temperature_k
+        self.c = float(np.exp(-step_fs / control.tau_fs))
+        self.rng = np.random.default_rng(control.seed)
+
+    def __call__(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """The next step's velocities (B, N, 3) from positions x and the model's velocities v."""
+        import torch
+
+        from atomray.priors.rigid import rigid_motion
+
+        xt, vt = _float64(x), _float64(v)
+        c, u, omega, _, inertia_inv = rigid_motion(xt, vt, self.mass)
+        r = xt - c[:, None]
+        internal = vt - u[:, None] - torch.linalg.cross(omega[:, None].expand_as(r), r, dim=-1)
+        internal = internal * (self.mass > 0)[..., None]
+        if self.control.thermostat == "csvr":
+            k = 0.5 * (self.mass[..., None] * internal * internal).sum((1, 2)).numpy()
+            new = csvr_kinetic_energy(k, self.k_target, self.dof, self.c, self.rng)
+            scale = np.sqrt(np.divide(new, k, out=np.ones_like(k), where=k > 0))
+            internal = internal * torch.from_numpy(scale)[:, None, None]
+        omega0 = (inertia_inv @ self.ang0[..., None])[..., 0]
+        rigid = self.u0[:, None] + torch.linalg.cross(omega0[:, None].expand_as(r), r, dim=-1)
+        return ((rigid + internal) * (self.mass > 0)[..., None]).numpy()
+
+
+def _float64(a: np.ndarray):
+    """a as a float64 torch tensor (what `rigid_motion` solves in)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
+
+
 def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: float, step_fs: float | None = None,
-            elements: Sequence[int] = (), dtype=None, progress: bool = False, delta_fs: float = DELTA_FS) -> Rollout:
+            elements: Sequence[int] = (), dtype=None, progress: bool = False, delta_fs: float = DELTA_FS,
+            control: Control = Control()) -> Rollout:
     """Roll every state forward to `total_fs` in steps of `step_fs` (default: the longest
     trained horizon), all states in one batch. `dtype` (default float32) is the precision of
     the model's inputs; pass torch.float64 with a float64 model for exact physics checks.
-    Velocities: the centred difference over lags ΔT ± `delta_fs`, ΔT ± 2 `delta_fs`."""
+    Velocities: the centred difference over lags ΔT ± `delta_fs`, ΔT ± 2 `delta_fs`, then
+    `control` (momentum conservation, thermostat; default none)."""
     import time
 
     import torch
@@ -151,10 +263,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
     keeps = [model_atoms(cfg, s.atomic_numbers) for s in states]
     zs = [s.atomic_numbers[k] for s, k in zip(states, keeps)]
     for s, z in zip(states, zs):
-        if z.max() > cfg.model.max_atomic_number:
-            raise DataError(f"{s.name}: atomic number {int(z.max())} exceeds the model's max_atomic_number "
-                            f"{cfg.model.max_atomic_number}")
-        check_elements(z, elements, s.name)
+        check_elements(z, elements, s.name, cfg.model.max_atomic_number)
     b, n, p = len(states), max(len(z) for z in zs), cfg.data.num_lags
     mask = np.zeros((b, n), bool)
     x = np.zeros((b, n, 3))
@@ -167,8 +276,13 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
     if not 0 < delta_fs < step / 2:
         raise DataError(f"rollout: the difference spacing must be in (0, step/2), found {delta_fs} fs")
     frame_lags = step_lags(step, p, delta_fs)[1]
-    frames, velocities = [x.copy()], [v.copy()]
+    frames, velocities, predicted = [x.copy()], [v.copy()], []
     dead = np.zeros(b, bool)
+    mass = np.zeros((b, n))
+    for i, z in enumerate(zs):
+        mass[i, : len(z)] = atomic_masses(z)
+    controller = _Controller(control, x, v, mass, step) if control.active else None
+    control_seconds = 0.0
     model = model.eval()
     t0 = time.perf_counter()
     bar = None
@@ -185,6 +299,11 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
         dead |= ~(np.isfinite(x).all((1, 2)) & np.isfinite(v).all((1, 2)))
         out[dead] = np.nan
         x[dead], v[dead] = 0.0, 0.0
+        predicted.append(np.where(dead[:, None, None], np.nan, v))
+        if controller is not None:
+            t1 = time.perf_counter()
+            v = np.where(dead[:, None, None], 0.0, controller(x, v))
+            control_seconds += time.perf_counter() - t1
         frames.extend(out.transpose(1, 0, 2, 3))
         velocities.append(np.where(dead[:, None, None], np.nan, v))
         if bar is not None:
@@ -194,9 +313,11 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
     seconds = time.perf_counter() - t0
     positions = np.stack(frames, 1)  # (B, T + 1, N, 3)
     step_v = np.stack(velocities, 1)  # (B, S + 1, N, 3)
+    model_v = np.stack(predicted, 1)  # (B, S, N, 3)
     times = np.concatenate([[0.0], (np.arange(n_steps)[:, None] * step + frame_lags[None]).ravel()])
     return Rollout([s.name for s in states], zs, times, [positions[i, :, : len(z)] for i, z in enumerate(zs)], step,
-                   [step_v[i, :, : len(z)] for i, z in enumerate(zs)], seconds)
+                   [step_v[i, :, : len(z)] for i, z in enumerate(zs)], seconds,
+                   [model_v[i, :, : len(z)] for i, z in enumerate(zs)], control_seconds)
 
 
 def write_rollout_extxyz(path: str | Path, traj: Rollout, i: int) -> Path:

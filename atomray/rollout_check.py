@@ -10,7 +10,8 @@ state does not come from a data set. Both are restricted to the atoms the model 
 Per molecule: the stability coefficient of its rollouts and the mean time to first failure,
 Wasserstein-1 distances of bond lengths, bond angles, proper dihedrals and the radius of
 gyration between all its rollout frames and the reference, and the mean kinetic temperature
-of the rollouts' step velocities beside the reference's; one plot per molecule.
+of the rollouts' step velocities (after any thermostat: `temperature_k`; the model's own,
+before it: `model_temperature_k`) beside the reference's; one plot per molecule.
 """
 
 from __future__ import annotations
@@ -111,13 +112,15 @@ def check_rollouts(traj: Rollout, references: Mapping[str, Reference], molecule_
         pooled = pooled[np.isfinite(pooled).all((1, 2))]  # frames of molecules that flew apart are NaN
         nan = {k: float("nan") for k in ("bond_length_a", "bond_angle_deg", "dihedral_deg", "radius_of_gyration_a")}
         distances = structure.structure_distances(pooled, ref.positions, z, bonds) if len(pooled) else nan
-        t_roll = np.concatenate([structure.temperature(np.nan_to_num(traj.step_velocities[i][1:]), z)[
-            np.isfinite(traj.step_velocities[i][1:]).all((1, 2))] for i in idx])
+        t_roll = _temperatures([traj.step_velocities[i][1:] for i in idx], z)
+        t_model = _temperatures([traj.model_velocities[i] for i in idx], z) if traj.model_velocities else t_roll
         t_ref = structure.temperature(ref.velocities, z)
         row = {"molecule": molecule, "rollouts": len(idx), "rollout_ps": float(traj.times_fs[-1]) / 1000,
                "stability": summary.coefficient, "mean_time_to_failure_ps": summary.mean_time_to_failure_fs / 1000,
                **{f"w1_{k}": v for k, v in distances.items()},
-               "temperature_k": float(t_roll.mean()) if len(t_roll) else float("nan"), "reference_temperature_k": float(t_ref.mean()),
+               "temperature_k": float(t_roll.mean()) if len(t_roll) else float("nan"),
+               "model_temperature_k": float(t_model.mean()) if len(t_model) else float("nan"),
+               "reference_temperature_k": float(t_ref.mean()),
                "reference": ref.source}
         if out is not None:
             # the first rollout (a trace over time needs one trajectory) against the reference
@@ -127,6 +130,139 @@ def check_rollouts(traj: Rollout, references: Mapping[str, Reference], molecule_
                 title=f"{molecule}: rollout 1 of {len(idx)} ({traj.times_fs[-1] / 1000:g} ps) vs {ref.source}"))
         rows.append(row)
     return rows
+
+
+@dataclass
+class EnergyDrift:
+    """Total energy E = E_pot(x) + ½ Σ m v² (eV) at each step start of one molecule's rollouts,
+    E_pot from a tg80 engine, and the drift: the least-squares slope of E against time, eV/ps,
+    per rollout (rollouts that fly apart or that the engine cannot evaluate: up to then)."""
+
+    energies: list[np.ndarray]  # per rollout, (S_i + 1,) eV
+    times_ps: np.ndarray  # (S + 1,) step-start times
+    drift_ev_per_ps: np.ndarray  # per rollout
+    seconds: float  # wall time of the engine calls
+    calls: int
+
+
+def energy_drift(traj: Rollout, indices: list[int], mol, engine: str = "gfn2") -> EnergyDrift:
+    """The energy drift of rollouts `indices` of `traj`, all of one molecule whose RDKit
+    molecule (explicit hydrogens, the rollout's atom order) is `mol` (`molecule_of_state`).
+    Needs every atom rolled out (a model with data.context_atoms=all)."""
+    import time
+
+    from atomray.tg80.dynamics import KINETIC_EV
+    from atomray.tg80.engines import EngineError, make_engine
+
+    z = traj.atomic_numbers[indices[0]]
+    if mol.GetNumAtoms() != len(z):
+        raise ValueError(f"{traj.names[indices[0]]}: energy drift needs every atom rolled out "
+                         f"({len(z)} of {mol.GetNumAtoms()} atoms are; a model with data.context_atoms=all)")
+    masses = np.array([a.GetMass() for a in mol.GetAtoms()])
+    per_step = (len(traj.times_fs) - 1) // (len(traj.step_velocities[indices[0]]) - 1)
+    times = traj.times_fs[::per_step] / 1000.0
+    calc = make_engine(engine, mol, traj.names[indices[0]])
+    energies, drifts, seconds, calls = [], [], 0.0, 0
+    for i in indices:
+        calc.reset()
+        series = []
+        for x, v in zip(traj.positions[i][::per_step], traj.step_velocities[i]):
+            if not (np.isfinite(x).all() and np.isfinite(v).all()):
+                break
+            t0 = time.perf_counter()
+            try:
+                e_pot, _ = calc.forces(x)
+            except EngineError:
+                break
+            finally:
+                seconds += time.perf_counter() - t0
+                calls += 1
+            series.append(e_pot + 0.5 * float(np.sum(masses[:, None] * v * v)) * KINETIC_EV)
+        series = np.asarray(series)
+        energies.append(series)
+        drifts.append(float(np.polyfit(times[: len(series)], series, 1)[0]) if len(series) > 1 else float("nan"))
+    return EnergyDrift(energies, times, np.asarray(drifts), seconds, calls)
+
+
+TARGETS = {"w1_bond_length_a": 0.01, "w1_bond_angle_deg": 2.0, "w1_dihedral_deg": 10.0}  # what "holds" asks
+TEMPERATURE_TOLERANCE = 0.10  # of the target (the thermostat's) or the reference's mean temperature
+
+
+def holds(row: Mapping[str, float], target_k: float | None = None) -> list[str]:
+    """What a molecule's (or the mean) row of `check_rollouts` misses of a rollout that holds:
+    stability 1.0, every W1 within `TARGETS`, mean temperature within ±10 % of `target_k`
+    (default: the reference's). An empty list: it holds."""
+    target = float(row["reference_temperature_k"]) if target_k is None else target_k
+    misses = [] if row["stability"] >= 1.0 else [f"stability {row['stability']:.2f}"]
+    misses += [f"{k} {row[k]:.4g} > {limit:g}" for k, limit in TARGETS.items() if not row[k] <= limit]
+    if not abs(row["temperature_k"] - target) <= TEMPERATURE_TOLERANCE * target:
+        misses.append(f"temperature {row['temperature_k']:.0f} K vs {target:.0f} K")
+    return misses
+
+
+def plot_stride_sweep(rows: list[Mapping[str, float]], path: str | Path, title: str = "") -> Path:
+    """The stride sweep as one figure, written atomically to `path`: mean time to first failure,
+    the W1 distances (each against its target) and the mean temperature against the stride
+    (log axis), one point per stride. `rows`: one mean row of `check_rollouts` per stride, each
+    with its `stride_fs`."""
+    import os
+    import uuid
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: r["stride_fs"])
+    x = [r["stride_fs"] for r in rows]
+    panels = [("mean_time_to_failure_ps", "time to first failure (ps)", max(r["rollout_ps"] for r in rows)),
+              ("w1_bond_length_a", "W1 bond lengths (A)", TARGETS["w1_bond_length_a"]),
+              ("w1_bond_angle_deg", "W1 bond angles (deg)", TARGETS["w1_bond_angle_deg"]),
+              ("w1_dihedral_deg", "W1 proper dihedrals (deg)", TARGETS["w1_dihedral_deg"]),
+              ("temperature_k", "mean temperature (K)", None)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
+    for ax, (key, label, line) in zip(axes, panels):
+        ax.plot(x, [r[key] for r in rows], "o-", color="tab:blue", label="rollout")
+        if key == "temperature_k":
+            ax.plot(x, [r["model_temperature_k"] for r in rows], "s--", color="tab:orange", label="model's own")
+            ax.plot(x, [r["reference_temperature_k"] for r in rows], ":", color="tab:grey", label="reference")
+        elif line is not None:
+            ax.axhline(line, color="tab:red" if key != "mean_time_to_failure_ps" else "tab:grey", ls="--", lw=1.0,
+                       label="target" if key != "mean_time_to_failure_ps" else "rollout length")
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(x, [f"{s:g}" for s in x])
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("stride ΔT (fs)")
+        ax.set_title(label, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{uuid.uuid4().hex[:8]}.{path.name}")
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def mean_row(rows: list[Mapping]) -> dict[str, float]:
+    """The mean over molecules of every numeric column of `check_rollouts` rows."""
+    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys}
+
+
+def _temperatures(velocities: list[np.ndarray], z: np.ndarray) -> np.ndarray:
+    """Kinetic temperatures of every finite frame of some rollouts' step velocities."""
+    from atomray import structure
+
+    return np.concatenate([structure.temperature(np.nan_to_num(v), z)[np.isfinite(v).all((1, 2))] for v in velocities])
 
 
 def _safe(name: str) -> str:

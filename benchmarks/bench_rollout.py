@@ -1,6 +1,7 @@
 """Rollout speed against the MD engine it would replace.
 
     python benchmarks/bench_rollout.py [--model CKPT] [--repeats 3] [--steps 10] [--md-steps 200]
+                                       [--step-fs FS] [--thermostat csvr|none]
     python benchmarks/bench_rollout.py --repeats 1 --steps 1 --md-steps 20      # runs it
 
 ATOM: a rollout (`atomray.rollout.rollout`, velocities by the centred difference over four
@@ -12,7 +13,9 @@ states physical). The timed rollout includes each step's prior paths, computed o
 for the new states as the data path computes them (`atomray.predict.state_windows`: rigid-body
 motion, basins through the machine's basin store `atomray.priors.store` — MMFF94 per state,
 GFN2-xTB and a Hessian per basin not yet in the store —, normal-mode vibration, MMFF94 MD with
-an anharmonic prior). A warm-up step first puts the start states' basins into the store
+an anharmonic prior) and the velocity control between steps (`--thermostat csvr`, the default:
+momentum conservation and the CSVR thermostat, as `jobs/rollout.py` runs by default; `none`:
+neither). A warm-up step first puts the start states' basins into the store
 (atom_warmup_s: minutes when the store is empty, each new basin costing a GFN2-xTB refinement
 and Hessian).
 GFN2-xTB: NVE velocity Verlet (1 fs) of aspirin through the tg80 engines (tblite), one
@@ -22,6 +25,7 @@ Prints one JSON line (the last line of output) with
     atom_fs_per_s        simulated fs per wall-second, summed over the batch (median of repeats)
     gfn2_fs_per_s        simulated fs per wall-second, summed over the 2 cores (median of repeats)
     speedup_vs_gfn2      their ratio (target >= 1000)
+    control_share        the velocity control's share of the rollout's wall time
 and the raw timings. The figures in docs/benchmarks.md (206 061 fs/s, 1133×, 2026-12-01) came
 from the code before the priors moved to the data path, when the prior's physics ran inside
 the model's forward pass.
@@ -58,13 +62,14 @@ def start_states(root: Path, n: int):
     return states[:n]
 
 
-def atom_rates(model_dir: str, steps: int, repeats: int) -> tuple[list[float], float, int, float]:
+def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0,
+               thermostat: str = "csvr") -> tuple[list[float], float, int, float, float]:
     import torch
 
     from atomray.checkpoint import load_model
     from atomray.config import load_config
     from atomray.model import build_model
-    from atomray.rollout import default_step_fs, rollout
+    from atomray.rollout import Control, default_step_fs, rollout
 
     torch.set_num_threads(CORES)
     if model_dir:
@@ -73,15 +78,17 @@ def atom_rates(model_dir: str, steps: int, repeats: int) -> tuple[list[float], f
         cfg = load_config(ROOT / "jobs" / "configs" / "pretrain.yaml")
         model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).eval()
     states = start_states(ROOT / "data" / "tg80-mini", BATCH)
-    step = default_step_fs(cfg)
+    step = step_fs or default_step_fs(cfg)
+    control = Control(momentum=True, thermostat="csvr") if thermostat == "csvr" else Control()
     t0 = time.perf_counter()
-    rollout(model, cfg, states, total_fs=step, step_fs=step)  # warm-up: the start states' basins into the store
+    rollout(model, cfg, states, total_fs=step, step_fs=step, control=control)  # warm-up: basins into the store
     warmup = time.perf_counter() - t0
-    rates = []
+    rates, shares = [], []
     for _ in range(repeats):
-        traj = rollout(model, cfg, states, total_fs=steps * step, step_fs=step)
+        traj = rollout(model, cfg, states, total_fs=steps * step, step_fs=step, control=control)
         rates.append(traj.simulated_fs / traj.seconds)
-    return rates, step, max(len(s.atomic_numbers) for s in states), warmup
+        shares.append(traj.control_seconds / traj.seconds)
+    return rates, step, max(len(s.atomic_numbers) for s in states), warmup, statistics.median(shares)
 
 
 def _gfn2_worker(steps: int) -> tuple[float, float]:
@@ -116,15 +123,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="rollout steps of ΔT per repeat")
     parser.add_argument("--md-steps", type=int, default=200, help="GFN2-xTB MD steps (1 fs) per repeat")
+    parser.add_argument("--step-fs", type=float, default=0.0, help="rollout stride (default: the longest trained horizon)")
+    parser.add_argument("--thermostat", default="csvr", choices=["csvr", "none"],
+                        help="csvr: momentum control and the CSVR thermostat between steps (default)")
     args = parser.parse_args()
 
-    atom, step_fs, max_atoms, warmup_s = atom_rates(args.model, args.steps, args.repeats)
+    atom, step_fs, max_atoms, warmup_s, control_share = atom_rates(args.model, args.steps, args.repeats, args.step_fs,
+                                                                   args.thermostat)
     gfn2 = gfn2_rates(args.md_steps, args.repeats)
     result = {
         "atom_fs_per_s": statistics.median(atom), "gfn2_fs_per_s": statistics.median(gfn2),
         "speedup_vs_gfn2": statistics.median(atom) / statistics.median(gfn2),
         "atom_runs_fs_per_s": atom, "gfn2_runs_fs_per_s": gfn2, "batch": BATCH, "max_atoms": max_atoms,
-        "step_fs": step_fs, "atom_warmup_s": round(warmup_s, 2), "cores": CORES, "model": args.model or "jobs/configs/pretrain.yaml (untrained)",
+        "step_fs": step_fs, "thermostat": args.thermostat, "control_share": round(control_share, 4),
+        "atom_warmup_s": round(warmup_s, 2), "cores": CORES, "model": args.model or "jobs/configs/pretrain.yaml (untrained)",
     }
     print(json.dumps(result))
 

@@ -3,6 +3,7 @@
     python jobs/rollout.py --model ray_results/<run>/best --test-molecules --starts 10 --total-ps 50
     python jobs/rollout.py --model models:/atom@champion --data data/tg80-mini --molecules aspirin ethanol
     python jobs/rollout.py --model CKPT --smiles "CC(=O)Nc1ccc(O)cc1" --reference-engine gfn2 --total-ps 20
+    python jobs/rollout.py --model CKPT --test-molecules --momentum --thermostat csvr --temperature 300
 
 Start states are `--starts` frames of each molecule of `--data` (default: the model's own data
 set), evenly spaced over its trajectory, for `--molecules` or the test molecules of the model's
@@ -10,6 +11,12 @@ own split (`--test-molecules`, e.g. a CV fold's); or a SMILES (3-D embedding, Ma
 velocities at --temperature, one rollout per --starts seed); or a structure file (--structure,
 its velocities when it has them). All rollouts run as one batch in
 steps of `--step-fs` (default: the longest horizon the model trained on; `atomray.rollout`).
+Between steps, `--momentum` keeps each start's linear and angular momentum exactly and
+`--thermostat csvr` holds the internal motion at --temperature (NVT, `atomray.rollout.Control`).
+`--stride-sweep` first rolls out at each of several strides (stride_sweep.csv / .png) and runs the
+main rollout at the largest that holds; `--energy-drift` evaluates the total energy of every step
+start with --reference-engine and reports its drift; `--prior-only` rolls out the prior with a
+zero correction, the floor a trained model must beat.
 
 Reference MD: the molecule's trajectory in the data set, or for a SMILES fresh NVE MD from the
 same start through the tg80 engines (--reference-engine gfn2 | gfn1 | mmff; for --structure the
@@ -43,8 +50,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delta-fs", type=float, default=1.0,
                         help="spacing of the lags whose difference gives the next velocities (default 1 fs)")
     parser.add_argument("--reference-engine", default="gfn2", choices=["gfn2", "gfn1", "mmff"],
-                        help="engine of the fresh reference MD for --smiles (default gfn2)")
-    parser.add_argument("--temperature", type=float, default=300.0, help="K, velocities drawn for --smiles")
+                        help="engine of the fresh reference MD for --smiles / --structure and of --energy-drift "
+                             "(default gfn2)")
+    parser.add_argument("--temperature", type=float, default=300.0,
+                        help="K: velocities drawn for --smiles / --structure, and the thermostat's target (default 300)")
+    parser.add_argument("--momentum", action=argparse.BooleanOptionalAction, default=False,
+                        help="keep each start's linear and angular momentum exactly (default off)")
+    parser.add_argument("--thermostat", default="none", choices=["none", "csvr"],
+                        help="csvr: CSVR (Bussi) thermostat on the internal motion, NVT at --temperature; "
+                             "needs --momentum (default none)")
+    parser.add_argument("--tau-fs", type=float, default=100.0, help="the thermostat's relaxation time (default 100 fs)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the thermostat's draws (default 0)")
+    parser.add_argument("--stride-sweep", nargs="+", type=float, default=[], metavar="FS",
+                        help="first roll out at each of these strides (e.g. 10 25 50 100 200 400): "
+                             "stride_sweep.csv / .png; the main rollout then uses the largest that holds")
+    parser.add_argument("--energy-drift", action="store_true",
+                        help="evaluate each step start's total energy with --reference-engine and report its drift "
+                             "(eV/ps; a model that predicts every atom)")
+    parser.add_argument("--prior-only", action="store_true",
+                        help="roll out the checkpoint's prior with a zero correction (the untrained network of its "
+                             "config): the floor a model must beat")
     parser.add_argument("--out", required=True, help="output directory (a path or URI)")
     parser.add_argument("--experiment", default="atomray-rollout", help="MLflow experiment")
     parser.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
@@ -61,8 +86,18 @@ def main(argv: list[str] | None = None) -> int:
         out = check_output_dir(args.out)
         if args.starts < 1 or args.total_ps <= 0 or args.step_fs < 0:
             raise ConfigError(f"--starts must be >= 1 and --total-ps > 0, found {args.starts} and {args.total_ps}")
+        if any(not 0 < s <= 1000.0 * args.total_ps for s in args.stride_sweep):
+            raise ConfigError(f"--stride-sweep: every stride must be in (0, --total-ps], found {args.stride_sweep}")
         uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
+        from atomray.rollout import Control
+
+        control = Control(momentum=args.momentum, thermostat=args.thermostat, temperature_k=args.temperature,
+                          tau_fs=args.tau_fs, seed=args.seed)
         model, cfg, state = tracking.load_model_uri(uri, args.model)
+        if args.prior_only:  # the network's output projections start at zero: the prior alone
+            from atomray.model import build_model
+
+            model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k)
         elements = state.elements
         states, molecule_of, references = start_states(args, cfg)
     except (DataError, ConfigError, CheckpointError, OutputError, StorageError, LookupError, OSError) as err:
@@ -71,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from atomray.outputs import staged
 
     with staged(out) as local:  # a URI --out: written locally, then copied there
-        return run(args, model, cfg, elements, states, molecule_of, references, local, uri)
+        return run(args, model, cfg, elements, states, molecule_of, references, local, uri, control)
 
 
 def start_states(args, cfg):
@@ -117,24 +152,16 @@ def start_states(args, cfg):
     return states, molecule_of, {"__data__": root}
 
 
-def run(args, model, cfg, elements, states, molecule_of, references, out, uri) -> int:
+def run(args, model, cfg, elements, states, molecule_of, references, out, uri, control) -> int:
     import csv
 
     from atomray import tracking
     from atomray.rollout import default_step_fs, rollout, write_rollout_extxyz
-    from atomray.rollout_check import check_rollouts, dataset_reference, fresh_reference
+    from atomray.rollout_check import check_rollouts, dataset_reference, fresh_reference, holds
 
     step = args.step_fs or default_step_fs(cfg)
     total = 1000.0 * args.total_ps
     out.mkdir(parents=True, exist_ok=True)
-    print(f"rollout: {len(states)} start state(s) of {len(set(molecule_of))} molecule(s), {args.total_ps:g} ps in "
-          f"steps of {step:g} fs, {cfg.model.name} from {args.model}", flush=True)
-    traj = rollout(model, cfg, states, total_fs=total, step_fs=step, elements=elements, progress=True,
-                   delta_fs=args.delta_fs)
-    print(f"rolled out {traj.simulated_fs / 1000:.0f} ps in {traj.seconds:.1f} s "
-          f"({traj.simulated_fs / max(traj.seconds, 1e-9):.0f} fs per second)", flush=True)
-    for i, name in enumerate(traj.names):
-        write_rollout_extxyz(out / f"{_safe(name)}.extxyz", traj, i)
     root = references.get("__data__")
     refs = {}
     for molecule in dict.fromkeys(molecule_of):
@@ -144,7 +171,27 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri) -
             first = states[molecule_of.index(molecule)]
             print(f"reference: {args.reference_engine} NVE MD of {molecule} for {args.total_ps:g} ps ...", flush=True)
             refs[molecule] = fresh_reference(first, args.smiles or "", cfg, total, args.reference_engine)
+    target_k = control.temperature_k if control.thermostat != "none" else None
+    sweep = []
+    if args.stride_sweep:
+        sweep = stride_sweep(args, model, cfg, elements, states, molecule_of, refs, out, control, target_k)
+        held = [r["stride_fs"] for r in sweep if not r["misses"]]
+        if held and not args.step_fs:
+            step = max(held)
+        print(f"stride sweep: {'the largest stride that holds is ' + format(max(held), 'g') + ' fs' if held else 'no stride holds'}"
+              f"; the rollout below runs in steps of {step:g} fs", flush=True)
+    print(f"rollout: {len(states)} start state(s) of {len(set(molecule_of))} molecule(s), {args.total_ps:g} ps in "
+          f"steps of {step:g} fs, {cfg.model.name} from {args.model}" + _describe(control, args.prior_only), flush=True)
+    traj = rollout(model, cfg, states, total_fs=total, step_fs=step, elements=elements, progress=True,
+                   delta_fs=args.delta_fs, control=control)
+    print(f"rolled out {traj.simulated_fs / 1000:.0f} ps in {traj.seconds:.1f} s "
+          f"({traj.simulated_fs / max(traj.seconds, 1e-9):.0f} fs per second; velocity control "
+          f"{traj.control_seconds:.2f} s)", flush=True)
+    for i, name in enumerate(traj.names):
+        write_rollout_extxyz(out / f"{_safe(name)}.extxyz", traj, i)
     rows = check_rollouts(traj, refs, molecule_of, out)
+    if args.energy_drift:
+        add_energy_drift(args, traj, states, molecule_of, rows, root)
     keys = [k for k in rows[0] if k not in ("molecule", "reference", "plot")]
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
     with open(out / "rollouts.csv", "w", newline="") as fh:
@@ -153,12 +200,18 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri) -
         writer.writerows(rows)
     (out / "rollouts.md").write_text(markdown(rows, mean, keys))
     print(markdown(rows, mean, keys))
+    misses = {r["molecule"]: holds(r, target_k) for r in rows}
+    failing = {m: v for m, v in misses.items() if v}
+    print("verdict: every molecule holds (stability 1.0, W1 within targets, temperature within 10 %)" if not failing
+          else "verdict: " + "; ".join(f"{m} misses {', '.join(v)}" for m, v in failing.items()), flush=True)
 
     c = tracking.client(uri)
     run_id = c.create_run(tracking.experiment_id(c, args.experiment), run_name=f"rollout-{time.strftime('%Y%m%d-%H%M%S')}",
                           tags={tracking.TAG_KIND: "rollout", "model": args.model}).info.run_id
     try:
         tracking.log_params(c, run_id, {"model": args.model, "total_ps": args.total_ps, "step_fs": step,
+                                        "momentum": control.momentum, "thermostat": control.thermostat,
+                                        "temperature_k": control.temperature_k, "tau_fs": control.tau_fs,
                                         "starts": args.starts, "delta_fs": args.delta_fs, "molecules": ",".join(dict.fromkeys(molecule_of)),
                                         "reference": str(root) if root else rows[0]["reference"]})
         for k, v in mean.items():
@@ -167,6 +220,11 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri) -
             for k in keys:
                 c.log_metric(run_id, f"{_safe(r['molecule'])}.{k}", float(r[k]))
         c.log_metric(run_id, "rollout_fs_per_s", traj.simulated_fs / max(traj.seconds, 1e-9))
+        c.log_metric(run_id, "molecules_holding", float(len(rows) - len(failing)))
+        for r in sweep:
+            for k in ("mean_time_to_failure_ps", "stability", "w1_bond_length_a", "w1_bond_angle_deg", "w1_dihedral_deg",
+                      "temperature_k"):
+                c.log_metric(run_id, f"sweep.{k}", float(r[k]), step=int(r["stride_fs"]))
         c.log_artifacts(run_id, str(out), "rollout")
         tracking.finish_run(uri, run_id)
     except BaseException as err:
@@ -174,6 +232,67 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri) -
         raise
     print(f"MLflow run id: {run_id} ({uri}); files in {args.out}")
     return 0
+
+
+def add_energy_drift(args, traj, states, molecule_of, rows, root) -> None:
+    """Put each molecule's energy drift (mean over its rollouts, eV/ps and meV/atom/ps) in its row."""
+    import numpy as np
+
+    from atomray.rollout_check import energy_drift, molecule_of_state
+
+    smiles = {}
+    if root:
+        from atomray.data.dataset import read_molecules
+
+        table = read_molecules(root)
+        smiles = dict(zip(table.column("molecule_id").to_pylist(), table.column("smiles").to_pylist()))
+    for row in rows:
+        idx = [i for i, m in enumerate(molecule_of) if m == row["molecule"]]
+        mol = molecule_of_state(states[idx[0]], args.smiles or smiles.get(row["molecule"], ""))
+        drift = energy_drift(traj, idx, mol, args.reference_engine)
+        n = len(traj.atomic_numbers[idx[0]])
+        row["energy_drift_ev_per_ps"] = float(np.nanmean(drift.drift_ev_per_ps))
+        row["energy_drift_mev_per_atom_ps"] = 1000.0 * float(np.nanmean(np.abs(drift.drift_ev_per_ps))) / n
+        print(f"energy drift of {row['molecule']} ({args.reference_engine}): {row['energy_drift_ev_per_ps']:+.4f} eV/ps "
+              f"(|drift| {row['energy_drift_mev_per_atom_ps']:.3f} meV/atom/ps; {drift.calls} energy calls, "
+              f"{drift.seconds:.1f} s)", flush=True)
+
+
+def stride_sweep(args, model, cfg, elements, states, molecule_of, refs, out, control, target_k) -> list[dict]:
+    """Roll every state out at each stride of --stride-sweep: one mean row per stride (with the
+    targets it misses), stride_sweep.csv / .md and stride_sweep.png in `out`."""
+    import csv
+
+    from atomray.rollout import rollout
+    from atomray.rollout_check import check_rollouts, holds, mean_row, plot_stride_sweep
+
+    sweep = []
+    for stride in sorted(args.stride_sweep):
+        traj = rollout(model, cfg, states, total_fs=1000.0 * args.total_ps, step_fs=stride, elements=elements,
+                       delta_fs=min(args.delta_fs, stride / 4), control=control)
+        rows = check_rollouts(traj, refs, molecule_of)
+        mean = {"stride_fs": stride, **mean_row(rows), "seconds": traj.seconds}
+        mean["misses"] = "; ".join(f"{r['molecule']}: {', '.join(m)}" for r in rows if (m := holds(r, target_k)))
+        sweep.append(mean)
+        print(f"stride {stride:g} fs: stability {mean['stability']:.2f}, first failure {mean['mean_time_to_failure_ps']:.1f} ps, "
+              f"W1 bonds {mean['w1_bond_length_a']:.4f} A, angles {mean['w1_bond_angle_deg']:.2f} deg, dihedrals "
+              f"{mean['w1_dihedral_deg']:.1f} deg, T {mean['temperature_k']:.0f} K (model's own "
+              f"{mean['model_temperature_k']:.0f} K, reference {mean['reference_temperature_k']:.0f} K) -> "
+              + ("holds" if not mean["misses"] else "misses " + mean["misses"]), flush=True)
+    with open(out / "stride_sweep.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(sweep[0]))
+        writer.writeheader()
+        writer.writerows(sweep)
+    plot_stride_sweep(sweep, out / "stride_sweep.png",
+                      title=f"{cfg.model.name}{_describe(control, args.prior_only)}: {len(states)} rollouts of {args.total_ps:g} ps")
+    return sweep
+
+
+def _describe(control, prior_only: bool = False) -> str:
+    text = " (prior only: zero correction)" if prior_only else ""
+    if control.thermostat == "csvr":
+        return text + f"; momenta kept, CSVR thermostat at {control.temperature_k:g} K (tau {control.tau_fs:g} fs)"
+    return text + ("; momenta kept" if control.momentum else "")
 
 
 def markdown(rows: list[dict], mean: dict, keys: list[str]) -> str:

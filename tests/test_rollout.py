@@ -1,5 +1,7 @@
 """Rollouts chain predictions exactly: with the rigid prior and a zero correction, a freely
-rotating rigid molecule follows its analytic motion for 100 steps (float64, < 1e-8 Å)."""
+rotating rigid molecule follows its analytic motion for 100 steps (float64, < 1e-8 Å). The
+velocity controls keep the start's momenta exactly, and the CSVR thermostat samples the
+canonical kinetic energy."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from atomray.config import RunConfig
 from atomray.elements import atomic_masses
 from atomray.model import build_model
 from atomray.predict import InitialState
-from atomray.rollout import rollout, write_rollout_extxyz
+from atomray.rollout import Control, csvr_kinetic_energy, rollout, write_rollout_extxyz
 
 Z = np.array([6, 6, 8, 7, 6, 1, 1, 1])
 
@@ -124,3 +126,137 @@ def test_fresh_reference_md_from_a_structure_file_perceives_its_bonds(tmp_path):
     assert ref.positions.shape == (11, 9, 3) and ref.dt_fs == 10.0
     assert np.allclose(ref.positions[0], state.positions)  # MD from exactly the start state
     assert np.isfinite(ref.velocities).all() and np.abs(ref.positions[-1] - ref.positions[0]).max() > 1e-3
+
+
+def momenta(x: np.ndarray, v: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Linear momentum (3,) and angular momentum about the centre of mass (3,) of one state."""
+    m = atomic_masses(z).astype(np.float64)[:, None]
+    c = (m * x).sum(0) / m.sum()
+    return (m * v).sum(0), (m * np.cross(x - c, v)).sum(0)
+
+
+def scrambling_model(cfg):
+    """A real ATOM with random weights: its predictions change the momenta from step to step."""
+    from model.symmetry import randomise_parameters
+
+    return randomise_parameters(build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).double(),
+                                scale=0.5)
+
+
+def small_cfg(num_lags: int = 8):
+    cfg = RunConfig()
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, embed_dim=16, num_layers=1, num_heads=2,
+                                                              **RIGID),
+                               data=dataclasses.replace(cfg.data, context_atoms="all", num_lags=num_lags, rwpe_k=4))
+
+
+@pytest.mark.parametrize("thermostat", ["none", "csvr"])
+def test_momentum_control_keeps_the_starts_linear_and_angular_momentum(thermostat):
+    cfg = small_cfg()
+    model = scrambling_model(cfg)
+    state, _ = spinning_molecule(omega=4e-3)
+    p0, l0 = momenta(state.positions, state.velocities, Z)
+    free = rollout(model, cfg, [state], total_fs=400.0, step_fs=50.0, dtype=torch.float64)
+    p_free, l_free = momenta(free.positions[0][-1], free.step_velocities[0][-1], Z)
+    assert np.abs(l_free - l0).max() > 1e-2 * np.abs(l0).max()  # the model alone does not keep them
+    ctrl = Control(momentum=True, thermostat=thermostat, temperature_k=300.0, tau_fs=50.0)
+    traj = rollout(model, cfg, [state], total_fs=400.0, step_fs=50.0, dtype=torch.float64, control=ctrl)
+    for k in range(1, 9):
+        x = traj.positions[0][4 * k]  # the frame each step's velocities belong to
+        p, ang = momenta(x, traj.step_velocities[0][k], Z)
+        assert np.abs(p - p0).max() < 1e-12 and np.abs(ang - l0).max() < 1e-9 * np.abs(l0).max(), (k, p - p0, ang - l0)
+    assert len(traj.model_velocities[0]) == 8 and not np.allclose(traj.model_velocities[0], traj.step_velocities[0][1:])
+
+
+def test_momentum_control_leaves_the_internal_velocities_alone():
+    from atomray.priors.rigid import internal_velocity
+
+    cfg = small_cfg()
+    state, _ = spinning_molecule(omega=4e-3)
+    traj = rollout(scrambling_model(cfg), cfg, [state], total_fs=200.0, step_fs=50.0, dtype=torch.float64,
+                   control=Control(momentum=True))
+    x = torch.from_numpy(np.stack([traj.positions[0][4 * k] for k in range(1, 5)]))
+    mass = torch.from_numpy(atomic_masses(Z).astype(np.float64)).expand(4, -1)
+    before = internal_velocity(x, torch.from_numpy(traj.model_velocities[0]), mass)
+    after = internal_velocity(x, torch.from_numpy(traj.step_velocities[0][1:]), mass)
+    assert torch.allclose(before, after, atol=1e-12)
+
+
+def test_csvr_samples_the_canonical_kinetic_energy():
+    """With c = exp(-Δt/τ), repeated updates of one K converge to the gamma distribution of a
+    canonical kinetic energy with f degrees of freedom: mean f k T / 2, variance (k T)² f / 2."""
+    rng = np.random.default_rng(0)
+    f, kt, n = np.array([12]), 0.5, 40_000
+    k, samples = np.array([5.0]), []
+    for _ in range(n):
+        k = csvr_kinetic_energy(k, 0.5 * f * kt, f, np.exp(-0.5), rng)
+        samples.append(k[0])
+    samples = np.array(samples[1000:])
+    assert samples.mean() == pytest.approx(0.5 * f[0] * kt, rel=0.02)
+    assert samples.var() == pytest.approx(kt * kt * f[0] / 2, rel=0.06)
+
+
+def test_csvr_rollout_holds_the_target_temperature_of_the_internal_motion():
+    """Strong coupling (τ = ΔT / 10): whatever the model does to the kinetic energy in a step,
+    the next step starts at the target temperature on average. (With τ ≥ ΔT the thermostat only
+    partly undoes a model that cools its state, as every step of this random model does.)"""
+    from atomray.priors.rigid import internal_velocity
+
+    cfg = small_cfg()
+    state, _ = spinning_molecule(omega=4e-3)
+    states = [dataclasses.replace(state, name=f"s{i}") for i in range(4)]
+    traj = rollout(scrambling_model(cfg), cfg, states, total_fs=2000.0, step_fs=50.0, dtype=torch.float64,
+                   control=Control(momentum=True, thermostat="csvr", temperature_k=500.0, tau_fs=5.0))
+    mass = atomic_masses(Z).astype(np.float64)
+    temps = []
+    for i in range(4):
+        k = len(traj.step_velocities[i]) - 1
+        x = torch.from_numpy(np.stack([traj.positions[i][4 * j] for j in range(1, k + 1)]))
+        w = internal_velocity(x, torch.from_numpy(traj.step_velocities[i][1:]), torch.from_numpy(mass).expand(k, -1))
+        temps.append((mass[:, None] * w.numpy() ** 2).sum((1, 2)) / ((3 * len(Z) - 6) / 1.2027e6))
+    assert np.mean(temps) == pytest.approx(500.0, rel=0.1)
+
+
+def test_the_thermostat_needs_momentum_control_and_a_temperature():
+    from atomray.data.frames import DataError
+
+    with pytest.raises(DataError, match="needs momentum control"):
+        Control(thermostat="csvr")
+    with pytest.raises(DataError, match="temperature > 0 K"):
+        Control(momentum=True, thermostat="csvr", temperature_k=0.0)
+    with pytest.raises(DataError, match="'none' or 'csvr'"):
+        Control(thermostat="berendsen")
+
+
+def test_a_rollout_holds_only_when_every_target_is_met():
+    from atomray.rollout_check import holds
+
+    good = {"stability": 1.0, "w1_bond_length_a": 0.008, "w1_bond_angle_deg": 1.5, "w1_dihedral_deg": 9.0,
+            "temperature_k": 310.0, "reference_temperature_k": 300.0}
+    assert holds(good) == [] and holds(good, target_k=290.0) == []
+    for key, value, named in [("stability", 0.8, "stability"), ("w1_bond_length_a", 0.02, "w1_bond_length_a"),
+                              ("w1_bond_angle_deg", 2.5, "w1_bond_angle_deg"), ("w1_dihedral_deg", float("nan"), "dihedral"),
+                              ("temperature_k", 340.0, "temperature")]:
+        misses = holds({**good, key: value})
+        assert len(misses) == 1 and named in misses[0], (key, misses)
+    assert holds(good, target_k=250.0) == ["temperature 310 K vs 250 K"]
+
+
+def test_energy_drift_is_flat_for_nve_md_and_positive_for_a_heating_trajectory():
+    from atomray.predict import state_from_smiles
+    from atomray.rollout import Rollout
+    from atomray.rollout_check import energy_drift, fresh_reference, molecule_of_state
+
+    cfg = RunConfig()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, context_atoms="all"))
+    start = state_from_smiles("CCO", seed=0)
+    ref = fresh_reference(start, "CCO", cfg, total_fs=200.0, engine="mmff", dt_fs=0.5, every=10)
+    heat = np.linspace(1.0, 1.5, len(ref.velocities))[:, None, None]
+    z, times = start.atomic_numbers, np.arange(len(ref.positions)) * ref.dt_fs
+    traj = Rollout(["nve", "heating"], [z, z], times, [ref.positions, ref.positions], ref.dt_fs,
+                   [ref.velocities, ref.velocities * heat])
+    drift = energy_drift(traj, [0, 1], molecule_of_state(start, "CCO"), engine="mmff")
+    assert drift.calls == 2 * len(times) and len(drift.energies[0]) == len(times)
+    kinetic = drift.energies[1][-1] - drift.energies[0][-1]  # the extra kinetic energy at the end, eV
+    assert abs(drift.drift_ev_per_ps[0]) < 0.02 * kinetic / 0.2  # NVE: flat against the heating's slope
+    assert drift.drift_ev_per_ps[1] > 0.5 * kinetic / 0.2

@@ -12,10 +12,8 @@ from jobrun import job_main
 pytestmark = pytest.mark.slow
 
 
-def test_rollout_job_writes_extxyz_with_every_atom_and_an_mlflow_run(servers, tmp_path, capsys):
-    import ase.io
-    from mlflow.tracking import MlflowClient
-
+def rigid_checkpoint(path):
+    """A small rigid-prior ATOM, untrained (its zero correction: the prior alone), saved to path."""
     from atomray.checkpoint import TrainState, save_checkpoint
     from atomray.config import RunConfig
     from atomray.model import build_model
@@ -26,10 +24,17 @@ def test_rollout_job_writes_extxyz_with_every_atom_and_an_mlflow_run(servers, tm
                                                              num_heads=2),
                               data=dataclasses.replace(cfg.data, context_atoms="all", num_lags=8, rwpe_k=4))
     model = build_model(cfg.model, num_lags=8, rwpe_dim=4)
-    ckpt = save_checkpoint(tmp_path / "ckpt", model, cfg, TrainState(elements=[1, 6, 8]))
+    return save_checkpoint(path, model, cfg, TrainState(elements=[1, 6, 8]))
+
+
+def test_rollout_job_writes_extxyz_with_every_atom_and_an_mlflow_run(servers, tmp_path, capsys):
+    import ase.io
+    from mlflow.tracking import MlflowClient
+
+    ckpt = rigid_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "rollouts"
     printed = job_main(capsys, "rollout.py", "--model", ckpt, "--smiles", "CCO", "--reference-engine", "mmff",
-                       "--starts", 2, "--total-ps", 0.4, "--step-fs", 100, "--out", out,
+                       "--starts", 2, "--total-ps", 0.4, "--step-fs", 100, "--energy-drift", "--out", out,
                        "--tracking-uri", servers["mlflow"], "--experiment", "rollout-job").out
     images = ase.io.read(out / "smiles-seed0.extxyz", index=":")
     assert len(images) == 1 + 4 * 4  # the start and 4 frames per step of 100 fs
@@ -40,5 +45,33 @@ def test_rollout_job_writes_extxyz_with_every_atom_and_an_mlflow_run(servers, tm
     assert run.info.status == "FINISHED" and run.info.run_id in printed
     # The rigid prior with a zero correction keeps every bond: a stable rollout.
     assert run.data.metrics["mean_stability"] == 1.0
-    assert {"mean_w1_bond_length_a", "mean_temperature_k", "mean_reference_temperature_k"} <= set(run.data.metrics)
+    assert {"mean_w1_bond_length_a", "mean_temperature_k", "mean_reference_temperature_k",
+            "mean_energy_drift_ev_per_ps"} <= set(run.data.metrics)
+    assert "energy drift of CCO (mmff)" in printed and "10 energy calls" in printed  # 2 rollouts × 5 step starts
     assert any(a.path == "rollout" for a in c.list_artifacts(run.info.run_id))
+
+
+def test_stride_sweep_writes_its_table_and_plot_and_the_thermostat_reaches_mlflow(servers, tmp_path, capsys):
+    import csv
+
+    from mlflow.tracking import MlflowClient
+
+    ckpt = rigid_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "rollouts"
+    printed = job_main(capsys, "rollout.py", "--model", ckpt, "--smiles", "CCO", "--reference-engine", "mmff",
+                       "--starts", 2, "--total-ps", 0.4, "--step-fs", 100, "--stride-sweep", 50, 100,
+                       "--momentum", "--thermostat", "csvr", "--tau-fs", 10, "--out", out,
+                       "--tracking-uri", servers["mlflow"], "--experiment", "rollout-sweep").out
+    with open(out / "stride_sweep.csv") as fh:
+        sweep = list(csv.DictReader(fh))
+    assert [float(r["stride_fs"]) for r in sweep] == [50.0, 100.0] and (out / "stride_sweep.png").is_file()
+    # the rigid prior freezes the vibrations: no stride holds, and the job says so and why
+    assert "stride sweep: no stride holds; the rollout below runs in steps of 100 fs" in printed
+    assert all("w1_bond_length_a" in r["misses"] for r in sweep) and "verdict: CCO misses" in printed
+    c = MlflowClient(servers["mlflow"])
+    run = c.search_runs([c.get_experiment_by_name("rollout-sweep").experiment_id])[0]
+    assert run.data.params["thermostat"] == "csvr" and run.data.params["momentum"] == "True"
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "sweep.stability")] == [50, 100]
+    # the thermostat holds the next step's start at 300 K; the rigid prior's own velocities carry no vibration
+    assert 200 < run.data.metrics["mean_temperature_k"] < 400
+    assert run.data.metrics["mean_model_temperature_k"] < run.data.metrics["mean_temperature_k"]
