@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -92,3 +93,20 @@ def remove_made_dirs(made: list[Path]) -> None:
             d.rmdir()
         except OSError:
             break
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure to `path` (format by its suffix) under a temporary name, then
+    rename it, and close the figure: a failure leaves no half-written image. Returns the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{uuid.uuid4().hex[:8]}.{path.name}")  # the suffix picks the format
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from atomray.evaluate import FLOORS, PREDICTORS
-from atomray.outputs import remove_made_dirs
+from atomray.outputs import remove_made_dirs, save_figure
 
 
 def log_evaluation(uri: str, experiment: str, params: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
@@ -128,8 +128,7 @@ def plot_s2t_vs_dt(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
         ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return path
 
 

@@ -73,25 +73,57 @@ def molecule_of_state(state: InitialState, smiles: str = ""):
     return mol
 
 
-def fresh_reference(state: InitialState, smiles: str, cfg: RunConfig, total_fs: float, engine: str = "gfn2",
-                    dt_fs: float = 1.0, every: int = 10) -> Reference:
-    """NVE MD through a tg80 engine from exactly `state` for `total_fs`, every `every`-th step
-    kept; the model's atoms only. `smiles` names the molecule (else its bonds are perceived
-    from the state's geometry, `molecule_of_state`)."""
-    from atomray.tg80.dynamics import MDConfig, MDState, run_steps
+def fresh_md(state: InitialState, smiles: str, total_fs: float, engine: str = "gfn2", dt_fs: float = 1.0,
+             every: int = 10, equilibrate_fs: float = 0.0, temperature_k: float = 300.0) -> Reference:
+    """NVE MD of every atom through a tg80 engine for `total_fs`, every `every`-th step kept.
+    `smiles` names the molecule (else its bonds are perceived from the state's geometry,
+    `molecule_of_state`). Without equilibration the MD starts from exactly `state`. With
+    `equilibrate_fs` > 0 it starts where the TG80 builder's production does
+    (`atomray.tg80.dynamics.prepare_state`): the state's structure relaxed, Maxwell–Boltzmann
+    velocities at `temperature_k`, `equilibrate_fs` of Langevin dynamics, the centre-of-mass
+    velocity removed. Started from a relaxed structure at T, NVE MD equilibrates near T/2 (half
+    the kinetic energy goes into the potential): a fresh --smiles reference without
+    equilibration ran at 184 K for a 300 K draw (acetylacetone, 2026-12-06)."""
+    from dataclasses import replace
+
+    from atomray.tg80.dynamics import MDConfig, MDState, prepare_state, run_steps
     from atomray.tg80.engines import make_engine
 
     mol = molecule_of_state(state, smiles)
-    z = state.atomic_numbers
     masses = np.array([a.GetMass() for a in mol.GetAtoms()])
     md = make_engine(engine, mol, state.name)
-    energy, forces = md.forces(state.positions)
-    rng_state = np.random.Generator(np.random.PCG64(0)).bit_generator.state
-    md_state = MDState(state.positions.copy(), state.velocities.copy(), forces, energy, 0, rng_state)
-    cfg_md = MDConfig(dt_fs=dt_fs)
-    pos, vel, _ = run_steps(md_state, md, masses, cfg_md, int(round(total_fs / dt_fs)) + 1, "nve", record=True)
+    cfg_md = MDConfig(dt_fs=dt_fs, temperature_k=temperature_k, equilibration_fs=equilibrate_fs)
+    if equilibrate_fs > 0:
+        md_state = prepare_state(md, state.positions, masses, cfg_md, seed=0)
+    else:
+        energy, forces = md.forces(state.positions)
+        rng_state = np.random.Generator(np.random.PCG64(0)).bit_generator.state
+        md_state = MDState(state.positions.copy(), state.velocities.copy(), forces, energy, 0, rng_state)
+    pos, vel, _ = run_steps(md_state, md, masses, replace(cfg_md, ensemble="nve"), int(round(total_fs / dt_fs)) + 1,
+                            "nve", record=True)
+    how = f", equilibrated {equilibrate_fs:g} fs at {temperature_k:g} K" if equilibrate_fs > 0 else ""
+    return Reference(f"{engine} NVE from {state.name}{how}", pos[::every], vel[::every], dt_fs * every)
+
+
+def fresh_reference(state: InitialState, smiles: str, cfg: RunConfig, total_fs: float, engine: str = "gfn2",
+                    dt_fs: float = 1.0, every: int = 10) -> Reference:
+    """NVE MD through a tg80 engine from exactly `state` for `total_fs`, every `every`-th step
+    kept; the model's atoms only (`fresh_md`)."""
+    return model_reference(fresh_md(state, smiles, total_fs, engine, dt_fs, every), state.atomic_numbers, cfg)
+
+
+def model_reference(ref: Reference, z: np.ndarray, cfg: RunConfig) -> Reference:
+    """`ref` restricted to the atoms the model rolls out."""
     keep = model_atoms(cfg, z)
-    return Reference(f"{engine} NVE from {state.name}", pos[::every][:, keep], vel[::every][:, keep], dt_fs * every)
+    return Reference(ref.source, ref.positions[:, keep], ref.velocities[:, keep], ref.dt_fs)
+
+
+def states_from_md(ref: Reference, z: np.ndarray, name: str, n: int) -> list[InitialState]:
+    """n start states evenly spaced over an all-atom MD `ref` of a molecule with atoms z, as a
+    data set molecule's starts are spaced over its trajectory."""
+    frames = np.linspace(0, len(ref.positions) - 1, n + 1)[:-1].astype(int)
+    return [InitialState(f"{name}@{k * ref.dt_fs:g}fs", z, ref.positions[k].copy(), ref.velocities[k].copy())
+            for k in frames]
 
 
 def check_rollouts(traj: Rollout, references: Mapping[str, Reference], molecule_of: list[str],
@@ -205,10 +237,9 @@ def plot_stride_sweep(rows: list[Mapping[str, float]], path: str | Path, title: 
     the W1 distances (each against its target) and the mean temperature against the stride
     (log axis), one point per stride. `rows`: one mean row of `check_rollouts` per stride, each
     with its `stride_fs`."""
-    import os
-    import uuid
-
     import matplotlib
+
+    from atomray.outputs import save_figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -240,16 +271,7 @@ def plot_stride_sweep(rows: list[Mapping[str, float]], path: str | Path, title: 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{uuid.uuid4().hex[:8]}.{path.name}")
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path)
 
 
 def mean_row(rows: list[Mapping]) -> dict[str, float]:

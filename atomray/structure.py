@@ -31,8 +31,6 @@ angles and the radius of gyration use the ordinary W1 on the line (scipy).
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from atomray.elements import atomic_masses
+from atomray.outputs import save_figure
 
 U_KG = 1.66053906660e-27  # atomic mass unit (CODATA 2018)
 K_B = 1.380649e-23  # Boltzmann constant, J/K (exact, SI 2019)
@@ -420,13 +419,4 @@ def plot_structure(rollout: Any, reference: Any, z: Any, path: str | Path, bonds
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{uuid.uuid4().hex[:8]}.{path.name}")  # the suffix picks the format
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path)

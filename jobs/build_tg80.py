@@ -5,8 +5,9 @@
     python jobs/build_tg80.py --preset tiny --out /tmp/tg80-tiny --set md.production_fs=400
 
 Rerunning the same command resumes a killed build from the last finished segment of each
-molecule. Presets: tiny (MMFF, seconds), mini (GFN2-xTB, ~16 molecules × 5 ps), full (80
-molecules × 31 ps). `--set key=value` overrides any BuildConfig setting (dotted keys).
+molecule. Presets: tiny (MMFF, seconds), mini (GFN2-xTB, ~16 molecules × 5 ps), tg80 (60
+molecules × 5 ps from the same library), full (80 molecules × 31 ps). `--set key=value`
+overrides any BuildConfig setting (dotted keys).
 """
 
 from __future__ import annotations

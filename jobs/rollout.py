@@ -7,9 +7,10 @@
 
 Start states are `--starts` frames of each molecule of `--data` (default: the model's own data
 set), evenly spaced over its trajectory, for `--molecules` or the test molecules of the model's
-own split (`--test-molecules`, e.g. a CV fold's); or a SMILES (3-D embedding, Maxwell–Boltzmann
-velocities at --temperature, one rollout per --starts seed); or a structure file (--structure,
-its velocities when it has them). All rollouts run as one batch in
+own split (`--test-molecules`, e.g. a CV fold's); or for a SMILES (3-D embedding) or a structure
+file (--structure), frames evenly spaced over fresh reference MD equilibrated at --temperature
+(--equilibrate-fs; with 0, the structure itself with Maxwell–Boltzmann velocities, or the file's,
+one rollout per seed). All rollouts run as one batch in
 steps of `--step-fs` (default: the longest horizon the model trained on; `atomray.rollout`).
 Between steps, `--momentum` keeps each start's linear and angular momentum exactly and
 `--thermostat csvr` holds the internal motion at --temperature (NVT, `atomray.rollout.Control`).
@@ -18,9 +19,9 @@ main rollout at the largest that holds; `--energy-drift` evaluates the total ene
 start with --reference-engine and reports its drift; `--prior-only` rolls out the prior with a
 zero correction, the floor a trained model must beat.
 
-Reference MD: the molecule's trajectory in the data set, or for a SMILES fresh NVE MD from the
-same start through the tg80 engines (--reference-engine gfn2 | gfn1 | mmff; for --structure the
-bonds are perceived from the geometry). Writes to --out
+Reference MD: the molecule's trajectory in the data set, or for a SMILES fresh NVE MD through
+the tg80 engines after --equilibrate-fs of Langevin dynamics (--reference-engine gfn2 | gfn1 |
+mmff; for --structure the bonds are perceived from the geometry). Writes to --out
 one extxyz per rollout (every atom the model predicts), rollouts.csv, rollouts.md and a
 structure plot per molecule, and logs an MLflow run (experiment --experiment) with the
 per-molecule and mean figures: stability coefficient, time to first failure, Wasserstein-1 of
@@ -52,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-engine", default="gfn2", choices=["gfn2", "gfn1", "mmff"],
                         help="engine of the fresh reference MD for --smiles / --structure and of --energy-drift "
                              "(default gfn2)")
+    parser.add_argument("--equilibrate-fs", type=float, default=1000.0,
+                        help="--smiles / --structure: Langevin dynamics at --temperature before the reference NVE "
+                             "MD, whose frames are then the starts (default 1000 fs; 0: start from the structure "
+                             "with drawn velocities, one start per seed)")
     parser.add_argument("--temperature", type=float, default=300.0,
                         help="K: velocities drawn for --smiles / --structure, and the thermostat's target (default 300)")
     parser.add_argument("--momentum", action=argparse.BooleanOptionalAction, default=False,
@@ -99,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
 
             model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k)
         elements = state.elements
+        from atomray.rollout import default_step_fs
+
+        step = args.step_fs or default_step_fs(cfg)
+        if step > 1000.0 * args.total_ps:
+            raise ConfigError(f"--total-ps {args.total_ps:g} is shorter than one step of {step:g} fs"
+                              + ("" if args.step_fs else " (the model's longest horizon; set --step-fs)"))
         states, molecule_of, references = start_states(args, cfg)
     except (DataError, ConfigError, CheckpointError, OutputError, StorageError, LookupError, OSError) as err:
         print(f"rollout: error: {err}", file=sys.stderr)
@@ -118,18 +129,22 @@ def start_states(args, cfg):
     from atomray.predict import state_from_smiles
     from atomray.rollout import state_from_dataset
 
-    if args.smiles:
-        states = [state_from_smiles(args.smiles, args.temperature, seed) for seed in range(args.starts)]
-        for seed, s in enumerate(states):
-            s.name = f"smiles-seed{seed}"
-        return states, [args.smiles] * len(states), {}
-    if args.structure:
+    if args.smiles or args.structure:
         from atomray.predict import state_from_file
 
-        states = [state_from_file(args.structure, args.temperature, seed) for seed in range(args.starts)]
+        def draw(seed):
+            if args.smiles:
+                return state_from_smiles(args.smiles, args.temperature, seed)
+            return state_from_file(args.structure, args.temperature, seed)
+
+        first = draw(0)
+        label = args.smiles or first.name
+        if args.equilibrate_fs > 0:  # the starts come from the equilibrated reference MD (`run`)
+            return [first], [label], {"__equilibrate__": first}
+        states = [first] + [draw(seed) for seed in range(1, args.starts)]
         for seed, s in enumerate(states):
-            s.name = f"{s.name}-seed{seed}"
-        return states, [states[0].name.rsplit("-seed", 1)[0]] * len(states), {}
+            s.name = f"{'smiles' if args.smiles else s.name}-seed{seed}"
+        return states, [label] * len(states), {}
     root = args.data or cfg.data.path
     table = read_molecules(root)
     ids, n_frames = table.column("molecule_id").to_pylist(), dict(zip(table.column("molecule_id").to_pylist(),
@@ -157,14 +172,26 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
 
     from atomray import tracking
     from atomray.rollout import default_step_fs, rollout, write_rollout_extxyz
-    from atomray.rollout_check import check_rollouts, dataset_reference, fresh_reference, holds
+    from atomray.rollout_check import (check_rollouts, dataset_reference, fresh_md, fresh_reference, holds,
+                                       model_reference, states_from_md)
 
     step = args.step_fs or default_step_fs(cfg)
     total = 1000.0 * args.total_ps
     out.mkdir(parents=True, exist_ok=True)
     root = references.get("__data__")
     refs = {}
+    if "__equilibrate__" in references:
+        seed_state, label = references["__equilibrate__"], molecule_of[0]
+        print(f"reference: {args.reference_engine} MD of {label}: {args.equilibrate_fs:g} fs of Langevin dynamics at "
+              f"{args.temperature:g} K, then {args.total_ps:g} ps NVE; {args.starts} starts spaced over it ...", flush=True)
+        md = fresh_md(seed_state, args.smiles or "", total, args.reference_engine,
+                      equilibrate_fs=args.equilibrate_fs, temperature_k=args.temperature)
+        states = states_from_md(md, seed_state.atomic_numbers, "smiles" if args.smiles else seed_state.name, args.starts)
+        molecule_of = [label] * len(states)
+        refs[label] = model_reference(md, seed_state.atomic_numbers, cfg)
     for molecule in dict.fromkeys(molecule_of):
+        if molecule in refs:
+            continue
         if root:
             refs[molecule] = dataset_reference(root, molecule, cfg)
         else:
@@ -304,7 +331,8 @@ def markdown(rows: list[dict], mean: dict, keys: list[str]) -> str:
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in name)
+    # no "@": ase.io.read takes "file@index" as a frame selection
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 if __name__ == "__main__":

@@ -260,3 +260,22 @@ def test_energy_drift_is_flat_for_nve_md_and_positive_for_a_heating_trajectory()
     kinetic = drift.energies[1][-1] - drift.energies[0][-1]  # the extra kinetic energy at the end, eV
     assert abs(drift.drift_ev_per_ps[0]) < 0.02 * kinetic / 0.2  # NVE: flat against the heating's slope
     assert drift.drift_ev_per_ps[1] > 0.5 * kinetic / 0.2
+
+
+@pytest.mark.parametrize("smiles", ["CCCCCC", "CC(O)=CC(C)=O"])
+def test_an_equilibrated_fresh_reference_runs_near_the_target_temperature(smiles):
+    """From a relaxed structure with velocities drawn at T, NVE MD equilibrates near T/2; after
+    the builder's Langevin equilibration it runs near T (one canonical sample: ±25 %)."""
+    from atomray import structure
+    from atomray.predict import state_from_smiles
+    from atomray.rollout_check import fresh_md, states_from_md
+
+    start = state_from_smiles(smiles, 300.0, seed=0)
+    cold = fresh_md(start, smiles, 2000.0, "mmff", equilibrate_fs=0.0, temperature_k=300.0)
+    warm = fresh_md(start, smiles, 2000.0, "mmff", equilibrate_fs=1000.0, temperature_k=300.0)
+    assert structure.temperature(cold.velocities, start.atomic_numbers).mean() < 0.6 * 300.0
+    assert structure.temperature(warm.velocities, start.atomic_numbers).mean() == pytest.approx(300.0, rel=0.25)
+    assert np.array_equal(cold.positions[0], start.positions)  # without equilibration: exactly the start
+    starts = states_from_md(warm, start.atomic_numbers, "smiles", 4)
+    assert [s.name for s in starts] == ["smiles@0fs", "smiles@500fs", "smiles@1000fs", "smiles@1500fs"]
+    assert np.array_equal(starts[1].positions, warm.positions[50])

@@ -42,6 +42,7 @@ from atomray import storage
 from atomray.config import DataConfig
 from atomray.data.frames import DataError
 from atomray.data.dataset import read_molecules
+from atomray.outputs import save_figure
 
 FOLDS_FILE = "cv_folds.json"
 FULL = (0.0, 1.0)
@@ -161,8 +162,7 @@ def plot_split(split: "Split", path) -> None:
     ax.set_title(f"ECFP-4 UMAP, Ward clusters (colour); fold {split.fold} roles (marker)")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def fold_clusters(fold: int, n_clusters: int, n_folds: int) -> dict[str, list[int]]:

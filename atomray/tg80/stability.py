@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from atomray.outputs import save_figure
 from atomray.tg80.dynamics import temperature
 
 
@@ -139,7 +140,4 @@ def _plot(rows: Sequence[StabilityRow], path: Path, cfg: StabilityConfig, target
     axes[-1].set_xticks(x, ids, rotation=75, fontsize=7)
     axes[0].set_title("TG80 stability (red: flagged)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100)

@@ -18,6 +18,7 @@ from typing import Any
 from atomray import tracking
 from atomray.config import RunConfig
 from atomray.evaluate import FLOORS
+from atomray.outputs import save_figure
 from atomray.report import write_csv
 from atomray.tune.runner import close_children, open_parent, run_trials, runs_table
 from atomray.tune.space import ablation_label
@@ -59,8 +60,7 @@ def ablation_chart(rows: list[dict[str, Any]], path: Path, metric: str = "best_v
         ax.text(values[i], i, f"  {values[i]:.3g}{note}", va="center", fontsize=7)
     ax.set_title("ATOM ablations / trials")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return path
 
 

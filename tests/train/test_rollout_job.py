@@ -36,7 +36,7 @@ def test_rollout_job_writes_extxyz_with_every_atom_and_an_mlflow_run(servers, tm
     printed = job_main(capsys, "rollout.py", "--model", ckpt, "--smiles", "CCO", "--reference-engine", "mmff",
                        "--starts", 2, "--total-ps", 0.4, "--step-fs", 100, "--energy-drift", "--out", out,
                        "--tracking-uri", servers["mlflow"], "--experiment", "rollout-job").out
-    images = ase.io.read(out / "smiles-seed0.extxyz", index=":")
+    images = ase.io.read(out / "smiles_0fs.extxyz", index=":")  # the starts are frames of the reference MD
     assert len(images) == 1 + 4 * 4  # the start and 4 frames per step of 100 fs
     assert sorted(images[0].numbers) == [1, 1, 1, 1, 1, 1, 6, 6, 8]  # hydrogens included
     assert (out / "rollouts.csv").is_file() and (out / "CCO.png").is_file()
