@@ -81,6 +81,8 @@ class DatasetBasins:
         for seg in np.unique(segment):
             at = segment == seg
             index[at] = mol.basin_of(int(seg), frame[at])
+        if not mol.basins:  # MMFF94 typed none of its frames: no vibration prior, the rigid-body motion alone
+            return [None] * len(frame)
         order = window_order(mol.z, n_model, len(z))
         if len(order) != len(z) or not np.array_equal(mol.z[order], z):
             raise DataError(f"{self.physics.root}: molecule {molecule_id!r}: the windows' atoms {z.tolist()} are not "

@@ -296,3 +296,15 @@ def test_apply_in_chunks_equals_one_call(case):
             np.testing.assert_allclose(whole[key], chunked[key], atol=1e-6, rtol=0, err_msg=key)
         else:
             np.testing.assert_array_equal(whole[key], chunked[key], err_msg=key)
+
+
+def test_a_molecule_mmff94_cannot_type_gets_no_vibration_prior_from_stored_physics():
+    """Stored physics with no basin (every frame -1, as `jobs/frame_physics.py` writes for a
+    molecule MMFF94 cannot type, e.g. lib-2633 of the tg80 build) gives every window no basin,
+    whatever its atoms, instead of refusing the windows."""
+    from atomray.priors.frames import FramePhysics, MoleculePhysics
+
+    mol = MoleculePhysics("nitro", np.zeros(0, np.int64), frames={0: np.full(10, -1, np.int32)})
+    basins = DatasetBasins(FramePhysics("/data", {"nitro": mol}))
+    z = np.array([6, 7, 8, 8, 1, 1, 1])
+    assert basins("nitro", np.zeros(3, np.int64), np.array([0, 4, 9]), np.zeros((3, 7, 3)), z, 7) == [None] * 3
