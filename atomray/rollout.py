@@ -216,20 +216,17 @@ class _Controller:
         """The next step's velocities (B, N, 3) from positions x and the model's velocities v."""
         import torch
 
-        from atomray.priors.rigid import rigid_motion
+        from atomray.priors.rigid import rigid_motion, rigid_velocity
 
         xt, vt = _float64(x), _float64(v)
         c, u, omega, _, inertia_inv = rigid_motion(xt, vt, self.mass)
-        r = xt - c[:, None]
-        internal = vt - u[:, None] - torch.linalg.cross(omega[:, None].expand_as(r), r, dim=-1)
-        internal = internal * (self.mass > 0)[..., None]
+        internal = (vt - rigid_velocity(xt, c, u, omega)) * (self.mass > 0)[..., None]
         if self.control.thermostat == "csvr":
             k = 0.5 * (self.mass[..., None] * internal * internal).sum((1, 2)).numpy()
             new = csvr_kinetic_energy(k, self.k_target, self.dof, self.c, self.rng)
             scale = np.sqrt(np.divide(new, k, out=np.ones_like(k), where=k > 0))
             internal = internal * torch.from_numpy(scale)[:, None, None]
-        omega0 = (inertia_inv @ self.ang0[..., None])[..., 0]
-        rigid = self.u0[:, None] + torch.linalg.cross(omega0[:, None].expand_as(r), r, dim=-1)
+        rigid = rigid_velocity(xt, c, self.u0, (inertia_inv @ self.ang0[..., None])[..., 0])  # the start's P and L
         return ((rigid + internal) * (self.mass > 0)[..., None]).numpy()
 
 

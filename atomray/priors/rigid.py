@@ -74,13 +74,18 @@ def rigid_motion(x: Tensor, v: Tensor, mass: Tensor, rtol: float = 1e-9) -> tupl
     return c, u, (inertia_inv @ ang[..., None])[..., 0], ang, inertia_inv
 
 
+def rigid_velocity(x: Tensor, c: Tensor, u: Tensor, omega: Tensor) -> Tensor:
+    """(B, N, 3) float64 u + ω × (x − c): the velocity of each atom moving with the rigid body
+    of centre c (B, 3), centre velocity u (B, 3) and angular velocity ω (B, 3)."""
+    r = x.double() - c[:, None]
+    return u[:, None] + torch.linalg.cross(omega[:, None].expand_as(r), r, dim=-1)
+
+
 def internal_velocity(x: Tensor, v: Tensor, mass: Tensor) -> Tensor:
     """(B, N, 3) float64 v − (u + ω × (x − c)): each atom's velocity relative to the rigid-body
     motion of `rigid_motion` (0 at atoms of mass 0). Equivariant."""
     c, u, omega, _, _ = rigid_motion(x, v, mass)
-    r = x.double() - c[:, None]
-    rigid_v = u[:, None] + torch.linalg.cross(omega[:, None].expand_as(r), r, dim=-1)
-    return (v.double() - rigid_v) * (mass > 0)[..., None]
+    return (v.double() - rigid_velocity(x, c, u, omega)) * (mass > 0)[..., None]
 
 
 def rotate(r: Tensor, theta: Tensor) -> Tensor:
