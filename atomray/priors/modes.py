@@ -22,9 +22,34 @@ and along soft torsions that residual force alone moves atoms by 0.02 Å in 60 f
 softer than 30 cm⁻¹ oscillate at 30 cm⁻¹. Measured on the CV windows of nine molecules
 (sum of S2T): every mode oscillating with c_k 4.21, without c_k 4.27, c_k on modes above
 150 cm⁻¹ only 4.29; soft modes (< 100 cm⁻¹) held still instead of oscillating 6.97 — soft
-torsions are anharmonic but their harmonic oscillation still helps. Anharmonic coupling
-dephases the modes over hundreds of fs, so the prediction decays toward the minimum,
-d(Δt) = exp(−Δt/τ) osc(Δt), and the change to add to the rigid-body motion is
+torsions are anharmonic but their harmonic oscillation still helps.
+
+A state far from its basin's minimum has its modes capped. In equilibrium the modes' harmonic
+potential energy about their centres, ½ Σ ω_k² (q_k(0) − c_k)², is about their kinetic energy
+½ Σ q̇_k(0)²; where it is more than `CAP_GATE` = 2 times that, each mode swings at most
+`AMPLITUDE_CAP` = 1 thermal amplitude √(kT)/ω_k, kT = ⟨q̇_k(0)²⟩ over the modes (the state's own
+internal kinetic temperature): c_k is moved to within that of q_k(0). Why: a flexible molecule's
+start is often far from its basin's minimum along a torsion (gabapentin's median window: d0
+0.42 Å RMS per atom). A rotation is not linear in Cartesian coordinates, so its second-order
+part projects onto stiff modes with up to hundreds of kT of potential energy (per mode: median
+0.5 kT, 99th percentile 257 kT) that no vibration holds, and the uncapped prior swung those
+stiff modes through the minimum and back every few fs: harmonic_all was 14× worse than no motion
+at 25 fs on gabapentin. Rigid molecules are in equilibrium (potential ÷ kinetic: median 1.0 for
+benzene, 5–8 for gabapentin and guaifenesin) and keep the exact harmonic swing. Measured on
+identical windows (200 per molecule and ΔT, P = 8; harmonic_all S2T in 10⁻² Å² at 25 / 100 /
+400 / 1000 fs; docs/experiments.md "A thermal cap on the harmonic prior"), chosen on 12
+training molecules of the tg80 build: uncapped 0.551 / 1.072 / 4.249 / 7.870; every window
+capped at 2 thermal amplitudes 0.070 / 0.328 / 2.675 / 6.487, at 1 0.051 / 0.264 / 2.311 /
+6.074; gated at potential > 1.5 / 2 / 3 / 5 × kinetic 0.047 / 0.253 / 2.299 / 6.065, 0.047 /
+0.247 / 2.296 / 6.076, 0.049 / 0.247 / 2.296 / 6.076, 0.055 / 0.258 / 2.333 / 6.097. On
+tg80-mini's 16 molecules: uncapped 0.112 / 0.227 / 1.239 / 2.819, all capped 0.037 / 0.175 /
+1.184 / 2.766 (benzene 0.001 → 0.022 at 25 fs), gated at 2 0.031 / 0.153 / 1.168 / 2.757
+(benzene 0.004); on the 10 held-out molecules of the build 0.757 / 1.023 / 4.778 / 11.818 →
+0.060 / 0.336 / 3.466 / 10.871. A state at rest has no thermal amplitude: displaced, it keeps its
+displacement and moves by its velocities alone.
+
+Anharmonic coupling dephases the modes over hundreds of fs, so the prediction decays toward the
+minimum, d(Δt) = exp(−Δt/τ) osc(Δt), and the change to add to the rigid-body motion is
 R(Δt) (d(Δt) − d0), turned with the body. Without a refined minimum (GFN2-xTB failed) there
 are no modes and osc = d0 at every lag: the undamped part is a move toward the minimum.
 
@@ -68,6 +93,8 @@ TAU_VIB_FS = 1000.0  # dephasing time of the harmonic_all floor and a fresh harm
 EV_PER_A2_U_IN_FS2 = 9.648533e-3  # 1 eV / (Å² u) = 9.65e-3 fs⁻²: ω² from the mass-weighted Hessian
 CM_TO_OMEGA = 2 * np.pi * 2.99792458e-5  # angular frequency (fs⁻¹) of one wavenumber (cm⁻¹)
 OMEGA_MIN = CM_TO_OMEGA * 30.0  # fs⁻¹ (30 cm⁻¹): softer modes (torsions near a saddle) use this
+AMPLITUDE_CAP = 1.0  # far from the minimum, a mode swings at most this many thermal amplitudes √(kT)/ω
+CAP_GATE = 2.0  # far: the modes' potential energy about their centres over their kinetic energy
 
 
 @dataclass(frozen=True)
@@ -203,8 +230,12 @@ def vibration_paths(x: np.ndarray, v_int: np.ndarray, mass: np.ndarray, lags: np
     qd = ((v_int @ rot).reshape(w, 3 * n) * sq) @ basin.modes
     omega = basin.omega
     wt = omega * lags[..., None]  # (W, P, K)
-    centre = basin.force / omega**2  # each mode oscillates about its own minimum
-    q = centre + (q0 - centre)[:, None] * np.cos(wt) + qd[:, None] * np.sin(wt) / omega  # (W, P, K)
+    centre = basin.force / omega**2  # each mode oscillates about its own minimum ...
+    kinetic, potential = (qd**2).sum(1, keepdims=True), ((omega * (q0 - centre)) ** 2).sum(1, keepdims=True)  # (W, 1), ×2
+    far = potential > CAP_GATE * kinetic  # (W, 1): a displacement no vibration holds
+    cap = np.where(far, AMPLITUDE_CAP * np.sqrt(kinetic / len(omega)) / omega, np.inf)  # (W, K) √(kT)/ω, kT = ⟨q̇²⟩
+    centre = q0 - np.clip(q0 - centre, -cap, cap)  # ... there, within a thermal amplitude of the start
+    q = centre[:, None] + (q0 - centre)[:, None] * np.cos(wt) + qd[:, None] * np.sin(wt) / omega  # (W, P, K)
     rest = d0m - (q0 @ basin.modes.T) / sq  # (W, 3N): d0 outside the modes, kept
     osc = ((q @ basin.modes.T) / sq + rest[:, None]).reshape(w, -1, n, 3)  # (W, P, N, 3), minimum's frame
     return osc @ np.swapaxes(rot, -1, -2)[:, None], d0  # back into x's frame
