@@ -22,8 +22,11 @@ elsewhere.
 Resumable: a point whose checkpoint or evaluation exists is not run again, so a killed grid
 continues where it stopped. Writes to --out: heldout.json (the held-out and pool molecules, in
 order), runs/<point>/ (checkpoints), eval/<point>/ (evaluation.csv, ...), scaling.csv (one row
-per point and ΔT: model S2T, each floor's, and model ÷ floor) and scaling.png (model ÷ strongest
-floor and ÷ harmonic_all against the number of training molecules, a panel per ΔT).
+per point and ΔT: model S2T, each floor's, and model ÷ floor), scaling.png (model ÷ strongest
+floor and ÷ harmonic_all against the number of training molecules, a panel per ΔT) and
+verdict.txt (also printed: per ΔT ATOM's best compute point at the largest size against the
+strongest floor and EGNO, the trend over sizes and the molecule count it would need to reach 0.9×;
+then whether the targets hold).
 """
 
 from __future__ import annotations
@@ -182,8 +185,59 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     plot(rows, out / "scaling.png")
-    print(f"wrote {out / 'scaling.csv'} and {out / 'scaling.png'}")
+    lines = verdict(rows)
+    (out / "verdict.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out / 'scaling.csv'}, {out / 'scaling.png'} and {out / 'verdict.txt'}")
     return 0
+
+
+def verdict(rows: list[dict], model: str = "atom", rival: str = "egno", floor_target: float = 0.9,
+            rival_target: float = 0.8) -> list[str]:
+    """Issue 32's test, one line per ΔT and a last line: at the largest size, `model`'s best compute
+    point (seeds averaged) against the strongest floor and against `rival`'s compute-1 point at that
+    size; and the trend of model ÷ strongest floor over the compute-1 sizes (a power law
+    fitted in log-log) with the molecule count at which it would reach `floor_target`."""
+    import numpy as np
+
+    def mean_of(key: str, pick) -> float:
+        return float(np.mean([r[key] for r in rows if pick(r)]))
+
+    mine = [r for r in rows if r["model"] == model]
+    if not mine:
+        return [f"no {model} points: no verdict"]
+    largest = max(r["molecules"] for r in mine)
+    lines, holds = [], True
+    for h in sorted({r["horizon_fs"] for r in mine}):
+        at = [r for r in mine if r["horizon_fs"] == h]
+        computes = sorted({r["compute"] for r in at if r["molecules"] == largest})
+        best_k = min(computes, key=lambda k: mean_of("model_s2t", lambda r: r in at and r["molecules"] == largest
+                                                     and r["compute"] == k))
+        best = [r for r in at if r["molecules"] == largest and r["compute"] == best_k]
+        s2t, ratio = mean_of("model_s2t", best.__contains__), mean_of("ratio_strongest", best.__contains__)
+        line = f"{h:g} fs: {model} {ratio:.2f}x the strongest floor ({best[0]['strongest_floor']}) at {largest} molecules"
+        line += f" (compute {best_k}x)"
+        theirs = [r for r in rows if r["model"] == rival and r["horizon_fs"] == h and r["molecules"] == largest
+                  and r["compute"] == 1]
+        against = s2t / mean_of("model_s2t", theirs.__contains__) if theirs else None
+        line += f", {against:.2f}x {rival}" if against is not None else f", no {rival} point"
+        sizes = sorted({r["molecules"] for r in at if r["compute"] == 1})
+        if len(sizes) >= 2:
+            ys = [np.log(mean_of("ratio_strongest", lambda r: r in at and r["compute"] == 1 and r["molecules"] == n))
+                  for n in sizes]
+            slope, icept = np.polyfit(np.log(sizes), ys, 1)
+            line += f"; trend ∝ n^{slope:+.2f}"
+            if ratio <= floor_target:
+                pass
+            elif slope < -1e-3:
+                line += f", {floor_target}x at ~{np.exp((np.log(floor_target) - icept) / slope):.3g} molecules"
+            else:
+                line += f", flat or rising: no molecule count reaches {floor_target}x"
+        holds &= ratio <= floor_target and against is not None and against <= rival_target
+        lines.append(line)
+    lines.append(f"{'holds' if holds else 'falls short'}: {model} ≤ {floor_target}x the strongest floor and "
+                 f"≤ {rival_target}x {rival} at every ΔT at the largest size")
+    return lines
 
 
 def plot(rows: list[dict], path: Path) -> Path:

@@ -51,3 +51,25 @@ def test_an_impossible_held_out_size_is_refused(capsys, tmp_path):
     err = job_main(capsys, "scaling.py", "--data", ROOT / "data" / "tg80-mini", "--out", tmp_path / "s",
                    "--holdout", 16, "--clusters", 5, "--dry-run", expect=2).err
     assert "no set of whole clusters makes 16 held-out molecules" in err
+
+
+def row(model: str, n: int, h: float, s2t: float, floor: float, compute: int = 1, seed: int = 0) -> dict:
+    return {"model": model, "molecules": n, "seed": seed, "compute": compute, "horizon_fs": h, "model_s2t": s2t,
+            "strongest_floor": "mmff_md", "ratio_strongest": s2t / floor}
+
+
+def test_verdict_takes_the_best_compute_point_and_extrapolates_the_trend():
+    """ATOM ÷ floor 2.0 at 10 molecules and 1.0 at 40 (∝ n^-0.5): 0.9× needs 10 (2 / 0.9)² ≈ 49
+    molecules; the 3× compute point is the best at 40; a flat ΔT never gets there; one ΔT short
+    means the whole verdict falls short, every ΔT below both targets means it holds."""
+    rows = [row("atom", 10, 25.0, 2.0, 1.0), row("atom", 40, 25.0, 1.0, 1.0), row("atom", 40, 25.0, 0.95, 1.0, compute=3),
+            row("egno", 40, 25.0, 2.0, 1.0),
+            row("atom", 10, 1000.0, 3.0, 2.0), row("atom", 40, 1000.0, 3.0, 2.0), row("egno", 40, 1000.0, 3.0, 2.0)]
+    lines = scaling().verdict(rows)
+    assert lines[0].startswith("25 fs: atom 0.95x the strongest floor (mmff_md) at 40 molecules (compute 3x), 0.47x egno")
+    assert "trend ∝ n^-0.50, 0.9x at ~49.4 molecules" in lines[0]
+    assert "flat or rising: no molecule count reaches 0.9x" in lines[1] and "1.00x egno" in lines[1]
+    assert lines[-1].startswith("falls short")
+    good = [row("atom", 10, 25.0, 0.8, 1.0), row("atom", 40, 25.0, 0.5, 1.0), row("egno", 40, 25.0, 1.0, 1.0)]
+    assert scaling().verdict(good)[-1].startswith("holds")
+    assert scaling().verdict([r for r in good if r["model"] == "atom"])[-1].startswith("falls short")  # no EGNO: unproven
