@@ -229,8 +229,10 @@ def verdict(rows: list[dict], model: str = "atom", rival: str = "egno", floor_ta
             line += f"; trend ∝ n^{slope:+.2f}"
             if ratio <= floor_target:
                 pass
+            elif slope < -1e-3 and (need := np.exp((np.log(floor_target) - icept) / slope)) < 1e5:
+                line += f", {floor_target}x at ~{need:.3g} molecules"
             elif slope < -1e-3:
-                line += f", {floor_target}x at ~{np.exp((np.log(floor_target) - icept) / slope):.3g} molecules"
+                line += f", {floor_target}x beyond 10^5 molecules"
             else:
                 line += f", flat or rising: no molecule count reaches {floor_target}x"
         holds &= ratio <= floor_target and against is not None and against <= rival_target

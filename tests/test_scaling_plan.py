@@ -69,6 +69,8 @@ def test_verdict_takes_the_best_compute_point_and_extrapolates_the_trend():
     assert lines[0].startswith("25 fs: atom 0.95x the strongest floor (mmff_md) at 40 molecules (compute 3x), 0.47x egno")
     assert "trend ∝ n^-0.50, 0.9x at ~49.4 molecules" in lines[0]
     assert "flat or rising: no molecule count reaches 0.9x" in lines[1] and "1.00x egno" in lines[1]
+    slow = [row("atom", 10, 25.0, 2.0, 1.0), row("atom", 40, 25.0, 1.96, 1.0)]  # ∝ n^-0.015
+    assert scaling().verdict(slow)[0].endswith("0.9x beyond 10^5 molecules")
     assert lines[-1].startswith("falls short")
     good = [row("atom", 10, 25.0, 0.8, 1.0), row("atom", 40, 25.0, 0.5, 1.0), row("egno", 40, 25.0, 1.0, 1.0)]
     assert scaling().verdict(good)[-1].startswith("holds")
