@@ -3,6 +3,7 @@
     python jobs/scaling.py --data data/tg80 --out scaling/                       # the whole grid
     python jobs/scaling.py --data data/tg80 --out scaling/ --models atom --sizes 10 0 --dry-run
     python jobs/scaling.py --data data/tg80 --out scaling/ --compute 1 3 10      # + compute at the largest size
+    python jobs/scaling.py --data data/tg80 --out scaling/ --compute 1 3 10 --report   # the points done so far
 
 The held-out molecules (--holdout, default 10) are whole clusters of the data set's molecules
 (ECFP-4 UMAP + Ward, `atomray.data.splits.cluster_molecules`, --clusters): clusters are taken
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=200, help="evaluation windows per molecule and ΔT")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every training")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--report", action="store_true",
+                        help="write the table, plot and verdict of the points already done; train nothing")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -158,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     for i, p in enumerate(points, 1):
         t0 = time.perf_counter()
         best, evaluation = out / "runs" / p.name / "best", out / "eval" / p.name / "evaluation.csv"
+        if args.report and not evaluation.is_file():
+            print(f"[{i}/{len(points)}] {p.name}: not done", flush=True)
+            continue
         if not best.is_dir():
             run([sys.executable, "jobs/pretrain.py", "--config", args.config, f"data.path={args.data}",
                  f"model.name={p.model}", f"data.molecules={pool[: p.size]}", "data.split=all",
@@ -180,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['horizon_fs']:g} fs {r['ratio_strongest']:.2f}x {r['strongest_floor']}" for r in rows if
             (r["model"], r["molecules"], r["seed"], r["compute"]) == (p.model, p.size, p.seed, p.compute))
             + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+    if not rows:
+        print(f"scaling: error: {out}: no point of the plan is done yet; run it without --report", file=sys.stderr)
+        return 2
     with open(out / "scaling.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()

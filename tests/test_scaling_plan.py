@@ -47,6 +47,13 @@ def test_dry_run_names_the_held_out_molecules_and_every_point(capsys, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_report_trains_nothing_and_says_when_no_point_is_done(capsys, tmp_path):
+    err = job_main(capsys, "scaling.py", "--data", ROOT / "data" / "tg80-mini", "--out", tmp_path / "s",
+                   "--holdout", 4, "--clusters", 5, "--sizes", 3, 0, "--models", "atom", "--report", expect=2)
+    assert "atom-n3-s0-x1: not done" in err.out and "no point of the plan is done yet" in err.err
+    assert not (tmp_path / "s" / "runs").exists() and not (tmp_path / "s" / "scaling.csv").exists()
+
+
 def test_an_impossible_held_out_size_is_refused(capsys, tmp_path):
     err = job_main(capsys, "scaling.py", "--data", ROOT / "data" / "tg80-mini", "--out", tmp_path / "s",
                    "--holdout", 16, "--clusters", 5, "--dry-run", expect=2).err
