@@ -35,18 +35,15 @@ part projects onto stiff modes with up to hundreds of kT of potential energy (pe
 0.5 kT, 99th percentile 257 kT) that no vibration holds, and the uncapped prior swung those
 stiff modes through the minimum and back every few fs: harmonic_all was 14× worse than no motion
 at 25 fs on gabapentin. Rigid molecules are in equilibrium (potential ÷ kinetic: median 1.0 for
-benzene, 5–8 for gabapentin and guaifenesin) and keep the exact harmonic swing. Measured on
-identical windows (200 per molecule and ΔT, P = 8; harmonic_all S2T in 10⁻² Å² at 25 / 100 /
-400 / 1000 fs; docs/experiments.md "A thermal cap on the harmonic prior"), chosen on 12
-training molecules of the tg80 build: uncapped 0.551 / 1.072 / 4.249 / 7.870; every window
-capped at 2 thermal amplitudes 0.070 / 0.328 / 2.675 / 6.487, at 1 0.051 / 0.264 / 2.311 /
-6.074; gated at potential > 1.5 / 2 / 3 / 5 × kinetic 0.047 / 0.253 / 2.299 / 6.065, 0.047 /
-0.247 / 2.296 / 6.076, 0.049 / 0.247 / 2.296 / 6.076, 0.055 / 0.258 / 2.333 / 6.097. On
-tg80-mini's 16 molecules: uncapped 0.112 / 0.227 / 1.239 / 2.819, all capped 0.037 / 0.175 /
-1.184 / 2.766 (benzene 0.001 → 0.022 at 25 fs), gated at 2 0.031 / 0.153 / 1.168 / 2.757
-(benzene 0.004); on the 10 held-out molecules of the build 0.757 / 1.023 / 4.778 / 11.818 →
-0.060 / 0.336 / 3.466 / 10.871. A state at rest has no thermal amplitude: displaced, it keeps its
-displacement and moves by its velocities alone.
+benzene, 5–8 for gabapentin and guaifenesin) and keep the exact harmonic swing. Chosen among
+caps of 0.5–2 amplitudes and gates of 0–5 on 12 training molecules of the tg80 build, on identical
+windows (docs/experiments.md, "A thermal cap on the harmonic prior"; harmonic_all S2T in
+10⁻² Å² at 25 / 100 / 400 / 1000 fs): uncapped 0.551 / 1.072 / 4.249 / 7.870, this 0.047 /
+0.247 / 2.296 / 6.076; on the build's 10 held-out molecules 0.757 / 1.023 / 4.778 / 11.818 →
+0.060 / 0.336 / 3.466 / 10.871; on tg80-mini's 16 0.112 / 0.227 / 1.239 / 2.819 → 0.031 / 0.153 /
+1.168 / 2.757 (capping every window instead: benzene 0.001 → 0.022 at 25 fs; gated 0.004).
+A state at rest has no thermal amplitude: displaced, it keeps its displacement and moves by its
+velocities alone.
 
 Anharmonic coupling dephases the modes over hundreds of fs, so the prediction decays toward the
 minimum, d(Δt) = exp(−Δt/τ) osc(Δt), and the change to add to the rigid-body motion is
