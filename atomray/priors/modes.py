@@ -228,9 +228,11 @@ def vibration_paths(x: np.ndarray, v_int: np.ndarray, mass: np.ndarray, lags: np
     omega = basin.omega
     wt = omega * lags[..., None]  # (W, P, K)
     centre = basin.force / omega**2  # each mode oscillates about its own minimum ...
-    kinetic, potential = (qd**2).sum(1, keepdims=True), ((omega * (q0 - centre)) ** 2).sum(1, keepdims=True)  # (W, 1), ×2
-    far = potential > CAP_GATE * kinetic  # (W, 1): a displacement no vibration holds
-    cap = np.where(far, AMPLITUDE_CAP * np.sqrt(kinetic / len(omega)) / omega, np.inf)  # (W, K) √(kT)/ω, kT = ⟨q̇²⟩
+    kinetic = (qd**2).sum(1, keepdims=True)  # (W, 1), twice the modes' kinetic energy
+    potential = ((omega * (q0 - centre)) ** 2).sum(1, keepdims=True)  # (W, 1), twice their potential energy
+    far = potential > CAP_GATE * kinetic  # a displacement no vibration holds
+    thermal = np.sqrt(kinetic / len(omega)) / omega  # (W, K) √(kT)/ω, kT = ⟨q̇²⟩
+    cap = np.where(far, AMPLITUDE_CAP * thermal, np.inf)
     centre = q0 - np.clip(q0 - centre, -cap, cap)  # ... there, within a thermal amplitude of the start
     q = centre[:, None] + (q0 - centre)[:, None] * np.cos(wt) + qd[:, None] * np.sin(wt) / omega  # (W, P, K)
     rest = d0m - (q0 @ basin.modes.T) / sq  # (W, 3N): d0 outside the modes, kept
