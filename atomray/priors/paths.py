@@ -158,8 +158,7 @@ class PriorPaths:
             out["rotor_rot"] = self._cast(rot)
         self._clock("rigid body", t0)
         if self.parts & {"vibration", "md"}:
-            r = x_all - c[:, None]
-            v_int = (v_all - u[:, None] - torch.linalg.cross(omega[:, None].expand_as(r), r, dim=-1)).numpy()
+            v_int = (v_all - rigid.rigid_velocity(x_all, c, u, omega)).numpy()
             out.update(self._internal(batch, x0, mask, ctx, x_all.numpy(), v_all.numpy(), v_int, lags))
         return out
 
