@@ -253,7 +253,8 @@ def verdict(rows: list[dict], model: str = "atom", rival: str = "egno", floor_ta
 
 def plot(rows: list[dict], path: Path) -> Path:
     """Model ÷ strongest floor (solid) and ÷ harmonic_all (dashed) against training molecules,
-    a panel per ΔT, a colour per model; compute points as open markers at the largest size."""
+    a panel per ΔT, a colour per model, lines through the seeds' mean with each seed as a dot
+    where a size has several; compute points as open markers at the largest size."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,6 +273,8 @@ def plot(rows: list[dict], path: Path) -> Path:
             for key, style in (("ratio_strongest", "o-"), ("ratio_harmonic_all", "s--")):
                 ys = [np.mean([r[key] for r in base if r["molecules"] == n]) for n in sizes]
                 ax.plot(sizes, ys, style, color=colour, label=f"{model} / {'strongest' if key == 'ratio_strongest' else 'harmonic_all'}")
+                seeds = [r for r in base if sum(q["molecules"] == r["molecules"] for q in base) > 1]
+                ax.plot([r["molecules"] for r in seeds], [r[key] for r in seeds], ".", ms=4, alpha=0.6, color=colour)
             for r in mine:
                 if r["compute"] != 1:
                     ax.plot(r["molecules"], r["ratio_strongest"], "o", mfc="none", color=colour)
