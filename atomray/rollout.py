@@ -29,8 +29,8 @@ from its heavy atoms alone after the first step.
 
 Between steps a `Control` may act on the velocities the next step starts from: momentum
 conservation (the rigid-body part of the velocities replaced by the start state's, so linear and
-angular momentum are the start's exactly) and a CSVR thermostat on the internal kinetic energy
-(NVT). `Rollout.model_velocities` keeps the velocities the model itself predicted, before any
+angular momentum are the start's exactly) and a CSVR or Langevin thermostat on the internal
+motion (NVT). `Rollout.model_velocities` keeps the velocities the model itself predicted, before any
 control, so the model's own temperature can be read beside the controlled one.
 """
 
@@ -143,6 +143,9 @@ def model_step(model, cfg: RunConfig, states: Sequence[InitialState], x: np.ndar
 KB = 1.0 / U_A2_FS2_IN_K  # Boltzmann's constant, u·(Å/fs)²/K
 
 
+THERMOSTATS = ("none", "csvr", "langevin")
+
+
 @dataclass(frozen=True)
 class Control:
     """What `rollout` does to each step's velocities before the next step starts from them.
@@ -165,21 +168,30 @@ class Control:
     R₁ a standard normal and S a χ² draw with f − 1 degrees of freedom; the internal velocities
     are scaled by √(K'/K). The rigid-body part stays the start's, so NVT keeps the momenta too.
     Draws come from one generator seeded with `seed`, in the batch's order.
+
+    `thermostat="langevin"` (needs `momentum`): a Langevin (Ornstein–Uhlenbeck) update of every
+    atom's internal velocity once per step, v' = c v + √((1 − c²) k_B T / m) ξ with ξ standard
+    normal per atom and axis, then the rigid-body part of v' removed again (the mass-weighted
+    projection onto the internal motion, so the momenta stay the start's). CSVR scales every
+    atom by one factor and keeps how the model shared the kinetic energy among them; Langevin
+    gives each atom its own, so hot hydrogens cool and cold heavy atoms warm (equipartition).
     """
 
     momentum: bool = False
-    thermostat: str = "none"  # none | csvr
+    thermostat: str = "none"  # none | csvr | langevin
     temperature_k: float = 300.0
     tau_fs: float = 100.0
     seed: int = 0
 
     def __post_init__(self):
-        if self.thermostat not in ("none", "csvr"):
-            raise DataError(f"rollout: thermostat must be 'none' or 'csvr', found {self.thermostat!r}")
-        if self.thermostat == "csvr" and not self.momentum:
-            raise DataError("rollout: the CSVR thermostat acts on the internal velocities; it needs momentum control")
-        if self.thermostat == "csvr" and not (self.temperature_k > 0 and self.tau_fs > 0):
-            raise DataError(f"rollout: the CSVR thermostat needs a temperature > 0 K and tau > 0 fs, "
+        if self.thermostat not in THERMOSTATS:
+            raise DataError(f"rollout: thermostat must be one of {', '.join(map(repr, THERMOSTATS))}, "
+                            f"found {self.thermostat!r}")
+        name = {"csvr": "CSVR", "langevin": "Langevin"}.get(self.thermostat)
+        if name and not self.momentum:
+            raise DataError(f"rollout: the {name} thermostat acts on the internal velocities; it needs momentum control")
+        if name and not (self.temperature_k > 0 and self.tau_fs > 0):
+            raise DataError(f"rollout: the {name} thermostat needs a temperature > 0 K and tau > 0 fs, "
                             f"found {self.temperature_k} K and {self.tau_fs} fs")
 
     @property
@@ -226,6 +238,13 @@ class _Controller:
             new = csvr_kinetic_energy(k, self.k_target, self.dof, self.c, self.rng)
             scale = np.sqrt(np.divide(new, k, out=np.ones_like(k), where=k > 0))
             internal = internal * torch.from_numpy(scale)[:, None, None]
+        elif self.control.thermostat == "langevin":
+            mass = self.mass.numpy()
+            kt_over_m = np.divide(KB * self.control.temperature_k, mass, out=np.zeros_like(mass), where=mass > 0)
+            noise = self.rng.standard_normal(internal.shape) * np.sqrt((1 - self.c**2) * kt_over_m)[..., None]
+            internal = self.c * internal + torch.from_numpy(noise)  # (B, N, 3) Å/fs
+            _, u_noise, omega_noise, _, _ = rigid_motion(xt, internal, self.mass)
+            internal = (internal - rigid_velocity(xt, c, u_noise, omega_noise)) * (self.mass > 0)[..., None]
         rigid = rigid_velocity(xt, c, self.u0, (inertia_inv @ self.ang0[..., None])[..., 0])  # the start's P and L
         return ((rigid + internal) * (self.mass > 0)[..., None]).numpy()
 

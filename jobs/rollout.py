@@ -13,7 +13,8 @@ file (--structure), frames evenly spaced over fresh reference MD equilibrated at
 one rollout per seed). All rollouts run as one batch in
 steps of `--step-fs` (default: the longest horizon the model trained on; `atomray.rollout`).
 Between steps, `--momentum` keeps each start's linear and angular momentum exactly and
-`--thermostat csvr` holds the internal motion at --temperature (NVT, `atomray.rollout.Control`).
+`--thermostat csvr` holds the internal motion at --temperature (NVT, `atomray.rollout.Control`);
+`--thermostat langevin` does so atom by atom, so no atom group runs hotter than another.
 `--stride-sweep` first rolls out at each of several strides (stride_sweep.csv / .png) and runs the
 main rollout at the largest that holds; `--energy-drift` evaluates the total energy of every step
 start with --reference-engine and reports its drift; `--prior-only` rolls out the prior with a
@@ -61,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="K: velocities drawn for --smiles / --structure, and the thermostat's target (default 300)")
     parser.add_argument("--momentum", action=argparse.BooleanOptionalAction, default=False,
                         help="keep each start's linear and angular momentum exactly (default off)")
-    parser.add_argument("--thermostat", default="none", choices=["none", "csvr"],
+    parser.add_argument("--thermostat", default="none", choices=["none", "csvr", "langevin"],
                         help="csvr: CSVR (Bussi) thermostat on the internal motion, NVT at --temperature; "
-                             "needs --momentum (default none)")
+                             "langevin: a Langevin update of each atom's internal velocity (equipartition); "
+                             "both need --momentum (default none)")
     parser.add_argument("--tau-fs", type=float, default=100.0, help="the thermostat's relaxation time (default 100 fs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the thermostat's draws (default 0)")
     parser.add_argument("--stride-sweep", nargs="+", type=float, default=[], metavar="FS",

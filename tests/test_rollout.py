@@ -150,7 +150,7 @@ def small_cfg(num_lags: int = 8):
                                data=dataclasses.replace(cfg.data, context_atoms="all", num_lags=num_lags, rwpe_k=4))
 
 
-@pytest.mark.parametrize("thermostat", ["none", "csvr"])
+@pytest.mark.parametrize("thermostat", ["none", "csvr", "langevin"])
 def test_momentum_control_keeps_the_starts_linear_and_angular_momentum(thermostat):
     cfg = small_cfg()
     model = scrambling_model(cfg)
@@ -217,6 +217,41 @@ def test_csvr_rollout_holds_the_target_temperature_of_the_internal_motion():
     assert np.mean(temps) == pytest.approx(500.0, rel=0.1)
 
 
+def test_langevin_gives_hydrogens_and_heavy_atoms_the_same_temperature():
+    """Velocities with hot hydrogens (3 000 K) and cold heavy atoms (30 K), a model that returns
+    its input velocities, c = exp(-1) per step: Langevin brings both groups to the target (each
+    atom has its own noise and friction) and keeps the momenta; CSVR, which scales every atom by
+    one factor, keeps them apart."""
+    from atomray.rollout import _Controller
+    from atomray.priors.rigid import internal_velocity
+
+    b, z = 64, np.tile(Z, 4)  # a 32-atom molecule, 64 copies
+    rng = np.random.default_rng(1)
+    x = np.broadcast_to(rng.normal(scale=2.0, size=(len(z), 3)), (b, len(z), 3)).copy()
+    mass = np.broadcast_to(atomic_masses(z).astype(np.float64), (b, len(z))).copy()
+    hydrogen = z == 1
+    temp0 = np.where(hydrogen, 3000.0, 30.0)
+    v0 = rng.standard_normal((b, len(z), 3)) * np.sqrt(temp0 / (1.2027e6 * mass))[..., None]
+    for thermostat, apart in (("langevin", False), ("csvr", True)):
+        control = Control(momentum=True, thermostat=thermostat, temperature_k=300.0, tau_fs=50.0)
+        step = _Controller(control, x, v0, mass, 50.0)
+        v, temps = v0, []
+        for k in range(60):
+            v = step(x, v)
+            w = internal_velocity(torch.from_numpy(x), torch.from_numpy(v), torch.from_numpy(mass)).numpy()
+            if k >= 20:
+                per_atom = (mass[..., None] * w * w).sum(-1).mean(0) * 1.2027e6 / 3  # (N,) K
+                temps.append([per_atom[hydrogen].mean(), per_atom[~hydrogen].mean()])
+            p, ang = momenta(x[0], v[0], z)
+            p0, l0 = momenta(x[0], v0[0], z)
+            assert np.abs(p - p0).max() < 1e-12 and np.abs(ang - l0).max() < 1e-9
+        t_h, t_heavy = np.mean(temps, axis=0)
+        if apart:
+            assert t_h > 5 * t_heavy, (thermostat, t_h, t_heavy)
+        else:
+            assert t_h == pytest.approx(300.0, rel=0.1) and t_heavy == pytest.approx(300.0, rel=0.1), (t_h, t_heavy)
+
+
 def test_the_thermostat_needs_momentum_control_and_a_temperature():
     from atomray.data.frames import DataError
 
@@ -224,7 +259,9 @@ def test_the_thermostat_needs_momentum_control_and_a_temperature():
         Control(thermostat="csvr")
     with pytest.raises(DataError, match="temperature > 0 K"):
         Control(momentum=True, thermostat="csvr", temperature_k=0.0)
-    with pytest.raises(DataError, match="'none' or 'csvr'"):
+    with pytest.raises(DataError, match="needs momentum control"):
+        Control(thermostat="langevin")
+    with pytest.raises(DataError, match="'none', 'csvr', 'langevin'"):
         Control(thermostat="berendsen")
 
 
