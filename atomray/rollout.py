@@ -22,6 +22,9 @@ molecule's rotation (ω ~ 10⁻³ rad/fs), so the rigid / rotor prior with a zer
 a rigid molecule exactly and its rollout is the analytic motion to round-off
 (`tests/test_rollout.py`). With P = data.num_lags ≥ 5 a step is one model call (P − 4 recorded
 frames); with fewer lags the frames and the difference lags go in two rows of the batch.
+`rollout(..., lags=5)` asks ATOM for five lags whatever it trained with: the frame at ΔT and
+the difference lags, one recorded frame per step, 1.8× faster at a 50 fs stride with the
+`make pretrain` model (docs/results.md).
 Each step's states go through the same prior transform as training windows
 (`atomray.priors.paths`, basins through the machine's basin store). Atoms the model does not see
 (hydrogens of a heavy-atom model) are not rolled out; such a model's rigid-body prior then comes
@@ -110,17 +113,17 @@ def step_lags(step: float, p: int, delta: float = DELTA_FS) -> tuple[np.ndarray,
 
 
 def model_step(model, cfg: RunConfig, states: Sequence[InitialState], x: np.ndarray, v: np.ndarray, step: float,
-               dtype, delta: float = DELTA_FS) -> tuple[np.ndarray, np.ndarray]:
+               dtype, delta: float = DELTA_FS, lags: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One rollout step from the states' current model-atom positions x and velocities v
-    (B, N, 3), lab frame: (frames (B, F, N, 3) centred on each state's centroid, velocity at ΔT
-    (B, N, 3), the centroids (B, 1, 3))."""
+    (B, N, 3), lab frame, asking the model for `lags` lags per row (0: data.num_lags): (frames
+    (B, F, N, 3) centred on each state's centroid, velocity at ΔT (B, N, 3), the centroids (B, 1, 3))."""
     import torch
 
     from atomray.data.pipeline import to_torch
     from atomray.model.registry import model_inputs
     from atomray.predict import state_windows
 
-    b, p = x.shape[0], cfg.data.num_lags
+    b, p = x.shape[0], lags or cfg.data.num_lags
     rows, frames = step_lags(step, p, delta)
     r = len(rows)  # each state repeated once per row
     mask = np.zeros(x.shape[:2], bool)
@@ -258,12 +261,14 @@ def _float64(a: np.ndarray):
 
 def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: float, step_fs: float | None = None,
             elements: Sequence[int] = (), dtype=None, progress: bool = False, delta_fs: float = DELTA_FS,
-            control: Control = Control()) -> Rollout:
+            control: Control = Control(), lags: int = 0) -> Rollout:
     """Roll every state forward to `total_fs` in steps of `step_fs` (default: the longest
     trained horizon), all states in one batch. `dtype` (default float32) is the precision of
     the model's inputs; pass torch.float64 with a float64 model for exact physics checks.
     Velocities: the centred difference over lags ΔT ± `delta_fs`, ΔT ± 2 `delta_fs`, then
-    `control` (momentum conservation, thermostat; default none)."""
+    `control` (momentum conservation, thermostat; default none). `lags`: lags per model call
+    (0: data.num_lags, as trained; 5: the frame at ΔT and the four difference lags only, one
+    recorded frame per step; ATOM takes any number, EGNO / EGNN only their own)."""
     import time
 
     import torch
@@ -280,7 +285,9 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
     zs = [s.atomic_numbers[k] for s, k in zip(states, keeps)]
     for s, z in zip(states, zs):
         check_elements(z, elements, s.name, cfg.model.max_atomic_number)
-    b, n, p = len(states), max(len(z) for z in zs), cfg.data.num_lags
+    b, n, p = len(states), max(len(z) for z in zs), lags or cfg.data.num_lags
+    if p < 1:
+        raise DataError(f"rollout: lags per step must be >= 1 (0: the model's {cfg.data.num_lags}), found {lags}")
     mask = np.zeros((b, n), bool)
     x = np.zeros((b, n, 3))
     v = np.zeros((b, n, 3))
@@ -307,7 +314,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
 
         bar = tqdm(total=n_steps, desc=f"rollout of {b} molecule(s), {step:g} fs per step", unit="step")
     for _ in range(n_steps):
-        out, vel, origin = model_step(model, cfg, states, x, v, step, dtype, delta_fs)
+        out, vel, origin = model_step(model, cfg, states, x, v, step, dtype, delta_fs, p)
         out = out * mask[:, None, :, None] + origin[:, None]  # (B, F, N, 3)
         x, v = out[:, -1].copy(), vel * mask[..., None]
         # A molecule whose state is no longer finite has flown apart: its frames are NaN from

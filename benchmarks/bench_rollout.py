@@ -1,7 +1,7 @@
 """Rollout speed against the MD engine it would replace.
 
     python benchmarks/bench_rollout.py [--model CKPT] [--repeats 3] [--steps 10] [--md-steps 200]
-                                       [--step-fs FS] [--thermostat csvr|none]
+                                       [--step-fs FS] [--thermostat csvr|none] [--lags 0 5]
     python benchmarks/bench_rollout.py --repeats 1 --steps 1 --md-steps 20      # runs it
 
 ATOM: a rollout (`atomray.rollout.rollout`, velocities by the centred difference over four
@@ -26,7 +26,8 @@ Prints one JSON line (the last line of output) with
     gfn2_fs_per_s        simulated fs per wall-second, summed over the 2 cores (median of repeats)
     speedup_vs_gfn2      their ratio (target >= 1000)
     control_share        the velocity control's share of the rollout's wall time
-and the raw timings. The figures in docs/benchmarks.md (206 061 fs/s, 1133×, 2026-12-01) came
+and the raw timings; with several `--lags`, per number of lags per step its rate, speed-up and
+its ratio to the first's, paired repeat by repeat. The figures in docs/benchmarks.md (206 061 fs/s, 1133×, 2026-12-01) came
 from the code before the priors moved to the data path, when the prior's physics ran inside
 the model's forward pass.
 """
@@ -62,8 +63,11 @@ def start_states(root: Path, n: int):
     return states[:n]
 
 
-def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0,
-               thermostat: str = "csvr") -> tuple[list[float], float, int, float, float]:
+def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0, thermostat: str = "csvr",
+               lags: tuple[int, ...] = (0,)) -> tuple[dict[int, list[float]], float, int, float, float]:
+    """Simulated fs per wall-second of each repeat for each number of lags per step (the lags
+    timed in turn within each repeat, so their ratio is paired), the stride, the largest
+    molecule, the warm-up seconds and the velocity control's median share."""
     import torch
 
     from atomray.checkpoint import load_model
@@ -83,11 +87,12 @@ def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0,
     t0 = time.perf_counter()
     rollout(model, cfg, states, total_fs=step, step_fs=step, control=control)  # warm-up: basins into the store
     warmup = time.perf_counter() - t0
-    rates, shares = [], []
+    rates, shares = {p: [] for p in lags}, []
     for _ in range(repeats):
-        traj = rollout(model, cfg, states, total_fs=steps * step, step_fs=step, control=control)
-        rates.append(traj.simulated_fs / traj.seconds)
-        shares.append(traj.control_seconds / traj.seconds)
+        for p in lags:
+            traj = rollout(model, cfg, states, total_fs=steps * step, step_fs=step, control=control, lags=p)
+            rates[p].append(traj.simulated_fs / traj.seconds)
+            shares.append(traj.control_seconds / traj.seconds)
     return rates, step, max(len(s.atomic_numbers) for s in states), warmup, statistics.median(shares)
 
 
@@ -126,10 +131,14 @@ def main() -> None:
     parser.add_argument("--step-fs", type=float, default=0.0, help="rollout stride (default: the longest trained horizon)")
     parser.add_argument("--thermostat", default="csvr", choices=["csvr", "none"],
                         help="csvr: momentum control and the CSVR thermostat between steps (default)")
+    parser.add_argument("--lags", nargs="+", type=int, default=[0],
+                        help="lags per model call (0: the model's own; 5: one frame and the four difference lags); "
+                             "several are timed in turn, paired, the first is the headline")
     args = parser.parse_args()
 
-    atom, step_fs, max_atoms, warmup_s, control_share = atom_rates(args.model, args.steps, args.repeats, args.step_fs,
-                                                                   args.thermostat)
+    by_lags, step_fs, max_atoms, warmup_s, control_share = atom_rates(args.model, args.steps, args.repeats,
+                                                                      args.step_fs, args.thermostat, tuple(args.lags))
+    atom = by_lags[args.lags[0]]
     gfn2 = gfn2_rates(args.md_steps, args.repeats)
     result = {
         "atom_fs_per_s": statistics.median(atom), "gfn2_fs_per_s": statistics.median(gfn2),
@@ -137,7 +146,14 @@ def main() -> None:
         "atom_runs_fs_per_s": atom, "gfn2_runs_fs_per_s": gfn2, "batch": BATCH, "max_atoms": max_atoms,
         "step_fs": step_fs, "thermostat": args.thermostat, "control_share": round(control_share, 4),
         "atom_warmup_s": round(warmup_s, 2), "cores": CORES, "model": args.model or "jobs/configs/pretrain.yaml (untrained)",
+        "lags": args.lags[0],
     }
+    if len(args.lags) > 1:
+        result["by_lags"] = {str(p): {"atom_fs_per_s": statistics.median(r),
+                                      "speedup_vs_gfn2": statistics.median(r) / statistics.median(gfn2),
+                                      "paired_ratio_to_first": statistics.median(
+                                          [a / b for a, b in zip(r, by_lags[args.lags[0]])])}
+                             for p, r in by_lags.items()}
     print(json.dumps(result))
 
 

@@ -45,12 +45,13 @@ def spinning_molecule(omega: float = 2e-3, drift=(1e-3, -5e-4, 2e-4), seed: int 
 RIGID = dict(prior="rigid", relaxed_input=False, prior_input=False)  # the inputs read the harmonic prior
 
 
-@pytest.mark.parametrize("name, num_lags, frames", [
-    ("atom", 8, [12.5, 25.0, 37.5, 50.0]),  # frames and difference lags in one call
-    ("atom", 4, [12.5, 25.0, 37.5, 50.0]),  # two rows per state
-    ("egno", 8, [12.5, 25.0, 37.5, 50.0]),
+@pytest.mark.parametrize("name, num_lags, lags, frames", [
+    ("atom", 8, 0, [12.5, 25.0, 37.5, 50.0]),  # frames and difference lags in one call
+    ("atom", 4, 0, [12.5, 25.0, 37.5, 50.0]),  # two rows per state
+    ("atom", 8, 5, [50.0]),  # fewer lags than trained: the frame at ΔT and the difference lags
+    ("egno", 8, 0, [12.5, 25.0, 37.5, 50.0]),
 ])
-def test_rigid_prior_rollout_reproduces_the_analytic_rigid_motion(name, num_lags, frames):
+def test_rigid_prior_rollout_reproduces_the_analytic_rigid_motion(name, num_lags, lags, frames):
     cfg = RunConfig()
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name, embed_dim=16, num_layers=1,
                                                              num_heads=2, gnn_hidden_dim=16, **RIGID),
@@ -58,7 +59,7 @@ def test_rigid_prior_rollout_reproduces_the_analytic_rigid_motion(name, num_lags
     torch.manual_seed(0)
     model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).double()
     state, exact = spinning_molecule()
-    traj = rollout(model, cfg, [state, state], total_fs=100 * 50.0, step_fs=50.0, dtype=torch.float64)
+    traj = rollout(model, cfg, [state, state], total_fs=100 * 50.0, step_fs=50.0, dtype=torch.float64, lags=lags)
     assert traj.positions[0].shape == (100 * len(frames) + 1, len(Z), 3)
     assert np.allclose(traj.times_fs[1 : len(frames) + 1], frames) and traj.times_fs[-1] == pytest.approx(5000.0)
     expected = np.stack([exact(t) for t in traj.times_fs])
