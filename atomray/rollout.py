@@ -288,6 +288,9 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
     b, n, p = len(states), max(len(z) for z in zs), lags or cfg.data.num_lags
     if p < 1:
         raise DataError(f"rollout: lags per step must be >= 1 (0: the model's {cfg.data.num_lags}), found {lags}")
+    if p != cfg.data.num_lags and cfg.model.name != "atom":
+        raise DataError(f"rollout: {cfg.model.name} predicts only the {cfg.data.num_lags} lags it was built for, "
+                        f"not {p}; other numbers of lags need ATOM")
     mask = np.zeros((b, n), bool)
     x = np.zeros((b, n, 3))
     v = np.zeros((b, n, 3))

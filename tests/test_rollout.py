@@ -253,6 +253,18 @@ def test_langevin_gives_hydrogens_and_heavy_atoms_the_same_temperature():
             assert t_h == pytest.approx(300.0, rel=0.1) and t_heavy == pytest.approx(300.0, rel=0.1), (t_h, t_heavy)
 
 
+def test_only_atom_rolls_out_with_a_number_of_lags_it_did_not_train_with():
+    from atomray.data.frames import DataError
+
+    cfg = small_cfg()
+    egno = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name="egno"))
+    state, _ = spinning_molecule()
+    with pytest.raises(DataError, match="egno predicts only the 8 lags"):
+        rollout(build_model(egno.model, num_lags=8, rwpe_dim=egno.data.rwpe_k), egno, [state], 100.0, 50.0, lags=5)
+    with pytest.raises(DataError, match="lags per step must be >= 1"):
+        rollout(scrambling_model(cfg), cfg, [state], 100.0, 50.0, lags=-1)
+
+
 def test_the_thermostat_needs_momentum_control_and_a_temperature():
     from atomray.data.frames import DataError
 
