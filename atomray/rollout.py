@@ -23,7 +23,7 @@ a rigid molecule exactly and its rollout is the analytic motion to round-off
 (`tests/test_rollout.py`). With P = data.num_lags ≥ 5 a step is one model call (P − 4 recorded
 frames); with fewer lags the frames and the difference lags go in two rows of the batch.
 `rollout(..., lags=5)` asks ATOM for five lags whatever it trained with: the frame at ΔT and
-the difference lags, one recorded frame per step, 1.8× faster at a 50 fs stride with the
+the difference lags, one recorded frame per step, 1.6× faster at a 50 fs stride with the
 `make pretrain` model (docs/results.md).
 Each step's states go through the same prior transform as training windows
 (`atomray.priors.paths`, basins through the machine's basin store). Atoms the model does not see
