@@ -53,9 +53,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--data", required=True, help="the data set the rollouts started from")
     args = parser.parse_args(argv)
 
+    import dataclasses
+
     import ase.io
 
-    from atomray.data.pipeline import molecule_files, molecule_segments
+    from atomray.config import RunConfig
+    from atomray.data.pipeline import read_atomic_numbers
+    from atomray.rollout_check import dataset_reference
 
     files = sorted(Path(args.rollouts).glob("*_*.extxyz"))
     if not files:
@@ -65,14 +69,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         runs = [ase.io.read(p, ":") for p in files if p.stem.rsplit("_", 1)[0] == molecule]
         z = runs[0][0].numbers
         rollout = np.concatenate([np.array([f.positions for f in run[1:]]) for run in runs])
-        pieces = molecule_segments(args.data, molecule, molecule_files(args.data, [molecule]).get(molecule, []))
-        reference = np.concatenate([p.positions for p in pieces]).astype(np.float64)
-        zr = np.asarray(pieces[0].atomic_numbers)
-        if len(zr) != len(z):  # the model rolled out heavy atoms only
-            reference = reference[:, zr > 1]
-        if not np.array_equal(zr[zr > 1] if len(zr) != len(z) else zr, z):
+        zr = np.asarray(read_atomic_numbers(args.data, molecule))
+        atoms = "all" if len(zr) == len(z) else "heavy"  # a heavy-atom model rolls out its heavy atoms only
+        if not np.array_equal(zr if atoms == "all" else zr[zr > 1], z):
             raise SystemExit(f"{args.data}: molecule {molecule!r}: its atoms {zr.tolist()} do not match the rollout's "
                              f"{z.tolist()}")
+        cfg = RunConfig()
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, context_atoms=atoms))
+        reference = dataset_reference(args.data, molecule, cfg).positions
         rows.append({"molecule": molecule, "rollouts": len(runs), "frames": len(rollout),
                      **bond_report(rollout, reference, z, runs[0][0].positions)})
         print(json.dumps(rows[-1]), flush=True)
