@@ -64,6 +64,10 @@ class ModelConfig:
     second position stream; `prior_input` (ATOM, harmonic prior) lifts the prior's internal
     displacement at each lag into that lag's slot tokens (with `anharmonic`, also where the
     MD departs from it). EGNO starts its coordinates from the prior.
+    `predict_velocity` (ATOM): a second equivariant head predicts each atom's velocity at every
+    lag, the prior's own velocity (its time derivative) plus a learned correction turned with the body
+    (`ATOM.forward(..., with_velocity=True)`); trained with `TrainConfig.velocity_weight`, and
+    what `atomray.rollout` starts each step from instead of differentiating the positions.
     """
 
     name: Literal["atom", "egno", "egnn_r", "egnn_s"] = "atom"
@@ -90,6 +94,7 @@ class ModelConfig:
     prior_input: bool = True
     anharmonic: bool = False
     latent_equivariance_weight: float = 0.0
+    predict_velocity: bool = False
     # EGNO / EGNN baselines (the EGNO protocol, docs/architecture.md).
     gnn_hidden_dim: int = 64
     time_embed_dim: int = 32
@@ -185,7 +190,12 @@ class TrainConfig:
 
     Label noise perturbs the model's inputs and targets, not the prior, which the data path
     computed from the clean start state. Every epoch is validated and checkpointed;
-    `max_failures` is Ray Train's FailureConfig (-1: retry without limit)."""
+    `max_failures` is Ray Train's FailureConfig (-1: retry without limit).
+
+    `velocity_weight` (with `model.predict_velocity`): the weight of the velocity loss, the mean
+    squared error of the predicted velocities at every lag in (Å/fs × 10 fs)² — the distance each
+    error carries an atom in 10 fs, so it reads in Å² beside the position loss
+    (`atomray.train.loss.velocity_loss`)."""
 
     epochs: int = 12
     label_noise_sigma: float = 0.0
@@ -193,6 +203,7 @@ class TrainConfig:
     loss_weighting: Literal["none", "harmonic", "anharmonic"] = "harmonic"
     loss_weight_floor: float = 0.001
     loss_atoms: Literal["all", "score"] = "all"
+    velocity_weight: float = 1.0
     seed: int = 0
     max_failures: int = 3
 

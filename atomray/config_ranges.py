@@ -70,6 +70,7 @@ RANGES: dict[str, str] = {
     "model.velocity_scale_fs": "> 0",
     "model.max_atomic_number": ">= 1",
     "model.latent_equivariance_weight": ">= 0",
+    "train.velocity_weight": ">= 0",
     "model.gnn_hidden_dim": ">= 1",
     "model.time_embed_dim": ">= 2",  # and even: sin and cos features in pairs
     "model.fourier_modes": ">= 1",

@@ -30,6 +30,10 @@ Each step's states go through the same prior transform as training windows
 (hydrogens of a heavy-atom model) are not rolled out; such a model's rigid-body prior then comes
 from its heavy atoms alone after the first step.
 
+A model with a velocity head (`ModelConfig.predict_velocity`) is asked instead for the velocity
+at ΔT it predicts beside the positions: no difference lags, so every lag of the call is a
+recorded frame, and one lag per step (`lags=1`) suffices.
+
 Between steps a `Control` may act on the velocities the next step starts from: momentum
 conservation (the rigid-body part of the velocities replaced by the start state's, so linear and
 angular momentum are the start's exactly) and a CSVR or Langevin thermostat on the internal
@@ -112,11 +116,20 @@ def step_lags(step: float, p: int, delta: float = DELTA_FS) -> tuple[np.ndarray,
     return np.stack([frames, np.concatenate([diff, np.full(p - len(DIFFERENCE), step)])]), frames
 
 
+def head_lags(step: float, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """The lag row of a rollout step of a model with a velocity head: P lags spread evenly over
+    (0, ΔT], every one a recorded frame (rows (1, P) fs, frames (P,))."""
+    frames = step * np.arange(1, p + 1) / p
+    return frames[None], frames
+
+
 def model_step(model, cfg: RunConfig, states: Sequence[InitialState], x: np.ndarray, v: np.ndarray, step: float,
-               dtype, delta: float = DELTA_FS, lags: int = 0) -> tuple[np.ndarray, np.ndarray]:
+               dtype, delta: float = DELTA_FS, lags: int = 0, head: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One rollout step from the states' current model-atom positions x and velocities v
     (B, N, 3), lab frame, asking the model for `lags` lags per row (0: data.num_lags): (frames
-    (B, F, N, 3) centred on each state's centroid, velocity at ΔT (B, N, 3), the centroids (B, 1, 3))."""
+    (B, F, N, 3) centred on each state's centroid, velocity at ΔT (B, N, 3), the centroids (B, 1, 3)).
+    `head`: the velocity at ΔT from the model's velocity head (`ModelConfig.predict_velocity`),
+    no difference lags."""
     import torch
 
     from atomray.data.pipeline import to_torch
@@ -124,7 +137,7 @@ def model_step(model, cfg: RunConfig, states: Sequence[InitialState], x: np.ndar
     from atomray.predict import state_windows
 
     b, p = x.shape[0], lags or cfg.data.num_lags
-    rows, frames = step_lags(step, p, delta)
+    rows, frames = head_lags(step, p) if head else step_lags(step, p, delta)
     r = len(rows)  # each state repeated once per row
     mask = np.zeros(x.shape[:2], bool)
     for i, s in enumerate(states):
@@ -134,6 +147,9 @@ def model_step(model, cfg: RunConfig, states: Sequence[InitialState], x: np.ndar
     batch = state_windows(cfg, states, np.repeat(np.arange(b), r), np.tile(rows, (b, 1)), origin[:, 0], x, v,
                           dtype=np_dtype)
     with torch.no_grad():
+        if head:
+            out, vel = model(**model_inputs(to_torch(batch)), with_velocity=True)
+            return out.double().numpy(), vel[:, -1].double().numpy(), origin
         out = model(**model_inputs(to_torch(batch)))
     out = out.double().numpy().reshape(b, r * p, *out.shape[2:])  # (B, R·P, N, 3)
     flat = rows.ravel()
@@ -147,6 +163,7 @@ KB = 1.0 / U_A2_FS2_IN_K  # Boltzmann's constant, u·(Å/fs)²/K
 
 
 THERMOSTATS = ("none", "csvr", "langevin")
+VELOCITY_SOURCES = ("auto", "head", "difference")
 
 
 @dataclass(frozen=True)
@@ -261,14 +278,17 @@ def _float64(a: np.ndarray):
 
 def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: float, step_fs: float | None = None,
             elements: Sequence[int] = (), dtype=None, progress: bool = False, delta_fs: float = DELTA_FS,
-            control: Control = Control(), lags: int = 0) -> Rollout:
+            control: Control = Control(), lags: int = 0, velocity: str = "auto") -> Rollout:
     """Roll every state forward to `total_fs` in steps of `step_fs` (default: the longest
     trained horizon), all states in one batch. `dtype` (default float32) is the precision of
     the model's inputs; pass torch.float64 with a float64 model for exact physics checks.
     Velocities: the centred difference over lags ΔT ± `delta_fs`, ΔT ± 2 `delta_fs`, then
     `control` (momentum conservation, thermostat; default none). `lags`: lags per model call
     (0: data.num_lags, as trained; 5: the frame at ΔT and the four difference lags only, one
-    recorded frame per step; ATOM takes any number, EGNO / EGNN only their own)."""
+    recorded frame per step; ATOM takes any number, EGNO / EGNN only their own). `velocity`:
+    where each step's velocity at ΔT comes from — "head" (the model's velocity head,
+    `ModelConfig.predict_velocity`: P lags over (0, ΔT], all recorded; lags=1 asks for ΔT alone),
+    "difference" (the centred difference above), or "auto" (the head when the model has one)."""
     import time
 
     import torch
@@ -291,6 +311,12 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
     if p != cfg.data.num_lags and cfg.model.name != "atom":
         raise DataError(f"rollout: {cfg.model.name} predicts only the {cfg.data.num_lags} lags it was built for, "
                         f"not {p}; other numbers of lags need ATOM")
+    if velocity not in VELOCITY_SOURCES:
+        raise DataError(f"rollout: velocity must be one of {', '.join(map(repr, VELOCITY_SOURCES))}, found {velocity!r}")
+    has_head = bool(getattr(cfg.model, "predict_velocity", False))
+    if velocity == "head" and not has_head:
+        raise DataError("rollout: velocity='head' needs a model trained with model.predict_velocity=true")
+    head = has_head and velocity != "difference"
     mask = np.zeros((b, n), bool)
     x = np.zeros((b, n, 3))
     v = np.zeros((b, n, 3))
@@ -301,7 +327,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
     n_steps = int(round(total_fs / step))
     if not 0 < delta_fs < step / 2:
         raise DataError(f"rollout: the difference spacing must be in (0, step/2), found {delta_fs} fs")
-    frame_lags = step_lags(step, p, delta_fs)[1]
+    frame_lags = (head_lags(step, p) if head else step_lags(step, p, delta_fs))[1]
     frames, velocities, predicted = [x.copy()], [v.copy()], []
     dead = np.zeros(b, bool)
     mass = np.zeros((b, n))
@@ -317,7 +343,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
 
         bar = tqdm(total=n_steps, desc=f"rollout of {b} molecule(s), {step:g} fs per step", unit="step")
     for _ in range(n_steps):
-        out, vel, origin = model_step(model, cfg, states, x, v, step, dtype, delta_fs, p)
+        out, vel, origin = model_step(model, cfg, states, x, v, step, dtype, delta_fs, p, head)
         out = out * mask[:, None, :, None] + origin[:, None]  # (B, F, N, 3)
         x, v = out[:, -1].copy(), vel * mask[..., None]
         # A molecule whose state is no longer finite has flown apart: its frames are NaN from

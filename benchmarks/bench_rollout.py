@@ -5,7 +5,8 @@
     python benchmarks/bench_rollout.py --repeats 1 --steps 1 --md-steps 20      # runs it
 
 ATOM: a rollout (`atomray.rollout.rollout`, velocities by the centred difference over four
-extra lags) of a batch of 64 start states of tg80-mini (its 16 molecules × 4 frames, every
+extra lags, or from the model's velocity head when it has one: `--lags 1` then asks for ΔT
+alone) of a batch of 64 start states of tg80-mini (its 16 molecules × 4 frames, every
 atom; 9-28 atoms each) in steps of the model's ΔT (its longest training horizon), on 2 CPU
 threads; `--model` a checkpoint directory (default: the architecture of
 jobs/configs/pretrain.yaml, untrained: the speed is the same, and its zero correction keeps the

@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="csvr: CSVR (Bussi) thermostat on the internal motion, NVT at --temperature; "
                              "langevin: a Langevin update of each atom's internal velocity (equipartition); "
                              "both need --momentum (default none)")
+    parser.add_argument("--velocity", choices=("auto", "head", "difference"), default="auto",
+                        help="each step's velocity at ΔT: the model's velocity head (model.predict_velocity), the "
+                             "difference of four extra lags, or auto (the head when the model has one)")
     parser.add_argument("--lags", type=int, default=0,
                         help="lags per model call (default 0: the model's own; 5: the frame at ΔT and the four "
                              "difference lags only, one recorded frame per step)")
@@ -215,7 +218,8 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
     print(f"rollout: {len(states)} start state(s) of {len(set(molecule_of))} molecule(s), {args.total_ps:g} ps in "
           f"steps of {step:g} fs, {cfg.model.name} from {args.model}" + _describe(control, args.prior_only), flush=True)
     traj = rollout(model, cfg, states, total_fs=total, step_fs=step, elements=elements, progress=True,
-                   delta_fs=args.delta_fs, control=control, lags=args.lags)
+                   delta_fs=args.delta_fs, control=control, lags=args.lags,
+                   velocity=args.velocity)
     print(f"rolled out {traj.simulated_fs / 1000:.0f} ps in {traj.seconds:.1f} s "
           f"({traj.simulated_fs / max(traj.seconds, 1e-9):.0f} fs per second; velocity control "
           f"{traj.control_seconds:.2f} s)", flush=True)
@@ -245,7 +249,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
                                         "momentum": control.momentum, "thermostat": control.thermostat,
                                         "temperature_k": control.temperature_k, "tau_fs": control.tau_fs,
                                         "starts": args.starts, "delta_fs": args.delta_fs,
-                                        "lags": args.lags or cfg.data.num_lags, "molecules": ",".join(dict.fromkeys(molecule_of)),
+                                        "lags": args.lags or cfg.data.num_lags, "velocity": args.velocity, "molecules": ",".join(dict.fromkeys(molecule_of)),
                                         "reference": str(root) if root else rows[0]["reference"]})
         for k, v in mean.items():
             c.log_metric(run_id, f"mean_{k}", float(v))
@@ -302,7 +306,8 @@ def stride_sweep(args, model, cfg, elements, states, molecule_of, refs, out, con
     sweep = []
     for stride in sorted(args.stride_sweep):
         traj = rollout(model, cfg, states, total_fs=1000.0 * args.total_ps, step_fs=stride, elements=elements,
-                       delta_fs=min(args.delta_fs, stride / 4), control=control, lags=args.lags)
+                       delta_fs=min(args.delta_fs, stride / 4), control=control, lags=args.lags,
+                       velocity=args.velocity)
         rows = check_rollouts(traj, refs, molecule_of)
         mean = {"stride_fs": stride, **mean_row(rows), "seconds": traj.seconds}
         mean["misses"] = "; ".join(f"{r['molecule']}: {', '.join(m)}" for r in rows if (m := holds(r, target_k)))

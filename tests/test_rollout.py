@@ -1,5 +1,6 @@
 """Rollouts chain predictions exactly: with the rigid prior and a zero correction, a freely
-rotating rigid molecule follows its analytic motion for 100 steps (float64, < 1e-8 Å). The
+rotating rigid molecule follows its analytic motion for 100 steps (float64, < 1e-8 Å), with
+velocities from the difference lags or from a velocity head. The
 velocity controls keep the start's momenta exactly, and the CSVR thermostat samples the
 canonical kinetic energy."""
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from atomray.config import RunConfig
+from atomray.data.frames import DataError
 from atomray.elements import atomic_masses
 from atomray.model import build_model
 from atomray.predict import InitialState
@@ -45,21 +47,25 @@ def spinning_molecule(omega: float = 2e-3, drift=(1e-3, -5e-4, 2e-4), seed: int 
 RIGID = dict(prior="rigid", relaxed_input=False, prior_input=False)  # the inputs read the harmonic prior
 
 
-@pytest.mark.parametrize("name, num_lags, lags, frames", [
-    ("atom", 8, 0, [12.5, 25.0, 37.5, 50.0]),  # frames and difference lags in one call
-    ("atom", 4, 0, [12.5, 25.0, 37.5, 50.0]),  # two rows per state
-    ("atom", 8, 5, [50.0]),  # fewer lags than trained: the frame at ΔT and the difference lags
-    ("egno", 8, 0, [12.5, 25.0, 37.5, 50.0]),
+@pytest.mark.parametrize("name, num_lags, lags, frames, head", [
+    ("atom", 8, 0, [12.5, 25.0, 37.5, 50.0], False),  # frames and difference lags in one call
+    ("atom", 4, 0, [12.5, 25.0, 37.5, 50.0], False),  # two rows per state
+    ("atom", 8, 5, [50.0], False),  # fewer lags than trained: the frame at ΔT and the difference lags
+    ("egno", 8, 0, [12.5, 25.0, 37.5, 50.0], False),
+    ("atom", 4, 0, [12.5, 25.0, 37.5, 50.0], True),  # the velocity head: every lag a frame
+    ("atom", 4, 1, [50.0], True),  # the velocity head, one lag per step
 ])
-def test_rigid_prior_rollout_reproduces_the_analytic_rigid_motion(name, num_lags, lags, frames):
+def test_rigid_prior_rollout_reproduces_the_analytic_rigid_motion(name, num_lags, lags, frames, head):
     cfg = RunConfig()
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name, embed_dim=16, num_layers=1,
-                                                             num_heads=2, gnn_hidden_dim=16, **RIGID),
+                                                             num_heads=2, gnn_hidden_dim=16, predict_velocity=head,
+                                                             **RIGID),
                               data=dataclasses.replace(cfg.data, context_atoms="all", num_lags=num_lags, rwpe_k=4))
     torch.manual_seed(0)
     model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).double()
     state, exact = spinning_molecule()
-    traj = rollout(model, cfg, [state, state], total_fs=100 * 50.0, step_fs=50.0, dtype=torch.float64, lags=lags)
+    traj = rollout(model, cfg, [state, state], total_fs=100 * 50.0, step_fs=50.0, dtype=torch.float64, lags=lags,
+                   velocity="head" if head else "difference")
     assert traj.positions[0].shape == (100 * len(frames) + 1, len(Z), 3)
     assert np.allclose(traj.times_fs[1 : len(frames) + 1], frames) and traj.times_fs[-1] == pytest.approx(5000.0)
     expected = np.stack([exact(t) for t in traj.times_fs])
@@ -254,7 +260,6 @@ def test_langevin_gives_hydrogens_and_heavy_atoms_the_same_temperature():
 
 
 def test_only_atom_rolls_out_with_a_number_of_lags_it_did_not_train_with():
-    from atomray.data.frames import DataError
 
     cfg = small_cfg()
     egno = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name="egno"))
@@ -329,3 +334,27 @@ def test_an_equilibrated_fresh_reference_runs_near_the_target_temperature(smiles
     starts = states_from_md(warm, start.atomic_numbers, "smiles", 4)
     assert [s.name for s in starts] == ["smiles@0fs", "smiles@500fs", "smiles@1000fs", "smiles@1500fs"]
     assert np.array_equal(starts[1].positions, warm.positions[50])
+
+
+def test_a_velocity_head_is_used_when_present_and_asked_for_only_then():
+    cfg = RunConfig()
+    small = dict(embed_dim=16, num_layers=1, num_heads=2, **RIGID)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, context_atoms="all", num_lags=4, rwpe_k=4))
+    state, _ = spinning_molecule()
+    plain = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **small))
+    model = build_model(plain.model, num_lags=4, rwpe_dim=4)
+    with pytest.raises(DataError, match="predict_velocity"):
+        rollout(model, plain, [state], total_fs=100.0, step_fs=50.0, velocity="head")
+    with pytest.raises(DataError, match="velocity must be"):
+        rollout(model, plain, [state], total_fs=100.0, step_fs=50.0, velocity="fd")
+    headed = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, predict_velocity=True, **small))
+    model = build_model(headed.model, num_lags=4, rwpe_dim=4)
+    with torch.no_grad():  # an internal velocity the rigid prior does not have
+        for prm in model.velocity_head.parameters():
+            prm.normal_(0.0, 0.5)
+    auto = rollout(model, headed, [state], total_fs=100.0, step_fs=50.0)
+    diff = rollout(model, headed, [state], total_fs=100.0, step_fs=50.0, velocity="difference")
+    assert len(auto.times_fs) == 9 and len(diff.times_fs) == 9  # 4 recorded frames per step either way
+    head = rollout(model, headed, [state], total_fs=100.0, step_fs=50.0, velocity="head")
+    assert np.array_equal(auto.step_velocities[0], head.step_velocities[0])
+    assert np.abs(auto.step_velocities[0][1] - diff.step_velocities[0][1]).max() > 1e-4  # the head's velocity

@@ -21,11 +21,11 @@ from torch import Tensor
 # How each batch key turns with its window.
 KEY_KINDS: dict[str, str] = {
     "x0": "position", "target": "position", "ctx_x0": "position",
-    "v0": "vector", "ctx_v0": "vector",
+    "v0": "vector", "ctx_v0": "vector", "target_v": "vector",
     # the prior paths the data path attaches (`atomray.priors.paths`)
     "rigid_path": "position", "rotor_path": "position", "md_path": "position",
     "rigid_rot": "rotation", "rotor_rot": "rotation",
-    "vib_osc": "vector", "vib_d0": "vector",
+    "vib_osc": "vector", "vib_d0": "vector", "vib_vel": "vector",
     # invariant under rotation about the centroid
     "z": "scalar", "mass": "scalar", "score": "scalar", "mask": "scalar", "lags_fs": "scalar", "rwpe": "scalar",
     "ctx_mass": "scalar", "start": "scalar", "segment": "scalar", "frame": "scalar", "md_ok": "scalar",

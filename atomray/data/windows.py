@@ -196,7 +196,8 @@ def cut_windows(positions: np.ndarray, velocities: np.ndarray, atomic_numbers: n
 
     Returns a dict of arrays with leading dimension W, for the N atoms the model sees
     (`cfg.context_atoms`):
-      x0 (W,N,3), v0 (W,N,3) Å/fs, target (W,P,N,3) Å — centred on the start frame's centroid
+      x0 (W,N,3), v0 (W,N,3) Å/fs, target (W,P,N,3) Å, target_v (W,P,N,3) Å/fs the velocities
+      at the lags (what a velocity head trains on, `ModelConfig.predict_velocity`) — centred on the start frame's centroid
       of those atoms when `cfg.centre` (the subtracted `origin` (W,3) is returned too);
       z (W,N) int64; mass (W,N) u; score (W,N) bool, the atoms the metrics score
       (`cfg.score_atoms`); lags_fs (W,P) float32; start (W,) int64; rwpe (W,N,K) float32 when
@@ -224,7 +225,8 @@ def cut_windows(positions: np.ndarray, velocities: np.ndarray, atomic_numbers: n
     # Gather only the frames and atoms needed (never copy the whole trajectory per call).
     x0 = positions[starts[:, None], keep[None, :]]  # (W, N, 3)
     v0 = velocities[starts[:, None], keep[None, :]]  # (W, N, 3)
-    target = positions[(starts[:, None] + offsets)[:, :, None], keep[None, None, :]]  # (W, P, N, 3)
+    at = (starts[:, None] + offsets)[:, :, None], keep[None, None, :]
+    target, target_v = positions[at], velocities[at]  # (W, P, N, 3) each
     w, n = x0.shape[0], x0.shape[1]
     if cfg.centre:
         origin = x0.mean(axis=1)  # (W, 3)
@@ -238,6 +240,7 @@ def cut_windows(positions: np.ndarray, velocities: np.ndarray, atomic_numbers: n
         "x0": x0.astype(np.float32, copy=False),
         "v0": v0.astype(np.float32, copy=False),
         "target": target.astype(np.float32, copy=False),
+        "target_v": target_v.astype(np.float32, copy=False),
         "z": np.broadcast_to(z, (w, n)).copy(),
         "mass": np.broadcast_to(atomic_masses(z), (w, n)).copy(),
         "score": np.broadcast_to(scored, (w, n)).copy(),
@@ -298,6 +301,7 @@ def sample_windows(traj: Trajectory, n: int, cfg: DataConfig, rng: np.random.Gen
 # or the context atoms that only the physics floors use.
 ATOM_AXES = {"x0": (1, "model"), "v0": (1, "model"), "z": (1, "model"), "rwpe": (1, "model"),
              "mask": (1, "model"), "mass": (1, "model"), "score": (1, "model"), "target": (2, "model"),
+             "target_v": (2, "model"),
              "ctx_x0": (1, "context"), "ctx_v0": (1, "context"), "ctx_mass": (1, "context")}
 
 

@@ -69,6 +69,9 @@ Additions to the paper, each a switch (measured in docs/experiments.md, "Ablatio
                  state departs from that harmonic path (`atomray.priors.anharmonic`, turned back into
                  x's frame, 0.1 Å): per atom and lag, attention can weigh the force field against
                  the normal modes, which the fixed hand-over exp(−Δt/τ) of the prior cannot.
+  predict_velocity  a second output head: each atom's velocity at every lag (`ATOM.velocity`), the
+                 prior's own velocity (its time derivative) plus a learned correction, for rollouts that start
+                 each step from the state the model predicts (`atomray.rollout`).
   internal_velocity  with a rigid / rotor / harmonic prior the lifting reads each atom's velocity relative
                  to the rigid-body motion the prior already extrapolates (v − u − ω × r): what is
                  left to predict is the internal motion, and that is what the model sees.
@@ -216,6 +219,8 @@ class ATOM(nn.Module):
         self.lag_gain = (LagConditioning(d, cfg.time_embed_dim, cfg.rope_base, cfg.tau_fs)
                          if cfg.lag_conditioned_output else None)
         self.head = OutputHead(d, cfg.output_heads)
+        if cfg.predict_velocity:  # each atom's internal velocity at every lag, zero at init
+            self.velocity_head = OutputHead(d, cfg.output_heads)
         if cfg.latent_equivariance_weight > 0:
             # transip-style transformation network τ(embedding, vec(R)) → embedding of R·input
             self.latent_map = nn.Sequential(nn.Linear(d + 9, d), nn.SiLU(), nn.Linear(d, d))
@@ -304,34 +309,58 @@ class ATOM(nn.Module):
         h = self.final_norm(h.view(b, s, n, -1)[:, 1:])  # (B, P, N, d)
         if self.lag_gain is not None:
             h = self.lag_gain(h, lags)
-        return h, {"frame": frame, "mask": m, "base": base, "rot": rot}
+        return h, {"frame": frame, "mask": m, "base": base, "rot": rot, "paths": paths}
 
-    def project(self, h: Tensor, state: dict) -> Tensor:
+    def project(self, h: Tensor, state: dict, head: nn.Module | None = None) -> Tensor:
         """Token features (B, P, N, d) → correction (B, P, N, 3) in the input frame (a
-        displacement; absolute positions in the centred frame when the prior is none)."""
-        y = self.head(h)  # (B, P, N, 3)
+        displacement; absolute positions in the centred frame when the prior is none). With
+        `head` (the velocity head), that head's vectors: turned back, never translated."""
+        y = (head or self.head)(h)  # (B, P, N, 3)
         if state["frame"] is not None:
             q, mu = state["frame"]
             y = y @ q.transpose(1, 2)[:, None].to(y.dtype)  # eq. 6, rotation back
-            if self.cfg.prior == "none":
+            if self.cfg.prior == "none" and head is None:
                 y = y + mu[:, None, None].to(y.dtype)  # absolute positions: translation back too
+        return y * state["mask"][:, None]
+
+    def velocity(self, h: Tensor, state: dict, x0: Tensor, v0: Tensor, z: Tensor, mask: Tensor,
+                 lags_fs: Tensor) -> Tensor:
+        """(B, P, N, 3) Å/fs velocities at the lags (`ModelConfig.predict_velocity`): the prior's own
+        velocity (`atomray.priors.compose.Prior.velocity`, the time derivative of the rigid / rotor /
+        harmonic prior's positions; none for priors none and x0) plus the velocity head's
+        correction, predicted in the body frame at t_0 and turned with the body by R(Δt) like
+        the position correction, in units of Å per `velocity_scale_fs`. The head starts at zero:
+        at initialisation the velocity is the prior's."""
+        y = self.project(h, state, self.velocity_head) / self.cfg.velocity_scale_fs
+        rot = state["rot"]
+        if rot is not None:
+            y = y @ rot.transpose(-1, -2).to(y.dtype)
+        base = self.prior.velocity(x0, v0, self.masses[z.long()] * mask.bool(), lags_fs, state["paths"], rot)
+        if base is not None:
+            y = base.to(y.dtype) + y
         return y * state["mask"][:, None]
 
     # -- public ---------------------------------------------------------------------------
 
     def forward(self, x0: Tensor, v0: Tensor, z: Tensor, lags_fs: Tensor, mask: Tensor,
                 rwpe: Tensor | None = None, paths: Mapping[str, Tensor] | None = None,
-                t0_fs: float | Tensor = 0.0) -> Tensor:
-        """(B, P, N, 3) predicted positions (Å, centred frame of x0); 0 at padded atoms.
+                t0_fs: float | Tensor = 0.0, with_velocity: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """(B, P, N, 3) predicted positions (Å, centred frame of x0); 0 at padded atoms. With
+        `with_velocity` (a model built with `predict_velocity`), (positions, velocities (B, P, N, 3)
+        Å/fs) from one trunk pass.
 
         `t0_fs` (scalar or (B, 1)) is the time of the initial state; the output depends only
         on lags_fs, so any t0 gives the same result with T-RoPE (a test checks it).
         """
+        if with_velocity and not self.cfg.predict_velocity:
+            raise ValueError("ATOM: with_velocity needs a model built with model.predict_velocity=true")
         h, state = self.embed(x0, v0, z, lags_fs, mask, rwpe, paths, t0_fs)
         y = self.project(h, state)
         base, rot = state["base"], state["rot"]
         if base is not None:  # the correction turns with the body: R(Δt) δ
             y = (base.to(y.dtype) + y @ rot.transpose(-1, -2).to(y.dtype)) * state["mask"][:, None]
+        if with_velocity:
+            return y.to(x0.dtype), self.velocity(h, state, x0, v0, z, mask, lags_fs).to(x0.dtype)
         return y.to(x0.dtype)
 
     def latent_equivariance_loss(self, x0: Tensor, v0: Tensor, z: Tensor, lags_fs: Tensor,

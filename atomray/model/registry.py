@@ -54,6 +54,8 @@ def build_model(cfg: ModelConfig, num_lags: int, rwpe_dim: int = 0) -> nn.Module
         raise ConfigError(f"model: num_lags must be at least 1, found {num_lags}")
     if rwpe_dim < 0:
         raise ConfigError(f"model: rwpe_dim must be >= 0, found {rwpe_dim}")
+    if cfg.predict_velocity and cfg.name != "atom":
+        raise ConfigError(f"config key 'model.predict_velocity': only ATOM has a velocity head; found model.name {cfg.name!r}")
     if cfg.name == "atom":
         head_dim, rem = divmod(cfg.embed_dim, cfg.num_heads)
         if rem or head_dim % 2:

@@ -59,7 +59,8 @@ KINDS = ("none", "x0", "rigid", "rotor", "harmonic")
 PARTS = ("rigid", "rotor", "vibration", "md")
 KEYS = {"rigid": ("rigid_path", "rigid_rot"), "rotor": ("rotor_path", "rotor_rot"),
         "vibration": ("vib_osc", "vib_d0"), "md": ("md_path", "md_ok")}
-PATH_KEYS = tuple(k for part in PARTS for k in KEYS[part])
+VELOCITY_KEYS = ("vib_vel",)  # the vibration's time derivative: only a velocity head reads it
+PATH_KEYS = tuple(k for part in PARTS for k in KEYS[part]) + VELOCITY_KEYS
 FLOORS = ("no_motion", "linear", "rigid_heavy", "rigid_all", "rotor_all", "relaxed_all", "harmonic_all", "mmff_md",
           "anharmonic_all")
 FLOOR_PARTS = {"no_motion": (), "linear": (), "rigid_heavy": (), "rigid_all": (), "rotor_all": ("rotor",),
@@ -130,6 +131,35 @@ class Prior(nn.Module):
         with torch.autocast(device_type=lags.device.type, enabled=False):
             return vibrate(paths["vib_osc"].to(dtype), paths["vib_d0"].to(dtype), rot, lags,
                            self.vib_log_tau.exp().to(dtype))
+
+    def velocity(self, x0: Tensor, v0: Tensor, mass: Tensor, lags: Tensor, paths: Mapping[str, Tensor],
+                 rot: Tensor | None) -> Tensor | None:
+        """(B, P, N, 3) float64 Å/fs the time derivative of the prior's positions at each lag (what
+        a velocity head corrects, `ModelConfig.predict_velocity`), or None for priors none and x0.
+        With D(Δt) = exp(−Δt/τ) osc(Δt) − d0 the internal displacement (harmonic; 0 for rigid and
+        rotor) the prior is c + uΔt + R(Δt)(x0 − c + D(Δt)), so
+
+            v(Δt) = u + ω(Δt) × R(Δt)(x0 − c + D) + R(Δt) exp(−Δt/τ) (osc_v(Δt) − osc(Δt)/τ),
+
+        ω(Δt) = R I⁻¹ Rᵀ L for the rotor (constant for rigid), osc_v the undamped oscillation's
+        velocity (`vib_vel`). The anharmonic hand-over is not differentiated: with `anharmonic`
+        this is the harmonic prior's velocity. c, u, L, I from the atoms of x0."""
+        if self.kind in ("none", "x0"):
+            return None
+        if self.kind == "harmonic" and "vib_vel" not in paths:
+            raise KeyError("the harmonic prior's velocity needs the batch key 'vib_vel' (computed in the data path "
+                           "by atomray.priors.paths.PriorPaths with the vibration)")
+        with torch.autocast(device_type=x0.device.type, enabled=False):
+            r = rot.double()
+            shift = ddot = None
+            if self.kind == "harmonic":
+                tau = self.vib_log_tau.exp().double()
+                damp = torch.exp(-lags.double() / tau)[..., None, None]  # (B, P, 1, 1)
+                osc = paths["vib_osc"].double()
+                shift = damp * osc - paths["vib_d0"].double()[:, None]
+                ddot = (damp * (paths["vib_vel"].double() - osc / tau)) @ r.transpose(-1, -2)
+            vel = rigid.prior_velocity(x0, v0, mass, r, "rigid" if self.kind == "rigid" else "rotor", shift)
+            return vel if ddot is None else vel + ddot * (mass > 0)[:, None, :, None]
 
     def md_departure(self, rot: Tensor, lags: Tensor, paths: Mapping[str, Tensor]) -> Tensor:
         """(B, P, N, 3) where MMFF94 MD departs from the harmonic path (rotor + vibration, the

@@ -210,17 +210,19 @@ def basin_modes(finder: BasinFinder, index: int) -> Basin:
 
 
 def vibration_paths(x: np.ndarray, v_int: np.ndarray, mass: np.ndarray, lags: np.ndarray,
-                    basin: Basin) -> tuple[np.ndarray, np.ndarray]:
+                    basin: Basin, velocity: bool = False) -> tuple[np.ndarray, ...]:
     """(osc (W, P, N, 3), d0 (W, N, 3)) float64 for W states of one basin: the undamped harmonic
-    displacement from the superposed minimum at each lag, and at lag 0 (d0 = x − minimum).
-    x, v_int (W, N, 3) Å and Å/fs (velocity relative to the rigid-body motion), mass (N,) u,
-    lags (W, P) fs; atoms in the basin's order."""
+    displacement from the superposed minimum at each lag, and at lag 0 (d0 = x − minimum). With
+    `velocity`, also osc_v (W, P, N, 3) Å/fs, the time derivative of osc at each lag (the velocity
+    of the undamped oscillation, what a velocity head starts from). x, v_int (W, N, 3) Å and Å/fs (velocity
+    relative to the rigid-body motion), mass (N,) u, lags (W, P) fs; atoms in the basin's order."""
     w, n = x.shape[:2]
     minimum = np.broadcast_to(basin.minimum, x.shape)
     rot, cp, cq = kabsch_np(minimum, x, np.broadcast_to(mass, (w, n)))  # (W, 3, 3), (W, 1, 3)
     d0 = x - ((minimum - cp) @ np.swapaxes(rot, -1, -2) + cq)  # (W, N, 3), in x's frame
     if not basin.refined:
-        return np.broadcast_to(d0[:, None], (w, lags.shape[1], n, 3)).copy(), d0
+        osc = np.broadcast_to(d0[:, None], (w, lags.shape[1], n, 3)).copy()
+        return (osc, d0, np.zeros_like(osc)) if velocity else (osc, d0)
     sq = np.repeat(np.sqrt(mass), 3)  # (3N,)
     d0m = (d0 @ rot).reshape(w, 3 * n)  # into the minimum's frame
     q0 = (d0m * sq) @ basin.modes  # (W, K): mass-weighted, on the modes
@@ -234,10 +236,14 @@ def vibration_paths(x: np.ndarray, v_int: np.ndarray, mass: np.ndarray, lags: np
     thermal = np.sqrt(kinetic / len(omega)) / omega  # (W, K) √(kT)/ω, kT = ⟨q̇²⟩
     cap = np.where(far, AMPLITUDE_CAP * thermal, np.inf)
     centre = q0 - np.clip(q0 - centre, -cap, cap)  # ... there, within a thermal amplitude of the start
-    q = centre[:, None] + (q0 - centre)[:, None] * np.cos(wt) + qd[:, None] * np.sin(wt) / omega  # (W, P, K)
+    cos, sin = np.cos(wt), np.sin(wt)
+    q = centre[:, None] + (q0 - centre)[:, None] * cos + qd[:, None] * sin / omega  # (W, P, K)
+    q_dot = qd[:, None] * cos - ((q0 - centre) * omega)[:, None] * sin  # (W, P, K)
     rest = d0m - (q0 @ basin.modes.T) / sq  # (W, 3N): d0 outside the modes, kept
     osc = ((q @ basin.modes.T) / sq + rest[:, None]).reshape(w, -1, n, 3)  # (W, P, N, 3), minimum's frame
-    return osc @ np.swapaxes(rot, -1, -2)[:, None], d0  # back into x's frame
+    osc_v = ((q_dot @ basin.modes.T) / sq).reshape(w, -1, n, 3)
+    back = np.swapaxes(rot, -1, -2)[:, None]  # into x's frame
+    return (osc @ back, d0, osc_v @ back) if velocity else (osc @ back, d0)
 
 
 def vibrate(osc: Tensor, d0: Tensor, rot: Tensor | None, lags: Tensor, tau_fs: Tensor | float = TAU_VIB_FS) -> Tensor:

@@ -13,7 +13,9 @@ the model as data. Parts and their keys (model atoms, padded like x0; B windows,
                precessing; `atomray.priors.rigid.rotor_motion`) and its orientation R(Δt)
     vibration  vib_osc (B, P, N, 3) Å, vib_d0 (B, N, 3) Å: the undamped normal-mode displacement from
                the basin's minimum at each lag, in x0's frame, and at lag 0
-               (`atomray.priors.modes.vibration_paths`); zero where the molecule has no basin
+               (`atomray.priors.modes.vibration_paths`); zero where the molecule has no basin;
+               and vib_vel (B, P, N, 3) Å/fs, the undamped displacement's time derivative (what
+               a velocity head starts from, `atomray.priors.compose.Prior.velocity`)
     md         md_path (B, P, N, 3) Å, md_ok (B,) bool: MMFF94 molecular dynamics of the whole
                molecule from the start state (`atomray.priors.anharmonic`)
 
@@ -182,6 +184,7 @@ class PriorPaths:
         if "vibration" in self.parts:
             out["vib_osc"] = np.zeros((b, p, n, 3), self.dtype)
             out["vib_d0"] = np.zeros((b, n, 3), self.dtype)
+            out["vib_vel"] = np.zeros((b, p, n, 3), self.dtype)
         if "md" in self.parts:
             out["md_path"] = np.zeros((b, p, n, 3), self.dtype)
             out["md_ok"] = np.zeros(b, bool)
@@ -210,9 +213,11 @@ class PriorPaths:
                         groups.setdefault(id(basin), []).append(i)
                 for members in groups.values():
                     g = np.asarray(members)
-                    osc, d0 = vibration_paths(xs[g], vi[g], mass, lags[rows[g]], basins[members[0]])
+                    osc, d0, osc_v = vibration_paths(xs[g], vi[g], mass, lags[rows[g]], basins[members[0]],
+                                                     velocity=True)
                     out["vib_osc"][rows[g], :, :k] = osc[:, :, :k]
                     out["vib_d0"][rows[g], :k] = d0[:, :k]
+                    out["vib_vel"][rows[g], :, :k] = osc_v[:, :, :k]
                 self._clock("vibration", t0)
             if "md" in self.parts:
                 t0 = time.perf_counter()

@@ -88,6 +88,29 @@ def internal_velocity(x: Tensor, v: Tensor, mass: Tensor) -> Tensor:
     return (v.double() - rigid_velocity(x, c, u, omega)) * (mass > 0)[..., None]
 
 
+def prior_velocity(x0: Tensor, v0: Tensor, mass: Tensor, rot: Tensor, kind: str,
+                   shift: Tensor | None = None) -> Tensor:
+    """(B, P, N, 3) float64 velocities of the atoms of x0 moving with a rigid-body prior, at the
+    lags whose orientations R(Δt) are `rot` (B, P, 3, 3): u + ω(Δt) × R(Δt)(x0 − c + shift), with
+    ω(Δt) = R I⁻¹ Rᵀ L for the torque-free `rotor` (L conserved) and ω(Δt) = ω₀ for `rigid`
+    (constant ω); `shift` (B, P, N, 3), in x0's frame, moves each atom within the body (the
+    harmonic prior's internal displacement). The time derivative of `rotor` / `rigid` positions;
+    c, u, L, I from the atoms of x0 (mass 0: padding, velocity 0)."""
+    if kind not in ("rigid", "rotor"):
+        raise ValueError(f"prior_velocity: kind must be 'rigid' or 'rotor', found {kind!r}")
+    c, u, omega, ang, inertia_inv = rigid_motion(x0, v0, mass)
+    r = rot.double()
+    if kind == "rotor":  # ω(t) = R I⁻¹ Rᵀ L, as row vectors: ((L R) I⁻¹) Rᵀ
+        body = torch.einsum("bi,bpij->bpj", ang, r)  # Rᵀ L
+        omega_t = torch.einsum("bpj,bkj,bpik->bpi", body, inertia_inv, r)  # R I⁻¹ Rᵀ L
+    else:
+        omega_t = omega[:, None].expand(-1, r.shape[1], -1)
+    body = (x0.double() - c[:, None])[:, None] + (0.0 if shift is None else shift.double())  # (B, P, N, 3)
+    arm = torch.einsum("bpnj,bpij->bpni", body, r)  # R (x0 − c + shift)
+    vel = u[:, None, None] + torch.linalg.cross(omega_t[:, :, None].expand_as(arm), arm, dim=-1)
+    return vel * (mass > 0)[:, None, :, None]
+
+
 def rotate(r: Tensor, theta: Tensor) -> Tensor:
     """Rotate vectors r (B, P, N, 3) by the rotation vectors θ (B, P, 3) (axis θ/|θ|, angle |θ|):
     r cos a + (θ × r) sin(a)/a + θ (θ·r)(1 − cos a)/a², a = |θ| (series near a = 0)."""

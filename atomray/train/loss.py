@@ -16,6 +16,8 @@ are composed from the batch's prior paths (`atomray.priors.compose.floor_predict
 
 Label noise (§3.2.3): during training the inputs x, v and every target frame get independent
 Gaussian noise, x + ξ_x, v + ξ_v, x^{(t+Δt_p)} + ξ_x^p. The model never adds noise itself.
+With `model.predict_velocity`, `train.velocity_weight` × `velocity_loss` (the velocities at every
+lag, against the trajectory's own velocities `target_v`) joins the objective.
 The latent-equivariance regulariser lives on the model (`ATOM.latent_equivariance_loss`);
 the loop adds `ModelConfig.latent_equivariance_weight` × that loss when the weight is > 0.
 Augmentation (`train.augment=so3`, `atomray.data.augment.rotate_windows`) turns every training window,
@@ -47,6 +49,16 @@ def trajectory_loss(pred: Tensor, target: Tensor, mask: Tensor, weights: Tensor 
     optionally weighted per sample by `weights` (B,)."""
     per_sample = masked_mse(pred, target, mask)
     return per_sample.mean() if weights is None else (per_sample * weights).mean()
+
+
+VELOCITY_LOSS_FS = 10.0  # the velocity loss reads errors as the distance they carry an atom in 10 fs
+
+
+def velocity_loss(pred_v: Tensor, target_v: Tensor, mask: Tensor) -> Tensor:
+    """Scalar velocity objective (Å²): the mean squared error of velocities (B, P, N, 3) Å/fs over
+    real atoms, each times `VELOCITY_LOSS_FS` — the distance the error carries an atom in 10 fs —
+    so that it reads on the scale of the position loss. Samples count equally, unweighted."""
+    return masked_mse(pred_v * VELOCITY_LOSS_FS, target_v * VELOCITY_LOSS_FS, mask).mean()
 
 
 LOSS_FLOORS = {"harmonic": "harmonic_all", "anharmonic": "anharmonic_all"}
@@ -128,17 +140,23 @@ def epoch_generator(seed: int, epoch: int, rank: int, purpose: str) -> torch.Gen
 def training_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: RunConfig,
                   generator: torch.Generator, autocast: Any) -> torch.Tensor:
     """The training objective on one batch: label noise (paper §3.2.3), the L2 trajectory
-    loss (eq. 1; per-window weights with `train.loss_weighting`), plus the optional
-    latent-equivariance regulariser."""
+    loss (eq. 1; per-window weights with `train.loss_weighting`), plus the optional velocity
+    loss (`model.predict_velocity`) and latent-equivariance regulariser."""
     kind = cfg.train.loss_weighting
     weights = None if kind == "none" else window_weights(batch, cfg.train.loss_weight_floor, kind)
     loss_mask = batch["mask"] & batch["score"].bool() if cfg.train.loss_atoms == "score" else batch["mask"]
     x0, v0, target = add_label_noise(batch["x0"], batch["v0"], batch["target"], batch["mask"],
                                      cfg.train.label_noise_sigma, generator)
     inputs = {**model_inputs(batch), "x0": x0, "v0": v0}
+    velocity = cfg.model.predict_velocity and cfg.train.velocity_weight > 0
     with autocast:
-        pred = model(**inputs)
+        if velocity:
+            pred, pred_v = model(**inputs, with_velocity=True)
+        else:
+            pred = model(**inputs)
         loss = trajectory_loss(pred.float(), target, loss_mask, weights)
+        if velocity:
+            loss = loss + cfg.train.velocity_weight * velocity_loss(pred_v.float(), batch["target_v"].float(), loss_mask)
         weight = cfg.model.latent_equivariance_weight
         if weight > 0:
             rot = random_rotation(generator, dtype=torch.float32).to(x0.device)

@@ -69,7 +69,8 @@ def paths_of(batch: dict) -> dict:
 
 
 def test_parts_and_keys_name_what_each_prior_and_floor_reads():
-    assert PATH_KEYS == ("rigid_path", "rigid_rot", "rotor_path", "rotor_rot", "vib_osc", "vib_d0", "md_path", "md_ok")
+    assert PATH_KEYS == ("rigid_path", "rigid_rot", "rotor_path", "rotor_rot", "vib_osc", "vib_d0", "md_path", "md_ok",
+                         "vib_vel")
     assert {k: prior_parts(k) for k in KINDS} == {"none": set(), "x0": set(), "rigid": {"rigid"}, "rotor": {"rotor"},
                                                   "harmonic": {"rotor", "vibration"}}
     assert prior_parts("harmonic", anharmonic=True) == {"rotor", "vibration", "md"}
