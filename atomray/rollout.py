@@ -313,7 +313,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
                         f"not {p}; other numbers of lags need ATOM")
     if velocity not in VELOCITY_SOURCES:
         raise DataError(f"rollout: velocity must be one of {', '.join(map(repr, VELOCITY_SOURCES))}, found {velocity!r}")
-    has_head = bool(getattr(cfg.model, "predict_velocity", False))
+    has_head = cfg.model.predict_velocity
     if velocity == "head" and not has_head:
         raise DataError("rollout: velocity='head' needs a model trained with model.predict_velocity=true")
     head = has_head and velocity != "difference"
