@@ -38,6 +38,9 @@ from atomray.priors.paths import PriorPaths
 from atomray.train.loss import velocity_loss
 
 
+HELD_OUT_SEED = 10_000  # the held-out windows `finetune` scores, whatever the training seed
+
+
 def unroll_windows(cfg: RunConfig, molecules: Sequence[str], n: int, steps: int, step_fs: float, seed: int,
                    frame_fraction: tuple[float, float] = (0.0, 1.0)) -> dict[str, np.ndarray]:
     """`n` windows of `molecules` (spread evenly, drawn with `seed`) whose P = `steps` lags are the
@@ -118,7 +121,7 @@ def finetune(model: torch.nn.Module, cfg: RunConfig, train: Sequence[str], held_
     of the `held_out` molecules (before the first epoch too). Returns one row per epoch."""
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    check = unroll_windows(cfg, held_out, 64, steps, step_fs, seed + 10_000)
+    check = unroll_windows(cfg, held_out, 64, steps, step_fs, HELD_OUT_SEED)  # the same for every seed
 
     def held_out_row(epoch: int, train_loss: float) -> dict[str, Any]:
         model.eval()
