@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
 
     def log(row: dict) -> None:
-        steps = " ".join(f"{row[k]:.3f}" for k in sorted(row) if k.startswith("held_out_s2t_step"))
+        steps = " ".join(f"{row[f'held_out_s2t_step{k}']:.3f}" for k in range(1, args.steps + 1))
         train = "" if math.isnan(row["train_loss"]) else f"train loss {row['train_loss']:.5f}  "
         print(f"epoch {row['epoch']}/{args.epochs}  {train}held-out unrolled S2T per step (x1e-2 A^2) {steps}  "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
