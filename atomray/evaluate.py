@@ -43,7 +43,7 @@ from atomray.data.frames import DataError
 from atomray.data.dataset import frame_files, read_molecules
 from atomray.data.pipeline import (fixed_windows, molecule_files, molecule_segments, read_atomic_numbers,
                                    scan_segments, segment_windows, window_seed)
-from atomray.data.splits import Split, make_split, usable_molecules
+from atomray.data.splits import Split, run_split
 from atomray.data.windows import max_horizon_frames, pad_windows
 from atomray.data.augment import rotate_windows
 from atomray.equivariance import (EquivarianceError, FrameAveraged, equivariance_error,  # noqa: F401 (re-exported)
@@ -430,8 +430,13 @@ def run_validation(model: torch.nn.Module, cfg: RunConfig, path: str | Path | No
     """Re-score `model` on the validation windows of the run that trained it (config `cfg`,
     data at `path`, default cfg.data.path): (metrics as its run logged them — val_s2t, val_s2s,
     floors, per-lag and per-ΔT breakdowns — and the number of windows)."""
-    data = replace(cfg.data, path=str(path or cfg.data.path))
-    molecules = usable_molecules(data)
-    split = make_split(molecules.column("molecule_id").to_pylist(), molecules.column("smiles").to_pylist(), data)
-    windows = with_paths(validation_windows(data, split), eval_transform(cfg, FramePhysics.load(data.path, split.val)))
+    windows = with_paths(*validation_set(cfg, path))
     return summarise(score_windows(model, windows, batch_size), "val"), len(windows["x0"])
+
+
+def validation_set(cfg: RunConfig, path: str | Path | None = None) -> tuple[dict[str, np.ndarray], PriorPaths]:
+    """The validation windows of the run that trained with `cfg` (data at `path`, default
+    cfg.data.path), without prior paths, and the transform that attaches them."""
+    data = replace(cfg.data, path=str(path or cfg.data.path))
+    split = run_split(data)
+    return validation_windows(data, split), eval_transform(cfg, FramePhysics.load(data.path, split.val))

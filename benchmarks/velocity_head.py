@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 BINS = ((0.0, 50.0), (50.0, 200.0), (200.0, 1000.0))
@@ -46,27 +44,18 @@ def main() -> None:
     import torch
 
     from atomray import evaluate
-    from atomray.data.frames import DataError
-    from atomray.data.pipeline import to_torch
     from atomray.checkpoint import load_model
-    from atomray.data.splits import make_split, usable_molecules
+    from atomray.data.pipeline import to_torch
     from atomray.elements import atomic_masses
     from atomray.model.registry import model_inputs
-    from atomray.priors.frames import FramePhysics
     from atomray.priors.rigid import prior_velocity
 
     torch.set_num_threads(2)
     model, cfg = load_model(args.model)
     model = model.double().eval()
-    data = cfg.data
-    molecules = usable_molecules(data)
-    split = make_split(molecules.column("molecule_id").to_pylist(), molecules.column("smiles").to_pylist(), data)
-    raw = evaluate.validation_windows(data, split)
+    raw, transform = evaluate.validation_set(cfg)  # the windows its val S2T is scored on
     if args.windows:
         raw = {k: v[: args.windows] for k, v in raw.items()}
-    transform = evaluate.eval_transform(cfg, FramePhysics.load(data.path, split.val))
-    if "target_v" not in raw:
-        raise DataError(f"{data.path}: the validation windows carry no target_v (velocities at the lags)")
 
     def batch_of(windows, shift: float = 0.0) -> dict:
         w = dict(windows)

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from atomray.checkpoint import CheckpointError, TrainState, save_checkpoint
     from atomray.config import ConfigError, TrackingConfig
     from atomray.data.frames import DataError
-    from atomray.data.splits import make_split, usable_molecules
+    from atomray.data.splits import run_split
     from atomray.outputs import OutputError, check_output_dir
     from atomray.priors.compose import prior_parts
     from atomray.priors.frames import FramePhysics
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.model}: the model has no velocity head; pretrain with model.predict_velocity=true")
         if cfg.data.context_atoms != "all":
             raise ConfigError(f"{args.model}: unrolled fine-tuning rolls out every atom; it needs data.context_atoms=all")
-        molecules = usable_molecules(cfg.data)
-        split = make_split(molecules.column("molecule_id").to_pylist(), molecules.column("smiles").to_pylist(), cfg.data)
+        split = run_split(cfg.data)
         parts = prior_parts(cfg.model.prior, cfg.model.anharmonic)
         physics = None
         if "vibration" in parts:

@@ -286,6 +286,13 @@ def ensure_folds(cfg: DataConfig) -> str | None:
     return write_folds(cfg, molecules)
 
 
+def run_split(cfg: DataConfig) -> Split:
+    """The split a run with data config `cfg` trains, validates and tests on: `make_split` of the
+    data set's usable molecules (`usable_molecules`)."""
+    molecules = usable_molecules(cfg)
+    return make_split(molecules.column("molecule_id").to_pylist(), molecules.column("smiles").to_pylist(), cfg)
+
+
 def usable_molecules(cfg: DataConfig):
     """The molecules table of `cfg.path`, restricted to `cfg.molecules` when given, without
     molecules the data set's stability report flagged (column `stable` False) unless

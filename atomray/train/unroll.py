@@ -30,7 +30,7 @@ from torch import Tensor
 
 from atomray.config import RunConfig
 from atomray.data.frames import DataError
-from atomray.data.pipeline import fixed_windows, molecule_files, molecule_segments, to_torch
+from atomray.data.pipeline import fixed_windows, scan_segments, to_torch
 from atomray.data.windows import rwpe_of_frames
 from atomray.metrics import masked_mse
 from atomray.model.registry import model_inputs
@@ -50,9 +50,8 @@ def unroll_windows(cfg: RunConfig, molecules: Sequence[str], n: int, steps: int,
         raise DataError(f"unrolled windows: expected steps >= 1 and a stride > 0 fs, found {steps} and {step_fs}")
     data = replace(cfg.data, horizon="fixed", horizon_fs=steps * step_fs, num_lags=steps, discretisation="uniform")
     windows = fixed_windows(data.path, list(molecules), n, data, seed, frame_fraction)
-    files = molecule_files(data.path, list(molecules))
-    dt = {m: molecule_segments(data.path, m, files.get(m, []))[0].dt_fs for m in dict.fromkeys(windows["molecule_id"])}
-    step_dt = np.array([dt[m] for m in windows["molecule_id"]])[:, None]
+    dt = {(s.molecule_id, s.segment): s.dt_fs for s in scan_segments(data.path, list(molecules))}  # metadata only
+    step_dt = np.array([dt[m, int(g)] for m, g in zip(windows["molecule_id"], windows["segment"])])[:, None]
     lag_frames = np.rint(windows["lags_fs"] / step_dt).astype(np.int64)
     realised = lag_frames * step_dt
     if not np.allclose(realised, step_fs * np.arange(1, steps + 1)[None], atol=0.5 * step_dt.max()):
@@ -83,7 +82,7 @@ def unrolled_loss(model: torch.nn.Module, windows: dict[str, np.ndarray], cfg: R
                   velocity_weight: float = 1.0, device: Any = "cpu") -> tuple[Tensor, list[float]]:
     """(the unrolled loss, S2T of each step ×10⁻² Å²) of `model` over the K strides of `windows`
     (`unroll_windows`); see the module docstring."""
-    if not getattr(model, "cfg", cfg.model).predict_velocity:
+    if not cfg.model.predict_velocity:
         raise DataError("unrolled fine-tuning needs a model with a velocity head (model.predict_velocity=true)")
     dtype = next(model.parameters()).dtype
     t = {k: torch.as_tensor(windows[k], device=device) for k in ("target", "target_v", "mask", "x0", "v0")}
