@@ -16,6 +16,7 @@ through the machine's basin store (MMFF94, and GFN2-xTB once for a basin never m
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -138,11 +139,13 @@ def predict(model, cfg: RunConfig, state: InitialState, lags_fs: Sequence[float]
 
 def state_windows(cfg: RunConfig, states: Sequence[InitialState], which: np.ndarray, lags: np.ndarray,
                   origins: np.ndarray, positions: np.ndarray | None = None, velocities: np.ndarray | None = None,
-                  dtype=np.float32) -> dict[str, np.ndarray]:
+                  dtype=np.float32, bonds: Sequence[np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
     """A padded window batch (numpy, no targets) of model inputs for new states, with their prior
     paths: row r is state `which[r]` at lags `lags[r]` (P,) fs, centred on `origins[which[r]]`
     (3,). `positions`/`velocities` (S, N_max, 3) override the states' own (rollout steps; the
-    model's atoms, padded). The same atoms, centring, RWPE and prior transform as training windows."""
+    model's atoms, padded); `bonds` (one graph (n_b, 2) over the model's atoms per state, or
+    None) is then the bond graph each state's basin keeps (`atomray.priors.minima`). The same
+    atoms, centring, RWPE and prior transform as training windows."""
     from atomray.data.windows import atom_selection, rwpe_of_frames
     from atomray.elements import atomic_masses
     from atomray.priors.compose import prior_parts
@@ -179,8 +182,19 @@ def state_windows(cfg: RunConfig, states: Sequence[InitialState], which: np.ndar
             out["rwpe"][r, :k] = rwpe_of_frames(out["x0"][r:r + 1, :k], cfg.data.rwpe_k, cfg.data.radius)[0]
     known = positions is None  # a rollout step's states are new states, whatever they started from
     # new states are grouped by their atoms (the same atom order: their paths are computed together)
-    out["molecule_id"] = np.array([states[i].frame_of[1] if known and states[i].frame_of else
-                                   "new:" + "-".join(map(str, states[i].atomic_numbers)) for i in which], dtype=object)
+    graphs: dict[str, np.ndarray] = {}  # molecule id → the bond graph its states keep
+
+    def new_id(i: int) -> str:
+        name = "new:" + "-".join(map(str, states[i].atomic_numbers))
+        graph = None if known or bonds is None else bonds[i]
+        if graph is None:
+            return name
+        name += ":" + hashlib.sha256(np.ascontiguousarray(graph, np.int64).tobytes()).hexdigest()[:12]
+        graphs[name] = graph
+        return name
+
+    out["molecule_id"] = np.array([states[i].frame_of[1] if known and states[i].frame_of else new_id(i)
+                                   for i in which], dtype=object)
     out["segment"] = np.array([states[i].frame_of[2] if known and states[i].frame_of else -1 for i in which], np.int64)
     out["frame"] = np.array([states[i].frame_of[3] if known and states[i].frame_of else -1 for i in which], np.int64)
     frames_of: dict[str, set[str]] = {}  # data set root → the molecules whose frames start windows
@@ -188,15 +202,16 @@ def state_windows(cfg: RunConfig, states: Sequence[InitialState], which: np.ndar
         if known and states[i].frame_of:
             frames_of.setdefault(states[i].frame_of[0], set()).add(states[i].frame_of[1])
     parts = prior_parts(cfg.model.prior, cfg.model.anharmonic)
-    return PriorPaths(parts, StatesBasins(frames_of), dtype=dtype)(out)
+    return PriorPaths(parts, StatesBasins(frames_of, graphs), dtype=dtype)(out)
 
 
 class StatesBasins:
     """The basin source of `state_windows`: a data set frame's stored basin where its data set
     has per-frame physics, the machine's basin store for every other state."""
 
-    def __init__(self, frames_of: dict[str, set[str]]):
-        """`frames_of`: each data set root and the molecules whose frames the states are."""
+    def __init__(self, frames_of: dict[str, set[str]], bonds: dict[str, np.ndarray] | None = None):
+        """`frames_of`: each data set root and the molecules whose frames the states are;
+        `bonds`: the bond graph the states of a new molecule id keep (`StateBasins`)."""
         from atomray.priors.frames import FramePhysics, read_molecule
         from atomray.priors.paths import DatasetBasins, StateBasins
 
@@ -206,7 +221,7 @@ class StatesBasins:
             if found:
                 source = DatasetBasins(FramePhysics(root, found))
                 self.stored.update(dict.fromkeys(found, source))
-        self.new = StateBasins()
+        self.new = StateBasins(bonds)
 
     def __call__(self, molecule_id, segment, frame, x, z, n_model):
         source = self.stored.get(molecule_id) if (segment >= 0).all() else None

@@ -124,12 +124,14 @@ def head_lags(step: float, p: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def model_step(model, cfg: RunConfig, states: Sequence[InitialState], x: np.ndarray, v: np.ndarray, step: float,
-               dtype, delta: float = DELTA_FS, lags: int = 0, head: bool = False) -> tuple[np.ndarray, np.ndarray]:
+               dtype, delta: float = DELTA_FS, lags: int = 0, head: bool = False,
+               bonds: Sequence[np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One rollout step from the states' current model-atom positions x and velocities v
     (B, N, 3), lab frame, asking the model for `lags` lags per row (0: data.num_lags): (frames
     (B, F, N, 3) centred on each state's centroid, velocity at ΔT (B, N, 3), the centroids (B, 1, 3)).
     `head`: the velocity at ΔT from the model's velocity head (`ModelConfig.predict_velocity`),
-    no difference lags."""
+    no difference lags. `bonds`: each state's bond graph, which its prior's basin keeps
+    (`atomray.predict.state_windows`; None: perceived from x)."""
     import torch
 
     from atomray.data.pipeline import to_torch
@@ -145,7 +147,7 @@ def model_step(model, cfg: RunConfig, states: Sequence[InitialState], x: np.ndar
     origin = (x * mask[..., None]).sum(1, keepdims=True) / mask.sum(1)[:, None, None]  # (B, 1, 3)
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
     batch = state_windows(cfg, states, np.repeat(np.arange(b), r), np.tile(rows, (b, 1)), origin[:, 0], x, v,
-                          dtype=np_dtype)
+                          dtype=np_dtype, bonds=bonds)
     with torch.no_grad():
         if head:
             out, vel = model(**model_inputs(to_torch(batch)), with_velocity=True)
@@ -163,6 +165,7 @@ KB = 1.0 / U_A2_FS2_IN_K  # Boltzmann's constant, u·(Å/fs)²/K
 
 
 THERMOSTATS = ("none", "csvr", "langevin")
+COUPLING_GROUPS = ("molecule", "hydrogens")
 VELOCITY_SOURCES = ("auto", "head", "difference")
 
 
@@ -189,6 +192,18 @@ class Control:
     are scaled by √(K'/K). The rigid-body part stays the start's, so NVT keeps the momenta too.
     Draws come from one generator seeded with `seed`, in the batch's order.
 
+    `temperature_k` is one temperature for every rollout, or a tuple of one per start state in
+    the batch's order (e.g. each molecule's reference MD temperature, so that the rollout is
+    compared with a reference at its own temperature).
+
+    `groups` (CSVR only): "molecule" couples the whole internal motion as one group, as above;
+    "hydrogens" couples the hydrogens and the heavy atoms as two groups (GROMACS's separate
+    temperature-coupling groups), each with its share of the f degrees of freedom, f·n_g/n, its
+    own target and its own draws, after which the rigid-body part the unequal scaling left is
+    projected out again. A model that runs its heavy atoms cold and its hydrogens hot
+    (docs/experiments.md) keeps that split under one group; two groups undo it and keep the
+    direction of every atom's velocity, which Langevin's fresh draws do not.
+
     `thermostat="langevin"` (needs `momentum`): a Langevin (Ornstein–Uhlenbeck) update of every
     atom's internal velocity once per step, v' = c v + √((1 − c²) k_B T / m) ξ with ξ standard
     normal per atom and axis, then the rigid-body part of v' removed again (the mass-weighted
@@ -199,18 +214,25 @@ class Control:
 
     momentum: bool = False
     thermostat: str = "none"  # none | csvr | langevin
-    temperature_k: float = 300.0
+    temperature_k: float | tuple[float, ...] = 300.0  # K: one, or one per start state
     tau_fs: float = 100.0
     seed: int = 0
+    groups: str = "molecule"  # molecule | hydrogens (CSVR's coupling groups)
 
     def __post_init__(self):
         if self.thermostat not in THERMOSTATS:
             raise DataError(f"rollout: thermostat must be one of {', '.join(map(repr, THERMOSTATS))}, "
                             f"found {self.thermostat!r}")
+        if self.groups not in COUPLING_GROUPS:
+            raise DataError(f"rollout: coupling groups must be one of {', '.join(map(repr, COUPLING_GROUPS))}, "
+                            f"found {self.groups!r}")
+        if self.groups != "molecule" and self.thermostat != "csvr":
+            raise DataError(f"rollout: coupling groups {self.groups!r} are CSVR's; the {self.thermostat!r} "
+                            "thermostat has none")
         name = {"csvr": "CSVR", "langevin": "Langevin"}.get(self.thermostat)
         if name and not self.momentum:
             raise DataError(f"rollout: the {name} thermostat acts on the internal velocities; it needs momentum control")
-        if name and not (self.temperature_k > 0 and self.tau_fs > 0):
+        if name and not (np.all(np.asarray(self.temperature_k, float) > 0) and self.tau_fs > 0):
             raise DataError(f"rollout: the {name} thermostat needs a temperature > 0 K and tau > 0 fs, "
                             f"found {self.temperature_k} K and {self.tau_fs} fs")
 
@@ -233,14 +255,31 @@ def csvr_kinetic_energy(k: np.ndarray, k_target: np.ndarray, dof: np.ndarray, c:
 class _Controller:
     """The `Control` of one batch of rollouts: the start's rigid-body motion, masses, generator."""
 
-    def __init__(self, control: Control, x: np.ndarray, v: np.ndarray, mass: np.ndarray, step_fs: float):
+    def __init__(self, control: Control, x: np.ndarray, v: np.ndarray, mass: np.ndarray, step_fs: float,
+                 hydrogen: np.ndarray | None = None):
         from atomray.priors.rigid import rigid_motion
 
         self.control, self.mass = control, _float64(mass)
         _, self.u0, _, self.ang0, inertia_inv = rigid_motion(_float64(x), _float64(v), self.mass)
         rank = np.linalg.matrix_rank(inertia_inv.numpy(), hermitian=True)  # 3, or 2 for a linear molecule
-        self.dof = np.maximum(3 * (mass > 0).sum(1) - 3 - rank, 0)
-        self.k_target = 0.5 * self.dof * KB * control.temperature_k
+        real = mass > 0
+        self.dof = np.maximum(3 * real.sum(1) - 3 - rank, 0)
+        # CSVR's coupling groups (G, B, N): one, or the hydrogens and the heavy atoms
+        if control.groups == "hydrogens":
+            if hydrogen is None:
+                raise DataError("rollout: coupling groups 'hydrogens' need to know which atoms are hydrogens")
+            h = np.asarray(hydrogen, bool) & real
+            self.group_masks = np.stack([h, real & ~h])
+        else:
+            self.group_masks = real[None]
+        share = self.group_masks.sum(2) / np.maximum(real.sum(1), 1)  # (G, B)
+        self.group_dof = self.dof[None] * share
+        self.temperature = np.asarray(control.temperature_k, np.float64)
+        if self.temperature.ndim and self.temperature.shape != (len(mass),):
+            raise DataError(f"rollout: expected one thermostat temperature or one per start state ({len(mass)}), "
+                            f"found {self.temperature.shape[0]}")
+        self.temperature = np.broadcast_to(self.temperature, (len(mass),))
+        self.group_target = 0.5 * self.group_dof * KB * self.temperature[None]
         self.c = float(np.exp(-step_fs / control.tau_fs))
         self.rng = np.random.default_rng(control.seed)
 
@@ -254,13 +293,19 @@ class _Controller:
         c, u, omega, _, inertia_inv = rigid_motion(xt, vt, self.mass)
         internal = (vt - rigid_velocity(xt, c, u, omega)) * (self.mass > 0)[..., None]
         if self.control.thermostat == "csvr":
-            k = 0.5 * (self.mass[..., None] * internal * internal).sum((1, 2)).numpy()
-            new = csvr_kinetic_energy(k, self.k_target, self.dof, self.c, self.rng)
-            scale = np.sqrt(np.divide(new, k, out=np.ones_like(k), where=k > 0))
-            internal = internal * torch.from_numpy(scale)[:, None, None]
+            per_atom = 0.5 * (self.mass[..., None] * internal * internal).sum(2).numpy()  # (B, N)
+            scale = np.ones(per_atom.shape)
+            for sel, dof, target in zip(self.group_masks, self.group_dof, self.group_target):
+                k = (per_atom * sel).sum(1)
+                new = csvr_kinetic_energy(k, target, dof, self.c, self.rng)
+                scale = np.where(sel, np.sqrt(np.divide(new, k, out=np.ones_like(k), where=k > 0))[:, None], scale)
+            internal = internal * torch.from_numpy(scale)[..., None]
+            if len(self.group_masks) > 1:  # unequal scales leave some rigid-body motion: remove it
+                _, u_left, omega_left, _, _ = rigid_motion(xt, internal, self.mass)
+                internal = (internal - rigid_velocity(xt, c, u_left, omega_left)) * (self.mass > 0)[..., None]
         elif self.control.thermostat == "langevin":
             mass = self.mass.numpy()
-            kt_over_m = np.divide(KB * self.control.temperature_k, mass, out=np.zeros_like(mass), where=mass > 0)
+            kt_over_m = np.divide(KB * self.temperature[:, None], mass, out=np.zeros_like(mass), where=mass > 0)
             noise = self.rng.standard_normal(internal.shape) * np.sqrt((1 - self.c**2) * kt_over_m)[..., None]
             internal = self.c * internal + torch.from_numpy(noise)  # (B, N, 3) Å/fs
             _, u_noise, omega_noise, _, _ = rigid_motion(xt, internal, self.mass)
@@ -278,7 +323,7 @@ def _float64(a: np.ndarray):
 
 def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: float, step_fs: float | None = None,
             elements: Sequence[int] = (), dtype=None, progress: bool = False, delta_fs: float = DELTA_FS,
-            control: Control = Control(), lags: int = 0, velocity: str = "auto") -> Rollout:
+            control: Control = Control(), lags: int = 0, velocity: str = "auto", keep_bonds: bool = True) -> Rollout:
     """Roll every state forward to `total_fs` in steps of `step_fs` (default: the longest
     trained horizon), all states in one batch. `dtype` (default float32) is the precision of
     the model's inputs; pass torch.float64 with a float64 model for exact physics checks.
@@ -288,7 +333,11 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
     recorded frame per step; ATOM takes any number, EGNO / EGNN only their own). `velocity`:
     where each step's velocity at ΔT comes from — "head" (the model's velocity head,
     `ModelConfig.predict_velocity`: P lags over (0, ΔT], all recorded; lags=1 asks for ΔT alone),
-    "difference" (the centred difference above), or "auto" (the head when the model has one)."""
+    "difference" (the centred difference above), or "auto" (the head when the model has one).
+    `keep_bonds`: every step's prior finds its basin with the start state's bond graph (RDKit's,
+    `atomray.priors.minima.molecule_bonds`) instead of perceiving bonds afresh from the state the
+    model predicted; without it a distorted state can be perceived as another molecule (a
+    squeezed benzene ring as Dewar benzene) and the prior pulls the rollout there."""
     import time
 
     import torch
@@ -330,10 +379,15 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
     frame_lags = (head_lags(step, p) if head else step_lags(step, p, delta_fs))[1]
     frames, velocities, predicted = [x.copy()], [v.copy()], []
     dead = np.zeros(b, bool)
-    mass = np.zeros((b, n))
+    mass, hydrogen = np.zeros((b, n)), np.zeros((b, n), bool)
     for i, z in enumerate(zs):
-        mass[i, : len(z)] = atomic_masses(z)
-    controller = _Controller(control, x, v, mass, step) if control.active else None
+        mass[i, : len(z)], hydrogen[i, : len(z)] = atomic_masses(z), z == 1
+    controller = _Controller(control, x, v, mass, step, hydrogen) if control.active else None
+    graphs = None
+    if keep_bonds:
+        from atomray.priors.minima import molecule_bonds
+
+        graphs = [molecule_bonds(x[i, : len(z)], z) for i, z in enumerate(zs)]
     control_seconds = 0.0
     model = model.eval()
     t0 = time.perf_counter()
@@ -343,7 +397,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
 
         bar = tqdm(total=n_steps, desc=f"rollout of {b} molecule(s), {step:g} fs per step", unit="step")
     for _ in range(n_steps):
-        out, vel, origin = model_step(model, cfg, states, x, v, step, dtype, delta_fs, p, head)
+        out, vel, origin = model_step(model, cfg, states, x, v, step, dtype, delta_fs, p, head, graphs)
         out = out * mask[:, None, :, None] + origin[:, None]  # (B, F, N, 3)
         x, v = out[:, -1].copy(), vel * mask[..., None]
         # A molecule whose state is no longer finite has flown apart: its frames are NaN from

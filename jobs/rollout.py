@@ -14,7 +14,8 @@ one rollout per seed). All rollouts run as one batch in
 steps of `--step-fs` (default: the longest horizon the model trained on; `atomray.rollout`).
 Between steps, `--momentum` keeps each start's linear and angular momentum exactly and
 `--thermostat csvr` holds the internal motion at --temperature (NVT, `atomray.rollout.Control`);
-`--thermostat langevin` does so atom by atom, so no atom group runs hotter than another.
+`--thermostat langevin` does so atom by atom, so no atom group runs hotter than another;
+`--thermostat-groups hydrogens` couples CSVR to the hydrogens and the heavy atoms apart.
 `--stride-sweep` first rolls out at each of several strides (stride_sweep.csv / .png) and runs the
 main rollout at the largest that holds; `--energy-drift` evaluates the total energy of every step
 start with --reference-engine and reports its drift; `--prior-only` rolls out the prior with a
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="--smiles / --structure: Langevin dynamics at --temperature before the reference NVE "
                              "MD, whose frames are then the starts (default 1000 fs; 0: start from the structure "
                              "with drawn velocities, one start per seed)")
+    parser.add_argument("--reference-cache", default=None, metavar="DIR",
+                        help="--smiles / --structure: keep the fresh reference MD in DIR and reuse it when the same "
+                             "molecule, engine, length and temperature come again (e.g. another model; default: none)")
     parser.add_argument("--temperature", type=float, default=300.0,
                         help="K: velocities drawn for --smiles / --structure, and the thermostat's target (default 300)")
     parser.add_argument("--momentum", action=argparse.BooleanOptionalAction, default=False,
@@ -66,6 +70,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="csvr: CSVR (Bussi) thermostat on the internal motion, NVT at --temperature; "
                              "langevin: a Langevin update of each atom's internal velocity (equipartition); "
                              "both need --momentum (default none)")
+    parser.add_argument("--thermostat-target", choices=("temperature", "reference"), default="temperature",
+                        help="the thermostat's temperature: --temperature for every molecule, or each molecule's "
+                             "reference MD mean temperature (compare at the reference's own temperature; "
+                             "default temperature)")
+    parser.add_argument("--thermostat-groups", choices=("molecule", "hydrogens"), default="molecule",
+                        help="CSVR's coupling groups: the molecule's internal motion as one, or the hydrogens and "
+                             "the heavy atoms apart, each held at --temperature (default molecule)")
+    parser.add_argument("--basin-bonds", choices=("start", "perceived"), default="start",
+                        help="the bonds each step's prior minimises with: the start state's bond graph, or "
+                             "perceived afresh from every predicted state (before 2026-12-06; a distorted state "
+                             "can then turn into another molecule; default start)")
     parser.add_argument("--velocity", choices=("auto", "head", "difference"), default="auto",
                         help="each step's velocity at ΔT: the model's velocity head (model.predict_velocity), the "
                              "difference of four extra lags, or auto (the head when the model has one)")
@@ -99,13 +114,15 @@ def main(argv: list[str] | None = None) -> int:
         out = check_output_dir(args.out)
         if args.starts < 1 or args.total_ps <= 0 or args.step_fs < 0:
             raise ConfigError(f"--starts must be >= 1 and --total-ps > 0, found {args.starts} and {args.total_ps}")
+        if args.thermostat_target == "reference" and args.thermostat == "none":
+            raise ConfigError("--thermostat-target reference sets the thermostat's temperature; choose a --thermostat")
         if any(not 0 < s <= 1000.0 * args.total_ps for s in args.stride_sweep):
             raise ConfigError(f"--stride-sweep: every stride must be in (0, --total-ps], found {args.stride_sweep}")
         uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
         from atomray.rollout import Control
 
         control = Control(momentum=args.momentum, thermostat=args.thermostat, temperature_k=args.temperature,
-                          tau_fs=args.tau_fs, seed=args.seed)
+                          tau_fs=args.tau_fs, seed=args.seed, groups=args.thermostat_groups)
         model, cfg, state = tracking.load_model_uri(uri, args.model)
         if args.prior_only:  # the network's output projections start at zero: the prior alone
             from atomray.model import build_model
@@ -178,7 +195,10 @@ def start_states(args, cfg):
 def run(args, model, cfg, elements, states, molecule_of, references, out, uri, control) -> int:
     import csv
 
+    import numpy as np
+
     from atomray import tracking
+    from atomray.predict import model_atoms
     from atomray.rollout import default_step_fs, rollout, write_rollout_extxyz
     from atomray.rollout_check import (check_rollouts, dataset_reference, fresh_md, fresh_reference, holds,
                                        model_reference, states_from_md)
@@ -193,7 +213,8 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
         print(f"reference: {args.reference_engine} MD of {label}: {args.equilibrate_fs:g} fs of Langevin dynamics at "
               f"{args.temperature:g} K, then {args.total_ps:g} ps NVE; {args.starts} starts spaced over it ...", flush=True)
         md = fresh_md(seed_state, args.smiles or "", total, args.reference_engine,
-                      equilibrate_fs=args.equilibrate_fs, temperature_k=args.temperature)
+                      equilibrate_fs=args.equilibrate_fs, temperature_k=args.temperature,
+                      cache_dir=args.reference_cache, progress=True)
         states = states_from_md(md, seed_state.atomic_numbers, "smiles" if args.smiles else seed_state.name, args.starts)
         molecule_of = [label] * len(states)
         refs[label] = model_reference(md, seed_state.atomic_numbers, cfg)
@@ -205,8 +226,22 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
         else:
             first = states[molecule_of.index(molecule)]
             print(f"reference: {args.reference_engine} NVE MD of {molecule} for {args.total_ps:g} ps ...", flush=True)
-            refs[molecule] = fresh_reference(first, args.smiles or "", cfg, total, args.reference_engine)
-    target_k = control.temperature_k if control.thermostat != "none" else None
+            refs[molecule] = fresh_reference(first, args.smiles or "", cfg, total, args.reference_engine,
+                                             cache_dir=args.reference_cache, progress=True)
+    if args.thermostat_target == "reference" and control.thermostat != "none":
+        import dataclasses
+
+        from atomray import structure
+
+        ref_k = {}  # each reference's mean temperature, as check_rollouts reports it (the model's atoms)
+        for m, r in refs.items():
+            z = states[molecule_of.index(m)].atomic_numbers
+            ref_k[m] = float(structure.temperature(r.velocities, z[model_atoms(cfg, z)]).mean())
+        control = dataclasses.replace(control, temperature_k=tuple(ref_k[m] for m in molecule_of))
+        print("thermostat at each molecule's reference temperature: "
+              + ", ".join(f"{m} {t:.0f} K" for m, t in ref_k.items()), flush=True)
+    # the temperature a rollout must hold: the thermostat's (None: each molecule's reference)
+    target_k = control.temperature_k if control.thermostat != "none" and np.ndim(control.temperature_k) == 0 else None
     sweep = []
     if args.stride_sweep:
         sweep = stride_sweep(args, model, cfg, elements, states, molecule_of, refs, out, control, target_k)
@@ -219,7 +254,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
           f"steps of {step:g} fs, {cfg.model.name} from {args.model}" + _describe(control, args.prior_only), flush=True)
     traj = rollout(model, cfg, states, total_fs=total, step_fs=step, elements=elements, progress=True,
                    delta_fs=args.delta_fs, control=control, lags=args.lags,
-                   velocity=args.velocity)
+                   velocity=args.velocity, keep_bonds=args.basin_bonds == "start")
     print(f"rolled out {traj.simulated_fs / 1000:.0f} ps in {traj.seconds:.1f} s "
           f"({traj.simulated_fs / max(traj.seconds, 1e-9):.0f} fs per second; velocity control "
           f"{traj.control_seconds:.2f} s)", flush=True)
@@ -247,7 +282,9 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
     try:
         tracking.log_params(c, run_id, {"model": args.model, "total_ps": args.total_ps, "step_fs": step,
                                         "momentum": control.momentum, "thermostat": control.thermostat,
-                                        "temperature_k": control.temperature_k, "tau_fs": control.tau_fs,
+                                        "temperature_k": args.temperature if args.thermostat_target == "temperature"
+                                        else "reference", "tau_fs": control.tau_fs,
+                                        "thermostat_groups": control.groups, "basin_bonds": args.basin_bonds,
                                         "starts": args.starts, "delta_fs": args.delta_fs,
                                         "lags": args.lags or cfg.data.num_lags, "velocity": args.velocity, "molecules": ",".join(dict.fromkeys(molecule_of)),
                                         "reference": str(root) if root else rows[0]["reference"]})
@@ -307,7 +344,7 @@ def stride_sweep(args, model, cfg, elements, states, molecule_of, refs, out, con
     for stride in sorted(args.stride_sweep):
         traj = rollout(model, cfg, states, total_fs=1000.0 * args.total_ps, step_fs=stride, elements=elements,
                        delta_fs=min(args.delta_fs, stride / 4), control=control, lags=args.lags,
-                       velocity=args.velocity)
+                       velocity=args.velocity, keep_bonds=args.basin_bonds == "start")
         rows = check_rollouts(traj, refs, molecule_of)
         mean = {"stride_fs": stride, **mean_row(rows), "seconds": traj.seconds}
         mean["misses"] = "; ".join(f"{r['molecule']}: {', '.join(m)}" for r in rows if (m := holds(r, target_k)))
@@ -329,7 +366,10 @@ def stride_sweep(args, model, cfg, elements, states, molecule_of, refs, out, con
 def _describe(control, prior_only: bool = False) -> str:
     text = " (prior only: zero correction)" if prior_only else ""
     if control.thermostat == "csvr":
-        return text + f"; momenta kept, CSVR thermostat at {control.temperature_k:g} K (tau {control.tau_fs:g} fs)"
+        groups = "" if control.groups == "molecule" else ", hydrogens and heavy atoms coupled apart"
+        at = (f"{control.temperature_k:g} K" if isinstance(control.temperature_k, (int, float))
+              else "each molecule's reference temperature")
+        return text + f"; momenta kept, CSVR thermostat at {at} (tau {control.tau_fs:g} fs{groups})"
     return text + ("; momenta kept" if control.momentum else "")
 
 

@@ -224,11 +224,35 @@ def test_csvr_rollout_holds_the_target_temperature_of_the_internal_motion():
     assert np.mean(temps) == pytest.approx(500.0, rel=0.1)
 
 
-def test_langevin_gives_hydrogens_and_heavy_atoms_the_same_temperature():
+def test_csvr_holds_each_start_at_its_own_temperature():
+    """One thermostat temperature per start state (`--thermostat-target reference`): two copies
+    of the same molecule held at 200 K and two at 600 K each end up at their own."""
+    from atomray.priors.rigid import internal_velocity
+
+    cfg = small_cfg()
+    state, _ = spinning_molecule(omega=4e-3)
+    states = [dataclasses.replace(state, name=f"s{i}") for i in range(4)]
+    targets = (200.0, 200.0, 600.0, 600.0)
+    traj = rollout(scrambling_model(cfg), cfg, states, total_fs=2000.0, step_fs=50.0, dtype=torch.float64,
+                   control=Control(momentum=True, thermostat="csvr", temperature_k=targets, tau_fs=5.0))
+    mass = atomic_masses(Z).astype(np.float64)
+    for i, target in enumerate(targets):
+        k = len(traj.step_velocities[i]) - 1
+        x = torch.from_numpy(np.stack([traj.positions[i][4 * j] for j in range(1, k + 1)]))
+        w = internal_velocity(x, torch.from_numpy(traj.step_velocities[i][1:]), torch.from_numpy(mass).expand(k, -1))
+        t = (mass[:, None] * w.numpy() ** 2).sum((1, 2)) / ((3 * len(Z) - 6) / 1.2027e6)
+        assert t.mean() == pytest.approx(target, rel=0.15), (i, t.mean())
+    with pytest.raises(DataError, match="one per start state \\(4\\), found 3"):
+        rollout(scrambling_model(cfg), cfg, states, total_fs=100.0, step_fs=50.0, dtype=torch.float64,
+                control=Control(momentum=True, thermostat="csvr", temperature_k=(300.0,) * 3, tau_fs=5.0))
+
+
+def test_langevin_and_two_csvr_groups_give_hydrogens_and_heavy_atoms_the_same_temperature():
     """Velocities with hot hydrogens (3 000 K) and cold heavy atoms (30 K), a model that returns
     its input velocities, c = exp(-1) per step: Langevin brings both groups to the target (each
-    atom has its own noise and friction) and keeps the momenta; CSVR, which scales every atom by
-    one factor, keeps them apart."""
+    atom has its own noise and friction), and so does CSVR with the hydrogens and the heavy atoms
+    as two coupling groups; both keep the momenta. CSVR with one group, which scales every atom
+    by one factor, keeps them apart."""
     from atomray.rollout import _Controller
     from atomray.priors.rigid import internal_velocity
 
@@ -239,9 +263,10 @@ def test_langevin_gives_hydrogens_and_heavy_atoms_the_same_temperature():
     hydrogen = z == 1
     temp0 = np.where(hydrogen, 3000.0, 30.0)
     v0 = rng.standard_normal((b, len(z), 3)) * np.sqrt(temp0 / (1.2027e6 * mass))[..., None]
-    for thermostat, apart in (("langevin", False), ("csvr", True)):
-        control = Control(momentum=True, thermostat=thermostat, temperature_k=300.0, tau_fs=50.0)
-        step = _Controller(control, x, v0, mass, 50.0)
+    for thermostat, groups, apart in (("langevin", "molecule", False), ("csvr", "molecule", True),
+                                      ("csvr", "hydrogens", False)):
+        control = Control(momentum=True, thermostat=thermostat, temperature_k=300.0, tau_fs=50.0, groups=groups)
+        step = _Controller(control, x, v0, mass, 50.0, np.broadcast_to(hydrogen, mass.shape))
         v, temps = v0, []
         for k in range(60):
             v = step(x, v)
@@ -281,6 +306,10 @@ def test_the_thermostat_needs_momentum_control_and_a_temperature():
         Control(thermostat="langevin")
     with pytest.raises(DataError, match="'none', 'csvr', 'langevin'"):
         Control(thermostat="berendsen")
+    with pytest.raises(DataError, match="are CSVR's; the 'langevin' thermostat has none"):
+        Control(momentum=True, thermostat="langevin", groups="hydrogens")
+    with pytest.raises(DataError, match="'molecule', 'hydrogens'"):
+        Control(momentum=True, thermostat="csvr", groups="atoms")
 
 
 def test_a_rollout_holds_only_when_every_target_is_met():
@@ -295,6 +324,31 @@ def test_a_rollout_holds_only_when_every_target_is_met():
         misses = holds({**good, key: value})
         assert len(misses) == 1 and named in misses[0], (key, misses)
     assert holds(good, target_k=250.0) == ["temperature 310 K vs 250 K"]
+    # a reference that differs from itself by more than the target: still a miss, and said so
+    noisy = {**good, "w1_dihedral_deg": 25.0, "reference_halves_w1_dihedral_deg": 43.0,
+             "reference_halves_w1_bond_length_a": 0.005}
+    assert holds(noisy) == ["w1_dihedral_deg 25 > 10 (the reference's halves differ by 43)"]
+    assert holds({**noisy, "reference_halves_w1_dihedral_deg": 4.0}) == ["w1_dihedral_deg 25 > 10"]
+
+
+def test_the_reference_halves_measure_how_much_the_reference_differs_from_itself():
+    """Rollouts scored against a reference whose two halves sample different conformers: the
+    reference_halves_w1 columns show it; against a reference that repeats itself they are 0."""
+    from atomray.rollout import Rollout
+    from atomray.rollout_check import Reference, check_rollouts
+
+    state, _ = spinning_molecule()
+    x0 = state.positions
+    frames = np.stack([x0 + 0.01 * np.sin(0.3 * t) for t in range(40)])
+    traj = Rollout(["m"], [Z], np.arange(41) * 10.0, [np.concatenate([x0[None], frames])], 10.0,
+                   [np.zeros((41, len(Z), 3))], 1.0, [np.zeros((40, len(Z), 3))])
+    same = Reference("repeating", np.concatenate([frames, frames]), np.zeros((80, len(Z), 3)), 10.0)
+    row = check_rollouts(traj, {"m": same}, ["m"])[0]
+    assert row["reference_halves_w1_bond_length_a"] == 0.0 and row["reference_halves_w1_dihedral_deg"] == 0.0
+    c = x0.mean(0)
+    stretched = np.concatenate([frames, c + 1.05 * (frames - c)])  # the second half 5 % larger
+    row = check_rollouts(traj, {"m": Reference("two halves", stretched, np.zeros((80, len(Z), 3)), 10.0)}, ["m"])[0]
+    assert row["reference_halves_w1_bond_length_a"] > 0.03
 
 
 def test_energy_drift_is_flat_for_nve_md_and_positive_for_a_heating_trajectory():
@@ -334,6 +388,27 @@ def test_an_equilibrated_fresh_reference_runs_near_the_target_temperature(smiles
     starts = states_from_md(warm, start.atomic_numbers, "smiles", 4)
     assert [s.name for s in starts] == ["smiles@0fs", "smiles@500fs", "smiles@1000fs", "smiles@1500fs"]
     assert np.array_equal(starts[1].positions, warm.positions[50])
+
+
+def test_a_cached_fresh_reference_is_read_back_instead_of_rerun(tmp_path, monkeypatch):
+    """`cache_dir`: the first call runs the MD and keeps it; a second call with the same inputs
+    returns the same frames without running MD; other inputs (length, start) run afresh."""
+    import atomray.tg80.dynamics as dynamics
+    from atomray.predict import state_from_smiles
+    from atomray.rollout_check import fresh_md
+
+    start = state_from_smiles("CCO", 300.0, seed=0)
+    first = fresh_md(start, "CCO", 200.0, "mmff", cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("reference-*.npz"))) == 1 and not list(tmp_path.glob("*.tmp"))
+    ran = []
+    real = dynamics.run_steps
+    monkeypatch.setattr(dynamics, "run_steps", lambda *a, **k: ran.append(1) or real(*a, **k))
+    again = fresh_md(start, "CCO", 200.0, "mmff", cache_dir=tmp_path)
+    assert not ran and again.source == first.source and again.dt_fs == first.dt_fs
+    assert np.array_equal(again.positions, first.positions) and np.array_equal(again.velocities, first.velocities)
+    fresh_md(start, "CCO", 300.0, "mmff", cache_dir=tmp_path)
+    fresh_md(state_from_smiles("CCO", 300.0, seed=1), "CCO", 200.0, "mmff", cache_dir=tmp_path)
+    assert len(ran) == 2 and len(list(tmp_path.glob("reference-*.npz"))) == 3
 
 
 def test_a_velocity_head_is_used_when_present_and_asked_for_only_then():

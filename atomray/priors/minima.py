@@ -8,7 +8,10 @@ refines its minimum once per basin.
 
 A state's basin: its geometry x (every atom, hydrogens included) is minimised with MMFF94
 (RDKit; bonds and bond orders perceived from x itself, neutral molecule, at most `MAX_STEPS`
-steps). Two states whose MMFF94 minima lie within `BASIN_RMSD` of each other after
+steps; or, given the molecule's bond graph `bonds`, with those bonds and only their orders
+perceived — a rollout passes its start's graph, so a distorted state cannot change the
+molecule: benzene, perceived from a squeezed ring with a transannular bond, relaxed to Dewar
+benzene and the rollout followed it, docs/experiments.md). Two states whose MMFF94 minima lie within `BASIN_RMSD` of each other after
 superposition share a basin. The first state met in a basin defines it: its MMFF94 minimum is
 refined with GFN2-xTB (tblite, BFGS to `GFN2_FMAX`), and every later state of the basin reuses
 that refined minimum (callers superpose it on their state). A failed refinement keeps the
@@ -55,25 +58,54 @@ _RECENT = Recent(max_items=RECENT_STATES)
 _WARNED: set[str] = set()
 
 
-def mmff_field(x: np.ndarray, z: np.ndarray, **kwargs):
+def molecule_bonds(x: np.ndarray, z: np.ndarray) -> np.ndarray | None:
+    """(n_b, 2) int64 atom pairs: the bond graph RDKit perceives from x (N, 3) Å with atomic
+    numbers z (N,) — the connectivity `mmff_field` would use — or None when perception fails."""
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem import rdDetermineBonds
+
+    RDLogger.DisableLog("rdApp.*")
+    mol = _bare_molecule(x, z)
+    try:
+        rdDetermineBonds.DetermineConnectivity(mol)
+    except (ValueError, RuntimeError):
+        return None
+    return np.array([(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()], np.int64).reshape(-1, 2)
+
+
+def _bare_molecule(x: np.ndarray, z: np.ndarray, bonds: np.ndarray | None = None):
+    """An RDKit molecule of atoms z (N,) at x (N, 3) Å, with single bonds `bonds` (or none)."""
+    from rdkit import Chem
+
+    rw = Chem.RWMol()
+    for atomic_number in z:
+        rw.AddAtom(Chem.Atom(int(atomic_number)))
+    for i, j in () if bonds is None else np.asarray(bonds, np.int64):
+        rw.AddBond(int(i), int(j), Chem.BondType.SINGLE)
+    mol = rw.GetMol()
+    conf = Chem.Conformer(len(z))
+    for k, p in enumerate(np.asarray(x, dtype=np.float64)):
+        conf.SetAtomPosition(k, p.tolist())
+    mol.AddConformer(conf, assignId=True)
+    return mol
+
+
+def mmff_field(x: np.ndarray, z: np.ndarray, bonds: np.ndarray | None = None, **kwargs):
     """(molecule, properties, MMFF94 force field) of the neutral molecule with atomic numbers z
-    (N,) whose bonds are perceived from x (N, 3) Å, or None when that fails or MMFF94 has no
+    (N,) whose bonds are perceived from x (N, 3) Å — or, given `bonds` (n_b, 2), whose bonds are
+    those and only their orders are perceived — or None when that fails or MMFF94 has no
     parameters. The field points into the other two: keep them alive with it. `kwargs` go to
     `MMFFGetMoleculeForceField`."""
     from rdkit import Chem, RDLogger
     from rdkit.Chem import AllChem, rdDetermineBonds
 
     RDLogger.DisableLog("rdApp.*")
-    rw = Chem.RWMol()
-    for atomic_number in z:
-        rw.AddAtom(Chem.Atom(int(atomic_number)))
-    mol = rw.GetMol()
-    conf = Chem.Conformer(len(z))
-    for k, p in enumerate(np.asarray(x, dtype=np.float64)):
-        conf.SetAtomPosition(k, p.tolist())
-    mol.AddConformer(conf, assignId=True)
+    mol = _bare_molecule(x, z, bonds)
     try:
-        rdDetermineBonds.DetermineBonds(mol, charge=0)
+        if bonds is None:
+            rdDetermineBonds.DetermineBonds(mol, charge=0)
+        else:
+            rdDetermineBonds.DetermineBondOrders(mol, charge=0)
         Chem.SanitizeMol(mol)
     except (ValueError, RuntimeError, Chem.rdchem.MolSanitizeException):
         return None
@@ -82,10 +114,12 @@ def mmff_field(x: np.ndarray, z: np.ndarray, **kwargs):
     return None if field is None else (mol, props, field)
 
 
-def mmff_minimum(x: np.ndarray, z: np.ndarray, max_steps: int = MAX_STEPS) -> np.ndarray | None:
-    """(N, 3) Å: the MMFF94 minimum nearest to x (atomic numbers z (N,)), or None when bonds
-    cannot be perceived or MMFF94 has no parameters for the molecule."""
-    built = mmff_field(x, z)
+def mmff_minimum(x: np.ndarray, z: np.ndarray, max_steps: int = MAX_STEPS,
+                 bonds: np.ndarray | None = None) -> np.ndarray | None:
+    """(N, 3) Å: the MMFF94 minimum nearest to x (atomic numbers z (N,); bonds perceived from x,
+    or `bonds`, `mmff_field`), or None when bonds cannot be perceived or MMFF94 has no
+    parameters for the molecule."""
+    built = mmff_field(x, z, bonds)
     if built is None:
         return None
     mol, _, field = built
@@ -93,12 +127,15 @@ def mmff_minimum(x: np.ndarray, z: np.ndarray, max_steps: int = MAX_STEPS) -> np
     return np.asarray(mol.GetConformer().GetPositions(), dtype=np.float64)
 
 
-def recent_mmff_minimum(x: np.ndarray, z: np.ndarray, max_steps: int = MAX_STEPS) -> np.ndarray | None:
-    """`mmff_minimum`, with the last `RECENT_STATES` answers kept (keyed by the state's bytes):
-    a rollout or an evaluation may meet the same state more than once. Returns a copy."""
+def recent_mmff_minimum(x: np.ndarray, z: np.ndarray, max_steps: int = MAX_STEPS,
+                        bonds: np.ndarray | None = None) -> np.ndarray | None:
+    """`mmff_minimum`, with the last `RECENT_STATES` answers kept (keyed by the state's bytes
+    and `bonds`): a rollout or an evaluation may meet the same state more than once. Returns a
+    copy."""
     x, z = np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(z, dtype=np.int64)
-    key = x.tobytes() + z.tobytes() + f"{max_steps}/{x.shape}".encode()
-    hit = _RECENT.get(key, lambda: mmff_minimum(x, z, max_steps))
+    graph = b"perceived" if bonds is None else np.ascontiguousarray(bonds, dtype=np.int64).tobytes()
+    key = x.tobytes() + z.tobytes() + f"{max_steps}/{x.shape}/".encode() + graph
+    hit = _RECENT.get(key, lambda: mmff_minimum(x, z, max_steps, bonds))
     return None if hit is None else hit.copy()
 
 
@@ -174,10 +211,11 @@ class BasinFinder:
         self.files.append(path)
         return len(self.mmff) - 1
 
-    def assign(self, x: np.ndarray, max_steps: int = MAX_STEPS) -> int:
+    def assign(self, x: np.ndarray, max_steps: int = MAX_STEPS, bonds: np.ndarray | None = None) -> int:
         """The basin index of state x (N, 3) Å, refining a new basin when none matches; -1 when
-        MMFF94 cannot handle the molecule (one warning per element formula)."""
-        mmff = recent_mmff_minimum(x, self.z, max_steps)
+        MMFF94 cannot handle the molecule (one warning per element formula). `bonds` (n_b, 2):
+        the molecule's bond graph, kept whatever x looks like (default: perceived from x)."""
+        mmff = recent_mmff_minimum(x, self.z, max_steps, bonds)
         if mmff is None:
             warn_unrelaxed(self.z)
             return -1

@@ -100,14 +100,20 @@ class DatasetBasins:
 
 class StateBasins:
     """Basins of arbitrary states, found through the machine's basin store
-    (`atomray.priors.minima.machine_finder`): MMFF94 per state, GFN2-xTB per new basin."""
+    (`atomray.priors.minima.machine_finder`): MMFF94 per state, GFN2-xTB per new basin.
+    `bonds`: a bond graph (n_b, 2) per molecule id whose states must keep it (a rollout's, from
+    its start); other molecules' bonds are perceived from each state."""
+
+    def __init__(self, bonds: Mapping[str, np.ndarray] | None = None):
+        self.bonds = dict(bonds or {})
 
     def __call__(self, molecule_id: str, segment: np.ndarray, frame: np.ndarray, x: np.ndarray, z: np.ndarray,
                  n_model: int) -> list[Basin | None]:
         finder = machine_finder(z)
+        graph = self.bonds.get(molecule_id)
         out = []
         for state in x:
-            k = finder.assign(state)
+            k = finder.assign(state, bonds=graph)
             out.append(None if k < 0 else basin_modes(finder, k))
         return out
 

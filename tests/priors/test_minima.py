@@ -239,3 +239,43 @@ def test_a_molecule_mmff_cannot_type_gets_no_basin_and_a_warning(tmp_path, monke
         assert machine_finder(z).assign(x) == -1
     assert nearest_minimum(x, z) == (None, False)
     assert len(machine_finder(z)) == 0 and not list(tmp_path.glob(BASIN_FILES))
+
+
+def squeezed_benzene():
+    """(start, squeezed, z, para pair): benzene embedded from SMILES, and the same with two para
+    carbons pulled to 1.95 Å apart — close enough that perception from the geometry adds a
+    transannular bond."""
+    from atomray.predict import state_from_smiles
+
+    s = state_from_smiles("c1ccccc1", 300.0, seed=0)
+    x, z = s.positions.copy(), s.atomic_numbers
+    carbons = np.flatnonzero(z == 6)
+    a = carbons[0]
+    para = carbons[int(np.argmax([np.linalg.norm(x[a] - x[k]) for k in carbons]))]
+    mid = (x[a] + x[para]) / 2
+    x[[a, para]] = mid + 0.7 * (x[[a, para]] - mid)
+    return s.positions, x, z, (a, para)
+
+
+def test_a_kept_bond_graph_keeps_the_molecule_whatever_the_geometry(tmp_path, monkeypatch):
+    """Perceived afresh, a squeezed benzene ring gains a bond and MMFF94 relaxes it to Dewar
+    benzene (para carbons bonded, ~1.5 Å); with the start's bond graph it relaxes to benzene
+    (para carbons ~2.8 Å apart) — in `mmff_minimum` and in the basin a rollout's prior uses
+    (`StateBasins` with the graph, through the machine's basin store)."""
+    from atomray.priors.minima import molecule_bonds
+    from atomray.priors.paths import StateBasins
+
+    fresh_store(monkeypatch, tmp_path)
+    start, squeezed, z, (a, para) = squeezed_benzene()
+    graph = molecule_bonds(start, z)
+    assert len(graph) == 12 and len(molecule_bonds(squeezed, z)) == 13
+
+    def para_distance(x):
+        return float(np.linalg.norm(x[a] - x[para]))
+
+    assert para_distance(mmff_minimum(squeezed, z)) < 1.7  # Dewar benzene
+    assert para_distance(mmff_minimum(squeezed, z, bonds=graph)) > 2.6  # benzene
+    frames = np.zeros(1, np.int64)
+    kept = StateBasins({"m": graph})("m", frames, frames, squeezed[None], z, len(z))[0]
+    perceived = StateBasins()("other", frames, frames, squeezed[None], z, len(z))[0]
+    assert para_distance(kept.minimum) > 2.6 and para_distance(perceived.minimum) < 1.7
