@@ -337,7 +337,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
     `keep_bonds`: every step's prior finds its basin with the start state's bond graph (RDKit's,
     `atomray.priors.minima.molecule_bonds`) instead of perceiving bonds afresh from the state the
     model predicted; without it a distorted state can be perceived as another molecule (a
-    squeezed benzene ring as Dewar benzene) and the prior pulls the rollout there."""
+    squeezed benzene ring as Dewar benzene) and the prior would pull the rollout there."""
     import time
 
     import torch

@@ -15,7 +15,9 @@ steps of `--step-fs` (default: the longest horizon the model trained on; `atomra
 Between steps, `--momentum` keeps each start's linear and angular momentum exactly and
 `--thermostat csvr` holds the internal motion at --temperature (NVT, `atomray.rollout.Control`);
 `--thermostat langevin` does so atom by atom, so no atom group runs hotter than another;
-`--thermostat-groups hydrogens` couples CSVR to the hydrogens and the heavy atoms apart.
+`--thermostat-groups hydrogens` couples CSVR to the hydrogens and the heavy atoms apart;
+`--thermostat-target reference` holds each molecule at its reference MD's temperature. Each
+step's prior keeps the start's bond graph (`--basin-bonds start`).
 `--stride-sweep` first rolls out at each of several strides (stride_sweep.csv / .png) and runs the
 main rollout at the largest that holds; `--energy-drift` evaluates the total energy of every step
 start with --reference-engine and reports its drift; `--prior-only` rolls out the prior with a
@@ -23,11 +25,13 @@ zero correction, the floor a trained model must beat.
 
 Reference MD: the molecule's trajectory in the data set, or for a SMILES fresh NVE MD through
 the tg80 engines after --equilibrate-fs of Langevin dynamics (--reference-engine gfn2 | gfn1 |
-mmff; for --structure the bonds are perceived from the geometry). Writes to --out
+mmff; for --structure the bonds are perceived from the geometry; `--reference-cache DIR` keeps
+it for the next run with the same molecule, engine, length and temperature). Writes to --out
 one extxyz per rollout (every atom the model predicts), rollouts.csv, rollouts.md and a
 structure plot per molecule, and logs an MLflow run (experiment --experiment) with the
 per-molecule and mean figures: stability coefficient, time to first failure, Wasserstein-1 of
-bond lengths / angles / dihedrals / radius of gyration, temperatures.
+bond lengths / angles / dihedrals / radius of gyration beside the same distances between the
+reference's two halves (the reference's own noise), temperatures.
 """
 
 from __future__ import annotations

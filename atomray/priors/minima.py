@@ -10,9 +10,10 @@ A state's basin: its geometry x (every atom, hydrogens included) is minimised wi
 (RDKit; bonds and bond orders perceived from x itself, neutral molecule, at most `MAX_STEPS`
 steps; or, given the molecule's bond graph `bonds`, with those bonds and only their orders
 perceived — a rollout passes its start's graph, so a distorted state cannot change the
-molecule: benzene, perceived from a squeezed ring with a transannular bond, relaxed to Dewar
-benzene and the rollout followed it, docs/experiments.md). Two states whose MMFF94 minima lie within `BASIN_RMSD` of each other after
-superposition share a basin. The first state met in a basin defines it: its MMFF94 minimum is
+molecule: a squeezed benzene ring is perceived with a transannular bond and relaxes to Dewar
+benzene, and the basin store held such minima from earlier rollouts, docs/experiments.md).
+Two states whose MMFF94 minima lie within `BASIN_RMSD` of each other after superposition
+share a basin. The first state met in a basin defines it: its MMFF94 minimum is
 refined with GFN2-xTB (tblite, BFGS to `GFN2_FMAX`), and every later state of the basin reuses
 that refined minimum (callers superpose it on their state). A failed refinement keeps the
 MMFF94 minimum of that first state, unrefined (no normal modes; `atomray.priors.modes`).
