@@ -190,6 +190,13 @@ def states_from_md(ref: Reference, z: np.ndarray, name: str, n: int) -> list[Ini
             for k in frames]
 
 
+def reference_temperature(ref: Reference, z: np.ndarray) -> float:
+    """The mean kinetic temperature (K) of a reference MD of atoms z."""
+    from atomray import structure
+
+    return float(structure.temperature(ref.velocities, z).mean())
+
+
 def check_rollouts(traj: Rollout, references: Mapping[str, Reference], molecule_of: list[str],
                    out: str | Path | None = None) -> list[dict]:
     """One row per molecule: its rollouts (indices i with molecule_of[i] == molecule) against
@@ -213,7 +220,6 @@ def check_rollouts(traj: Rollout, references: Mapping[str, Reference], molecule_
         distances = structure.structure_distances(pooled, ref.positions, z, bonds) if len(pooled) else nan
         t_roll = _temperatures([traj.step_velocities[i][1:] for i in idx], z)
         t_model = _temperatures([traj.model_velocities[i] for i in idx], z) if traj.model_velocities else t_roll
-        t_ref = structure.temperature(ref.velocities, z)
         half = len(ref.positions) // 2
         noise = structure.structure_distances(ref.positions[:half], ref.positions[half:], z, bonds) if half else nan
         row = {"molecule": molecule, "rollouts": len(idx), "rollout_ps": float(traj.times_fs[-1]) / 1000,
@@ -221,7 +227,7 @@ def check_rollouts(traj: Rollout, references: Mapping[str, Reference], molecule_
                **{f"w1_{k}": v for k, v in distances.items()},
                "temperature_k": float(t_roll.mean()) if len(t_roll) else float("nan"),
                "model_temperature_k": float(t_model.mean()) if len(t_model) else float("nan"),
-               "reference_temperature_k": float(t_ref.mean()),
+               "reference_temperature_k": reference_temperature(ref, z),
                **{f"reference_halves_w1_{k}": noise[k] for k in ("bond_length_a", "bond_angle_deg", "dihedral_deg")},
                "reference": ref.source}
         if out is not None:

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from atomray import tracking
     from atomray.config import TrackingConfig
     from atomray.data.dataset import read_molecules
-    from atomray.data.splits import make_split, usable_molecules
+    from atomray.data.splits import run_split
     from atomray.rollout import Control, rollout, state_from_dataset
 
     model, cfg, state = tracking.load_model_uri(tracking.resolve_tracking_uri(TrackingConfig()), args.model)
@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     root = cfg.data.path
     table = read_molecules(root)
     n_frames = dict(zip(table.column("molecule_id").to_pylist(), table.column("n_frames").to_pylist()))
-    mols = usable_molecules(cfg.data)
-    test = make_split(mols.column("molecule_id").to_pylist(), mols.column("smiles").to_pylist(), cfg.data).test
+    test = run_split(cfg.data).test
     states, molecule_of = [], []
     for m in test:
         for frame in np.linspace(0, n_frames[m] - 1, 6)[:-1].astype(int):

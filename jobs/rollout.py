@@ -179,10 +179,9 @@ def start_states(args, cfg):
     ids, n_frames = table.column("molecule_id").to_pylist(), dict(zip(table.column("molecule_id").to_pylist(),
                                                                       table.column("n_frames").to_pylist()))
     if args.test_molecules:
-        from atomray.data.splits import make_split, usable_molecules
+        from atomray.data.splits import run_split
 
-        mols = usable_molecules(cfg.data)
-        molecules = make_split(mols.column("molecule_id").to_pylist(), mols.column("smiles").to_pylist(), cfg.data).test
+        molecules = run_split(cfg.data).test
     else:
         molecules = args.molecules or ids
     unknown = [m for m in molecules if m not in n_frames]
@@ -205,7 +204,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
     from atomray.predict import model_atoms
     from atomray.rollout import default_step_fs, rollout, write_rollout_extxyz
     from atomray.rollout_check import (check_rollouts, dataset_reference, fresh_md, fresh_reference, holds,
-                                       model_reference, states_from_md)
+                                       model_reference, reference_temperature, states_from_md)
 
     step = args.step_fs or default_step_fs(cfg)
     total = 1000.0 * args.total_ps
@@ -235,12 +234,10 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
     if args.thermostat_target == "reference" and control.thermostat != "none":
         import dataclasses
 
-        from atomray import structure
-
         ref_k = {}  # each reference's mean temperature, as check_rollouts reports it (the model's atoms)
         for m, r in refs.items():
             z = states[molecule_of.index(m)].atomic_numbers
-            ref_k[m] = float(structure.temperature(r.velocities, z[model_atoms(cfg, z)]).mean())
+            ref_k[m] = reference_temperature(r, z[model_atoms(cfg, z)])
         control = dataclasses.replace(control, temperature_k=tuple(ref_k[m] for m in molecule_of))
         print("thermostat at each molecule's reference temperature: "
               + ", ".join(f"{m} {t:.0f} K" for m, t in ref_k.items()), flush=True)
