@@ -68,6 +68,11 @@ class ModelConfig:
     lag, the prior's own velocity (its time derivative) plus a learned correction turned with the body
     (`ATOM.forward(..., with_velocity=True)`); trained with `TrainConfig.velocity_weight`, and
     what `atomray.rollout` starts each step from instead of differentiating the positions.
+    `vib_damping` (harmonic prior): the vibration decays as exp(−Δt/τ) with τ learned from
+    1000 fs (the ensemble average of dephasing); false keeps it undamped (τ = ∞, fixed). Measured
+    for rollouts (docs/experiments.md, "Where the bonds go wrong"): undamped, a fine-tuned head's
+    own velocities run warmer (278 against 251 K) but a flexible molecule breaks (stability 0.87
+    against 1.00); one-shot val S2T 0.357 against 0.347. Damped stays the default.
     """
 
     name: Literal["atom", "egno", "egnn_r", "egnn_s"] = "atom"
@@ -95,6 +100,7 @@ class ModelConfig:
     anharmonic: bool = False
     latent_equivariance_weight: float = 0.0
     predict_velocity: bool = False
+    vib_damping: bool = True
     # EGNO / EGNN baselines (the EGNO protocol, docs/architecture.md).
     gnn_hidden_dim: int = 64
     time_embed_dim: int = 32

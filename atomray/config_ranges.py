@@ -159,6 +159,8 @@ def _check_model(cfg: RunConfig) -> None:
             raise _error("model.prior", f"harmonic with model.{key}=true (it reads the harmonic prior's vibration"
                                         f"{' and hands over from MMFF94 MD to it' if key == 'anharmonic' else ''})",
                          m.prior)
+    if not m.vib_damping and m.prior != "harmonic":
+        raise _error("model.prior", "harmonic with model.vib_damping=false (only the harmonic prior vibrates)", m.prior)
     if cfg.train.loss_weighting in ("harmonic", "anharmonic") and cfg.data.context_atoms != "all":
         raise _error("data.context_atoms", f"'all' with train.loss_weighting={cfg.train.loss_weighting} (its floor's "
                                            "normal modes need every atom, hydrogens included)", cfg.data.context_atoms)

@@ -34,7 +34,8 @@ A model with a velocity head (`ModelConfig.predict_velocity`) is asked instead f
 at ΔT it predicts beside the positions: no difference lags, so every lag of the call is a
 recorded frame, and one lag per step (`lags=1`) suffices.
 
-Between steps a `Control` may act on the velocities the next step starts from: momentum
+Between steps a `Control` may act on the state the next step starts from: noise on the
+predicted positions (the spread a chained conditional mean loses), momentum
 conservation (the rigid-body part of the velocities replaced by the start state's, so linear and
 angular momentum are the start's exactly) and a CSVR or Langevin thermostat on the internal
 motion (NVT). `Rollout.model_velocities` keeps the velocities the model itself predicted, before any
@@ -204,6 +205,17 @@ class Control:
     (docs/experiments.md) keeps that split under one group; two groups undo it and keep the
     direction of every atom's velocity, which Langevin's fresh draws do not.
 
+    `position_noise_a` (needs `momentum`; default off): Gaussian noise of (heavy atoms, hydrogens)
+    Å per axis added to each step's predicted positions, less its rigid-body part (the
+    mass-weighted projection, as for Langevin's draws, so the centre of mass stays and no net
+    rotation is added), drawn from the same generator. A one-shot operator predicts the
+    conditional mean of x(t + ΔT); chained, the heavy atoms' bond-length widths fall to
+    0.7–0.9 of the reference's over eight 50-fs steps (0.93–0.99 after one,
+    `benchmarks/rollout_bond_bias.py`), and noise puts back some of the spread a sample of the
+    next state would have. (0.005, 0) at 50 fs is the measured choice of the rollout recipes
+    (docs/experiments.md, "Where the bonds go wrong"); the hydrogens' X–H widths are already
+    too wide, so they get none.
+
     `thermostat="langevin"` (needs `momentum`): a Langevin (Ornstein–Uhlenbeck) update of every
     atom's internal velocity once per step, v' = c v + √((1 − c²) k_B T / m) ξ with ξ standard
     normal per atom and axis, then the rigid-body part of v' removed again (the mass-weighted
@@ -218,6 +230,7 @@ class Control:
     tau_fs: float = 100.0
     seed: int = 0
     groups: str = "molecule"  # molecule | hydrogens (CSVR's coupling groups)
+    position_noise_a: tuple[float, float] = (0.0, 0.0)  # Å: (heavy atoms, hydrogens)
 
     def __post_init__(self):
         if self.thermostat not in THERMOSTATS:
@@ -229,6 +242,13 @@ class Control:
         if self.groups != "molecule" and self.thermostat != "csvr":
             raise DataError(f"rollout: coupling groups {self.groups!r} are CSVR's; the {self.thermostat!r} "
                             "thermostat has none")
+        noise = np.asarray(self.position_noise_a, float)
+        if noise.shape != (2,) or not np.all(noise >= 0):
+            raise DataError(f"rollout: position noise is two widths >= 0 Å (heavy atoms, hydrogens), "
+                            f"found {self.position_noise_a}")
+        if noise.any() and not self.momentum:
+            raise DataError("rollout: position noise has its rigid-body part removed with the momenta's split; "
+                            "it needs momentum control")
         name = {"csvr": "CSVR", "langevin": "Langevin"}.get(self.thermostat)
         if name and not self.momentum:
             raise DataError(f"rollout: the {name} thermostat acts on the internal velocities; it needs momentum control")
@@ -238,7 +258,7 @@ class Control:
 
     @property
     def active(self) -> bool:
-        return self.momentum or self.thermostat != "none"
+        return self.momentum or self.thermostat != "none" or any(self.position_noise_a)
 
 
 def csvr_kinetic_energy(k: np.ndarray, k_target: np.ndarray, dof: np.ndarray, c: float,
@@ -282,6 +302,17 @@ class _Controller:
         self.group_target = 0.5 * self.group_dof * KB * self.temperature[None]
         self.c = float(np.exp(-step_fs / control.tau_fs))
         self.rng = np.random.default_rng(control.seed)
+
+    def displace(self, x: np.ndarray, hydrogen: np.ndarray) -> np.ndarray:
+        """x with Gaussian noise of `position_noise_a` per axis (heavy atoms, hydrogens), less its rigid-body part."""
+        from atomray.priors.rigid import rigid_motion, rigid_velocity
+
+        heavy_a, hydrogen_a = self.control.position_noise_a
+        sigma = np.where(hydrogen, hydrogen_a, heavy_a) * (self.mass.numpy() > 0)
+        noise = _float64(self.rng.standard_normal(x.shape) * sigma[..., None])
+        xt = _float64(x)
+        c, u, omega, _, _ = rigid_motion(xt, noise, self.mass)
+        return x + ((noise - rigid_velocity(xt, c, u, omega)) * (self.mass > 0)[..., None]).numpy()
 
     def __call__(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
         """The next step's velocities (B, N, 3) from positions x and the model's velocities v."""
@@ -408,6 +439,9 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
         predicted.append(np.where(dead[:, None, None], np.nan, v))
         if controller is not None:
             t1 = time.perf_counter()
+            if any(control.position_noise_a):
+                x = np.where(dead[:, None, None], 0.0, controller.displace(x, hydrogen))
+                out[:, -1] = np.where(dead[:, None, None], np.nan, x)
             v = np.where(dead[:, None, None], 0.0, controller(x, v))
             control_seconds += time.perf_counter() - t1
         frames.extend(out.transpose(1, 0, 2, 3))

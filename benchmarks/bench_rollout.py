@@ -2,6 +2,7 @@
 
     python benchmarks/bench_rollout.py [--model CKPT] [--repeats 3] [--steps 10] [--md-steps 200]
                                        [--step-fs FS] [--thermostat csvr|none] [--lags 0 5]
+                                       [--position-noise HEAVY H]
     python benchmarks/bench_rollout.py --repeats 1 --steps 1 --md-steps 20      # runs it
 
 ATOM: a rollout (`atomray.rollout.rollout`, velocities by the centred difference over four
@@ -16,7 +17,8 @@ motion, basins through the machine's basin store `atomray.priors.store` — MMFF
 GFN2-xTB and a Hessian per basin not yet in the store —, normal-mode vibration, MMFF94 MD with
 an anharmonic prior) and the velocity control between steps (`--thermostat csvr`, the default:
 momentum conservation and the CSVR thermostat, as `jobs/rollout.py` runs by default; `none`:
-neither). A warm-up step first puts the start states' basins into the store
+neither; `--position-noise 0.005 0`, the rollout recipe's noise on the predicted positions, is
+part of the control and of its share). A warm-up step first puts the start states' basins into the store
 (atom_warmup_s: minutes when the store is empty, each new basin costing a GFN2-xTB refinement
 and Hessian).
 GFN2-xTB: NVE velocity Verlet (1 fs) of aspirin through the tg80 engines (tblite), one
@@ -65,7 +67,8 @@ def start_states(root: Path, n: int):
 
 
 def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0, thermostat: str = "csvr",
-               lags: tuple[int, ...] = (0,)) -> tuple[dict[int, list[float]], float, int, float, float]:
+               lags: tuple[int, ...] = (0,), position_noise: tuple[float, float] = (0.0, 0.0),
+               ) -> tuple[dict[int, list[float]], float, int, float, float]:
     """Simulated fs per wall-second of each repeat for each number of lags per step (the lags
     timed in turn within each repeat, so their ratio is paired), the stride, the largest
     molecule, the warm-up seconds and the velocity control's median share."""
@@ -84,7 +87,8 @@ def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0, t
         model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).eval()
     states = start_states(ROOT / "data" / "tg80-mini", BATCH)
     step = step_fs or default_step_fs(cfg)
-    control = Control(momentum=True, thermostat="csvr") if thermostat == "csvr" else Control()
+    control = (Control(momentum=True, thermostat="csvr", position_noise_a=position_noise) if thermostat == "csvr"
+               else Control())
     t0 = time.perf_counter()
     rollout(model, cfg, states, total_fs=step, step_fs=step, control=control)  # warm-up: basins into the store
     warmup = time.perf_counter() - t0
@@ -135,10 +139,15 @@ def main() -> None:
     parser.add_argument("--lags", nargs="+", type=int, default=[0],
                         help="lags per model call (0: the model's own; 5: one frame and the four difference lags); "
                              "several are timed in turn, paired, the first is the headline")
+    parser.add_argument("--position-noise", type=float, nargs=2, default=(0.0, 0.0), metavar=("HEAVY", "H"),
+                        help="Å per axis on each step's predicted positions (with --thermostat csvr)")
     args = parser.parse_args()
+    if any(args.position_noise) and args.thermostat != "csvr":
+        parser.error("--position-noise is part of the control: it needs --thermostat csvr")
 
     by_lags, step_fs, max_atoms, warmup_s, control_share = atom_rates(args.model, args.steps, args.repeats,
-                                                                      args.step_fs, args.thermostat, tuple(args.lags))
+                                                                      args.step_fs, args.thermostat, tuple(args.lags),
+                                                                      tuple(args.position_noise))
     atom = by_lags[args.lags[0]]
     gfn2 = gfn2_rates(args.md_steps, args.repeats)
     result = {
@@ -146,6 +155,7 @@ def main() -> None:
         "speedup_vs_gfn2": statistics.median(atom) / statistics.median(gfn2),
         "atom_runs_fs_per_s": atom, "gfn2_runs_fs_per_s": gfn2, "batch": BATCH, "max_atoms": max_atoms,
         "step_fs": step_fs, "thermostat": args.thermostat, "control_share": round(control_share, 4),
+        "position_noise_a": list(args.position_noise),
         "atom_warmup_s": round(warmup_s, 2), "cores": CORES, "model": args.model or "jobs/configs/pretrain.yaml (untrained)",
         "lags": args.lags[0],
     }

@@ -1,6 +1,7 @@
 """The harmonic prior's thermal cap, variant by variant, on identical windows.
 
     python benchmarks/harmonic_cap.py --data data/tg80-mini --variants uncapped cap1 cap1-gate2
+    python benchmarks/harmonic_cap.py --data data/tg80-mini --variants cap1-gate2+linear cap1-gate2+bonds
     python benchmarks/harmonic_cap.py --data <tg80 build> --molecules gabapentin thymol --variants uncapped cap2 cap1-gate2
 
 For each molecule (`--molecules`, default all of the data set's), the evaluation windows of
@@ -10,7 +11,9 @@ as the variant says, and the S2T (10⁻² Å², mean over molecules) of harmonic
 anharmonic_all beside no motion and MMFF94 MD, which no variant changes. Variants: `uncapped`
 (no cap), `capA` (every window capped at A thermal amplitudes), `capA-gateG` (capped at A where the
 modes' potential energy is more than G times their kinetic energy; the default is
-cap1-gate2). Molecules run in worker processes (--workers). Prints one JSON line: per variant
+cap1-gate2); a suffix `+bonds` holds each bond's length to first order in the displacement
+(`atomray.priors.modes.first_order_bonds`), `+linear` (the default) takes the normal modes'
+Cartesian displacement as it is. Molecules run in worker processes (--workers). Prints one JSON line: per variant
 and ΔT the mean S2T, and per molecule the harmonic_all S2T. A few minutes for ten molecules on
 2 cores.
 """
@@ -30,14 +33,18 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOORS = ("no_motion", "harmonic_all", "mmff_md", "anharmonic_all")
 
 
-def parse_variant(name: str) -> tuple[float, float]:
-    """(AMPLITUDE_CAP, CAP_GATE) of a variant name."""
+def parse_variant(name: str) -> tuple[float, float, bool]:
+    """(AMPLITUDE_CAP, CAP_GATE, FIRST_ORDER_BONDS) of a variant name."""
+    name, _, bonds = name.partition("+")
+    if bonds not in ("", "bonds", "linear"):
+        raise ValueError(f"variant suffix +{bonds}: expected +bonds or +linear")
+    first_order = bonds == "bonds"
     if name == "uncapped":
-        return math.inf, 0.0
+        return math.inf, 0.0, first_order
     match = re.fullmatch(r"cap([0-9.]+)(?:-gate([0-9.]+))?", name)
     if not match:
         raise ValueError(f"variant {name!r}: expected uncapped, capA or capA-gateG (A, G numbers)")
-    return float(match.group(1)), float(match.group(2) or 0.0)
+    return float(match.group(1)), float(match.group(2) or 0.0), first_order
 
 
 def molecule_scores(root: str, molecule: str, horizons: list[float], windows: int,
@@ -56,7 +63,7 @@ def molecule_scores(root: str, molecule: str, horizons: list[float], windows: in
     vibration = PriorPaths({"rotor", "vibration"}, DatasetBasins(FramePhysics.load(root, [molecule])))
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name in variants:
-        modes.AMPLITUDE_CAP, modes.CAP_GATE = parse_variant(name)
+        modes.AMPLITUDE_CAP, modes.CAP_GATE, modes.FIRST_ORDER_BONDS = parse_variant(name)
         for _, h, w in sets:
             bare = {k: v for k, v in w.items() if k not in ("vib_osc", "vib_d0")}
             again = evaluate.with_paths(bare, vibration)

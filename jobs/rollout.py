@@ -16,7 +16,9 @@ Between steps, `--momentum` keeps each start's linear and angular momentum exact
 `--thermostat csvr` holds the internal motion at --temperature (NVT, `atomray.rollout.Control`);
 `--thermostat langevin` does so atom by atom, so no atom group runs hotter than another;
 `--thermostat-groups hydrogens` couples CSVR to the hydrogens and the heavy atoms apart;
-`--thermostat-target reference` holds each molecule at its reference MD's temperature. Each
+`--thermostat-target reference` holds each molecule at its reference MD's temperature;
+`--position-noise HEAVY H` adds Gaussian noise (Å per axis) to each step's predicted positions
+(`--position-noise 0.005 0` at 50 fs is the measured choice: docs/experiments.md). Each
 step's prior keeps the start's bond graph (`--basin-bonds start`).
 `--stride-sweep` first rolls out at each of several strides (stride_sweep.csv / .png) and runs the
 main rollout at the largest that holds; `--energy-drift` evaluates the total energy of every step
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lags", type=int, default=0,
                         help="lags per model call (default 0: the model's own; 5: the frame at ΔT and the four "
                              "difference lags only, one recorded frame per step)")
+    parser.add_argument("--position-noise", type=float, nargs=2, default=(0.0, 0.0), metavar=("HEAVY", "H"),
+                        help="Å: Gaussian noise per axis on each step's predicted positions (heavy atoms, hydrogens)")
     parser.add_argument("--tau-fs", type=float, default=100.0, help="the thermostat's relaxation time (default 100 fs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the thermostat's draws (default 0)")
     parser.add_argument("--stride-sweep", nargs="+", type=float, default=[], metavar="FS",
@@ -126,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         from atomray.rollout import Control
 
         control = Control(momentum=args.momentum, thermostat=args.thermostat, temperature_k=args.temperature,
-                          tau_fs=args.tau_fs, seed=args.seed, groups=args.thermostat_groups)
+                          tau_fs=args.tau_fs, seed=args.seed, groups=args.thermostat_groups,
+                          position_noise_a=tuple(args.position_noise))
         model, cfg, state = tracking.load_model_uri(uri, args.model)
         if args.prior_only:  # the network's output projections start at zero: the prior alone
             from atomray.model import build_model
@@ -286,6 +291,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
                                         "temperature_k": args.temperature if args.thermostat_target == "temperature"
                                         else "reference", "tau_fs": control.tau_fs,
                                         "thermostat_groups": control.groups, "basin_bonds": args.basin_bonds,
+                                        "position_noise_a": ",".join(f"{a:g}" for a in control.position_noise_a),
                                         "starts": args.starts, "delta_fs": args.delta_fs,
                                         "lags": args.lags or cfg.data.num_lags, "velocity": args.velocity, "molecules": ",".join(dict.fromkeys(molecule_of)),
                                         "reference": str(root) if root else rows[0]["reference"]})
@@ -366,12 +372,16 @@ def stride_sweep(args, model, cfg, elements, states, molecule_of, refs, out, con
 
 def _describe(control, prior_only: bool = False) -> str:
     text = " (prior only: zero correction)" if prior_only else ""
+    noise = ("; position noise {:g} / {:g} A (heavy atoms / hydrogens)".format(*control.position_noise_a)
+             if any(control.position_noise_a) else "")
+    at = (f"{control.temperature_k:g} K" if isinstance(control.temperature_k, (int, float))
+          else "each molecule's reference temperature")
     if control.thermostat == "csvr":
         groups = "" if control.groups == "molecule" else ", hydrogens and heavy atoms coupled apart"
-        at = (f"{control.temperature_k:g} K" if isinstance(control.temperature_k, (int, float))
-              else "each molecule's reference temperature")
-        return text + f"; momenta kept, CSVR thermostat at {at} (tau {control.tau_fs:g} fs{groups})"
-    return text + ("; momenta kept" if control.momentum else "")
+        return text + f"; momenta kept, CSVR thermostat at {at} (tau {control.tau_fs:g} fs{groups})" + noise
+    if control.thermostat == "langevin":
+        return text + f"; momenta kept, Langevin thermostat at {at} (tau {control.tau_fs:g} fs)" + noise
+    return text + ("; momenta kept" if control.momentum else "") + noise
 
 
 def markdown(rows: list[dict], mean: dict, keys: list[str]) -> str:

@@ -433,3 +433,42 @@ def test_a_velocity_head_is_used_when_present_and_asked_for_only_then():
     head = rollout(model, headed, [state], total_fs=100.0, step_fs=50.0, velocity="head")
     assert np.array_equal(auto.step_velocities[0], head.step_velocities[0])
     assert np.abs(auto.step_velocities[0][1] - diff.step_velocities[0][1]).max() > 1e-4  # the head's velocity
+
+
+def test_position_noise_has_its_width_and_no_rigid_body_part():
+    """Position noise on the heavy atoms alone: the heavy atoms move by the asked width per axis,
+    the hydrogens only by the rigid-body motion removed from the draw (δx = u + ω × x, no
+    internal part), and the centre of mass and the mass-weighted angular displacement
+    Σ m (x − c) × δx stay zero (the noise adds no net translation or rotation)."""
+    from atomray.rollout import _Controller
+
+    b, z = 256, np.tile(Z, 2)
+    rng = np.random.default_rng(2)
+    x = np.broadcast_to(rng.normal(scale=2.0, size=(len(z), 3)), (b, len(z), 3)).copy()
+    mass = np.broadcast_to(atomic_masses(z).astype(np.float64), (b, len(z))).copy()
+    hydrogen = np.broadcast_to(z == 1, mass.shape)
+    control = Control(momentum=True, position_noise_a=(0.01, 0.0))
+    moved = _Controller(control, x, np.zeros_like(x), mass, 50.0, hydrogen).displace(x, hydrogen)
+    dx = moved - x
+    h = np.flatnonzero(z == 1)
+    for i in range(4):  # δx of the hydrogens: u + ω × x_h, solved by least squares
+        xh = x[i, h]
+        skew = np.zeros((len(h), 3, 3))  # ω × r = -[r]× ω
+        skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = xh[:, 2], -xh[:, 1], xh[:, 0]
+        skew = skew - skew.transpose(0, 2, 1)
+        design = np.concatenate([np.broadcast_to(np.eye(3), (len(h), 3, 3)), skew], 2).reshape(-1, 6)
+        fit, *_ = np.linalg.lstsq(design, dx[i, h].ravel(), rcond=None)
+        assert np.abs(design @ fit - dx[i, h].ravel()).max() < 1e-12
+    heavy = dx[~hydrogen]  # (b · n_heavy, 3)
+    assert heavy.std() == pytest.approx(0.01, rel=0.15)  # the rigid-body part removed takes 6 of 3n dof
+    m = mass[..., None]
+    com = (m * x).sum(1) / m.sum(1)
+    assert np.abs((m * dx).sum(1)).max() < 1e-12
+    assert np.abs((m * np.cross(x - com[:, None], dx)).sum(1)).max() < 1e-12
+
+
+def test_position_noise_needs_momentum_control_and_widths_of_zero_or_more():
+    with pytest.raises(DataError, match="needs momentum control"):
+        Control(position_noise_a=(0.005, 0.0))
+    with pytest.raises(DataError, match="two widths >= 0"):
+        Control(momentum=True, position_noise_a=(-0.005, 0.0))

@@ -187,7 +187,7 @@ class ATOM(nn.Module):
         chem_dim = cfg.max_atomic_number + rwpe_dim
         lift = LinearLifting if cfg.lifting == "linear" else EquivariantLifting
         self.lifting = lift(d, chem_dim)
-        self.prior = Prior(cfg.prior, cfg.anharmonic)
+        self.prior = Prior(cfg.prior, cfg.anharmonic, cfg.vib_damping)
         self.register_buffer("masses", torch.from_numpy(mass_table(cfg.max_atomic_number)), persistent=False)
         if cfg.relaxed_input and cfg.prior != "harmonic":
             raise ValueError(f"ATOM: relaxed_input lifts the harmonic prior's start displacement; it needs "

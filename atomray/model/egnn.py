@@ -188,7 +188,7 @@ class EGNNBaseline(nn.Module):
         hid = cfg.gnn_hidden_dim
         self.node_embed = nn.Linear(2 + rwpe_dim, hid)
         self.time_embed = SinusoidalTimeEmbedding(cfg.time_embed_dim, hid, cfg.rope_base, cfg.tau_fs)
-        self.prior = Prior(cfg.prior, cfg.anharmonic)
+        self.prior = Prior(cfg.prior, cfg.anharmonic, cfg.vib_damping)
         if cfg.prior != "none":
             self.alpha = nn.Parameter(torch.zeros(()))  # prior + α (x̂ − prior): the prior at init
 

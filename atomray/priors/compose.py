@@ -90,14 +90,16 @@ class Prior(nn.Module):
     orientation R (B, P, 3, 3)), or (None, None) for prior "none"; in x0's dtype, autocast off.
     Learnable: the vibration's dephasing time (harmonic) and the MD hand-over time (anharmonic)."""
 
-    def __init__(self, kind: str, anharmonic: bool = False):
+    def __init__(self, kind: str, anharmonic: bool = False, damping: bool = True):
         super().__init__()
         if anharmonic and kind != "harmonic":
             raise ValueError(f"an anharmonic prior hands over to the harmonic one: it needs kind 'harmonic', found {kind!r}")
         self.parts = prior_parts(kind, anharmonic)
         self.kind, self.anharmonic = kind, anharmonic
-        if kind == "harmonic":  # the modes' dephasing time, TAU_VIB_FS at init
+        if kind == "harmonic" and damping:  # the modes' dephasing time, TAU_VIB_FS at init
             self.vib_log_tau = nn.Parameter(torch.tensor(math.log(TAU_VIB_FS)))
+        elif kind == "harmonic":  # undamped (ModelConfig.vib_damping=false): τ = ∞, fixed
+            self.register_buffer("vib_log_tau", torch.tensor(math.inf))
         if anharmonic:  # the hand-over time from MMFF94 MD to the harmonic prior, TAU_MD_FS at init
             self.md_log_tau = nn.Parameter(torch.tensor(math.log(TAU_MD_FS)))
 

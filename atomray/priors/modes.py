@@ -243,7 +243,63 @@ def vibration_paths(x: np.ndarray, v_int: np.ndarray, mass: np.ndarray, lags: np
     osc = ((q @ basin.modes.T) / sq + rest[:, None]).reshape(w, -1, n, 3)  # (W, P, N, 3), minimum's frame
     osc_v = ((q_dot @ basin.modes.T) / sq).reshape(w, -1, n, 3)
     back = np.swapaxes(rot, -1, -2)[:, None]  # into x's frame
-    return (osc @ back, d0, osc_v @ back) if velocity else (osc @ back, d0)
+    osc = osc @ back
+    if FIRST_ORDER_BONDS:
+        osc = first_order_bonds(x - d0, osc, d0, mass, bond_pairs(basin))
+    return (osc, d0, osc_v @ back) if velocity else (osc, d0)
+
+
+# Hold bond lengths to first order in the modes' displacement (`first_order_bonds`)? Measured, off:
+# it removes the flexible molecules' spurious bond stretching but shortens rigid ones' bonds, whose
+# Cartesian second-order lengthening stood in for the anharmonic thermal expansion the harmonic
+# model lacks (docs/experiments.md, "Where the bonds go wrong"; benchmarks/harmonic_cap.py +bonds).
+FIRST_ORDER_BONDS = False
+
+
+def bond_pairs(basin: Basin, scale: float = 1.25) -> np.ndarray:
+    """(n_b, 2) the bonds of a basin's minimum: d_ij < scale (r_i + r_j), covalent radii."""
+    from ase.data import covalent_radii
+
+    r = covalent_radii[np.asarray(basin.z, np.int64)]
+    d = np.linalg.norm(basin.minimum[:, None] - basin.minimum[None], axis=-1)
+    return np.stack(np.nonzero(np.triu(d < scale * (r[:, None] + r[None]), k=1)), axis=1)
+
+
+def first_order_bonds(s: np.ndarray, osc: np.ndarray, d0: np.ndarray, mass: np.ndarray, bonds: np.ndarray,
+                      tol: float = 1e-5, max_iter: int = 50) -> np.ndarray:
+    """The vibration osc (W, P, N, 3) about the superposed minimum s (W, N, 3) with each bond's
+    length held to first order in the displacement: L(Δt) = L(0) + ê·Δ(Δt), ê the bond's direction
+    in the start x = s + d0 and Δ the change of the two atoms' relative displacement. Normal modes
+    are linear in Cartesian coordinates, so a mode that turns a group (a methyl, a hydroxyl, a
+    torsion) moves its atoms along tangents and lengthens its bonds at second order, by
+    |Δ⊥|² / 2L; this removes that part: mass-weighted Gauss–Seidel sweeps move each bond's two
+    atoms along the bond to its length (the centre of mass stays; to `tol` Å or `max_iter` sweeps),
+    leaving the first-order motion and x itself (Δ = 0) alone. Targets are kept within 0.5–1.5 of
+    the start's length."""
+    if not len(bonds):
+        return osc
+    bi, bj = bonds[:, 0], bonds[:, 1]
+    x0 = s + d0
+    r0 = x0[:, bi] - x0[:, bj]  # (W, B, 3)
+    l0 = np.linalg.norm(r0, axis=-1)
+    rel = (osc[:, :, bi] - osc[:, :, bj]) - (d0[:, None, bi] - d0[:, None, bj])  # (W, P, B, 3)
+    target = l0[:, None] + np.einsum("wbk,wpbk->wpb", r0 / l0[..., None], rel)
+    inv = 1.0 / np.asarray(mass, np.float64)  # (N,)
+    p = s[:, None] + osc  # (W, P, N, 3)
+    target = np.clip(target, 0.5 * l0[:, None], 1.5 * l0[:, None])  # first order is for small displacements
+    for _ in range(max_iter):  # Gauss-Seidel sweeps over the bonds, each moved along itself
+        worst = 0.0
+        for b, (i, j) in enumerate(bonds):
+            r = p[:, :, i] - p[:, :, j]  # (W, P, 3)
+            length = np.linalg.norm(r, axis=-1)
+            excess = length - target[:, :, b]
+            worst = max(worst, float(np.abs(excess).max()))
+            g = (excess / (np.maximum(length, 1e-6) * (inv[i] + inv[j])))[..., None] * r
+            p[:, :, i] -= inv[i] * g
+            p[:, :, j] += inv[j] * g
+        if worst < tol:
+            break
+    return p - s[:, None]
 
 
 def vibrate(osc: Tensor, d0: Tensor, rot: Tensor | None, lags: Tensor, tau_fs: Tensor | float = TAU_VIB_FS) -> Tensor:

@@ -334,3 +334,19 @@ def test_harmonic_loss_weights_are_inverse_to_the_harmonic_floors_error(real):
     torch.testing.assert_close(w.double(), expect / expect.mean(), rtol=1e-4, atol=0)
     assert w[0] > 1.5 * w[-1]
     assert not torch.allclose(w, window_weights(b, 1e-3, "anharmonic"))  # not the anharmonic floor's weights
+
+
+def test_an_undamped_harmonic_prior_keeps_the_oscillation_and_learns_no_dephasing_time():
+    """`vib_damping=False`: τ = ∞ is a fixed buffer, not a parameter, and the vibration at every lag
+    is the undamped oscillation less the start displacement (osc − d0), where the damped prior's
+    is exp(−Δt/τ) osc − d0."""
+    from atomray.priors.compose import Prior
+
+    torch.manual_seed(0)
+    osc, d0 = torch.randn(2, 3, 5, 3, dtype=torch.float64), torch.randn(2, 5, 3, dtype=torch.float64)
+    lags = torch.tensor([[50.0, 500.0, 1000.0]] * 2, dtype=torch.float64)
+    paths = {"vib_osc": osc, "vib_d0": d0}
+    undamped, damped = Prior("harmonic", damping=False), Prior("harmonic")
+    assert [n for n, _ in undamped.named_parameters()] == [] and "vib_log_tau" in undamped.state_dict()
+    assert torch.allclose(undamped.vibration(paths, None, lags), osc - d0[:, None], atol=1e-12)
+    assert not torch.allclose(damped.vibration(paths, None, lags), osc - d0[:, None], atol=1e-3)

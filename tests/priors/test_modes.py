@@ -246,3 +246,29 @@ def test_a_new_finder_never_gets_the_basins_of_a_finder_that_is_gone():
         basin = basin_modes(finder, 0)
         assert len(basin.z) == n and basin.minimum is finder.minimum(0)[0]
         del finder, basin  # freed at once (no reference cycles): the next finder may reuse its address
+
+
+def test_first_order_bonds_keep_a_turning_bond_at_its_length_and_the_start_as_it_is():
+    """A hydroxyl hydrogen swung along its tangent by 0.3 Å (what a linear normal mode does to a
+    turning group) lengthens the O–H bond by ~|Δ⊥|²/2L in Cartesian coordinates; held to first
+    order it keeps its start length (the tangent has no first-order part), the lag where nothing
+    moved (osc = d0) is left as it is, and the centre of mass does not move."""
+    from atomray.priors.modes import first_order_bonds
+
+    z = np.array([6, 8, 1])
+    s = np.array([[[0.0, 0.0, 0.0], [1.43, 0.0, 0.0], [1.43 + 0.97 * np.cos(1.9), 0.97 * np.sin(1.9), 0.0]]])
+    d0 = np.zeros_like(s)
+    oh = s[0, 2] - s[0, 1]
+    tangent = np.cross([0.0, 0.0, 1.0], oh / np.linalg.norm(oh))
+    osc = np.zeros((1, 2, 3, 3))
+    osc[0, 1, 2] = 0.3 * tangent  # lag 0: nothing moves; lag 1: the hydrogen swings
+    mass = atomic_masses(z).astype(np.float64)
+    bonds = np.array([[0, 1], [1, 2]])
+    out = first_order_bonds(s, osc, d0, mass, bonds)
+    length = lambda p: np.linalg.norm(p[2] - p[1])  # noqa: E731
+    assert length(s[0] + osc[0, 1]) - 0.97 > 0.04  # the linear swing stretches O–H by ~0.045 Å
+    assert length(s[0] + out[0, 1]) == pytest.approx(0.97, abs=1e-5)
+    assert np.linalg.norm((s[0] + out[0, 1])[1] - (s[0] + out[0, 1])[0]) == pytest.approx(1.43, abs=1e-5)
+    assert np.array_equal(out[0, 0], osc[0, 0])
+    com = lambda p: (mass[:, None] * p).sum(0) / mass.sum()  # noqa: E731
+    assert np.allclose(com(s[0] + out[0, 1]), com(s[0] + osc[0, 1]), atol=1e-12)
