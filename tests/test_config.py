@@ -211,6 +211,8 @@ def test_value_out_of_range_names_key_range_and_value(override, key, expected, f
     (["data.split=umap_cluster", "data.num_clusters=4", "data.num_folds=2"], "data.num_clusters"),  # nothing to train on
     (["scaling.use_gpu=true", "scaling.gpus_per_worker=0"], "scaling.gpus_per_worker"),
     (["data.horizon_min_fs=100", "data.horizon_max_fs=50"], "data.horizon_min_fs"),
+    (["model.prior=rotor", "model.relaxed_input=false", "model.prior_input=false", "model.vib_damping=false"],
+     "model.prior"),  # only the harmonic prior vibrates
 ])
 def test_inconsistent_values_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=f"config key '{key}'"):
