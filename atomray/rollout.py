@@ -305,14 +305,12 @@ class _Controller:
 
     def displace(self, x: np.ndarray, hydrogen: np.ndarray) -> np.ndarray:
         """x with Gaussian noise of `position_noise_a` per axis (heavy atoms, hydrogens), less its rigid-body part."""
-        from atomray.priors.rigid import rigid_motion, rigid_velocity
+        from atomray.priors.rigid import internal_velocity
 
         heavy_a, hydrogen_a = self.control.position_noise_a
         sigma = np.where(hydrogen, hydrogen_a, heavy_a) * (self.mass.numpy() > 0)
         noise = _float64(self.rng.standard_normal(x.shape) * sigma[..., None])
-        xt = _float64(x)
-        c, u, omega, _, _ = rigid_motion(xt, noise, self.mass)
-        return x + ((noise - rigid_velocity(xt, c, u, omega)) * (self.mass > 0)[..., None]).numpy()
+        return x + internal_velocity(_float64(x), noise, self.mass).numpy()  # a displacement's internal part
 
     def __call__(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
         """The next step's velocities (B, N, 3) from positions x and the model's velocities v."""

@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--velocity-weight", type=float, default=1.0)
+    parser.add_argument("--position-noise", type=float, default=0.0,
+                        help="Å per axis on each unrolled step's heavy atoms, as jobs/rollout.py --position-noise")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--experiment", default="atomray-finetune", help="MLflow experiment")
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             raise OutputError(f"--out {args.out}: expected a local directory (copy the checkpoint to a store afterwards)")
         if args.steps < 1 or args.step_fs <= 0 or args.epochs < 1 or args.batches < 1 or args.batch_size < 1:
             raise ConfigError("--steps, --epochs, --batches and --batch-size must be >= 1 and --step-fs > 0")
+        if not args.position_noise >= 0:
+            raise ConfigError(f"--position-noise must be >= 0 Å, found {args.position_noise}")
         uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
         model, cfg, before = tracking.load_model_uri(uri, args.model)  # a directory or an MLflow model URI
         if not cfg.model.predict_velocity:
@@ -100,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tracking.log_params(c, run_id, {k: v for k, v in vars(args).items() if k not in ("tracking_uri", "experiment")})
         rows = finetune(model, cfg, split.train, split.val, transform, args.steps, args.step_fs, args.epochs,
-                        args.batches, args.batch_size, args.lr, args.velocity_weight, args.seed, log)
+                        args.batches, args.batch_size, args.lr, args.velocity_weight, args.seed, log,
+                        args.position_noise)
         for row in rows:
             for key, value in row.items():
                 if key != "epoch" and math.isfinite(value):

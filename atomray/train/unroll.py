@@ -35,6 +35,7 @@ from atomray.data.windows import rwpe_of_frames
 from atomray.metrics import masked_mse
 from atomray.model.registry import model_inputs
 from atomray.priors.paths import PriorPaths
+from atomray.priors.rigid import internal_velocity
 from atomray.train.loss import velocity_loss
 
 
@@ -79,9 +80,12 @@ def step_batch(cfg: RunConfig, windows: dict[str, np.ndarray], x: np.ndarray, v:
 
 
 def unrolled_loss(model: torch.nn.Module, windows: dict[str, np.ndarray], cfg: RunConfig, transform: PriorPaths,
-                  velocity_weight: float = 1.0, device: Any = "cpu") -> tuple[Tensor, list[float]]:
+                  velocity_weight: float = 1.0, device: Any = "cpu",
+                  position_noise: float = 0.0) -> tuple[Tensor, list[float]]:
     """(the unrolled loss, S2T of each step ×10⁻² Å²) of `model` over the K strides of `windows`
-    (`unroll_windows`); see the module docstring."""
+    (`unroll_windows`); see the module docstring. `position_noise` (Å per axis): each predicted
+    state's heavy atoms move by a Gaussian draw, less its rigid-body part, before the next step,
+    as a rollout with `atomray.rollout.Control(position_noise_a=(position_noise, 0))` does."""
     if not cfg.model.predict_velocity:
         raise DataError("unrolled fine-tuning needs a model with a velocity head (model.predict_velocity=true)")
     dtype = next(model.parameters()).dtype
@@ -108,16 +112,22 @@ def unrolled_loss(model: torch.nn.Module, windows: dict[str, np.ndarray], cfg: R
         s2t = masked_mse(x[:, None].float(), t["target"][:, k:k + 1].float(), mask).mean()
         total = total + s2t + velocity_weight * velocity_loss(v[:, None].float(), t["target_v"][:, k:k + 1].float(), mask)
         per_step.append(float(s2t.detach()) * 100)
+        if position_noise > 0 and k + 1 < lags.shape[1]:  # the next step starts from a noisy state
+            heavy = (torch.as_tensor(windows["z"], device=device) > 1) & mask
+            draw = torch.randn(x.shape, dtype=torch.float64, device=device) * position_noise * heavy[..., None]
+            mass = torch.as_tensor(windows["mass"], device=device).double() * mask
+            x = x + internal_velocity(x.detach(), draw, mass).to(dtype)  # a displacement's internal part
     return total / lags.shape[1], per_step
 
 
 def finetune(model: torch.nn.Module, cfg: RunConfig, train: Sequence[str], held_out: Sequence[str],
              transform: PriorPaths, steps: int, step_fs: float, epochs: int, batches: int, batch_size: int,
              lr: float, velocity_weight: float = 1.0, seed: int = 0,
-             log: Callable[[dict], None] = print) -> list[dict[str, Any]]:
+             log: Callable[[dict], None] = print, position_noise: float = 0.0) -> list[dict[str, Any]]:
     """Fine-tune `model` in place with the unrolled loss: each epoch `batches` batches of fresh
     windows of the `train` molecules (AdamW, `lr`), then the unrolled S2T per step on fixed windows
-    of the `held_out` molecules (before the first epoch too). Returns one row per epoch."""
+    of the `held_out` molecules (before the first epoch too; without noise). With `position_noise`,
+    each training step's state is displaced as in `unrolled_loss`. Returns one row per epoch."""
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     check = unroll_windows(cfg, held_out, 64, steps, step_fs, HELD_OUT_SEED)  # the same for every seed
@@ -140,7 +150,7 @@ def finetune(model: torch.nn.Module, cfg: RunConfig, train: Sequence[str], held_
         for b in range(batches):
             rows_b = order[b * batch_size:(b + 1) * batch_size]
             windows = {k: val[rows_b] for k, val in pool.items()}
-            loss, _ = unrolled_loss(model, windows, cfg, transform, velocity_weight)
+            loss, _ = unrolled_loss(model, windows, cfg, transform, velocity_weight, position_noise=position_noise)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

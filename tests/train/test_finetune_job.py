@@ -60,3 +60,11 @@ def test_finetune_job_refuses_a_model_without_a_velocity_head(tmp_path, capsys):
                        "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", expect=2)
     assert "no velocity head" in printed.err and "model.predict_velocity=true" in printed.err
     assert not (tmp_path / "ft").exists()  # nothing half-written
+
+
+def test_finetune_job_refuses_negative_position_noise(tmp_path, capsys):
+    src = head_checkpoint(tmp_path / "ckpt", head=True)
+    printed = job_main(capsys, "finetune_rollout.py", "--model", src, "--out", tmp_path / "ft", "--position-noise", -0.01,
+                       "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", expect=2)
+    assert "--position-noise must be >= 0" in printed.err
+    assert not (tmp_path / "ft").exists()

@@ -70,3 +70,15 @@ def test_the_unrolled_loss_trains_and_needs_a_velocity_head():
     plain, cfg_plain = rigid_model(head=False)
     with pytest.raises(DataError, match="velocity head"):
         unrolled_loss(plain, windows, cfg_plain, transform)
+
+
+def test_position_noise_displaces_every_state_after_the_first_and_leaves_the_first_step_alone():
+    """The noise of a rollout (`--position-noise`) in the unrolled loss: the first step starts from
+    the window's own start (its S2T as without noise, ~0 for the exact rigid model); every later
+    step starts from a displaced prediction, so its S2T is no longer 0."""
+    model, cfg = rigid_model()
+    transform = PriorPaths({"rigid"}, StateBasins(), dtype=np.float64)
+    torch.manual_seed(0)
+    _, per_step = unrolled_loss(model, spinning_windows(), cfg, transform, 1.0, position_noise=0.01)
+    assert per_step[0] < 1e-10
+    assert min(per_step[1:]) > 1e-4, per_step  # 0.01 Å per axis on 5 of 8 atoms: ~1e-4 Å² × 100
