@@ -256,10 +256,12 @@ def _download(uri: str, source: str, dst: Path) -> Path:
     return local
 
 
-def load_model_uri(uri: str, source: str):
+def load_model_uri(uri: str, source: str, prior_only: bool = False):
     """(model in eval mode, RunConfig, TrainState) for any `download_checkpoint` source.
     Weights load with torch.load(weights_only=True); a remote checkpoint is read from a
-    temporary copy that is removed afterwards."""
+    temporary copy that is removed afterwards. `prior_only`: the checkpoint's architecture
+    untrained instead — its output projections start at zero, so it predicts its prior alone
+    (the floor a trained model must beat; `jobs/rollout.py --prior-only`)."""
     import tempfile
 
     from atomray.checkpoint import load_model, read_state
@@ -267,6 +269,10 @@ def load_model_uri(uri: str, source: str):
     with tempfile.TemporaryDirectory(prefix="atomray-ckpt-") as tmp:
         directory = download_checkpoint(uri, source, tmp)
         model, cfg = load_model(directory)
+        if prior_only:
+            from atomray.model import build_model
+
+            model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).eval()
         return model, cfg, read_state(directory)
 
 

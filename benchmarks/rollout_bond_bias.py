@@ -87,11 +87,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         from atomray.priors import modes
 
         modes.FIRST_ORDER_BONDS = True
-    model, cfg, state = tracking.load_model_uri(tracking.resolve_tracking_uri(TrackingConfig()), args.model)
-    if args.prior_only:
-        from atomray.model import build_model
-
-        model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k)
+    model, cfg, state = tracking.load_model_uri(tracking.resolve_tracking_uri(TrackingConfig()), args.model,
+                                                prior_only=args.prior_only)
     root = cfg.data.path
     table = read_molecules(root)
     n_frames = dict(zip(table.column("molecule_id").to_pylist(), table.column("n_frames").to_pylist()))

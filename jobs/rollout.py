@@ -132,11 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         control = Control(momentum=args.momentum, thermostat=args.thermostat, temperature_k=args.temperature,
                           tau_fs=args.tau_fs, seed=args.seed, groups=args.thermostat_groups,
                           position_noise_a=tuple(args.position_noise))
-        model, cfg, state = tracking.load_model_uri(uri, args.model)
-        if args.prior_only:  # the network's output projections start at zero: the prior alone
-            from atomray.model import build_model
-
-            model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k)
+        model, cfg, state = tracking.load_model_uri(uri, args.model, prior_only=args.prior_only)
         elements = state.elements
         from atomray.rollout import default_step_fs
 

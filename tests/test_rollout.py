@@ -472,3 +472,20 @@ def test_position_noise_needs_momentum_control_and_widths_of_zero_or_more():
         Control(position_noise_a=(0.005, 0.0))
     with pytest.raises(DataError, match="two widths >= 0"):
         Control(momentum=True, position_noise_a=(-0.005, 0.0))
+
+
+def test_prior_only_loads_the_checkpoints_architecture_with_a_zero_correction(tmp_path):
+    """`tracking.load_model_uri(..., prior_only=True)` (`jobs/rollout.py --prior-only`): the saved
+    network (random weights) moves a spinning rigid molecule off its exact motion; the same
+    checkpoint loaded prior-only rolls it out on the rigid prior's analytic motion."""
+    from atomray import tracking
+    from atomray.checkpoint import TrainState, save_checkpoint
+
+    cfg = small_cfg()
+    path = save_checkpoint(tmp_path / "ckpt", scrambling_model(cfg).float(), cfg, TrainState(elements=[1, 6, 7, 8]))
+    state, exact = spinning_molecule()
+    for prior_only, close in ((False, False), (True, True)):
+        model, loaded, _ = tracking.load_model_uri("", str(path), prior_only=prior_only)
+        traj = rollout(model.double(), loaded, [state], total_fs=200.0, step_fs=50.0, dtype=torch.float64)
+        error = np.abs(traj.positions[0][-1] - exact(200.0)).max()
+        assert (error < 1e-6) == close, (prior_only, error)
