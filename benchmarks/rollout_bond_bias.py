@@ -13,7 +13,8 @@ and k, for bonds between heavy atoms and X–H bonds apart (bonds perceived at t
 start): the mean of each bond's signed shift (rollout − reference, Å; the mean of |that| over
 the bonds), the median ratio of each bond's standard deviation over the starts (rollout /
 reference), and the Wasserstein-1 distance of the bond lengths (Å, averaged over bonds, as
-`atomray.structure.structure_distances` reports). A shift already there at k = 1 is the
+`atomray.structure.structure_distances` reports); the same for every bond angle (degrees). A
+shift already there at k = 1 is the
 network's own bias on the molecule, which no rollout control changes; a width that falls as k
 grows is lost by chaining the steps. Prints one JSON line per molecule and k. About 1 min on
 2 cores with the defaults.
@@ -45,6 +46,13 @@ def bias_report(rolled: np.ndarray, reference: np.ndarray, z: np.ndarray, start:
     w1 = np.array([structure._w1(a[:, [k]], b[:, [k]], False) for k in range(a.shape[1])])
     hydrogen = np.array([min(z[i], z[j]) == 1 for i, j in top.bonds], bool)
     out: dict = {"finite": int(keep.sum())}
+    if len(top.angles):  # angles (degrees): the same figures over every angle
+        a_ang, b_ang = structure.bond_angles(rolled[keep], top), structure.bond_angles(reference[keep], top)
+        w1_ang = np.array([structure._w1(a_ang[:, [k]], b_ang[:, [k]], False) for k in range(a_ang.shape[1])])
+        out["angles"] = {"angles": int(a_ang.shape[1]),
+                         "mean_abs_shift_deg": round(float(np.abs((a_ang - b_ang).mean(0)).mean()), 3),
+                         "width_ratio_median": round(float(np.median(a_ang.std(0) / b_ang.std(0))), 3),
+                         "w1_deg": round(float(w1_ang.mean()), 3)}
     for group, sel in (("heavy", ~hydrogen), ("x_h", hydrogen)):
         if sel.any():
             out[group] = {"bonds": int(sel.sum()), "mean_abs_shift_a": round(float(np.abs(shift[sel]).mean()), 5),
