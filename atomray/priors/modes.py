@@ -256,13 +256,11 @@ def vibration_paths(x: np.ndarray, v_int: np.ndarray, mass: np.ndarray, lags: np
 FIRST_ORDER_BONDS = False
 
 
-def bond_pairs(basin: Basin, scale: float = 1.25) -> np.ndarray:
-    """(n_b, 2) the bonds of a basin's minimum: d_ij < scale (r_i + r_j), covalent radii."""
-    from ase.data import covalent_radii
+def bond_pairs(basin: Basin) -> np.ndarray:
+    """(n_b, 2) the bonds of a basin's minimum (`atomray.structure.bonds_from_geometry`)."""
+    from atomray.structure import bonds_from_geometry
 
-    r = covalent_radii[np.asarray(basin.z, np.int64)]
-    d = np.linalg.norm(basin.minimum[:, None] - basin.minimum[None], axis=-1)
-    return np.stack(np.nonzero(np.triu(d < scale * (r[:, None] + r[None]), k=1)), axis=1)
+    return np.asarray(bonds_from_geometry(basin.z, basin.minimum).bonds, np.int64).reshape(-1, 2)
 
 
 def first_order_bonds(s: np.ndarray, osc: np.ndarray, d0: np.ndarray, mass: np.ndarray, bonds: np.ndarray,

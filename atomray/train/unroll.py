@@ -96,6 +96,9 @@ def unrolled_loss(model: torch.nn.Module, windows: dict[str, np.ndarray], cfg: R
     v = t["v0"].to(dtype)
     lags, offsets = windows["lags_fs"], windows["lag_frames"]
     total, per_step = torch.zeros((), dtype=dtype, device=device), []
+    if position_noise > 0:  # the heavy atoms the noise moves, and the masses that take out its rigid-body part
+        heavy = (torch.as_tensor(windows["z"], device=device) > 1) & mask
+        mass = torch.as_tensor(windows["mass"], device=device).double() * mask
     for k in range(lags.shape[1]):
         stride = lags[:, k:k + 1] - (lags[:, k - 1:k] if k else 0.0)
         frame = windows["frame"] + (offsets[:, k - 1] if k else 0)
@@ -113,9 +116,7 @@ def unrolled_loss(model: torch.nn.Module, windows: dict[str, np.ndarray], cfg: R
         total = total + s2t + velocity_weight * velocity_loss(v[:, None].float(), t["target_v"][:, k:k + 1].float(), mask)
         per_step.append(float(s2t.detach()) * 100)
         if position_noise > 0 and k + 1 < lags.shape[1]:  # the next step starts from a noisy state
-            heavy = (torch.as_tensor(windows["z"], device=device) > 1) & mask
             draw = torch.randn(x.shape, dtype=torch.float64, device=device) * position_noise * heavy[..., None]
-            mass = torch.as_tensor(windows["mass"], device=device).double() * mask
             x = x + internal_velocity(x.detach(), draw, mass).to(dtype)  # a displacement's internal part
     return total / lags.shape[1], per_step
 
