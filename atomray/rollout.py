@@ -167,6 +167,7 @@ KB = 1.0 / U_A2_FS2_IN_K  # Boltzmann's constant, u·(Å/fs)²/K
 
 THERMOSTATS = ("none", "csvr", "langevin")
 COUPLING_GROUPS = ("molecule", "hydrogens")
+HYDROGEN_NOISE_AXES = ("all", "across")  # the hydrogens' position noise: every axis, or across their bond
 VELOCITY_SOURCES = ("auto", "head", "difference")
 
 
@@ -214,7 +215,9 @@ class Control:
     `benchmarks/rollout_bond_bias.py`), and noise puts back some of the spread a sample of the
     next state would have. (0.005, 0) at 50 fs is the measured choice of the rollout recipes
     (docs/experiments.md, "Where the bonds go wrong"); the hydrogens' X–H widths are already
-    too wide, so they get none.
+    too wide, so they get none. `hydrogen_noise_axes="across"` keeps a hydrogen's draw off its
+    bond: the part along the line to its nearest heavy atom is removed, so the noise widens its
+    angles (X–X–H bends) and not its X–H length.
 
     `thermostat="langevin"` (needs `momentum`): a Langevin (Ornstein–Uhlenbeck) update of every
     atom's internal velocity once per step, v' = c v + √((1 − c²) k_B T / m) ξ with ξ standard
@@ -231,6 +234,7 @@ class Control:
     seed: int = 0
     groups: str = "molecule"  # molecule | hydrogens (CSVR's coupling groups)
     position_noise_a: tuple[float, float] = (0.0, 0.0)  # Å: (heavy atoms, hydrogens)
+    hydrogen_noise_axes: str = "all"  # all | across (their bond)
 
     def __post_init__(self):
         if self.thermostat not in THERMOSTATS:
@@ -242,6 +246,9 @@ class Control:
         if self.groups != "molecule" and self.thermostat != "csvr":
             raise DataError(f"rollout: coupling groups {self.groups!r} are CSVR's; the {self.thermostat!r} "
                             "thermostat has none")
+        if self.hydrogen_noise_axes not in HYDROGEN_NOISE_AXES:
+            raise DataError(f"rollout: the hydrogens' noise axes must be one of "
+                            f"{', '.join(map(repr, HYDROGEN_NOISE_AXES))}, found {self.hydrogen_noise_axes!r}")
         noise = np.asarray(self.position_noise_a, float)
         if noise.shape != (2,) or not np.all(noise >= 0):
             raise DataError(f"rollout: position noise is two widths >= 0 Å (heavy atoms, hydrogens), "
@@ -308,9 +315,12 @@ class _Controller:
         from atomray.priors.rigid import internal_velocity
 
         heavy_a, hydrogen_a = self.control.position_noise_a
-        sigma = np.where(hydrogen, hydrogen_a, heavy_a) * (self.mass.numpy() > 0)
-        noise = _float64(self.rng.standard_normal(x.shape) * sigma[..., None])
-        return x + internal_velocity(_float64(x), noise, self.mass).numpy()  # a displacement's internal part
+        real = self.mass.numpy() > 0
+        sigma = np.where(hydrogen, hydrogen_a, heavy_a) * real
+        draw = self.rng.standard_normal(x.shape) * sigma[..., None]
+        if self.control.hydrogen_noise_axes == "across":
+            draw = _across_bonds(x, draw, hydrogen & real, real & ~hydrogen)
+        return x + internal_velocity(_float64(x), _float64(draw), self.mass).numpy()  # a displacement's internal part
 
     def __call__(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
         """The next step's velocities (B, N, 3) from positions x and the model's velocities v."""
@@ -341,6 +351,19 @@ class _Controller:
             internal = (internal - rigid_velocity(xt, c, u_noise, omega_noise)) * (self.mass > 0)[..., None]
         rigid = rigid_velocity(xt, c, self.u0, (inertia_inv @ self.ang0[..., None])[..., 0])  # the start's P and L
         return ((rigid + internal) * (self.mass > 0)[..., None]).numpy()
+
+
+def _across_bonds(x: np.ndarray, draw: np.ndarray, hydrogen: np.ndarray, heavy: np.ndarray) -> np.ndarray:
+    """draw (B, N, 3) with each hydrogen's part along the line to its nearest heavy atom removed
+    (hydrogen, heavy: (B, N) masks; a molecule without heavy atoms keeps its draw)."""
+    dist = np.linalg.norm(x[:, :, None] - x[:, None], axis=-1)  # (B, N, N)
+    dist = np.where(heavy[:, None, :], dist, np.inf)
+    partner = np.take_along_axis(x, dist.argmin(-1)[..., None].repeat(3, -1), 1)  # (B, N, 3)
+    axis = x - partner
+    norm = np.linalg.norm(axis, axis=-1, keepdims=True)
+    axis = np.divide(axis, norm, out=np.zeros_like(axis), where=norm > 0)
+    along = (draw * axis).sum(-1, keepdims=True) * axis
+    return np.where((hydrogen & heavy.any(1, keepdims=True))[..., None], draw - along, draw)
 
 
 def _float64(a: np.ndarray):

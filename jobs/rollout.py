@@ -16,7 +16,7 @@ Between steps, `--momentum` keeps each start's linear and angular momentum exact
 `--thermostat csvr` holds the internal motion at --temperature (NVT, `atomray.rollout.Control`);
 `--thermostat langevin` does so atom by atom, so no atom group runs hotter than another;
 `--thermostat-groups hydrogens` couples CSVR to the hydrogens and the heavy atoms apart;
-`--thermostat-target reference` holds each molecule at its reference MD's temperature;
+`--thermostat-target reference` holds each molecule at its reference MD's internal temperature;
 `--position-noise HEAVY H` adds Gaussian noise (Å per axis) to each step's predicted positions
 (`--position-noise 0.005 0` at 50 fs is the measured choice: docs/experiments.md). Each
 step's prior keeps the start's bond graph (`--basin-bonds start`).
@@ -27,13 +27,17 @@ zero correction, the floor a trained model must beat.
 
 Reference MD: the molecule's trajectory in the data set, or for a SMILES fresh NVE MD through
 the tg80 engines after --equilibrate-fs of Langevin dynamics (--reference-engine gfn2 | gfn1 |
-mmff; for --structure the bonds are perceived from the geometry; `--reference-cache DIR` keeps
-it for the next run with the same molecule, engine, length and temperature). Writes to --out
+mmff; for --structure the bonds are perceived from the geometry; with a --thermostat, or with
+`--reference-ensemble nvt`, Langevin MD at --temperature instead of NVE, which holds one small
+molecule at the temperature an NVT rollout is held at; `--reference-cache DIR` keeps it for the next run with the same
+molecule, engine, ensemble, length and temperature). Writes to --out
 one extxyz per rollout (every atom the model predicts), rollouts.csv, rollouts.md and a
 structure plot per molecule, and logs an MLflow run (experiment --experiment) with the
 per-molecule and mean figures: stability coefficient, time to first failure, Wasserstein-1 of
 bond lengths / angles / dihedrals / radius of gyration beside the same distances between the
-reference's two halves (the reference's own noise), temperatures.
+reference's two halves (the reference's own noise), temperatures (with the rotation, and of the
+internal motion alone: the verdict judges the internal one, which is what a thermostat holds;
+a rollout with momentum control keeps its start's rotation).
 """
 
 from __future__ import annotations
@@ -65,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="--smiles / --structure: Langevin dynamics at --temperature before the reference NVE "
                              "MD, whose frames are then the starts (default 1000 fs; 0: start from the structure "
                              "with drawn velocities, one start per seed)")
+    parser.add_argument("--reference-ensemble", choices=("auto", "nve", "nvt"), default="auto",
+                        help="--smiles / --structure: the fresh reference MD after equilibration: NVE, or NVT "
+                             "(Langevin at --temperature), whose distributions are those an NVT rollout is held "
+                             "at; auto: NVT when a --thermostat runs, else NVE (default auto)")
     parser.add_argument("--reference-cache", default=None, metavar="DIR",
                         help="--smiles / --structure: keep the fresh reference MD in DIR and reuse it when the same "
                              "molecule, engine, length and temperature come again (e.g. another model; default: none)")
@@ -78,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                              "both need --momentum (default none)")
     parser.add_argument("--thermostat-target", choices=("temperature", "reference"), default="temperature",
                         help="the thermostat's temperature: --temperature for every molecule, or each molecule's "
-                             "reference MD mean temperature (compare at the reference's own temperature; "
+                             "reference MD mean internal temperature (compare at the reference's own temperature; "
                              "default temperature)")
     parser.add_argument("--thermostat-groups", choices=("molecule", "hydrogens"), default="molecule",
                         help="CSVR's coupling groups: the molecule's internal motion as one, or the hydrogens and "
@@ -95,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                              "difference lags only, one recorded frame per step)")
     parser.add_argument("--position-noise", type=float, nargs=2, default=(0.0, 0.0), metavar=("HEAVY", "H"),
                         help="Å: Gaussian noise per axis on each step's predicted positions (heavy atoms, hydrogens)")
+    parser.add_argument("--hydrogen-noise-axes", choices=("all", "across"), default="all",
+                        help="the hydrogens' position noise on every axis, or across their X-H bond only (their "
+                             "bends, not their bond lengths; default all)")
     parser.add_argument("--tau-fs", type=float, default=100.0, help="the thermostat's relaxation time (default 100 fs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the thermostat's draws (default 0)")
     parser.add_argument("--stride-sweep", nargs="+", type=float, default=[], metavar="FS",
@@ -124,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--starts must be >= 1 and --total-ps > 0, found {args.starts} and {args.total_ps}")
         if args.thermostat_target == "reference" and args.thermostat == "none":
             raise ConfigError("--thermostat-target reference sets the thermostat's temperature; choose a --thermostat")
+        if args.reference_ensemble == "nvt" and not (args.smiles or args.structure):
+            raise ConfigError("--reference-ensemble nvt is for the fresh reference MD of --smiles / --structure; "
+                              "a data set's molecules are judged against their own trajectories")
+        if args.reference_ensemble == "auto":  # judge an NVT rollout against MD at the thermostat's temperature
+            args.reference_ensemble = "nvt" if args.thermostat != "none" else "nve"
         if any(not 0 < s <= 1000.0 * args.total_ps for s in args.stride_sweep):
             raise ConfigError(f"--stride-sweep: every stride must be in (0, --total-ps], found {args.stride_sweep}")
         uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
@@ -131,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
         control = Control(momentum=args.momentum, thermostat=args.thermostat, temperature_k=args.temperature,
                           tau_fs=args.tau_fs, seed=args.seed, groups=args.thermostat_groups,
-                          position_noise_a=tuple(args.position_noise))
+                          position_noise_a=tuple(args.position_noise), hydrogen_noise_axes=args.hydrogen_noise_axes)
         model, cfg, state = tracking.load_model_uri(uri, args.model, prior_only=args.prior_only)
         elements = state.elements
         from atomray.rollout import default_step_fs
@@ -215,10 +231,11 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
     if "__equilibrate__" in references:
         seed_state, label = references["__equilibrate__"], molecule_of[0]
         print(f"reference: {args.reference_engine} MD of {label}: {args.equilibrate_fs:g} fs of Langevin dynamics at "
-              f"{args.temperature:g} K, then {args.total_ps:g} ps NVE; {args.starts} starts spaced over it ...", flush=True)
+              f"{args.temperature:g} K, then {args.total_ps:g} ps {args.reference_ensemble.upper()}; {args.starts} "
+              "starts spaced over it ...", flush=True)
         md = fresh_md(seed_state, args.smiles or "", total, args.reference_engine,
                       equilibrate_fs=args.equilibrate_fs, temperature_k=args.temperature,
-                      cache_dir=args.reference_cache, progress=True)
+                      cache_dir=args.reference_cache, progress=True, ensemble=args.reference_ensemble)
         states = states_from_md(md, seed_state.atomic_numbers, "smiles" if args.smiles else seed_state.name, args.starts)
         molecule_of = [label] * len(states)
         refs[label] = model_reference(md, seed_state.atomic_numbers, cfg)
@@ -229,16 +246,18 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
             refs[molecule] = dataset_reference(root, molecule, cfg)
         else:
             first = states[molecule_of.index(molecule)]
-            print(f"reference: {args.reference_engine} NVE MD of {molecule} for {args.total_ps:g} ps ...", flush=True)
+            print(f"reference: {args.reference_engine} {args.reference_ensemble.upper()} MD of {molecule} for "
+                  f"{args.total_ps:g} ps ...", flush=True)
             refs[molecule] = fresh_reference(first, args.smiles or "", cfg, total, args.reference_engine,
-                                             cache_dir=args.reference_cache, progress=True)
+                                             cache_dir=args.reference_cache, progress=True,
+                                             ensemble=args.reference_ensemble)
     if args.thermostat_target == "reference" and control.thermostat != "none":
         import dataclasses
 
-        ref_k = {}  # each reference's mean temperature, as check_rollouts reports it (the model's atoms)
+        ref_k = {}  # each reference's mean internal temperature (the model's atoms): the motion a thermostat holds
         for m, r in refs.items():
             z = states[molecule_of.index(m)].atomic_numbers
-            ref_k[m] = reference_temperature(r, z[model_atoms(cfg, z)])
+            ref_k[m] = reference_temperature(r, z[model_atoms(cfg, z)], internal=True)
         control = dataclasses.replace(control, temperature_k=tuple(ref_k[m] for m in molecule_of))
         print("thermostat at each molecule's reference temperature: "
               + ", ".join(f"{m} {t:.0f} K" for m, t in ref_k.items()), flush=True)
@@ -275,7 +294,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
     print(markdown(rows, mean, keys))
     misses = {r["molecule"]: holds(r, target_k) for r in rows}
     failing = {m: v for m, v in misses.items() if v}
-    print("verdict: every molecule holds (stability 1.0, W1 within targets, temperature within 10 %)" if not failing
+    print("verdict: every molecule holds (stability 1.0, W1 within targets, internal temperature within 10 %)" if not failing
           else "verdict: " + "; ".join(f"{m} misses {', '.join(v)}" for m, v in failing.items()), flush=True)
 
     c = tracking.client(uri)
@@ -288,6 +307,8 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
                                         else "reference", "tau_fs": control.tau_fs,
                                         "thermostat_groups": control.groups, "basin_bonds": args.basin_bonds,
                                         "position_noise_a": ",".join(f"{a:g}" for a in control.position_noise_a),
+                                        "hydrogen_noise_axes": control.hydrogen_noise_axes,
+                                        "reference_ensemble": args.reference_ensemble if not root else "data set",
                                         "starts": args.starts, "delta_fs": args.delta_fs,
                                         "lags": args.lags or cfg.data.num_lags, "velocity": args.velocity, "molecules": ",".join(dict.fromkeys(molecule_of)),
                                         "reference": str(root) if root else rows[0]["reference"]})
@@ -300,7 +321,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
         c.log_metric(run_id, "molecules_holding", float(len(rows) - len(failing)))
         for r in sweep:
             for k in ("mean_time_to_failure_ps", "stability", "w1_bond_length_a", "w1_bond_angle_deg", "w1_dihedral_deg",
-                      "temperature_k"):
+                      "temperature_k", "internal_temperature_k"):
                 c.log_metric(run_id, f"sweep.{k}", float(r[k]), step=int(r["stride_fs"]))
         c.log_artifacts(run_id, str(out), "rollout")
         tracking.finish_run(uri, run_id)
@@ -355,7 +376,8 @@ def stride_sweep(args, model, cfg, elements, states, molecule_of, refs, out, con
         print(f"stride {stride:g} fs: stability {mean['stability']:.2f}, first failure {mean['mean_time_to_failure_ps']:.1f} ps, "
               f"W1 bonds {mean['w1_bond_length_a']:.4f} A, angles {mean['w1_bond_angle_deg']:.2f} deg, dihedrals "
               f"{mean['w1_dihedral_deg']:.1f} deg, T {mean['temperature_k']:.0f} K (model's own "
-              f"{mean['model_temperature_k']:.0f} K, reference {mean['reference_temperature_k']:.0f} K) -> "
+              f"{mean['model_temperature_k']:.0f} K, reference {mean['reference_temperature_k']:.0f} K; internal "
+              f"{mean['internal_temperature_k']:.0f} K, reference {mean['reference_internal_temperature_k']:.0f} K) -> "
               + ("holds" if not mean["misses"] else "misses " + mean["misses"]), flush=True)
     with open(out / "stride_sweep.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(sweep[0]))
@@ -368,8 +390,9 @@ def stride_sweep(args, model, cfg, elements, states, molecule_of, refs, out, con
 
 def _describe(control, prior_only: bool = False) -> str:
     text = " (prior only: zero correction)" if prior_only else ""
-    noise = ("; position noise {:g} / {:g} A (heavy atoms / hydrogens)".format(*control.position_noise_a)
-             if any(control.position_noise_a) else "")
+    noise = ("; position noise {:g} / {:g} A (heavy atoms / hydrogens{})".format(
+        *control.position_noise_a, ", across their bonds" if control.hydrogen_noise_axes == "across" else "")
+        if any(control.position_noise_a) else "")
     at = (f"{control.temperature_k:g} K" if isinstance(control.temperature_k, (int, float))
           else "each molecule's reference temperature")
     if control.thermostat == "csvr":

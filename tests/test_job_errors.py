@@ -219,3 +219,12 @@ def test_rollout_settings_are_refused_before_work(capsys, tmp_path, checkpoint, 
                    "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *args, expect=2)
     assert named in one_line_error(out.err, "rollout")
     assert not (tmp_path / "roll").exists()
+
+
+def test_an_nvt_reference_is_refused_for_data_set_molecules(capsys, tmp_path, checkpoint):
+    """A data set's molecules are judged against their own trajectories: no fresh MD to make NVT."""
+    out = job_main(capsys, "rollout.py", "--model", checkpoint, "--test-molecules", "--reference-ensemble", "nvt",
+                   "--out", tmp_path / "roll", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", expect=2)
+    assert "--reference-ensemble nvt is for the fresh reference MD of --smiles / --structure" in one_line_error(
+        out.err, "rollout")
+    assert not (tmp_path / "roll").exists()

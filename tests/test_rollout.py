@@ -207,27 +207,61 @@ def test_csvr_rollout_holds_the_target_temperature_of_the_internal_motion():
     """Strong coupling (τ = ΔT / 10): whatever the model does to the kinetic energy in a step,
     the next step starts at the target temperature on average. (With τ ≥ ΔT the thermostat only
     partly undoes a model that cools its state, as every step of this random model does.)"""
-    from atomray.priors.rigid import internal_velocity
+    from atomray.rollout_check import internal_temperature, step_positions
 
     cfg = small_cfg()
     state, _ = spinning_molecule(omega=4e-3)
     states = [dataclasses.replace(state, name=f"s{i}") for i in range(4)]
     traj = rollout(scrambling_model(cfg), cfg, states, total_fs=2000.0, step_fs=50.0, dtype=torch.float64,
                    control=Control(momentum=True, thermostat="csvr", temperature_k=500.0, tau_fs=5.0))
-    mass = atomic_masses(Z).astype(np.float64)
-    temps = []
-    for i in range(4):
-        k = len(traj.step_velocities[i]) - 1
-        x = torch.from_numpy(np.stack([traj.positions[i][4 * j] for j in range(1, k + 1)]))
-        w = internal_velocity(x, torch.from_numpy(traj.step_velocities[i][1:]), torch.from_numpy(mass).expand(k, -1))
-        temps.append((mass[:, None] * w.numpy() ** 2).sum((1, 2)) / ((3 * len(Z) - 6) / 1.2027e6))
+    temps = [internal_temperature(step_positions(traj, i)[1:], traj.step_velocities[i][1:], Z) for i in range(4)]
     assert np.mean(temps) == pytest.approx(500.0, rel=0.1)
+
+
+def test_the_internal_temperature_leaves_out_the_rigid_body_motion():
+    """A rigidly spinning, drifting molecule has no internal temperature (its temperature with
+    the rotation is not 0); internal velocities added to it give Σ m w² / (f k_B) with f = 3N − 6,
+    and f = 3N − 5 for a linear molecule."""
+    from atomray import structure
+    from atomray.priors.rigid import internal_velocity
+    from atomray.rollout_check import internal_temperature
+
+    state, _ = spinning_molecule(omega=4e-3)
+    x, v = state.positions, state.velocities
+    assert structure.temperature(v, Z)[0] > 50.0 and internal_temperature(x, v, Z)[0] < 1e-9
+    for z, pos in [(Z, x), (np.array([8, 6, 8]), np.array([[-1.16, 0.0, 0.0], [0.0, 0.0, 0.0], [1.16, 0.0, 0.0]]))]:
+        m = atomic_masses(z).astype(np.float64)
+        draw = np.random.default_rng(1).normal(scale=5e-3, size=pos.shape)
+        w = internal_velocity(torch.from_numpy(pos[None]), torch.from_numpy(draw[None]), torch.from_numpy(m[None]))[0].numpy()
+        f = 3 * len(z) - 5 if len(z) == 3 else 3 * len(z) - 6
+        expected = (m[:, None] * w * w).sum() * structure.U_A2_FS2_IN_K / f
+        base = v if len(z) == len(Z) else np.zeros_like(pos)
+        assert internal_temperature(pos, base + w, z)[0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_verdict_judges_the_internal_temperature_a_thermostat_holds():
+    """A fast-spinning start under CSVR at 300 K: the internal motion is held at 300 K and the
+    verdict passes it, while the temperature with the start's rotation, which momentum control
+    keeps, reads far above 330 K."""
+    from atomray.rollout_check import Reference, check_rollouts, holds, step_positions
+
+    cfg = small_cfg()
+    state, _ = spinning_molecule(omega=1.5e-2)
+    states = [dataclasses.replace(state, name=f"s{i}") for i in range(4)]
+    traj = rollout(scrambling_model(cfg), cfg, states, total_fs=2000.0, step_fs=50.0, dtype=torch.float64,
+                   control=Control(momentum=True, thermostat="csvr", temperature_k=300.0, tau_fs=5.0))
+    ref = Reference("itself", step_positions(traj, 0)[1:], traj.step_velocities[0][1:], 50.0)
+    row = check_rollouts(traj, {"spinner": ref}, ["spinner"] * 4)[0]
+    assert row["internal_temperature_k"] == pytest.approx(300.0, rel=0.1)
+    assert row["temperature_k"] > 1.1 * 300.0
+    assert not any("temperature" in miss for miss in holds(row, target_k=300.0)), holds(row, target_k=300.0)
+    assert any("temperature" in miss for miss in holds(row, target_k=400.0))
 
 
 def test_csvr_holds_each_start_at_its_own_temperature():
     """One thermostat temperature per start state (`--thermostat-target reference`): two copies
     of the same molecule held at 200 K and two at 600 K each end up at their own."""
-    from atomray.priors.rigid import internal_velocity
+    from atomray.rollout_check import internal_temperature, step_positions
 
     cfg = small_cfg()
     state, _ = spinning_molecule(omega=4e-3)
@@ -235,12 +269,8 @@ def test_csvr_holds_each_start_at_its_own_temperature():
     targets = (200.0, 200.0, 600.0, 600.0)
     traj = rollout(scrambling_model(cfg), cfg, states, total_fs=2000.0, step_fs=50.0, dtype=torch.float64,
                    control=Control(momentum=True, thermostat="csvr", temperature_k=targets, tau_fs=5.0))
-    mass = atomic_masses(Z).astype(np.float64)
     for i, target in enumerate(targets):
-        k = len(traj.step_velocities[i]) - 1
-        x = torch.from_numpy(np.stack([traj.positions[i][4 * j] for j in range(1, k + 1)]))
-        w = internal_velocity(x, torch.from_numpy(traj.step_velocities[i][1:]), torch.from_numpy(mass).expand(k, -1))
-        t = (mass[:, None] * w.numpy() ** 2).sum((1, 2)) / ((3 * len(Z) - 6) / 1.2027e6)
+        t = internal_temperature(step_positions(traj, i)[1:], traj.step_velocities[i][1:], Z)
         assert t.mean() == pytest.approx(target, rel=0.15), (i, t.mean())
     with pytest.raises(DataError, match="one per start state \\(4\\), found 3"):
         rollout(scrambling_model(cfg), cfg, states, total_fs=100.0, step_fs=50.0, dtype=torch.float64,
@@ -316,14 +346,16 @@ def test_a_rollout_holds_only_when_every_target_is_met():
     from atomray.rollout_check import holds
 
     good = {"stability": 1.0, "w1_bond_length_a": 0.008, "w1_bond_angle_deg": 1.5, "w1_dihedral_deg": 9.0,
-            "temperature_k": 310.0, "reference_temperature_k": 300.0}
+            "temperature_k": 360.0, "reference_temperature_k": 300.0,  # with the rotation: not judged
+            "internal_temperature_k": 310.0, "reference_internal_temperature_k": 300.0}
     assert holds(good) == [] and holds(good, target_k=290.0) == []
     for key, value, named in [("stability", 0.8, "stability"), ("w1_bond_length_a", 0.02, "w1_bond_length_a"),
                               ("w1_bond_angle_deg", 2.5, "w1_bond_angle_deg"), ("w1_dihedral_deg", float("nan"), "dihedral"),
-                              ("temperature_k", 340.0, "temperature")]:
+                              ("internal_temperature_k", 340.0, "internal temperature"),
+                              ("reference_internal_temperature_k", 350.0, "internal temperature")]:
         misses = holds({**good, key: value})
         assert len(misses) == 1 and named in misses[0], (key, misses)
-    assert holds(good, target_k=250.0) == ["temperature 310 K vs 250 K"]
+    assert holds(good, target_k=250.0) == ["internal temperature 310 K vs 250 K"]
     # a reference that differs from itself by more than the target: still a miss, and said so
     noisy = {**good, "w1_dihedral_deg": 25.0, "reference_halves_w1_dihedral_deg": 43.0,
              "reference_halves_w1_bond_length_a": 0.005}
@@ -388,6 +420,28 @@ def test_an_equilibrated_fresh_reference_runs_near_the_target_temperature(smiles
     starts = states_from_md(warm, start.atomic_numbers, "smiles", 4)
     assert [s.name for s in starts] == ["smiles@0fs", "smiles@500fs", "smiles@1000fs", "smiles@1500fs"]
     assert np.array_equal(starts[1].positions, warm.positions[50])
+
+
+def test_an_nvt_reference_holds_the_temperature_an_nve_reference_drifts_from(tmp_path):
+    """From a relaxed structure with velocities drawn at 300 K, NVE MD runs near 150 K (half the
+    kinetic energy goes into the potential); NVT MD (`ensemble="nvt"`, Langevin) returns to 300 K
+    within a few hundred fs. Both are cached apart, and NVE under the key it always had."""
+    from atomray.predict import state_from_smiles
+    from atomray.rollout_check import _cached_reference_path, fresh_md, internal_temperature
+
+    start = state_from_smiles("CCCCCC", 300.0, seed=0)
+    z = start.atomic_numbers
+    nve = fresh_md(start, "CCCCCC", 3000.0, "mmff", cache_dir=tmp_path)
+    nvt = fresh_md(start, "CCCCCC", 3000.0, "mmff", cache_dir=tmp_path, ensemble="nvt")
+    half = len(nvt.positions) // 2
+    assert internal_temperature(nve.positions, nve.velocities, z).mean() < 0.6 * 300.0
+    assert internal_temperature(nvt.positions[half:], nvt.velocities[half:], z).mean() == pytest.approx(300.0, rel=0.15)
+    assert "NVT (300 K, Langevin" in nvt.source and "NVE" in nve.source
+    old_key = _cached_reference_path(tmp_path, start, smiles="CCCCCC", engine="mmff", total_fs=3000.0, dt_fs=1.0,
+                                     every=10, equilibrate_fs=0.0, temperature_k=300.0)
+    assert old_key.exists() and len(list(tmp_path.glob("reference-*.npz"))) == 2
+    with pytest.raises(ValueError, match="'nve' or 'nvt', found 'npt'"):
+        fresh_md(start, "CCCCCC", 100.0, "mmff", ensemble="npt")
 
 
 def test_a_cached_fresh_reference_is_read_back_instead_of_rerun(tmp_path, monkeypatch):
@@ -465,6 +519,34 @@ def test_position_noise_has_its_width_and_no_rigid_body_part():
     com = (m * x).sum(1) / m.sum(1)
     assert np.abs((m * dx).sum(1)).max() < 1e-12
     assert np.abs((m * np.cross(x - com[:, None], dx)).sum(1)).max() < 1e-12
+
+
+def test_hydrogen_noise_across_bonds_moves_the_bends_and_not_the_bond_lengths():
+    """`hydrogen_noise_axes="across"`: noise on the hydrogens alone changes each X–H length only
+    to second order (|δ|²/2L), where noise on every axis changes it by about the width, while the
+    X–X–H angles move as much either way (two of a hydrogen's three axes are across)."""
+    from atomray import structure
+    from atomray.predict import state_from_smiles
+    from atomray.rollout import _Controller
+
+    state = state_from_smiles("CC(=O)Nc1ccc(O)cc1", 300.0, seed=0)
+    z, b = state.atomic_numbers, 128
+    x = np.broadcast_to(state.positions, (b, len(z), 3)).copy()
+    mass = np.broadcast_to(atomic_masses(z).astype(np.float64), (b, len(z))).copy()
+    hydrogen = np.broadcast_to(z == 1, mass.shape)
+    top = structure.bonds_from_geometry(z, state.positions)
+    xh = np.array([min(z[i], z[j]) == 1 for i, j in top.bonds])
+    bends = np.array([min(z[i], z[k]) == 1 for i, _, k in top.angles])
+    moved = {}
+    for axes in ("all", "across"):
+        control = Control(momentum=True, position_noise_a=(0.0, 0.02), hydrogen_noise_axes=axes)
+        y = _Controller(control, x, np.zeros_like(x), mass, 50.0, hydrogen).displace(x, hydrogen)
+        moved[axes] = (np.abs(structure.bond_lengths(y, top) - structure.bond_lengths(x, top))[:, xh].mean(),
+                       np.abs(structure.bond_angles(y, top) - structure.bond_angles(x, top))[:, bends].mean())
+    assert moved["all"][0] > 0.01 and moved["across"][0] < 0.05 * moved["all"][0], moved
+    assert moved["across"][1] == pytest.approx(moved["all"][1], rel=0.2), moved
+    with pytest.raises(DataError, match="'all', 'across'"):
+        Control(momentum=True, position_noise_a=(0.0, 0.01), hydrogen_noise_axes="along")
 
 
 def test_position_noise_needs_momentum_control_and_widths_of_zero_or_more():

@@ -43,6 +43,7 @@ def test_rollout_job_writes_extxyz_with_every_atom_and_an_mlflow_run(servers, tm
     c = MlflowClient(servers["mlflow"])
     run = c.search_runs([c.get_experiment_by_name("rollout-job").experiment_id])[0]
     assert run.info.status == "FINISHED" and run.info.run_id in printed
+    assert run.data.params["reference_ensemble"] == "nve"  # no thermostat: NVE reference MD
     # The rigid prior with a zero correction keeps every bond: a stable rollout.
     assert run.data.metrics["mean_stability"] == 1.0
     assert {"mean_w1_bond_length_a", "mean_temperature_k", "mean_reference_temperature_k",
@@ -71,6 +72,9 @@ def test_stride_sweep_writes_its_table_and_plot_and_the_thermostat_reaches_mlflo
     c = MlflowClient(servers["mlflow"])
     run = c.search_runs([c.get_experiment_by_name("rollout-sweep").experiment_id])[0]
     assert run.data.params["thermostat"] == "csvr" and run.data.params["momentum"] == "True"
+    # an NVT rollout is judged against NVT reference MD at the thermostat's temperature (the default)
+    assert run.data.params["reference_ensemble"] == "nvt" and "then 0.4 ps NVT" in printed
+    assert "internal_temperature_k" in (out / "rollouts.csv").read_text().splitlines()[0]
     assert [m.step for m in c.get_metric_history(run.info.run_id, "sweep.stability")] == [50, 100]
     # the thermostat holds the next step's start at 300 K; the rigid prior's own velocities carry no vibration
     assert 200 < run.data.metrics["mean_temperature_k"] < 400
