@@ -29,8 +29,8 @@ Reference MD: the molecule's trajectory in the data set, or for a SMILES fresh N
 the tg80 engines after --equilibrate-fs of Langevin dynamics (--reference-engine gfn2 | gfn1 |
 mmff; for --structure the bonds are perceived from the geometry; with a --thermostat, or with
 `--reference-ensemble nvt`, Langevin MD at --temperature instead of NVE, which holds one small
-molecule at the temperature an NVT rollout is held at; `--reference-cache DIR` keeps it for the next run with the same
-molecule, engine, ensemble, length and temperature). Writes to --out
+molecule at the temperature an NVT rollout is held at; `--reference-cache DIR` keeps it for the
+next run with the same molecule, engine, ensemble, length and temperature). Writes to --out
 one extxyz per rollout (every atom the model predicts), rollouts.csv, rollouts.md and a
 structure plot per molecule, and logs an MLflow run (experiment --experiment) with the
 per-molecule and mean figures: stability coefficient, time to first failure, Wasserstein-1 of
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                              "at; auto: NVT when a --thermostat runs, else NVE (default auto)")
     parser.add_argument("--reference-cache", default=None, metavar="DIR",
                         help="--smiles / --structure: keep the fresh reference MD in DIR and reuse it when the same "
-                             "molecule, engine, length and temperature come again (e.g. another model; default: none)")
+                             "molecule, engine, ensemble, length and temperature come again (e.g. another model; "
+                             "default: none)")
     parser.add_argument("--temperature", type=float, default=300.0,
                         help="K: velocities drawn for --smiles / --structure, and the thermostat's target (default 300)")
     parser.add_argument("--momentum", action=argparse.BooleanOptionalAction, default=False,
