@@ -284,13 +284,12 @@ class _Controller:
 
     def __init__(self, control: Control, x: np.ndarray, v: np.ndarray, mass: np.ndarray, step_fs: float,
                  hydrogen: np.ndarray | None = None):
-        from atomray.priors.rigid import rigid_motion
+        from atomray.priors.rigid import internal_dof, rigid_motion
 
         self.control, self.mass = control, _float64(mass)
         _, self.u0, _, self.ang0, inertia_inv = rigid_motion(_float64(x), _float64(v), self.mass)
-        rank = np.linalg.matrix_rank(inertia_inv.numpy(), hermitian=True)  # 3, or 2 for a linear molecule
         real = mass > 0
-        self.dof = np.maximum(3 * real.sum(1) - 3 - rank, 0)
+        self.dof = internal_dof(self.mass, inertia_inv)
         # CSVR's coupling groups (G, B, N): one, or the hydrogens and the heavy atoms
         if control.groups == "hydrogens":
             if hydrogen is None:

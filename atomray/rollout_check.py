@@ -226,7 +226,7 @@ def internal_temperature(x: np.ndarray, v: np.ndarray, z: np.ndarray) -> np.ndar
 
     from atomray import structure
     from atomray.elements import atomic_masses
-    from atomray.priors.rigid import internal_velocity, rigid_motion
+    from atomray.priors.rigid import internal_dof, rigid_motion, rigid_velocity
 
     x, v = np.asarray(x, np.float64), np.asarray(v, np.float64)
     x, v = (x[None], v[None]) if x.ndim == 2 else (x, v)
@@ -235,9 +235,9 @@ def internal_temperature(x: np.ndarray, v: np.ndarray, z: np.ndarray) -> np.ndar
                          f"found {x.shape} and {v.shape}")
     mass = torch.from_numpy(np.broadcast_to(atomic_masses(np.asarray(z)), x.shape[:2]).copy())
     xt, vt = torch.from_numpy(x), torch.from_numpy(v)
-    w = internal_velocity(xt, vt, mass).numpy()
-    rank = np.linalg.matrix_rank(rigid_motion(xt, vt, mass)[4].numpy(), hermitian=True)  # (T,)
-    dof = 3 * len(z) - 3 - rank
+    c, u, omega, _, inertia_inv = rigid_motion(xt, vt, mass)  # once: the split and the dof
+    w = (vt - rigid_velocity(xt, c, u, omega)).numpy()  # `internal_velocity`, every atom has a mass
+    dof = internal_dof(mass, inertia_inv)
     if np.any(dof < 1):
         raise ValueError(f"internal_temperature: {len(z)} atom(s) leave no internal degrees of freedom")
     return np.einsum("n,tnk->t", mass[0].numpy(), w * w) * structure.U_A2_FS2_IN_K / dof

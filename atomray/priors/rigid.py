@@ -81,6 +81,14 @@ def rigid_velocity(x: Tensor, c: Tensor, u: Tensor, omega: Tensor) -> Tensor:
     return u[:, None] + torch.linalg.cross(omega[:, None].expand_as(r), r, dim=-1)
 
 
+def internal_dof(mass: Tensor, inertia_inv: Tensor) -> np.ndarray:
+    """(B,) the internal degrees of freedom of each molecule, f = 3N − 3 − rank(I) (3N − 6; 3N − 5
+    for a linear molecule; at least 0), N its atoms of mass > 0 and I⁻¹ (B, 3, 3) from
+    `rigid_motion`: the motion a thermostat holds and a kinetic temperature is counted over."""
+    rank = np.linalg.matrix_rank(inertia_inv.detach().cpu().numpy(), hermitian=True)  # 3, or 2 if linear
+    return np.maximum(3 * (mass > 0).sum(-1).cpu().numpy() - 3 - rank, 0)
+
+
 def internal_velocity(x: Tensor, v: Tensor, mass: Tensor) -> Tensor:
     """(B, N, 3) float64 v − (u + ω × (x − c)): each atom's velocity relative to the rigid-body
     motion of `rigid_motion` (0 at atoms of mass 0). Equivariant."""
