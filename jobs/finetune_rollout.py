@@ -8,7 +8,11 @@ model.predict_velocity=true`) and see every atom (`data.context_atoms=all`). Tra
 the training molecules of the checkpoint's own split, fresh each epoch; before the first epoch and
 after each, the unrolled S2T of every step on 64 fixed windows of its validation molecules is
 printed. Each step is one stride `--step-fs`; the model's prediction (positions and velocities) is
-the next step's state (`atomray.train.unroll`). Single process (2 CPU threads by default); writes a
+the next step's state (`atomray.train.unroll`). `--width-weight W` adds W × the width term
+(`atomray.train.unroll.width_loss`: the spread of each bond length and angle over a batch's
+predicted states against the reference frames', which an MSE alone, minimised by the conditional
+mean, lets shrink; measured and off by default, docs/experiments.md); the held-out width term is
+printed each epoch whatever the weight. Single process (2 CPU threads by default); writes a
 checkpoint directory to --out (model.pt, config.yaml, state.json with the epochs' figures) that
 every job loads like a pretraining checkpoint, and logs an MLflow run (experiment --experiment)
 with the parameters, the held-out unrolled S2T per step and epoch, and the checkpoint.
@@ -40,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--velocity-weight", type=float, default=1.0)
     parser.add_argument("--position-noise", type=float, default=0.0,
                         help="Å per axis on each unrolled step's heavy atoms, as jobs/rollout.py --position-noise")
+    parser.add_argument("--width-weight", type=float, default=0.0,
+                        help="weight of the spread of bond lengths and angles against the reference's "
+                             "(atomray.train.unroll.width_loss; default 0, off)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--experiment", default="atomray-finetune", help="MLflow experiment")
@@ -69,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--steps, --epochs, --batches and --batch-size must be >= 1 and --step-fs > 0")
         if not args.position_noise >= 0:
             raise ConfigError(f"--position-noise must be >= 0 Å, found {args.position_noise}")
+        if not args.width_weight >= 0:
+            raise ConfigError(f"--width-weight must be >= 0, found {args.width_weight}")
         uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
         model, cfg, before = tracking.load_model_uri(uri, args.model)  # a directory or an MLflow model URI
         if not cfg.model.predict_velocity:
@@ -95,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(row: dict) -> None:
         steps = " ".join(f"{row[f'held_out_s2t_step{k}']:.3f}" for k in range(1, args.steps + 1))
         train = "" if math.isnan(row["train_loss"]) else f"train loss {row['train_loss']:.5f}  "
-        print(f"epoch {row['epoch']}/{args.epochs}  {train}held-out unrolled S2T per step (x1e-2 A^2) {steps}  "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(f"epoch {row['epoch']}/{args.epochs}  {train}held-out unrolled S2T per step (x1e-2 A^2) {steps}, "
+              f"width {row['held_out_width']:.4f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     c = tracking.client(uri)
     run_id = c.create_run(tracking.experiment_id(c, args.experiment), run_name=f"finetune-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -105,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking.log_params(c, run_id, {k: v for k, v in vars(args).items() if k not in ("tracking_uri", "experiment")})
         rows = finetune(model, cfg, split.train, split.val, transform, args.steps, args.step_fs, args.epochs,
                         args.batches, args.batch_size, args.lr, args.velocity_weight, args.seed, log,
-                        args.position_noise)
+                        args.position_noise, args.width_weight)
         for row in rows:
             for key, value in row.items():
                 if key != "epoch" and math.isfinite(value):

@@ -68,3 +68,11 @@ def test_finetune_job_refuses_negative_position_noise(tmp_path, capsys):
                        "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", expect=2)
     assert "--position-noise must be >= 0" in printed.err
     assert not (tmp_path / "ft").exists()
+
+
+def test_finetune_job_refuses_a_negative_width_weight(tmp_path, capsys):
+    src = head_checkpoint(tmp_path / "ckpt", head=True)
+    printed = job_main(capsys, "finetune_rollout.py", "--model", src, "--out", tmp_path / "ft", "--width-weight", -0.1,
+                       "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", expect=2)
+    assert "--width-weight must be >= 0" in printed.err
+    assert not (tmp_path / "ft").exists()
