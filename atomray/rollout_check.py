@@ -257,7 +257,7 @@ def check_rollouts(traj: Rollout, references: Mapping[str, Reference], molecule_
     for molecule in dict.fromkeys(molecule_of):
         idx = [i for i, m in enumerate(molecule_of) if m == molecule]
         z, ref = traj.atomic_numbers[idx[0]], references[molecule]
-        bonds = structure.bonds_from_geometry(z, traj.positions[idx[0]][0])
+        bonds = _molecule_bonds(traj, idx)
         dt = np.diff(traj.times_fs)
         summary = structure.stability_coefficient([traj.positions[i] for i in idx], bonds, dt_fs=float(dt.mean()))
         pooled = np.concatenate([traj.positions[i][1:] for i in idx])
@@ -287,6 +287,57 @@ def check_rollouts(traj: Rollout, references: Mapping[str, Reference], molecule_
                 title=f"{molecule}: rollout 1 of {len(idx)} ({traj.times_fs[-1] / 1000:g} ps) vs {ref.source}"))
         rows.append(row)
     return rows
+
+
+def _molecule_bonds(traj: Rollout, idx: list[int]):
+    """The bonds every rollout of one molecule is judged by: covalent radii at its first start."""
+    from atomray import structure
+
+    return structure.bonds_from_geometry(traj.atomic_numbers[idx[0]], traj.positions[idx[0]][0])
+
+
+def rollout_failures(traj: Rollout, molecule_of: list[str]) -> list[dict]:
+    """One row per rollout: whether it holds by the stability rule `check_rollouts` counts
+    (`atomray.structure.stability`: every bond of the molecule's first start within ±50 % of its
+    length at the rollout's own start, no other pair closer than 0.7 Å) and, where it breaks,
+    when (`first_failure_ps`), how (`kind`: bond_stretched, bond_compressed, close_contact,
+    non_finite), which two atoms (`atoms`, e.g. "C5-H17", 0-based indices of the model's atoms) at
+    what distance (`distance_a`) against their distance at the start (`start_distance_a`)."""
+    from ase.data import chemical_symbols
+
+    from atomray import structure
+
+    rows = []
+    for molecule in dict.fromkeys(molecule_of):
+        idx = [i for i, m in enumerate(molecule_of) if m == molecule]
+        bonds = _molecule_bonds(traj, idx)
+        z = traj.atomic_numbers[idx[0]]
+        for i in idx:
+            s = structure.stability(traj.positions[i], bonds)
+            row = {"rollout": traj.names[i], "molecule": molecule, "stable": s.stable, "first_failure_ps": float("nan"),
+                   "kind": s.kind or "", "atoms": "", "distance_a": float("nan"), "start_distance_a": float("nan")}
+            if not s.stable:
+                row["first_failure_ps"] = float(traj.times_fs[s.first_failure_frame]) / 1000
+            if s.pair is not None:
+                a, b = s.pair
+                row["atoms"] = f"{chemical_symbols[int(z[a])]}{a}-{chemical_symbols[int(z[b])]}{b}"
+                row["distance_a"] = s.distance_a
+                row["start_distance_a"] = float(np.linalg.norm(traj.positions[i][0, a] - traj.positions[i][0, b]))
+            rows.append(row)
+    return rows
+
+
+def describe_failures(rows: list[dict]) -> list[str]:
+    """A line per broken rollout of `rollout_failures`, e.g. "acac@0fs breaks at 12.35 ps:
+    bond_stretched C5-H17, 1.64 Å (1.09 Å at the start)"."""
+    lines = []
+    for r in rows:
+        if r["stable"]:
+            continue
+        where = (f" {r['atoms']}, {r['distance_a']:.2f} Å ({r['start_distance_a']:.2f} Å at the start)"
+                 if r["atoms"] else "")
+        lines.append(f"{r['rollout']} breaks at {r['first_failure_ps']:.2f} ps: {r['kind']}{where}")
+    return lines
 
 
 @dataclass

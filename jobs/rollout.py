@@ -31,8 +31,9 @@ mmff; for --structure the bonds are perceived from the geometry; with a --thermo
 `--reference-ensemble nvt`, Langevin MD at --temperature instead of NVE, which holds one small
 molecule at the temperature an NVT rollout is held at; `--reference-cache DIR` keeps it for the
 next run with the same molecule, engine, ensemble, length and temperature). Writes to --out
-one extxyz per rollout (every atom the model predicts), rollouts.csv, rollouts.md and a
-structure plot per molecule, and logs an MLflow run (experiment --experiment) with the
+one extxyz per rollout (every atom the model predicts), rollouts.csv, rollouts.md, failures.csv
+(per rollout: whether it holds and, where it breaks, when, how, and which two atoms; printed too)
+and a structure plot per molecule, and logs an MLflow run (experiment --experiment) with the
 per-molecule and mean figures: stability coefficient, time to first failure, Wasserstein-1 of
 bond lengths / angles / dihedrals / radius of gyration beside the same distances between the
 reference's two halves (the reference's own noise), temperatures (with the rotation, and of the
@@ -221,8 +222,9 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
     from atomray import tracking
     from atomray.predict import model_atoms
     from atomray.rollout import default_step_fs, rollout, write_rollout_extxyz
-    from atomray.rollout_check import (check_rollouts, dataset_reference, fresh_md, fresh_reference, holds,
-                                       model_reference, reference_temperature, states_from_md)
+    from atomray.rollout_check import (check_rollouts, dataset_reference, describe_failures, fresh_md, fresh_reference,
+                                       holds, model_reference, reference_temperature, rollout_failures,
+                                       states_from_md)
 
     step = args.step_fs or default_step_fs(cfg)
     total = 1000.0 * args.total_ps
@@ -293,6 +295,13 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
         writer.writerows(rows)
     (out / "rollouts.md").write_text(markdown(rows, mean, keys))
     print(markdown(rows, mean, keys))
+    failures = rollout_failures(traj, molecule_of)
+    with open(out / "failures.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(failures[0]))
+        writer.writeheader()
+        writer.writerows(failures)
+    for line in describe_failures(failures):
+        print(line, flush=True)
     misses = {r["molecule"]: holds(r, target_k) for r in rows}
     failing = {m: v for m, v in misses.items() if v}
     print("verdict: every molecule holds (stability 1.0, W1 within targets, internal temperature within 10 %)" if not failing

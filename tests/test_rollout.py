@@ -383,6 +383,33 @@ def test_the_reference_halves_measure_how_much_the_reference_differs_from_itself
     assert row["reference_halves_w1_bond_length_a"] > 0.03
 
 
+def test_each_broken_rollout_names_when_it_broke_and_which_two_atoms():
+    """`rollout_failures`: a water molecule held still holds; one whose first O–H bond is pulled
+    from 0.96 to 1.60 Å at frame 4 breaks there, named O0-H1 with both distances; one that turns
+    to NaN at frame 3 breaks there as non_finite, with no atoms to name."""
+    from atomray.rollout import Rollout
+    from atomray.rollout_check import describe_failures, rollout_failures
+
+    z = np.array([8, 1, 1])
+    x0 = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+    still = np.repeat(x0[None], 9, 0)
+    pulled = still.copy()
+    pulled[4:, 1, 0] = 1.60
+    gone = still.copy()
+    gone[3:] = np.nan
+    times = np.arange(9) * 50.0
+    traj = Rollout(["w@0", "w@1", "w@2"], [z] * 3, times, [still, pulled, gone], 50.0)
+    rows = rollout_failures(traj, ["w"] * 3)
+    assert [r["stable"] for r in rows] == [True, False, False]
+    assert rows[1]["first_failure_ps"] == pytest.approx(0.2) and rows[1]["kind"] == "bond_stretched"
+    assert rows[1]["atoms"] == "O0-H1"
+    assert rows[1]["distance_a"] == pytest.approx(1.60) and rows[1]["start_distance_a"] == pytest.approx(0.96)
+    assert rows[2]["first_failure_ps"] == pytest.approx(0.15) and rows[2]["kind"] == "non_finite"
+    assert rows[2]["atoms"] == ""
+    lines = describe_failures(rows)
+    assert len(lines) == 2 and "w@1 breaks at 0.20 ps: bond_stretched O0-H1, 1.60 Å (0.96 Å at the start)" == lines[0]
+
+
 def test_energy_drift_is_flat_for_nve_md_and_positive_for_a_heating_trajectory():
     from atomray.predict import state_from_smiles
     from atomray.rollout import Rollout

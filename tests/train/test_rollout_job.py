@@ -40,6 +40,9 @@ def test_rollout_job_writes_extxyz_with_every_atom_and_an_mlflow_run(servers, tm
     assert len(images) == 1 + 4 * 4  # the start and 4 frames per step of 100 fs
     assert sorted(images[0].numbers) == [1, 1, 1, 1, 1, 1, 6, 6, 8]  # hydrogens included
     assert (out / "rollouts.csv").is_file() and (out / "CCO.png").is_file()
+    failures = (out / "failures.csv").read_text().splitlines()  # a row per rollout, both holding
+    assert failures[0].startswith("rollout,molecule,stable,first_failure_ps,kind,atoms") and len(failures) == 3
+    assert all(",True," in row for row in failures[1:]) and " breaks at " not in printed
     c = MlflowClient(servers["mlflow"])
     run = c.search_runs([c.get_experiment_by_name("rollout-job").experiment_id])[0]
     assert run.info.status == "FINISHED" and run.info.run_id in printed
