@@ -246,6 +246,8 @@ def vibration_paths(x: np.ndarray, v_int: np.ndarray, mass: np.ndarray, lags: np
     osc = osc @ back
     if FIRST_ORDER_BONDS:
         osc = first_order_bonds(x - d0, osc, d0, mass, bond_pairs(basin))
+    if ROTOR_CIRCLES:
+        osc = rotor_circles(x - d0, osc, rotor_groups(basin.z, bond_pairs(basin)))
     return (osc, d0, osc_v @ back) if velocity else (osc, d0)
 
 
@@ -297,6 +299,62 @@ def first_order_bonds(s: np.ndarray, osc: np.ndarray, d0: np.ndarray, mass: np.n
             p[:, :, j] += inv[j] * g
         if worst < tol:
             break
+    return p - s[:, None]
+
+
+# Turn terminal groups' hydrogens on circles about their axis (`rotor_circles`)? Measured with
+# prior-only rollouts, off until a model is trained with it (docs/experiments.md, "Where the
+# rollouts break").
+ROTOR_CIRCLES = False
+
+
+def rotor_groups(z: np.ndarray, bonds: np.ndarray) -> list[tuple[int, int, list[int]]]:
+    """(Y, X, [H, …]) for every atom X with exactly one heavy neighbour Y and at least one
+    hydrogen (a methyl, an amino or hydroxyl group, a terminal =CH2): the groups that turn about
+    the bond Y–X."""
+    z = np.asarray(z)
+    neighbours: dict[int, list[int]] = {}
+    for i, j in np.asarray(bonds, np.int64).reshape(-1, 2):
+        neighbours.setdefault(int(i), []).append(int(j))
+        neighbours.setdefault(int(j), []).append(int(i))
+    groups = []
+    for x, near in sorted(neighbours.items()):
+        heavy = [k for k in near if z[k] > 1]
+        hydrogens = [k for k in near if z[k] == 1]
+        if z[x] > 1 and len(heavy) == 1 and hydrogens:
+            groups.append((heavy[0], x, hydrogens))
+    return groups
+
+
+def _about_axis(p: np.ndarray, y: int, x: int, hydrogens: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The hydrogens' offsets from X (W, P, H, 3) in p (W, P, N, 3), split into the part along
+    the axis Y→X and the part off it."""
+    axis = p[:, :, x] - p[:, :, y]
+    axis = (axis / np.linalg.norm(axis, axis=-1, keepdims=True))[:, :, None]  # (W, P, 1, 3)
+    h = p[:, :, hydrogens] - p[:, :, x, None]
+    along = (h * axis).sum(-1, keepdims=True) * axis
+    return along, h - along
+
+
+def rotor_circles(s: np.ndarray, osc: np.ndarray, groups: list[tuple[int, int, list[int]]]) -> np.ndarray:
+    """The vibration osc (W, P, N, 3) about the superposed minimum s (W, N, 3) with each terminal
+    group's hydrogens turned on circles about the group's axis: at every lag, a hydrogen's offset
+    from the line Y→X keeps its direction and its height along the line, and takes the length
+    it has at the minimum s. Normal modes are straight lines, so a methyl turning at thermal
+    speed (~0.01 Å/fs at its hydrogens) leaves its circle along the tangent and stretches its C–H
+    bonds by |Δ⊥|²/2L, 1.1 → 2 Å within 200 fs on a fast start; on the circle it turns instead
+    (a turn by φ on the tangent line becomes the exact turn by φ), and a start whose group was
+    squeezed or stretched is drawn back to the minimum's offset. The modes' own C–H stretch is
+    left out of these hydrogens' offsets (a few hundredths of an Å); their bends stay."""
+    if not groups:
+        return osc
+    p = s[:, None] + osc  # (W, P, N, 3)
+    for y, x, hydrogens in groups:
+        _, radial_eq = _about_axis(s[:, None], y, x, hydrogens)
+        target = np.linalg.norm(radial_eq, axis=-1, keepdims=True)  # (W, 1, H, 1), at the minimum
+        along, radial = _about_axis(p, y, x, hydrogens)
+        radius = np.maximum(np.linalg.norm(radial, axis=-1, keepdims=True), 1e-9)
+        p[:, :, hydrogens] = p[:, :, x, None] + along + radial * (target / radius)
     return p - s[:, None]
 
 

@@ -272,3 +272,36 @@ def test_first_order_bonds_keep_a_turning_bond_at_its_length_and_the_start_as_it
     assert np.array_equal(out[0, 0], osc[0, 0])
     com = lambda p: (mass[:, None] * p).sum(0) / mass.sum()  # noqa: E731
     assert np.allclose(com(s[0] + out[0, 1]), com(s[0] + osc[0, 1]), atol=1e-12)
+
+
+def test_rotor_circles_turn_a_methyl_that_straight_modes_would_stretch(ethanol):
+    """Ethanol's methyl and hydroxyl are its terminal groups. A methyl turned by 40° on straight
+    tangent lines (as a normal mode draws a rotation) stretches its C–H bonds by a quarter; on its
+    circles it is the exact turn (bond lengths and C–C–H angles of the start), and the rest of the
+    molecule is left alone."""
+    from atomray.priors.modes import bond_pairs, rotor_circles, rotor_groups
+
+    z, xm, basin = ethanol
+    groups = rotor_groups(z, bond_pairs(basin))
+    kinds = sorted((int(z[y]), int(z[x]), len(h)) for y, x, h in groups)
+    assert kinds == [(6, 6, 3), (6, 8, 1)]  # the methyl about C–C, the hydroxyl about C–O
+    y, x, hydrogens = next(g for g in groups if len(g[2]) == 3)
+    axis = (xm[x] - xm[y]) / np.linalg.norm(xm[x] - xm[y])
+    phi = np.radians(40.0)
+    turned, lines = xm.copy(), xm.copy()
+    for h in hydrogens:
+        r = xm[h] - xm[x]
+        along = (r @ axis) * axis
+        radial = r - along
+        tangent = np.cross(axis, radial)
+        turned[h] = xm[x] + along + radial * np.cos(phi) + tangent * np.sin(phi)
+        lines[h] = xm[x] + along + radial + tangent * np.tan(phi)  # the same turn on the tangent line
+    osc = (lines - xm)[None, None]  # (1, 1, N, 3): one lag
+    length = lambda p, h: np.linalg.norm(p[h] - p[x])
+    assert length(lines, hydrogens[0]) > 1.2 * length(xm, hydrogens[0])
+    out = xm + rotor_circles(xm[None], osc, groups)[0, 0]
+    for h in hydrogens:
+        assert length(out, h) == pytest.approx(length(xm, h), abs=1e-9)
+    np.testing.assert_allclose(out, turned, atol=1e-9)  # on the circle: the exact turn
+    still = rotor_circles(xm[None], np.zeros_like(osc), groups)
+    np.testing.assert_allclose(still, 0.0, atol=1e-12)  # no motion stays no motion
