@@ -62,17 +62,11 @@ def test_finetune_job_refuses_a_model_without_a_velocity_head(tmp_path, capsys):
     assert not (tmp_path / "ft").exists()  # nothing half-written
 
 
-def test_finetune_job_refuses_negative_position_noise(tmp_path, capsys):
+@pytest.mark.parametrize("flag, message", [("--position-noise", "--position-noise must be >= 0"),
+                                           ("--width-weight", "--width-weight must be >= 0")])
+def test_finetune_job_refuses_a_negative_noise_or_width_weight(tmp_path, capsys, flag, message):
     src = head_checkpoint(tmp_path / "ckpt", head=True)
-    printed = job_main(capsys, "finetune_rollout.py", "--model", src, "--out", tmp_path / "ft", "--position-noise", -0.01,
+    printed = job_main(capsys, "finetune_rollout.py", "--model", src, "--out", tmp_path / "ft", flag, -0.01,
                        "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", expect=2)
-    assert "--position-noise must be >= 0" in printed.err
-    assert not (tmp_path / "ft").exists()
-
-
-def test_finetune_job_refuses_a_negative_width_weight(tmp_path, capsys):
-    src = head_checkpoint(tmp_path / "ckpt", head=True)
-    printed = job_main(capsys, "finetune_rollout.py", "--model", src, "--out", tmp_path / "ft", "--width-weight", -0.1,
-                       "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", expect=2)
-    assert "--width-weight must be >= 0" in printed.err
+    assert message in printed.err
     assert not (tmp_path / "ft").exists()
