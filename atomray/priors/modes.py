@@ -246,9 +246,10 @@ def vibration_paths(x: np.ndarray, v_int: np.ndarray, mass: np.ndarray, lags: np
     osc = osc @ back
     if FIRST_ORDER_BONDS:
         osc = first_order_bonds(x - d0, osc, d0, mass, bond_pairs(basin))
+    osc_v = osc_v @ back
     if ROTOR_CIRCLES:
-        osc = rotor_circles(x - d0, osc, rotor_groups(basin.z, bond_pairs(basin)))
-    return (osc, d0, osc_v @ back) if velocity else (osc, d0)
+        osc, osc_v = rotor_circles(x - d0, osc, rotor_groups(basin.z, bond_pairs(basin)), osc_v)
+    return (osc, d0, osc_v) if velocity else (osc, d0)
 
 
 # Hold bond lengths to first order in the modes' displacement (`first_order_bonds`)? Measured, off:
@@ -336,7 +337,8 @@ def _about_axis(p: np.ndarray, y: int, x: int, hydrogens: list[int]) -> tuple[np
     return along, h - along
 
 
-def rotor_circles(s: np.ndarray, osc: np.ndarray, groups: list[tuple[int, int, list[int]]]) -> np.ndarray:
+def rotor_circles(s: np.ndarray, osc: np.ndarray, groups: list[tuple[int, int, list[int]]],
+                  osc_v: np.ndarray | None = None):
     """The vibration osc (W, P, N, 3) about the superposed minimum s (W, N, 3) with each terminal
     group's hydrogens turned on circles about the group's axis: at every lag, a hydrogen's offset
     from the line Y→X keeps its direction and its height along the line, and takes the length
@@ -345,17 +347,28 @@ def rotor_circles(s: np.ndarray, osc: np.ndarray, groups: list[tuple[int, int, l
     bonds by |Δ⊥|²/2L, 1.1 → 2 Å within 200 fs on a fast start; on the circle it turns instead
     (a turn by φ on the tangent line becomes the exact turn by φ), and a start whose group was
     squeezed or stretched is drawn back to the minimum's offset. The modes' own C–H stretch is
-    left out of these hydrogens' offsets (a few hundredths of an Å); their bends stay."""
+    left out of these hydrogens' offsets (a few hundredths of an Å); their bends stay. With the
+    paths' velocities osc_v (W, P, N, 3), returns (osc, osc_v) with each of these hydrogens'
+    velocity relative to X less its part along its offset from the axis: it moves along its
+    circle (and the axis), as its position does (measured: velocities left on the straight
+    lines drain the positions' spread, every width 0.4–0.7 of the reference's)."""
     if not groups:
-        return osc
+        return (osc, osc_v) if osc_v is not None else osc
     p = s[:, None] + osc  # (W, P, N, 3)
+    osc_v = None if osc_v is None else osc_v.copy()
     for y, x, hydrogens in groups:
         _, radial_eq = _about_axis(s[:, None], y, x, hydrogens)
         target = np.linalg.norm(radial_eq, axis=-1, keepdims=True)  # (W, 1, H, 1), at the minimum
         along, radial = _about_axis(p, y, x, hydrogens)
         radius = np.maximum(np.linalg.norm(radial, axis=-1, keepdims=True), 1e-9)
         p[:, :, hydrogens] = p[:, :, x, None] + along + radial * (target / radius)
-    return p - s[:, None]
+        if osc_v is not None:  # each hydrogen moves along its circle, not off it
+            _, radial = _about_axis(p, y, x, hydrogens)
+            out = radial / np.maximum(np.linalg.norm(radial, axis=-1, keepdims=True), 1e-9)
+            rel = osc_v[:, :, hydrogens] - osc_v[:, :, x, None]
+            osc_v[:, :, hydrogens] = osc_v[:, :, x, None] + rel - (rel * out).sum(-1, keepdims=True) * out
+    return (p - s[:, None], osc_v) if osc_v is not None else p - s[:, None]
+
 
 
 def vibrate(osc: Tensor, d0: Tensor, rot: Tensor | None, lags: Tensor, tau_fs: Tensor | float = TAU_VIB_FS) -> Tensor:

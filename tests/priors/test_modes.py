@@ -305,3 +305,14 @@ def test_rotor_circles_turn_a_methyl_that_straight_modes_would_stretch(ethanol):
     np.testing.assert_allclose(out, turned, atol=1e-9)  # on the circle: the exact turn
     still = rotor_circles(xm[None], np.zeros_like(osc), groups)
     np.testing.assert_allclose(still, 0.0, atol=1e-12)  # no motion stays no motion
+    # velocities: a hydrogen's motion off its circle (along its offset from the axis) is taken out,
+    # its motion along the circle and along the axis kept; other atoms' velocities untouched
+    h = hydrogens[0]
+    radial = xm[h] - xm[x] - ((xm[h] - xm[x]) @ axis) * axis
+    out_dir = radial / np.linalg.norm(radial)
+    v = np.zeros((1, 1, len(z), 3))
+    v[0, 0, h] = 0.01 * out_dir + 0.02 * np.cross(axis, out_dir) + 0.003 * axis
+    v[0, 0, y] = [0.001, -0.002, 0.0005]
+    _, v_out = rotor_circles(xm[None], np.zeros_like(osc), groups, v)
+    np.testing.assert_allclose(v_out[0, 0, h], 0.02 * np.cross(axis, out_dir) + 0.003 * axis, atol=1e-12)
+    np.testing.assert_allclose(v_out[0, 0, y], v[0, 0, y])

@@ -134,4 +134,4 @@ def test_the_width_term_joins_the_unrolled_loss_only_with_a_weight():
     width = width_loss(states.detach().float(), torch.as_tensor(windows["target"]).float(), windows)
     weighted, _ = unrolled_loss(model, windows, cfg, transform, 1.0, width_weight=2.0)
     assert float(width) > 10  # (log(0.02 / 1e-6))² ~ 100 at most; the rigid states' spreads are round-off
-    assert float(weighted) == pytest.approx(float(plain) + 2.0 * float(width), rel=1e-6)
+    assert float(weighted.detach()) == pytest.approx(float(plain.detach()) + 2.0 * float(width), rel=1e-6)
