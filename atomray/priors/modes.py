@@ -238,18 +238,21 @@ def vibration_paths(x: np.ndarray, v_int: np.ndarray, mass: np.ndarray, lags: np
     centre = q0 - np.clip(q0 - centre, -cap, cap)  # ... there, within a thermal amplitude of the start
     cos, sin = np.cos(wt), np.sin(wt)
     q = centre[:, None] + (q0 - centre)[:, None] * cos + qd[:, None] * sin / omega  # (W, P, K)
-    q_dot = qd[:, None] * cos - ((q0 - centre) * omega)[:, None] * sin  # (W, P, K)
     rest = d0m - (q0 @ basin.modes.T) / sq  # (W, 3N): d0 outside the modes, kept
     osc = ((q @ basin.modes.T) / sq + rest[:, None]).reshape(w, -1, n, 3)  # (W, P, N, 3), minimum's frame
-    osc_v = ((q_dot @ basin.modes.T) / sq).reshape(w, -1, n, 3)
     back = np.swapaxes(rot, -1, -2)[:, None]  # into x's frame
     osc = osc @ back
     if FIRST_ORDER_BONDS:
         osc = first_order_bonds(x - d0, osc, d0, mass, bond_pairs(basin))
-    osc_v = osc_v @ back
+    if not velocity:
+        if ROTOR_CIRCLES:
+            osc = rotor_circles(x - d0, osc, rotor_groups(basin.z, bond_pairs(basin)))
+        return osc, d0
+    q_dot = qd[:, None] * cos - ((q0 - centre) * omega)[:, None] * sin  # (W, P, K)
+    osc_v = ((q_dot @ basin.modes.T) / sq).reshape(w, -1, n, 3) @ back
     if ROTOR_CIRCLES:
         osc, osc_v = rotor_circles(x - d0, osc, rotor_groups(basin.z, bond_pairs(basin)), osc_v)
-    return (osc, d0, osc_v) if velocity else (osc, d0)
+    return osc, d0, osc_v
 
 
 # Hold bond lengths to first order in the modes' displacement (`first_order_bonds`)? Measured, off:
