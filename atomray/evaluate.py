@@ -61,11 +61,13 @@ DT_DECADES = tuple(10.0 ** k for k in range(0, 7))  # ΔT bins (lo, hi] in fs
 
 def eval_transform(cfg: RunConfig | None, physics: FramePhysics | None, floors: Sequence[str] = FLOORS) -> PriorPaths:
     """The prior transform of evaluation windows: the paths the model (trained with `cfg`;
-    None: no model) and the `floors` read, basins from `physics` (None: the machine's store)."""
+    None: no model) and the `floors` read, basins from `physics` (None: the machine's store).
+    The floors share the model's vibration (with `model.rotor_circles`, theirs turn on circles
+    too): a floor is the model's prior alone."""
     parts = set(floor_parts(floors))
     if cfg is not None:
         parts |= prior_parts(cfg.model.prior, cfg.model.anharmonic)
-    return PriorPaths(parts, basin_source(physics))
+    return PriorPaths(parts, basin_source(physics), circles=cfg is not None and cfg.model.rotor_circles)
 
 
 def with_paths(windows: Mapping[str, Any], transform: PriorPaths) -> dict[str, Any]:

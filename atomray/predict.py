@@ -202,7 +202,7 @@ def state_windows(cfg: RunConfig, states: Sequence[InitialState], which: np.ndar
         if known and states[i].frame_of:
             frames_of.setdefault(states[i].frame_of[0], set()).add(states[i].frame_of[1])
     parts = prior_parts(cfg.model.prior, cfg.model.anharmonic)
-    return PriorPaths(parts, StatesBasins(frames_of, graphs), dtype=dtype)(out)
+    return PriorPaths(parts, StatesBasins(frames_of, graphs), dtype=dtype, circles=cfg.model.rotor_circles)(out)
 
 
 class StatesBasins:

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ConfigError, CheckpointError, OutputError, StorageError, LookupError, OSError) as err:
         print(f"finetune_rollout: error: {err}", file=sys.stderr)
         return 2
-    transform = PriorPaths(parts, basin_source(physics))
+    transform = PriorPaths(parts, basin_source(physics), circles=cfg.model.rotor_circles)
     print(f"fine-tuning {args.model}: {args.steps} unrolled steps of {args.step_fs:g} fs, {args.epochs} epoch(s) of "
           f"{args.batches} x {args.batch_size} windows of {len(split.train)} molecules; held out: {', '.join(split.val)}",
           flush=True)

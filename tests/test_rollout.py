@@ -598,3 +598,35 @@ def test_prior_only_loads_the_checkpoints_architecture_with_a_zero_correction(tm
         traj = rollout(model.double(), loaded, [state], total_fs=200.0, step_fs=50.0, dtype=torch.float64)
         error = np.abs(traj.positions[0][-1] - exact(200.0)).max()
         assert (error < 1e-6) == close, (prior_only, error)
+
+
+def test_a_checkpoint_saved_with_rotor_circles_rolls_out_on_its_circles(tmp_path, monkeypatch):
+    """`model.rotor_circles` travels with the checkpoint: loaded back, a rollout step's prior
+    paths (`predict.state_windows`, a new ethanol state's basin from an empty machine store) turn
+    the methyl and hydroxyl hydrogens on circles, so they differ from those of the same checkpoint
+    saved without it, and the heavy atoms' do not."""
+    from atomray import tracking
+    from atomray.checkpoint import TrainState, save_checkpoint
+    from atomray.predict import state_windows
+    from atomray.priors import minima, store
+    from atomray.rollout import state_from_dataset
+
+    monkeypatch.setenv(store.ENV, str(tmp_path / "store"))
+    monkeypatch.setattr(minima, "_MACHINE", {})
+    state = state_from_dataset("data/tg80-mini", "ethanol", 200)
+    heavy = state.atomic_numbers > 1
+    paths = {}
+    for circles in (False, True):
+        cfg = RunConfig()
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, embed_dim=16, num_layers=1, num_heads=2,
+                                                                  rotor_circles=circles))
+        model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k)
+        path = save_checkpoint(tmp_path / f"ckpt-{circles}", model, cfg, TrainState(elements=[1, 6, 8]))
+        _, loaded, _ = tracking.load_model_uri("", str(path))
+        assert loaded.model.rotor_circles is circles
+        lags = np.array([[50.0, 100.0, 200.0, 400.0]])
+        batch = state_windows(loaded, [state], np.array([0]), lags, state.positions.mean(0)[None],
+                              positions=state.positions[None], velocities=state.velocities[None], dtype=np.float64)
+        paths[circles] = batch["vib_osc"][0]
+    np.testing.assert_allclose(paths[True][:, heavy], paths[False][:, heavy], atol=1e-12, rtol=0)
+    assert np.abs(paths[True][:, ~heavy] - paths[False][:, ~heavy]).max() > 1e-4

@@ -210,12 +210,14 @@ def basin_modes(finder: BasinFinder, index: int) -> Basin:
 
 
 def vibration_paths(x: np.ndarray, v_int: np.ndarray, mass: np.ndarray, lags: np.ndarray,
-                    basin: Basin, velocity: bool = False) -> tuple[np.ndarray, ...]:
+                    basin: Basin, velocity: bool = False, circles: bool = False) -> tuple[np.ndarray, ...]:
     """(osc (W, P, N, 3), d0 (W, N, 3)) float64 for W states of one basin: the undamped harmonic
     displacement from the superposed minimum at each lag, and at lag 0 (d0 = x − minimum). With
     `velocity`, also osc_v (W, P, N, 3) Å/fs, the time derivative of osc at each lag (the velocity
     of the undamped oscillation, what a velocity head starts from). x, v_int (W, N, 3) Å and Å/fs (velocity
-    relative to the rigid-body motion), mass (N,) u, lags (W, P) fs; atoms in the basin's order."""
+    relative to the rigid-body motion), mass (N,) u, lags (W, P) fs; atoms in the basin's order.
+    `circles` turns terminal groups' hydrogens on circles about their axis (`rotor_circles`,
+    `ModelConfig.rotor_circles`) instead of the modes' straight tangent lines."""
     w, n = x.shape[:2]
     minimum = np.broadcast_to(basin.minimum, x.shape)
     rot, cp, cq = kabsch_np(minimum, x, np.broadcast_to(mass, (w, n)))  # (W, 3, 3), (W, 1, 3)
@@ -245,12 +247,12 @@ def vibration_paths(x: np.ndarray, v_int: np.ndarray, mass: np.ndarray, lags: np
     if FIRST_ORDER_BONDS:
         osc = first_order_bonds(x - d0, osc, d0, mass, bond_pairs(basin))
     if not velocity:
-        if ROTOR_CIRCLES:
+        if circles:
             osc = rotor_circles(x - d0, osc, rotor_groups(basin.z, bond_pairs(basin)))
         return osc, d0
     q_dot = qd[:, None] * cos - ((q0 - centre) * omega)[:, None] * sin  # (W, P, K)
     osc_v = ((q_dot @ basin.modes.T) / sq).reshape(w, -1, n, 3) @ back
-    if ROTOR_CIRCLES:
+    if circles:
         osc, osc_v = rotor_circles(x - d0, osc, rotor_groups(basin.z, bond_pairs(basin)), osc_v)
     return osc, d0, osc_v
 
@@ -304,12 +306,6 @@ def first_order_bonds(s: np.ndarray, osc: np.ndarray, d0: np.ndarray, mass: np.n
         if worst < tol:
             break
     return p - s[:, None]
-
-
-# Turn terminal groups' hydrogens on circles about their axis (`rotor_circles`)? Measured with
-# prior-only rollouts, off until a model is trained with it (docs/experiments.md, "Where the
-# rollouts break").
-ROTOR_CIRCLES = False
 
 
 def rotor_groups(z: np.ndarray, bonds: np.ndarray) -> list[tuple[int, int, list[int]]]:

@@ -127,11 +127,14 @@ def parts_needed(parts: Iterable[str]) -> frozenset[str]:
 
 class PriorPaths:
     """The data-path transform: a padded window batch (numpy) → the same batch plus the keys
-    of `parts` (see the module docstring), as float32 (or `dtype`) arrays."""
+    of `parts` (see the module docstring), as float32 (or `dtype`) arrays. `circles`: the
+    vibration turns terminal groups' hydrogens on circles (`ModelConfig.rotor_circles`,
+    `atomray.priors.modes.rotor_circles`)."""
 
     def __init__(self, parts: Iterable[str], basins: BasinSource | None = None, dtype: Any = np.float32,
-                 context: bool = False):
+                 context: bool = False, circles: bool = False):
         self.parts = parts_needed(parts)
+        self.circles = circles
         if "vibration" in self.parts and basins is None:
             raise ValueError("prior paths: the vibration needs a basin source (DatasetBasins or StateBasins)")
         self.basins, self.dtype = basins, dtype
@@ -220,7 +223,7 @@ class PriorPaths:
                 for members in groups.values():
                     g = np.asarray(members)
                     osc, d0, osc_v = vibration_paths(xs[g], vi[g], mass, lags[rows[g]], basins[members[0]],
-                                                     velocity=True)
+                                                     velocity=True, circles=self.circles)
                     out["vib_osc"][rows[g], :, :k] = osc[:, :, :k]
                     out["vib_d0"][rows[g], :k] = d0[:, :k]
                     out["vib_vel"][rows[g], :, :k] = osc_v[:, :, :k]

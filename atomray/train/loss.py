@@ -86,7 +86,7 @@ def training_transform(cfg: RunConfig, molecules: list[str]) -> tuple[PriorPaths
                             "which is not stored for every training molecule; compute it first "
                             f"(python jobs/frame_physics.py --data {cfg.data.path})")
     context = cfg.data.context_atoms == "heavy" and bool(parts)
-    return PriorPaths(parts, basin_source(physics), context=context), physics
+    return PriorPaths(parts, basin_source(physics), context=context, circles=cfg.model.rotor_circles), physics
 
 
 @torch.no_grad()

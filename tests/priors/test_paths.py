@@ -77,6 +77,49 @@ def test_dataset_and_state_basins_give_the_same_vibration(case, tmp_path, monkey
     assert np.all(found["vib_osc"][pad] == 0)
 
 
+def test_the_circles_option_holds_terminal_hydrogens_at_the_minimums_distance_from_their_axis():
+    """`PriorPaths(..., circles=True)` (`model.rotor_circles`) on ethanol's windows: at every lag
+    each methyl and hydroxyl hydrogen of the vibration sits at its minimum's distance from its
+    group's axis and moves along its circle, where the straight normal modes move it off; the
+    heavy atoms' paths are the same either way."""
+    from atomray.priors.modes import bond_pairs, rotor_groups
+
+    batch = tg80_windows("all")
+    physics = frame_physics(batch)
+    ethanol = np.flatnonzero(batch["molecule_id"] == "ethanol")
+    z = batch["z"][ethanol[0], :9]
+    groups = rotor_groups(z, bond_pairs(physics.molecules["ethanol"].basins[0]))
+    assert sorted(len(h) for _, _, h in groups) == [1, 3]
+    out = {}
+    for circles in (False, True):
+        got = PriorPaths({"vibration"}, DatasetBasins(physics), dtype=np.float64, circles=circles)(batch)
+        out[circles] = {k: got[k][ethanol][..., :9, :] for k in ("vib_osc", "vib_d0", "vib_vel")}
+    s = batch["x0"][ethanol, :9].astype(np.float64) - out[True]["vib_d0"]  # the superposed minimum
+    heavy = z > 1
+    for key in ("vib_osc", "vib_vel"):
+        np.testing.assert_allclose(out[True][key][..., heavy, :], out[False][key][..., heavy, :], atol=1e-12, rtol=0)
+    off = 0.0
+    for y, x, hydrogens in groups:
+        def radial(p):  # (..., H, 3) each hydrogen's offset from the line y→x
+            axis = p[..., x, :] - p[..., y, :]
+            axis = (axis / np.linalg.norm(axis, axis=-1, keepdims=True))[..., None, :]
+            h = p[..., hydrogens, :] - p[..., x, None, :]
+            return h - (h * axis).sum(-1, keepdims=True) * axis
+        r_min = np.linalg.norm(radial(s), axis=-1)[:, None]  # (W, 1, H)
+        for circles in (False, True):
+            r = np.linalg.norm(radial(s[:, None] + out[circles]["vib_osc"]), axis=-1)  # (W, P, H)
+            if circles:
+                np.testing.assert_allclose(r, np.broadcast_to(r_min, r.shape), atol=1e-9, rtol=0)
+            else:
+                off = max(off, float(np.abs(r - r_min).max()))
+        p = s[:, None] + out[True]["vib_osc"]
+        direction = radial(p) / np.linalg.norm(radial(p), axis=-1, keepdims=True)
+        v = out[True]["vib_vel"]
+        rel = v[..., hydrogens, :] - v[..., x, None, :]
+        np.testing.assert_allclose((rel * direction).sum(-1), 0.0, atol=1e-12)  # along the circle
+    assert off > 1e-3  # the straight modes do move them off their circles
+
+
 @pytest.mark.parametrize("source", ["dataset", "state"])
 def test_rotating_a_batch_with_its_paths_equals_the_paths_of_the_rotated_windows(case, tmp_path, monkeypatch, source):
     """Every key the transform attaches turns with its window (`rotate_batch`, each window by its
