@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hydrogen-noise-axes", choices=("all", "across"), default="all",
                         help="the hydrogens' position noise on every axis, or across their X-H bond only (their "
                              "bends, not their bond lengths; default all)")
+    parser.add_argument("--rotor-radii", action="store_true",
+                        help="after every step, put each methyl's, hydroxyl's and amino group's hydrogens back at "
+                             "their basin minimum's distance from the group's axis (the conditional mean the "
+                             "model predicts shortens a fast methyl's C-H; atomray.rollout.Control)")
     parser.add_argument("--tau-fs", type=float, default=100.0, help="the thermostat's relaxation time (default 100 fs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the thermostat's draws (default 0)")
     parser.add_argument("--stride-sweep", nargs="+", type=float, default=[], metavar="FS",
@@ -149,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
         control = Control(momentum=args.momentum, thermostat=args.thermostat, temperature_k=args.temperature,
                           tau_fs=args.tau_fs, seed=args.seed, groups=args.thermostat_groups,
-                          position_noise_a=tuple(args.position_noise), hydrogen_noise_axes=args.hydrogen_noise_axes)
+                          position_noise_a=tuple(args.position_noise), hydrogen_noise_axes=args.hydrogen_noise_axes,
+                          rotor_radii=args.rotor_radii)
         model, cfg, state = tracking.load_model_uri(uri, args.model, prior_only=args.prior_only)
         elements = state.elements
         from atomray.rollout import default_step_fs
@@ -318,6 +323,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
                                         "thermostat_groups": control.groups, "basin_bonds": args.basin_bonds,
                                         "position_noise_a": ",".join(f"{a:g}" for a in control.position_noise_a),
                                         "hydrogen_noise_axes": control.hydrogen_noise_axes,
+                                        "rotor_radii": control.rotor_radii,
                                         "reference_ensemble": args.reference_ensemble if not root else "data set",
                                         "starts": args.starts, "delta_fs": args.delta_fs,
                                         "lags": args.lags or cfg.data.num_lags, "velocity": args.velocity, "molecules": ",".join(dict.fromkeys(molecule_of)),
@@ -403,6 +409,8 @@ def _describe(control, prior_only: bool = False) -> str:
     noise = ("; position noise {:g} / {:g} A (heavy atoms / hydrogens{})".format(
         *control.position_noise_a, ", across their bonds" if control.hydrogen_noise_axes == "across" else "")
         if any(control.position_noise_a) else "")
+    if control.rotor_radii:
+        noise += "; terminal groups' hydrogens kept on their circles"
     at = (f"{control.temperature_k:g} K" if isinstance(control.temperature_k, (int, float))
           else "each molecule's reference temperature")
     if control.thermostat == "csvr":

@@ -576,11 +576,58 @@ def test_hydrogen_noise_across_bonds_moves_the_bends_and_not_the_bond_lengths():
         Control(momentum=True, position_noise_a=(0.0, 0.01), hydrogen_noise_axes="along")
 
 
+def test_too_few_lags_for_the_difference_velocities_is_a_clear_error():
+    state, _ = spinning_molecule()
+    cfg = small_cfg()
+    with pytest.raises(DataError, match=r"need >= 4 lags per step, found 3"):
+        rollout(scrambling_model(cfg), cfg, [state], total_fs=100.0, step_fs=50.0, lags=3, dtype=torch.float64)
+
+
 def test_position_noise_needs_momentum_control_and_widths_of_zero_or_more():
     with pytest.raises(DataError, match="needs momentum control"):
         Control(position_noise_a=(0.005, 0.0))
     with pytest.raises(DataError, match="two widths >= 0"):
         Control(momentum=True, position_noise_a=(-0.005, 0.0))
+
+
+def test_rotor_radii_keep_terminal_hydrogens_on_their_minimums_circles_and_need_momentum_control(tmp_path,
+                                                                                                   monkeypatch):
+    """`Control(rotor_radii=True)`: a random network moves ethanol's methyl and hydroxyl
+    hydrogens off their circles; with the control, after every step each of them sits at its
+    basin minimum's distance from its group's axis, and the start's momenta are kept (the
+    velocities' turn onto the circles is `onto_circles`', tested with `rotor_circles`)."""
+    from atomray.priors import minima, store
+    from atomray.priors.modes import rotor_groups
+    from atomray.rollout import start_circles, state_from_dataset
+
+    with pytest.raises(DataError, match="need momentum control"):
+        Control(rotor_radii=True)
+    monkeypatch.setenv(store.ENV, str(tmp_path / "store"))
+    monkeypatch.setattr(minima, "_MACHINE", {})
+    state = state_from_dataset("data/tg80-mini", "ethanol", 300)
+    z = state.atomic_numbers
+    groups, radii = start_circles(state.positions, z, minima.molecule_bonds(state.positions, z))
+    assert [len(h) for _, _, h in groups] == [len(h) for _, _, h in rotor_groups(z, minima.molecule_bonds(
+        state.positions, z))] and sorted(len(h) for _, _, h in groups) == [1, 3]
+    cfg = small_cfg()
+    model = scrambling_model(cfg)
+    off = {}
+    for on in (False, True):
+        traj = rollout(model, cfg, [state], total_fs=200.0, step_fs=50.0, dtype=torch.float64, lags=5,
+                       control=Control(momentum=True, rotor_radii=on))
+        x = traj.positions[0][1:]  # after each of the 4 steps
+        worst = 0.0
+        for (y, c, hs), r in zip(groups, radii):
+            axis = (x[:, c] - x[:, y]) / np.linalg.norm(x[:, c] - x[:, y], axis=-1, keepdims=True)
+            h = x[:, hs] - x[:, c, None]
+            radial = h - (h * axis[:, None]).sum(-1, keepdims=True) * axis[:, None]
+            worst = max(worst, float(np.abs(np.linalg.norm(radial, axis=-1) - r[:, 0]).max()))
+        off[on] = worst
+        p, ang = momenta(traj.positions[0][-1], traj.step_velocities[0][-1], z)
+        p0, ang0 = momenta(state.positions, state.velocities, z)
+        np.testing.assert_allclose(p, p0, atol=1e-9)
+        np.testing.assert_allclose(ang, ang0, atol=1e-8)
+    assert off[True] < 1e-9 and off[False] > 0.02, off
 
 
 def test_prior_only_loads_the_checkpoints_architecture_with_a_zero_correction(tmp_path):

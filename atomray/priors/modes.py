@@ -327,11 +327,11 @@ def rotor_groups(z: np.ndarray, bonds: np.ndarray) -> list[tuple[int, int, list[
 
 
 def _about_axis(p: np.ndarray, y: int, x: int, hydrogens: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The hydrogens' offsets from X (W, P, H, 3) in p (W, P, N, 3), split into the part along
+    """The hydrogens' offsets from X (..., H, 3) in p (..., N, 3), split into the part along
     the axis Y→X and the part off it."""
-    axis = p[:, :, x] - p[:, :, y]
-    axis = (axis / np.linalg.norm(axis, axis=-1, keepdims=True))[:, :, None]  # (W, P, 1, 3)
-    h = p[:, :, hydrogens] - p[:, :, x, None]
+    axis = p[..., x, :] - p[..., y, :]
+    axis = (axis / np.linalg.norm(axis, axis=-1, keepdims=True))[..., None, :]  # (..., 1, 3)
+    h = p[..., hydrogens, :] - p[..., x, None, :]
     along = (h * axis).sum(-1, keepdims=True) * axis
     return along, h - along
 
@@ -353,20 +353,35 @@ def rotor_circles(s: np.ndarray, osc: np.ndarray, groups: list[tuple[int, int, l
     lines drain the positions' spread, every width 0.4–0.7 of the reference's)."""
     if not groups:
         return (osc, osc_v) if osc_v is not None else osc
-    p = s[:, None] + osc  # (W, P, N, 3)
-    osc_v = None if osc_v is None else osc_v.copy()
-    for y, x, hydrogens in groups:
-        _, radial_eq = _about_axis(s[:, None], y, x, hydrogens)
-        target = np.linalg.norm(radial_eq, axis=-1, keepdims=True)  # (W, 1, H, 1), at the minimum
+    radii = rotor_radii(s, groups)
+    p, osc_v = onto_circles(s[:, None] + osc, groups, [r[:, None] for r in radii], osc_v)
+    return (p - s[:, None], osc_v) if osc_v is not None else p - s[:, None]
+
+
+def rotor_radii(s: np.ndarray, groups: list[tuple[int, int, list[int]]]) -> list[np.ndarray]:
+    """Per group (`rotor_groups`), each hydrogen's distance from the group's axis Y→X in the
+    states s (W, N, 3): a list of (W, H, 1) Å."""
+    return [np.linalg.norm(_about_axis(s[:, None], y, x, h)[1][:, 0], axis=-1, keepdims=True) for y, x, h in groups]
+
+
+def onto_circles(p: np.ndarray, groups: list[tuple[int, int, list[int]]], radii: list[np.ndarray],
+                 v: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(p, v) with every terminal group's hydrogens moved onto their circles: each one's offset
+    from the line Y→X keeps its direction and its height along the line and takes the length
+    `radii` (per group, broadcastable to (..., H, 1)); and each one's velocity relative to X
+    loses its part along that offset, so it moves along its circle. p, v (..., N, 3); copies."""
+    p = p.copy()
+    v = None if v is None else v.copy()
+    for (y, x, hydrogens), target in zip(groups, radii):
         along, radial = _about_axis(p, y, x, hydrogens)
         radius = np.maximum(np.linalg.norm(radial, axis=-1, keepdims=True), 1e-9)
-        p[:, :, hydrogens] = p[:, :, x, None] + along + radial * (target / radius)
-        if osc_v is not None:  # each hydrogen moves along its circle, not off it
+        p[..., hydrogens, :] = p[..., x, None, :] + along + radial * (target / radius)
+        if v is not None:  # each hydrogen moves along its circle, not off it
             _, radial = _about_axis(p, y, x, hydrogens)
             out = radial / np.maximum(np.linalg.norm(radial, axis=-1, keepdims=True), 1e-9)
-            rel = osc_v[:, :, hydrogens] - osc_v[:, :, x, None]
-            osc_v[:, :, hydrogens] = osc_v[:, :, x, None] + rel - (rel * out).sum(-1, keepdims=True) * out
-    return (p - s[:, None], osc_v) if osc_v is not None else p - s[:, None]
+            rel = v[..., hydrogens, :] - v[..., x, None, :]
+            v[..., hydrogens, :] = v[..., x, None, :] + rel - (rel * out).sum(-1, keepdims=True) * out
+    return p, v
 
 
 
