@@ -2,7 +2,7 @@
 
     python benchmarks/bench_rollout.py [--model CKPT] [--repeats 3] [--steps 10] [--md-steps 200]
                                        [--step-fs FS] [--thermostat csvr|none] [--lags 0 5]
-                                       [--position-noise HEAVY H]
+                                       [--position-noise HEAVY H] [--rotor-radii]
     python benchmarks/bench_rollout.py --repeats 1 --steps 1 --md-steps 20      # runs it
 
 ATOM: a rollout (`atomray.rollout.rollout`, velocities by the centred difference over four
@@ -68,7 +68,7 @@ def start_states(root: Path, n: int):
 
 def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0, thermostat: str = "csvr",
                lags: tuple[int, ...] = (0,), position_noise: tuple[float, float] = (0.0, 0.0),
-               ) -> tuple[dict[int, list[float]], float, int, float, float]:
+               rotor_radii: bool = False) -> tuple[dict[int, list[float]], float, int, float, float]:
     """Simulated fs per wall-second of each repeat for each number of lags per step (the lags
     timed in turn within each repeat, so their ratio is paired), the stride, the largest
     molecule, the warm-up seconds and the velocity control's median share."""
@@ -87,8 +87,8 @@ def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0, t
         model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).eval()
     states = start_states(ROOT / "data" / "tg80-mini", BATCH)
     step = step_fs or default_step_fs(cfg)
-    control = (Control(momentum=True, thermostat="csvr", position_noise_a=position_noise) if thermostat == "csvr"
-               else Control())
+    control = (Control(momentum=True, thermostat="csvr", position_noise_a=position_noise, rotor_radii=rotor_radii)
+               if thermostat == "csvr" else Control())
     t0 = time.perf_counter()
     rollout(model, cfg, states, total_fs=step, step_fs=step, control=control)  # warm-up: basins into the store
     warmup = time.perf_counter() - t0
@@ -141,13 +141,17 @@ def main() -> None:
                              "several are timed in turn, paired, the first is the headline")
     parser.add_argument("--position-noise", type=float, nargs=2, default=(0.0, 0.0), metavar=("HEAVY", "H"),
                         help="Å per axis on each step's predicted positions (with --thermostat csvr)")
+    parser.add_argument("--rotor-radii", action="store_true",
+                        help="terminal groups' hydrogens back on their circles after every step (with --thermostat csvr)")
     args = parser.parse_args()
     if any(args.position_noise) and args.thermostat != "csvr":
         parser.error("--position-noise is part of the control: it needs --thermostat csvr")
+    if args.rotor_radii and args.thermostat != "csvr":
+        parser.error("--rotor-radii is part of the control: it needs --thermostat csvr")
 
     by_lags, step_fs, max_atoms, warmup_s, control_share = atom_rates(args.model, args.steps, args.repeats,
                                                                       args.step_fs, args.thermostat, tuple(args.lags),
-                                                                      tuple(args.position_noise))
+                                                                      tuple(args.position_noise), args.rotor_radii)
     atom = by_lags[args.lags[0]]
     gfn2 = gfn2_rates(args.md_steps, args.repeats)
     result = {
@@ -155,7 +159,8 @@ def main() -> None:
         "speedup_vs_gfn2": statistics.median(atom) / statistics.median(gfn2),
         "atom_runs_fs_per_s": atom, "gfn2_runs_fs_per_s": gfn2, "batch": BATCH, "max_atoms": max_atoms,
         "step_fs": step_fs, "thermostat": args.thermostat, "control_share": round(control_share, 4),
-        "position_noise_a": list(args.position_noise),
+        "position_noise_a": list(args.position_noise), "rotor_radii": args.rotor_radii,
+        "rotor_circles": bool(args.model) and _circles(args.model),
         "atom_warmup_s": round(warmup_s, 2), "cores": CORES, "model": args.model or "jobs/configs/pretrain.yaml (untrained)",
         "lags": args.lags[0],
     }
@@ -166,6 +171,12 @@ def main() -> None:
                                           [a / b for a, b in zip(r, by_lags[args.lags[0]])])}
                              for p, r in by_lags.items()}
     print(json.dumps(result))
+
+
+def _circles(model_dir: str) -> bool:
+    from atomray.checkpoint import read_config
+
+    return read_config(model_dir).model.rotor_circles
 
 
 if __name__ == "__main__":

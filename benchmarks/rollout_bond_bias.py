@@ -1,11 +1,13 @@
 """Where a rollout's bond lengths go wrong: after one step from the reference, or over many?
 
     python benchmarks/rollout_bond_bias.py --model <checkpoint> [--starts 100 --steps 1 2 4 8 --step-fs 50 --lags 1]
-        [--molecules M ...] [--prior-only] [--first-order-bonds] [--position-noise HEAVY H]
+        [--molecules M ...] [--prior-only] [--first-order-bonds] [--position-noise HEAVY H] [--rotor-radii]
+    python benchmarks/rollout_bond_bias.py --model <checkpoint> --smiles "CC(=O)NC" --reference refs/reference-<hash>.npz
 
 From `--starts` frames spread evenly over each test molecule's reference trajectory (the
 model's split, as `jobs/rollout.py --test-molecules`; or `--molecules`, e.g. molecules the model
-trained on, to tell a bias on new chemistry from one on any molecule), rolls every start forward `max(--steps)`
+trained on, to tell a bias on new chemistry from one on any molecule; or `--smiles` with the
+fresh reference MD a `jobs/rollout.py --smiles ... --reference-cache` run kept, `--reference`), rolls every start forward `max(--steps)`
 strides as `jobs/rollout.py --momentum --thermostat csvr --tau-fs 20` does, and compares the
 states after k strides with the reference frames k strides after each start (the same
 start times, so the reference's spread over the starts is the thermal spread). Per molecule
@@ -98,6 +100,20 @@ def residual_report(rolled: np.ndarray, reference: np.ndarray, z: np.ndarray, to
     return out
 
 
+def fresh_reference(smiles: str, path: str) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """(z, positions (T, n, 3) Å, dt_fs, velocities Å/fs) of a fresh reference MD that
+    `jobs/rollout.py --smiles SMILES --reference-cache` kept; z the atoms of the SMILES as the
+    job embeds it (`atomray.predict.state_from_smiles`)."""
+    from atomray.predict import state_from_smiles
+
+    with np.load(path) as ref:
+        positions, velocities, dt = ref["positions"].astype(np.float64), ref["velocities"].astype(np.float64), float(ref["dt_fs"])
+    z = state_from_smiles(smiles, 300.0, 0).atomic_numbers
+    if positions.shape[1] != len(z):
+        raise SystemExit(f"{path}: {positions.shape[1]} atoms, but {smiles!r} has {len(z)}: not its reference")
+    return z, positions, dt, velocities
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a checkpoint directory (or MLflow model URI)")
@@ -111,11 +127,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--prior-only", action="store_true", help="the prior with a zero correction")
     parser.add_argument("--first-order-bonds", action="store_true",
                         help="the harmonic prior with bond lengths held to first order (atomray.priors.modes.FIRST_ORDER_BONDS)")
+    parser.add_argument("--smiles", default=None, help="a molecule outside the data set (with --reference)")
+    parser.add_argument("--reference", default=None,
+                        help="its fresh reference MD: a reference-<hash>.npz of jobs/rollout.py --reference-cache")
+    parser.add_argument("--rotor-radii", action="store_true", help="the rollout control (atomray.rollout.Control)")
     parser.add_argument("--position-noise", type=float, nargs=2, default=(0.0, 0.0), metavar=("HEAVY", "H"),
                         help="Å per axis on each step's predicted positions (`atomray.rollout.Control`)")
     args = parser.parse_args(argv)
     if args.starts < 2 or min(args.steps) < 1:
         parser.error("--starts must be >= 2 and every --steps >= 1")
+    if (args.smiles is None) != (args.reference is None):
+        parser.error("--smiles and --reference go together")
 
     import torch
 
@@ -123,6 +145,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from atomray.config import TrackingConfig
     from atomray.data.dataset import read_molecules
     from atomray.data.splits import run_split
+    from atomray.predict import InitialState
     from atomray.rollout import Control, rollout, state_from_dataset
     from atomray.rollout_check import dataset_reference
 
@@ -137,10 +160,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     table = read_molecules(root)
     n_frames = dict(zip(table.column("molecule_id").to_pylist(), table.column("n_frames").to_pylist()))
     dt = dict(zip(table.column("molecule_id").to_pylist(), table.column("dt_fs").to_pylist()))
-    control = Control(momentum=True, thermostat="csvr", tau_fs=args.tau_fs, position_noise_a=tuple(args.position_noise))
+    control = Control(momentum=True, thermostat="csvr", tau_fs=args.tau_fs, position_noise_a=tuple(args.position_noise),
+                      rotor_radii=args.rotor_radii)
     k_max = max(args.steps)
     rows = []
-    molecules = args.molecules or run_split(cfg.data).test
+    fresh = None
+    if args.smiles:
+        fresh = fresh_reference(args.smiles, args.reference)
+        root, n_frames, dt = args.reference, {args.smiles: len(fresh[1])}, {args.smiles: fresh[2]}
+    molecules = [args.smiles] if args.smiles else (args.molecules or run_split(cfg.data).test)
     unknown = [m for m in molecules if m not in n_frames]
     if unknown:
         raise SystemExit(f"{root}: no molecule {', '.join(map(repr, unknown))} in molecules.parquet")
@@ -151,15 +179,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
             raise SystemExit(f"{root}: molecule {m!r} has {n_frames[m]} frames, too few for {args.starts} starts "
                              f"and {k_max} strides of {args.step_fs:g} fs")
         frames = np.linspace(0, last, args.starts).astype(int)
-        states = [state_from_dataset(root, m, int(f)) for f in frames]
-        reference = dataset_reference(root, m, cfg).positions  # the model's atoms, every frame
+        if fresh is not None:
+            z, positions, _, velocities = fresh
+            states = [InitialState(f"{m}@{f}", z, positions[f], velocities[f]) for f in frames]
+            reference = positions
+        else:
+            states = [state_from_dataset(root, m, int(f)) for f in frames]
+            reference = dataset_reference(root, m, cfg).positions  # the model's atoms, every frame
         traj = rollout(model, cfg, states, k_max * args.step_fs, args.step_fs, elements=state.elements,
                        control=control, lags=args.lags)
         p = args.lags or cfg.data.num_lags
         z = traj.atomic_numbers[0]
         for k in sorted(set(args.steps)):
             rolled = np.stack([pos[k * p] for pos in traj.positions])  # the state after k strides
-            row = {"molecule": m, "trained_on": m in run_split(cfg.data).train, "steps": k, "after_fs": k * args.step_fs, "prior_only": args.prior_only, "first_order_bonds": args.first_order_bonds,
+            row = {"molecule": m, "trained_on": m in run_split(cfg.data).train, "steps": k, "after_fs": k * args.step_fs,
+                   "prior_only": args.prior_only, "first_order_bonds": args.first_order_bonds,
+                   "rotor_circles": cfg.model.rotor_circles, "rotor_radii": args.rotor_radii,
                    "position_noise_a": list(args.position_noise), "starts": args.starts,
                    **bias_report(rolled, reference[frames + k * stride], z, reference[0])}
             print(json.dumps(row), flush=True)
