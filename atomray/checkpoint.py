@@ -85,11 +85,24 @@ def _require(path: Path, what: str) -> None:
         raise CheckpointError(f"{path}: checkpoint file not found (expected {what})")
 
 
+# Model keys whose default is not what a checkpoint saved before the key existed was trained
+# with: such a checkpoint reads the value here (it predates them, so it had that behaviour).
+PREDATED_MODEL_KEYS = {"rotor_circles": False}
+
+
 def read_config(directory: str | Path) -> RunConfig:
-    """The RunConfig a checkpoint was trained with (checked like any config file)."""
+    """The RunConfig a checkpoint was trained with (checked like any config file); a key of
+    `PREDATED_MODEL_KEYS` missing from it takes the value it was trained with."""
+    import dataclasses
+
+    import yaml
+
     path = Path(directory) / CONFIG_FILE
     _require(path, "the run's resolved config")
-    return load_config(path)
+    cfg = load_config(path)
+    saved = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
+    missing = {k: v for k, v in PREDATED_MODEL_KEYS.items() if k not in saved}
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **missing)) if missing else cfg
 
 
 def read_state(directory: str | Path) -> TrainState:

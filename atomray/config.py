@@ -73,12 +73,16 @@ class ModelConfig:
     for rollouts (docs/experiments.md, "Where the bonds go wrong"): undamped, a fine-tuned head's
     own velocities run warmer (278 against 251 K) but a flexible molecule breaks (stability 0.87
     against 1.00); one-shot val S2T 0.357 against 0.347. Damped stays the default.
-    `rotor_circles` (harmonic prior): terminal groups' hydrogens (methyl, hydroxyl, amino)
+    `rotor_circles` (harmonic prior; other priors have no vibration to bend): terminal groups' hydrogens (methyl, hydroxyl, amino)
     vibrate on circles about their group's axis, their velocities along the circles
     (`atomray.priors.modes.rotor_circles`), where the normal modes draw a turn as straight
     tangent lines that stretch the C–H bond at second order; a fast methyl's chain of rollout
     steps breaks that bond. Saved with the checkpoint: training, its floors and its rollouts use
-    the same prior.
+    the same prior (a checkpoint saved before the key existed reads false,
+    `atomray.checkpoint.PREDATED_MODEL_KEYS`). Measured (docs/experiments.md, "Where the
+    rollouts break", "Why the methyls shrink"): one-shot validation the same (tg80-mini 0.347,
+    cv fold 0 0.119 with and without), and the 100-ps rollouts of every methyl molecule hold
+    (acetylacetone 0.40 → 1.00, N-methylacetamide 0.00 → 1.00); the default.
     """
 
     name: Literal["atom", "egno", "egnn_r", "egnn_s"] = "atom"
@@ -107,7 +111,7 @@ class ModelConfig:
     latent_equivariance_weight: float = 0.0
     predict_velocity: bool = False
     vib_damping: bool = True
-    rotor_circles: bool = False
+    rotor_circles: bool = True
     # EGNO / EGNN baselines (the EGNO protocol, docs/architecture.md).
     gnn_hidden_dim: int = 64
     time_embed_dim: int = 32

@@ -161,9 +161,6 @@ def _check_model(cfg: RunConfig) -> None:
                          m.prior)
     if not m.vib_damping and m.prior != "harmonic":
         raise _error("model.prior", "harmonic with model.vib_damping=false (only the harmonic prior vibrates)", m.prior)
-    if m.rotor_circles and m.prior != "harmonic":
-        raise _error("model.prior", "harmonic with model.rotor_circles=true (the circles bend the harmonic prior's "
-                                    "vibration)", m.prior)
     if cfg.train.loss_weighting in ("harmonic", "anharmonic") and cfg.data.context_atoms != "all":
         raise _error("data.context_atoms", f"'all' with train.loss_weighting={cfg.train.loss_weighting} (its floor's "
                                            "normal modes need every atom, hydrogens included)", cfg.data.context_atoms)

@@ -50,6 +50,26 @@ def test_round_trip(tmp_path):
     assert read_state(tmp_path) == state
 
 
+@pytest.mark.parametrize("circles", [False, True])
+def test_a_checkpoint_saved_before_a_model_key_existed_reads_what_it_was_trained_with(tmp_path, circles):
+    """A config.yaml without `model.rotor_circles` (saved before the key existed, trained on the
+    straight modes) reads it as false, though the default is now true; a saved value is kept."""
+    import dataclasses
+
+    import yaml
+
+    from atomray.checkpoint import PREDATED_MODEL_KEYS
+
+    cfg = dataclasses.replace(CFG, model=dataclasses.replace(CFG.model, rotor_circles=circles))
+    save_checkpoint(tmp_path / "new", model_of(cfg), cfg, TrainState())
+    assert read_config(tmp_path / "new").model.rotor_circles is circles
+    old = yaml.safe_load((tmp_path / "new" / "config.yaml").read_text())
+    del old["model"]["rotor_circles"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(old))
+    assert read_config(tmp_path / "old").model.rotor_circles is False
+    assert CFG.model.rotor_circles != PREDATED_MODEL_KEYS["rotor_circles"]  # the default moved since
+
 def test_files_are_plain_tensors(tmp_path):
     save_checkpoint(tmp_path, model_of(CFG), CFG, TrainState())
     torch.load(tmp_path / "model.pt", weights_only=True)  # raises if anything is pickled

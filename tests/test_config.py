@@ -213,8 +213,6 @@ def test_value_out_of_range_names_key_range_and_value(override, key, expected, f
     (["data.horizon_min_fs=100", "data.horizon_max_fs=50"], "data.horizon_min_fs"),
     (["model.prior=rotor", "model.relaxed_input=false", "model.prior_input=false", "model.vib_damping=false"],
      "model.prior"),  # only the harmonic prior vibrates
-    (["model.prior=rotor", "model.relaxed_input=false", "model.prior_input=false", "model.rotor_circles=true"],
-     "model.prior"),  # the circles bend the harmonic prior's vibration
 ])
 def test_inconsistent_values_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=f"config key '{key}'"):
