@@ -397,6 +397,25 @@ def start_circles(x: np.ndarray, z: np.ndarray, bonds: np.ndarray | None) -> tup
     return groups, [r[0] for r in rotor_radii(np.asarray(minimum, np.float64)[None], groups)]
 
 
+def circle_batches(per_state: list[tuple[list, list[np.ndarray]]]) -> list[tuple[np.ndarray, list, list[np.ndarray]]]:
+    """`start_circles` of every state, batched: (rows, groups, radii) per set of states with the
+    same terminal groups, each radius array (B, H, 1) indexed by state (zero for other states),
+    so a step moves each set's hydrogens in one call."""
+    sets: dict[str, list[int]] = {}
+    for i, (groups, _) in enumerate(per_state):
+        if groups:
+            sets.setdefault(repr(groups), []).append(i)
+    out = []
+    for rows in sets.values():
+        groups = per_state[rows[0]][0]
+        radii = [np.zeros((len(per_state), len(h), 1)) for _, _, h in groups]
+        for i in rows:
+            for k, r in enumerate(per_state[i][1]):
+                radii[k][i] = r
+        out.append((np.asarray(rows), groups, radii))
+    return out
+
+
 def _float64(a: np.ndarray):
     """a as a float64 torch tensor (what `rigid_motion` solves in)."""
     import torch
@@ -478,7 +497,8 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
     if control.rotor_radii:
         from atomray.priors.modes import onto_circles
 
-        circles = [start_circles(x[i, : len(z)], z, None if graphs is None else graphs[i]) for i, z in enumerate(zs)]
+        circles = circle_batches([start_circles(x[i, : len(z)], z, None if graphs is None else graphs[i])
+                                  for i, z in enumerate(zs)])
     control_seconds = 0.0
     model = model.eval()
     t0 = time.perf_counter()
@@ -500,9 +520,10 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
         if controller is not None:
             t1 = time.perf_counter()
             if circles is not None:
-                for i, (groups, radii) in enumerate(circles):
-                    if groups and not dead[i]:
-                        x[i], v[i] = onto_circles(x[i], groups, radii, v[i])
+                for rows, groups, radii in circles:
+                    rows = rows[~dead[rows]]
+                    if len(rows):
+                        x[rows], v[rows] = onto_circles(x[rows], groups, [r[rows] for r in radii], v[rows])
                 out[:, -1] = np.where(dead[:, None, None], np.nan, x)
             if any(control.position_noise_a):
                 x = np.where(dead[:, None, None], 0.0, controller.displace(x, hydrogen))

@@ -73,6 +73,7 @@ over every window of a basin.
 from __future__ import annotations
 
 import contextlib
+from functools import cached_property
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,6 +116,11 @@ class Basin:
     def unrefined(cls, z: np.ndarray, minimum: np.ndarray) -> "Basin":
         n = len(z)
         return cls(np.asarray(z, np.int64), minimum, np.zeros(0), np.zeros((3 * n, 0)), np.zeros(0))
+
+    @cached_property
+    def terminal_groups(self) -> list[tuple[int, int, list[int]]]:
+        """Its terminal groups (`rotor_groups` of the minimum's bonds), perceived once per basin."""
+        return rotor_groups(self.z, bond_pairs(self))
 
     def permuted(self, order: np.ndarray) -> "Basin":
         """The same basin with its atoms in `order` (indices into this basin's atoms)."""
@@ -248,12 +254,12 @@ def vibration_paths(x: np.ndarray, v_int: np.ndarray, mass: np.ndarray, lags: np
         osc = first_order_bonds(x - d0, osc, d0, mass, bond_pairs(basin))
     if not velocity:
         if circles:
-            osc = rotor_circles(x - d0, osc, rotor_groups(basin.z, bond_pairs(basin)))
+            osc = rotor_circles(x - d0, osc, basin.terminal_groups)
         return osc, d0
     q_dot = qd[:, None] * cos - ((q0 - centre) * omega)[:, None] * sin  # (W, P, K)
     osc_v = ((q_dot @ basin.modes.T) / sq).reshape(w, -1, n, 3) @ back
     if circles:
-        osc, osc_v = rotor_circles(x - d0, osc, rotor_groups(basin.z, bond_pairs(basin)), osc_v)
+        osc, osc_v = rotor_circles(x - d0, osc, basin.terminal_groups, osc_v)
     return osc, d0, osc_v
 
 
