@@ -14,11 +14,12 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from atomray.config import RunConfig, dump_config, load_config
 
@@ -93,16 +94,12 @@ PREDATED_MODEL_KEYS = {"rotor_circles": False}
 def read_config(directory: str | Path) -> RunConfig:
     """The RunConfig a checkpoint was trained with (checked like any config file); a key of
     `PREDATED_MODEL_KEYS` missing from it takes the value it was trained with."""
-    import dataclasses
-
-    import yaml
-
     path = Path(directory) / CONFIG_FILE
     _require(path, "the run's resolved config")
     cfg = load_config(path)
     saved = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
     missing = {k: v for k, v in PREDATED_MODEL_KEYS.items() if k not in saved}
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **missing)) if missing else cfg
+    return replace(cfg, model=replace(cfg.model, **missing)) if missing else cfg
 
 
 def read_state(directory: str | Path) -> TrainState:

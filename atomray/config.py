@@ -73,9 +73,9 @@ class ModelConfig:
     for rollouts (docs/experiments.md, "Where the bonds go wrong"): undamped, a fine-tuned head's
     own velocities run warmer (278 against 251 K) but a flexible molecule breaks (stability 0.87
     against 1.00); one-shot val S2T 0.357 against 0.347. Damped stays the default.
-    `rotor_circles` (harmonic prior; other priors have no vibration to bend): terminal groups' hydrogens (methyl, hydroxyl, amino)
-    vibrate on circles about their group's axis, their velocities along the circles
-    (`atomray.priors.modes.rotor_circles`), where the normal modes draw a turn as straight
+    `rotor_circles` (harmonic prior; other priors have no vibration to bend): terminal groups'
+    hydrogens (methyl, hydroxyl, amino) vibrate on circles about their group's axis, their
+    velocities along the circles (`atomray.priors.modes.rotor_circles`), where the normal modes draw a turn as straight
     tangent lines that stretch the C–H bond at second order; a fast methyl's chain of rollout
     steps breaks that bond. Saved with the checkpoint: training, its floors and its rollouts use
     the same prior (a checkpoint saved before the key existed reads false,
