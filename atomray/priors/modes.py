@@ -367,7 +367,7 @@ def rotor_circles(s: np.ndarray, osc: np.ndarray, groups: list[tuple[int, int, l
 def rotor_radii(s: np.ndarray, groups: list[tuple[int, int, list[int]]]) -> list[np.ndarray]:
     """Per group (`rotor_groups`), each hydrogen's distance from the group's axis Y→X in the
     states s (W, N, 3): a list of (W, H, 1) Å."""
-    return [np.linalg.norm(_about_axis(s[:, None], y, x, h)[1][:, 0], axis=-1, keepdims=True) for y, x, h in groups]
+    return [np.linalg.norm(_about_axis(s, y, x, h)[1], axis=-1, keepdims=True) for y, x, h in groups]
 
 
 def onto_circles(p: np.ndarray, groups: list[tuple[int, int, list[int]]], radii: list[np.ndarray],
@@ -388,7 +388,6 @@ def onto_circles(p: np.ndarray, groups: list[tuple[int, int, list[int]]], radii:
             rel = v[..., hydrogens, :] - v[..., x, None, :]
             v[..., hydrogens, :] = v[..., x, None, :] + rel - (rel * out).sum(-1, keepdims=True) * out
     return p, v
-
 
 
 def vibrate(osc: Tensor, d0: Tensor, rot: Tensor | None, lags: Tensor, tau_fs: Tensor | float = TAU_VIB_FS) -> Tensor:
