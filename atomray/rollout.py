@@ -71,6 +71,8 @@ class Rollout:
     seconds: float = 0.0  # wall time of the model steps (controls included)
     model_velocities: list[np.ndarray] = field(default_factory=list)  # (S, n_i, 3), the model's, before control
     control_seconds: float = 0.0  # of which the velocity control
+    hops: np.ndarray | None = None  # (B,) proton hops accepted per rollout (`Control.proton_hops`)
+    hop_attempts: np.ndarray | None = None  # (B,) proton hops attempted per rollout
 
     @property
     def simulated_fs(self) -> float:
@@ -228,6 +230,15 @@ class Control:
     hydrogens nearer its axis: one 50-fs step of the circles-trained fine-tuned head from
     N-methylacetamide's reference states shortens its acetyl C–H to 1.033 Å against the
     reference's 1.092 and its prior's 1.078 (docs/experiments.md, "Why the methyls shrink").
+    `rotor_heights` (with `rotor_radii`) also puts each of them at the minimum's height along the
+    axis (the circle's plane), and takes its velocity's part along the axis out.
+
+    `proton_hops` (default off): after every `hop_every` steps (default 10), a Metropolis move of each
+    molecule with a proton in an intramolecular hydrogen bond to its other tautomer (the proton
+    on the acceptor, the heavy atoms' bond pattern with it), accepted on the GFN2-xTB energy at
+    the temperature `temperature_k` (`atomray.proton_hops`); an accepted hop moves the proton's
+    bond in the graph the prior keeps. The chained conditional mean of one tautomer's prior
+    never crosses the barrier (docs/results.md, "A proton transfer").
 
     `thermostat="langevin"` (needs `momentum`): a Langevin (Ornstein–Uhlenbeck) update of every
     atom's internal velocity once per step, v' = c v + √((1 − c²) k_B T / m) ξ with ξ standard
@@ -246,6 +257,9 @@ class Control:
     position_noise_a: tuple[float, float] = (0.0, 0.0)  # Å: (heavy atoms, hydrogens)
     hydrogen_noise_axes: str = "all"  # all | across (their bond)
     rotor_radii: bool = False  # terminal groups' hydrogens back on their circles after every step
+    rotor_heights: bool = False  # ... and at their minimum's height along the axis
+    proton_hops: bool = False  # Metropolis hops of hydrogen-bonded molecules to their other tautomer (GFN2-xTB)
+    hop_every: int = 10  # steps between hop attempts (10: the measured choice at 50 fs, docs/experiments.md)
 
     def __post_init__(self):
         if self.thermostat not in THERMOSTATS:
@@ -264,6 +278,9 @@ class Control:
         if noise.shape != (2,) or not np.all(noise >= 0):
             raise DataError(f"rollout: position noise is two widths >= 0 Å (heavy atoms, hydrogens), "
                             f"found {self.position_noise_a}")
+        if self.rotor_heights and not self.rotor_radii:
+            raise DataError("rollout: rotor heights place the hydrogens on the circles of rotor radii; they need "
+                            "rotor_radii")
         if self.rotor_radii and not self.momentum:
             raise DataError("rollout: rotor radii turn the hydrogens' velocities onto their circles, which moves the "
                             "momenta; they need momentum control")
@@ -273,13 +290,21 @@ class Control:
         name = {"csvr": "CSVR", "langevin": "Langevin"}.get(self.thermostat)
         if name and not self.momentum:
             raise DataError(f"rollout: the {name} thermostat acts on the internal velocities; it needs momentum control")
+        if self.proton_hops and not self.momentum:
+            raise DataError("rollout: a proton hop moves the atoms, which changes the angular momentum; proton hops "
+                            "need momentum control")
+        if self.hop_every < 1:
+            raise DataError(f"rollout: proton hops are attempted every >= 1 steps, found {self.hop_every}")
+        if self.proton_hops and not np.all(np.asarray(self.temperature_k, float) > 0):
+            raise DataError(f"rollout: proton hops are accepted at a temperature > 0 K, found {self.temperature_k} K")
         if name and not (np.all(np.asarray(self.temperature_k, float) > 0) and self.tau_fs > 0):
             raise DataError(f"rollout: the {name} thermostat needs a temperature > 0 K and tau > 0 fs, "
                             f"found {self.temperature_k} K and {self.tau_fs} fs")
 
     @property
     def active(self) -> bool:
-        return self.momentum or self.thermostat != "none" or any(self.position_noise_a) or self.rotor_radii
+        return (self.momentum or self.thermostat != "none" or any(self.position_noise_a) or self.rotor_radii
+                or self.proton_hops)
 
 
 def csvr_kinetic_energy(k: np.ndarray, k_target: np.ndarray, dof: np.ndarray, c: float,
@@ -379,40 +404,43 @@ def _across_bonds(x: np.ndarray, draw: np.ndarray, hydrogen: np.ndarray, heavy: 
     return np.where((hydrogen & heavy.any(1, keepdims=True))[..., None], draw - along, draw)
 
 
-def start_circles(x: np.ndarray, z: np.ndarray, bonds: np.ndarray | None) -> tuple[list, list[np.ndarray]]:
-    """(groups, radii) of `Control.rotor_radii` for a start state x (N, 3) Å: its terminal groups
-    (`atomray.priors.modes.rotor_groups` over `bonds`, or the bonds RDKit perceives) and each
-    hydrogen's distance from its group's axis (H, 1) Å in the state's basin minimum (the
-    machine's basin store, `atomray.priors.minima`), or in x itself where MMFF94 has no basin."""
+def start_circles(x: np.ndarray, z: np.ndarray, bonds: np.ndarray | None) -> tuple[list, list[np.ndarray], list[np.ndarray]]:
+    """(groups, radii, heights) of `Control.rotor_radii` for a start state x (N, 3) Å: its
+    terminal groups (`atomray.priors.modes.rotor_groups` over `bonds`, or the bonds RDKit
+    perceives) and each hydrogen's distance from its group's axis and height along it (H, 1) Å
+    in the state's basin minimum (the machine's basin store, `atomray.priors.minima`), or in x
+    itself where MMFF94 has no basin."""
     from atomray.priors.minima import machine_finder, molecule_bonds
-    from atomray.priors.modes import rotor_groups, rotor_radii
+    from atomray.priors.modes import rotor_groups, rotor_heights, rotor_radii
 
     graph = bonds if bonds is not None else molecule_bonds(x, z)
     if graph is None or not (np.asarray(z) == 1).any():
-        return [], []
+        return [], [], []
     groups = rotor_groups(z, graph)
     finder = machine_finder(z)
     k = finder.assign(x, bonds=graph)
-    minimum = finder.minimum(k)[0] if k >= 0 else x
-    return groups, [r[0] for r in rotor_radii(np.asarray(minimum, np.float64)[None], groups)]
+    minimum = np.asarray(finder.minimum(k)[0] if k >= 0 else x, np.float64)[None]
+    return groups, [r[0] for r in rotor_radii(minimum, groups)], [h[0] for h in rotor_heights(minimum, groups)]
 
 
-def circle_batches(per_state: list[tuple[list, list[np.ndarray]]]) -> list[tuple[np.ndarray, list, list[np.ndarray]]]:
-    """`start_circles` of every state, batched: (rows, groups, radii) per set of states with the
-    same terminal groups, each radius array (B, H, 1) indexed by state (zero for other states),
-    so a step moves each set's hydrogens in one call."""
+def circle_batches(per_state: list[tuple[list, list[np.ndarray], list[np.ndarray]]]
+                   ) -> list[tuple[np.ndarray, list, list[np.ndarray], list[np.ndarray]]]:
+    """`start_circles` of every state, batched: (rows, groups, radii, heights) per set of states
+    with the same terminal groups, each radius and height array (B, H, 1) indexed by state (zero
+    for other states), so a step moves each set's hydrogens in one call."""
     sets: dict[str, list[int]] = {}
-    for i, (groups, _) in enumerate(per_state):
+    for i, (groups, _, _) in enumerate(per_state):
         if groups:
             sets.setdefault(repr(groups), []).append(i)
     out = []
     for rows in sets.values():
         groups = per_state[rows[0]][0]
         radii = [np.zeros((len(per_state), len(h), 1)) for _, _, h in groups]
+        heights = [np.zeros((len(per_state), len(h), 1)) for _, _, h in groups]
         for i in rows:
-            for k, r in enumerate(per_state[i][1]):
-                radii[k][i] = r
-        out.append((np.asarray(rows), groups, radii))
+            for k, (r, h) in enumerate(zip(per_state[i][1], per_state[i][2])):
+                radii[k][i], heights[k][i] = r, h
+        out.append((np.asarray(rows), groups, radii, heights))
     return out
 
 
@@ -497,8 +525,14 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
     if control.rotor_radii:
         from atomray.priors.modes import onto_circles
 
-        circles = circle_batches([start_circles(x[i, : len(z)], z, None if graphs is None else graphs[i])
-                                  for i, z in enumerate(zs)])
+        per_state = [start_circles(x[i, : len(z)], z, None if graphs is None else graphs[i]) for i, z in enumerate(zs)]
+        circles = circle_batches(per_state)
+    hops = None
+    if control.proton_hops:
+        from atomray.proton_hops import ProtonHops, move_bond
+
+        hops = ProtonHops(x, zs, control.temperature_k, control.seed, [s.name for s in states], graphs,
+                          control.hop_every)
     control_seconds = 0.0
     model = model.eval()
     t0 = time.perf_counter()
@@ -520,14 +554,26 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
         if controller is not None:
             t1 = time.perf_counter()
             if circles is not None:
-                for rows, groups, radii in circles:
+                for rows, groups, radii, heights in circles:
                     rows = rows[~dead[rows]]
                     if len(rows):
-                        x[rows], v[rows] = onto_circles(x[rows], groups, [r[rows] for r in radii], v[rows])
+                        x[rows], v[rows] = onto_circles(x[rows], groups, [r[rows] for r in radii], v[rows],
+                                                        [h[rows] for h in heights] if control.rotor_heights else None)
                 out[:, -1] = np.where(dead[:, None, None], np.nan, x)
             if any(control.position_noise_a):
                 x = np.where(dead[:, None, None], 0.0, controller.displace(x, hydrogen))
                 out[:, -1] = np.where(dead[:, None, None], np.nan, x)
+            if hops is not None and hops.active:
+                hopped = hops(x, v, dead)
+                for i, h, donor, acceptor in hopped:  # the proton's bond moves; its hydroxyl's circle too
+                    if graphs is not None:
+                        graphs[i] = move_bond(graphs[i], h, donor, acceptor)
+                    if circles is not None:
+                        per_state[i] = start_circles(x[i, : len(zs[i])], zs[i], None if graphs is None else graphs[i])
+                if hopped:
+                    out[:, -1] = np.where(dead[:, None, None], np.nan, x)
+                    if circles is not None:
+                        circles = circle_batches(per_state)
             v = np.where(dead[:, None, None], 0.0, controller(x, v))
             control_seconds += time.perf_counter() - t1
         frames.extend(out.transpose(1, 0, 2, 3))
@@ -543,7 +589,8 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
     times = np.concatenate([[0.0], (np.arange(n_steps)[:, None] * step + frame_lags[None]).ravel()])
     return Rollout([s.name for s in states], zs, times, [positions[i, :, : len(z)] for i, z in enumerate(zs)], step,
                    [step_v[i, :, : len(z)] for i, z in enumerate(zs)], seconds,
-                   [model_v[i, :, : len(z)] for i, z in enumerate(zs)], control_seconds)
+                   [model_v[i, :, : len(z)] for i, z in enumerate(zs)], control_seconds,
+                   None if hops is None else hops.accepted.copy(), None if hops is None else hops.attempts.copy())
 
 
 def write_rollout_extxyz(path: str | Path, traj: Rollout, i: int) -> Path:

@@ -259,7 +259,8 @@ def check_rollouts(traj: Rollout, references: Mapping[str, Reference], molecule_
         z, ref = traj.atomic_numbers[idx[0]], references[molecule]
         bonds = _molecule_bonds(traj, idx)
         dt = np.diff(traj.times_fs)
-        summary = structure.stability_coefficient([traj.positions[i] for i in idx], bonds, dt_fs=float(dt.mean()))
+        summary = structure.stability_coefficient([traj.positions[i] for i in idx], bonds, dt_fs=float(dt.mean()),
+                                                  transfers=_molecule_transfers(traj, idx))
         pooled = np.concatenate([traj.positions[i][1:] for i in idx])
         pooled = pooled[np.isfinite(pooled).all((1, 2))]  # frames of molecules that flew apart are NaN
         nan = {k: float("nan") for k in ("bond_length_a", "bond_angle_deg", "dihedral_deg", "radius_of_gyration_a")}
@@ -296,10 +297,19 @@ def _molecule_bonds(traj: Rollout, idx: list[int]):
     return structure.bonds_from_geometry(traj.atomic_numbers[idx[0]], traj.positions[idx[0]][0])
 
 
+def _molecule_transfers(traj: Rollout, idx: list[int]) -> list[tuple[int, int, int]]:
+    """The protons of one molecule that may move to a second atom without breaking its rollouts:
+    the hydrogen bonds of its first start (`atomray.structure.hydrogen_bond_sites`)."""
+    from atomray import structure
+
+    return structure.hydrogen_bond_sites(traj.positions[idx[0]][0], traj.atomic_numbers[idx[0]])
+
+
 def rollout_failures(traj: Rollout, molecule_of: list[str]) -> list[dict]:
     """One row per rollout: whether it holds by the stability rule `check_rollouts` counts
     (`atomray.structure.stability`: every bond of the molecule's first start within ±50 % of its
-    length at the rollout's own start, no other pair closer than 0.7 Å) and, where it breaks,
+    length at the rollout's own start, a proton of a hydrogen bond on either of its two atoms, no
+    other pair closer than 0.7 Å) and, where it breaks,
     when (`first_failure_ps`), how (`kind`: bond_stretched, bond_compressed, close_contact,
     non_finite), which two atoms (`atoms`, e.g. "C5-H17", 0-based indices of the model's atoms) at
     what distance (`distance_a`) against their distance at the start (`start_distance_a`)."""
@@ -310,10 +320,10 @@ def rollout_failures(traj: Rollout, molecule_of: list[str]) -> list[dict]:
     rows = []
     for molecule in dict.fromkeys(molecule_of):
         idx = [i for i, m in enumerate(molecule_of) if m == molecule]
-        bonds = _molecule_bonds(traj, idx)
+        bonds, transfers = _molecule_bonds(traj, idx), _molecule_transfers(traj, idx)
         z = traj.atomic_numbers[idx[0]]
         for i in idx:
-            s = structure.stability(traj.positions[i], bonds)
+            s = structure.stability(traj.positions[i], bonds, transfers=transfers)
             row = {"rollout": traj.names[i], "molecule": molecule, "stable": s.stable, "first_failure_ps": float("nan"),
                    "kind": s.kind or "", "atoms": "", "distance_a": float("nan"), "start_distance_a": float("nan")}
             if not s.stable:

@@ -20,7 +20,10 @@ j-k; proper dihedrals i-j-k-l run along bonded chains i-j, j-k, k-l (i ≠ l).
 Stability (the rollout stability of SO3KRATES, issue 13): a trajectory is stable when every
 bonded distance stays within ±`stretch` (50 %) of its value at the start and no two atoms
 that are not bonded come closer than `min_distance` (0.7 Å), in every frame. Non-finite
-positions are a failure too.
+positions are a failure too. A proton in an intramolecular hydrogen bond
+(`hydrogen_bond_sites`: a hydrogen within 1.2 Å of an O or N with a second O or N within
+2.2 Å) may move to its acceptor: its bond to the donor is measured to the nearer of the two,
+so a proton transfer is not a break.
 
 Dihedrals are periodic. They are compared on the circle: `circular_wasserstein` is the exact
 Wasserstein-1 distance between two empirical distributions of angles on the circle of
@@ -208,17 +211,53 @@ class Stability:
     distance_a: float | None = None
 
 
+HYDROGEN_BOND_DONOR_A = 1.2  # Å: a hydrogen this near an O or N is bonded to it
+HYDROGEN_BOND_ACCEPTOR_A = 2.2  # Å: ... and hydrogen-bonded to a second O or N this near
+
+
+def hydrogen_bond_sites(x: Any, z: Any) -> list[tuple[int, int, int]]:
+    """(hydrogen, donor, acceptor) for every hydrogen of frame x (N, 3) Å within
+    `HYDROGEN_BOND_DONOR_A` of an O or N (the donor, the nearest) with a second O or N within
+    `HYDROGEN_BOND_ACCEPTOR_A` (the acceptor): the protons an intramolecular hydrogen bond
+    may transfer (the H-bonded enol of acetylacetone has one, O···H 1.6 Å)."""
+    z = np.asarray(z)
+    x = _frame(x, len(z), "frame")
+    polar = np.flatnonzero(np.isin(z, (7, 8)))
+    sites = []
+    for h in np.flatnonzero(z == 1):
+        d = np.linalg.norm(x[polar] - x[h], axis=-1)
+        order = np.argsort(d)
+        if len(polar) >= 2 and d[order[0]] < HYDROGEN_BOND_DONOR_A and d[order[1]] < HYDROGEN_BOND_ACCEPTOR_A:
+            sites.append((int(h), int(polar[order[0]]), int(polar[order[1]])))
+    return sites
+
+
+def _transfer_lengths(traj: np.ndarray, top: Topology, sites: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    """Bond lengths (T, n_b) of traj, each donor–hydrogen bond of `sites` measured to the nearer
+    of its donor and acceptor."""
+    d = bond_lengths(traj, top)
+    for h, donor, acceptor in sites:
+        to_acceptor = np.linalg.norm(traj[:, h] - traj[:, acceptor], axis=-1)
+        for k in np.flatnonzero(((top.bonds[:, 0] == h) & (top.bonds[:, 1] == donor))
+                                | ((top.bonds[:, 0] == donor) & (top.bonds[:, 1] == h))):
+            d[:, k] = np.minimum(d[:, k], to_acceptor)
+    return d
+
+
 def stability(traj: Any, bonds: Any, start: Any = None, stretch: float = 0.5, min_distance: float = 0.7,
-              chunk: int = 1024) -> Stability:
+              chunk: int = 1024, transfers: Sequence[tuple[int, int, int]] | None = None) -> Stability:
     """Stability of a trajectory (T, N, 3) Å: every bond within ±`stretch` of its length at
     `start` (N, 3) (frame 0 unless given) and no non-bonded pair closer than `min_distance` Å,
     in every frame. At the first failing frame the worst violation is reported (a broken bond
-    before a close contact). Frames are processed `chunk` at a time (memory T·N²)."""
+    before a close contact). Frames are processed `chunk` at a time (memory T·N²).
+    `transfers`: (hydrogen, donor, acceptor) whose proton may sit on either
+    (`hydrogen_bond_sites` of the start; default none)."""
     traj = _trajectory(traj)
     t_len, n = traj.shape[:2]
     top = _topology(bonds, n)
     ref = traj[0] if start is None else _frame(start, n, "start")
-    d0 = bond_lengths(ref[None], top)[0]
+    transfers = () if transfers is None else transfers
+    d0 = _transfer_lengths(ref[None], top, transfers)[0]
     if not (np.isfinite(d0).all() and (d0 > 0).all()):
         raise StructureError(f"stability: the start frame has bonds of length {d0.tolist()} (finite, > 0 expected)")
     bonded = np.zeros((n, n), dtype=bool)
@@ -228,7 +267,7 @@ def stability(traj: Any, bonds: Any, start: Any = None, stretch: float = 0.5, mi
     i, j = i[keep], j[keep]
     for s in range(0, t_len, chunk):
         block = traj[s : s + chunk]
-        dev = bond_lengths(block, top) / d0 - 1  # (t, n_b)
+        dev = _transfer_lengths(block, top, transfers) / d0 - 1  # (t, n_b)
         close = np.linalg.norm(block[:, j] - block[:, i], axis=-1)  # (t, n_nb)
         bad = ~(np.abs(dev) <= stretch).all(1) | ~(close >= min_distance).all(1)  # NaN fails
         if not bad.any():
@@ -264,11 +303,14 @@ class StabilitySummary:
 
 def stability_coefficient(trajectories: Sequence[Any], bonds: Any, dt_fs: float | Sequence[float] | None = None,
                           starts: Sequence[Any] | None = None, stretch: float = 0.5,
-                          min_distance: float = 0.7) -> StabilitySummary:
+                          min_distance: float = 0.7,
+                          transfers: Sequence[tuple[int, int, int]] | None = None) -> StabilitySummary:
     """The stability coefficient of `trajectories` (each (T_i, N_i, 3) Å). `bonds` is one
     Topology / bond list for all, or a list of Topology objects or (n_b, 2) arrays, one per
     trajectory (different molecules); `dt_fs` the frame spacing (fs), one for all or one per trajectory; `starts`
-    optional reference frames for the bond lengths (default: each trajectory's frame 0)."""
+    optional reference frames for the bond lengths (default: each trajectory's frame 0);
+    `transfers` the protons of one molecule's trajectories that may sit on either of two atoms
+    (`stability`)."""
     n = len(trajectories)
     if n == 0:
         raise StructureError("stability_coefficient: no trajectories")
@@ -281,7 +323,8 @@ def stability_coefficient(trajectories: Sequence[Any], bonds: Any, dt_fs: float 
         raise StructureError(f"stability_coefficient: dt_fs must be positive, one or {n} values, found {dt_fs}")
     if starts is not None and len(starts) != n:
         raise StructureError(f"stability_coefficient: {len(starts)} start frames for {n} trajectories")
-    results = tuple(stability(t, bonds[k] if per else bonds, None if starts is None else starts[k], stretch, min_distance)
+    results = tuple(stability(t, bonds[k] if per else bonds, None if starts is None else starts[k], stretch, min_distance,
+                              transfers=transfers)
                     for k, t in enumerate(trajectories))
     stable = sum(r.stable for r in results)
     mean = low = None

@@ -3,6 +3,7 @@
     python benchmarks/bench_rollout.py [--model CKPT] [--repeats 3] [--steps 10] [--md-steps 200]
                                        [--step-fs FS] [--thermostat csvr|none] [--lags 0 5]
                                        [--position-noise HEAVY H] [--rotor-radii]
+                                       [--rotor-heights] [--thermostat-groups hydrogens] [--proton-hops]
     python benchmarks/bench_rollout.py --repeats 1 --steps 1 --md-steps 20      # runs it
 
 ATOM: a rollout (`atomray.rollout.rollout`, velocities by the centred difference over four
@@ -18,7 +19,10 @@ GFN2-xTB and a Hessian per basin not yet in the store —, normal-mode vibration
 an anharmonic prior) and the velocity control between steps (`--thermostat csvr`, the default:
 momentum conservation and the CSVR thermostat, as `jobs/rollout.py` runs by default; `none`:
 neither; `--position-noise 0.005 0`, the rollout recipe's noise on the predicted positions, is
-part of the control and of its share). A warm-up step first puts the start states' basins into the store
+part of the control and of its share; so are `--rotor-radii`, `--rotor-heights`, `--thermostat-groups hydrogens` and
+`--proton-hops`, whose GFN2-xTB single points fall only on molecules with an intramolecular
+hydrogen bond: none of the batch's start frames has one, so their cost is read from a rollout of
+one that does, docs/benchmarks.md). A warm-up step first puts the start states' basins into the store
 (atom_warmup_s: minutes when the store is empty, each new basin costing a GFN2-xTB refinement
 and Hessian).
 GFN2-xTB: NVE velocity Verlet (1 fs) of aspirin through the tg80 engines (tblite), one
@@ -68,7 +72,8 @@ def start_states(root: Path, n: int):
 
 def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0, thermostat: str = "csvr",
                lags: tuple[int, ...] = (0,), position_noise: tuple[float, float] = (0.0, 0.0),
-               rotor_radii: bool = False) -> tuple[dict[int, list[float]], float, int, float, float]:
+               rotor_radii: bool = False, groups: str = "molecule", rotor_heights: bool = False,
+               proton_hops: bool = False) -> tuple[dict[int, list[float]], float, int, float, float]:
     """Simulated fs per wall-second of each repeat for each number of lags per step (the lags
     timed in turn within each repeat, so their ratio is paired), the stride, the largest
     molecule, the warm-up seconds and the velocity control's median share."""
@@ -87,7 +92,8 @@ def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0, t
         model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).eval()
     states = start_states(ROOT / "data" / "tg80-mini", BATCH)
     step = step_fs or default_step_fs(cfg)
-    control = (Control(momentum=True, thermostat="csvr", position_noise_a=position_noise, rotor_radii=rotor_radii)
+    control = (Control(momentum=True, thermostat="csvr", position_noise_a=position_noise, rotor_radii=rotor_radii,
+                       rotor_heights=rotor_heights, groups=groups, proton_hops=proton_hops)
                if thermostat == "csvr" else Control())
     t0 = time.perf_counter()
     rollout(model, cfg, states, total_fs=step, step_fs=step, control=control)  # warm-up: basins into the store
@@ -143,15 +149,27 @@ def main() -> None:
                         help="Å per axis on each step's predicted positions (with --thermostat csvr)")
     parser.add_argument("--rotor-radii", action="store_true",
                         help="terminal groups' hydrogens back on their circles after every step (with --thermostat csvr)")
+    parser.add_argument("--rotor-heights", action="store_true",
+                        help="with --rotor-radii, those hydrogens also at their minimum's height along the axis")
+    parser.add_argument("--thermostat-groups", choices=("molecule", "hydrogens"), default="molecule",
+                        help="CSVR's coupling groups (with --thermostat csvr)")
+    parser.add_argument("--proton-hops", action="store_true",
+                        help="Metropolis hops of hydrogen-bonded protons on the GFN2-xTB energy (with --thermostat csvr)")
     args = parser.parse_args()
+    if (args.proton_hops or args.thermostat_groups != "molecule") and args.thermostat != "csvr":
+        parser.error("--proton-hops and --thermostat-groups are part of the control: they need --thermostat csvr")
     if any(args.position_noise) and args.thermostat != "csvr":
         parser.error("--position-noise is part of the control: it needs --thermostat csvr")
+    if args.rotor_heights and not args.rotor_radii:
+        parser.error("--rotor-heights places the hydrogens on the circles of --rotor-radii: give both")
     if args.rotor_radii and args.thermostat != "csvr":
         parser.error("--rotor-radii is part of the control: it needs --thermostat csvr")
 
     by_lags, step_fs, max_atoms, warmup_s, control_share = atom_rates(args.model, args.steps, args.repeats,
                                                                       args.step_fs, args.thermostat, tuple(args.lags),
-                                                                      tuple(args.position_noise), args.rotor_radii)
+                                                                      tuple(args.position_noise), args.rotor_radii,
+                                                                      args.thermostat_groups, args.rotor_heights,
+                                                                      args.proton_hops)
     atom = by_lags[args.lags[0]]
     gfn2 = gfn2_rates(args.md_steps, args.repeats)
     result = {
@@ -160,6 +178,8 @@ def main() -> None:
         "atom_runs_fs_per_s": atom, "gfn2_runs_fs_per_s": gfn2, "batch": BATCH, "max_atoms": max_atoms,
         "step_fs": step_fs, "thermostat": args.thermostat, "control_share": round(control_share, 4),
         "position_noise_a": list(args.position_noise), "rotor_radii": args.rotor_radii,
+        "rotor_heights": args.rotor_heights, "thermostat_groups": args.thermostat_groups,
+        "proton_hops": args.proton_hops,
         "rotor_circles": bool(args.model) and _circles(args.model),
         "atom_warmup_s": round(warmup_s, 2), "cores": CORES, "model": args.model or "jobs/configs/pretrain.yaml (untrained)",
         "lags": args.lags[0],

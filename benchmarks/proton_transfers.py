@@ -5,7 +5,8 @@
 Reads every `<molecule>_<start>.extxyz` a `jobs/rollout.py` run wrote (their atoms name the
 molecule) and, with `--reference`, the fresh reference MD its `--reference-cache` kept (same
 atoms, same order). The proton is each hydrogen bonded to an O or N at the first frame (within
-1.2 Å) that has a second O or N within 2.2 Å (an intramolecular hydrogen bond); per trajectory,
+1.2 Å) that has a second O or N within 2.2 Å (an intramolecular hydrogen bond,
+`atomray.structure.hydrogen_bond_sites`); per trajectory,
 frame by frame, which of its two acceptors is nearer: a transfer is a change of side. Prints
 one JSON line per trajectory (`source`, `hydrogen`, `acceptors`, `frames`, `transfers`,
 `fraction_on_second`: of the frames, on the second acceptor, the farther one at the first
@@ -24,19 +25,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def hydrogen_bonds(x: np.ndarray, z: np.ndarray) -> list[tuple[int, int, int]]:
-    """(H, donor, acceptor) for every hydrogen within 1.2 Å of an O or N with another O or N within 2.2 Å."""
-    polar = np.flatnonzero(np.isin(z, (7, 8)))
-    out = []
-    for h in np.flatnonzero(z == 1):
-        d = np.linalg.norm(x[polar] - x[h], axis=-1)
-        near = polar[np.argsort(d)]
-        d = np.sort(d)
-        if len(near) >= 2 and d[0] < 1.2 and d[1] < 2.2:
-            out.append((int(h), int(near[0]), int(near[1])))
-    return out
 
 
 def transfers(x: np.ndarray, h: int, a: int, b: int) -> dict:
@@ -67,7 +55,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if positions.shape[1] != len(z):
             parser.error(f"--reference {args.reference}: {positions.shape[1]} atoms, the rollouts {len(z)}")
         runs = {Path(args.reference).name: positions, **runs}
-    bonds = hydrogen_bonds(next(iter(runs.values()))[0], z)
+    from atomray.structure import hydrogen_bond_sites
+
+    bonds = hydrogen_bond_sites(next(iter(runs.values()))[0], z)
     if not bonds:
         parser.error(f"{files[0]}: no hydrogen between two O/N acceptors at the first frame")
     rows = []

@@ -1,7 +1,7 @@
 """Where a rollout's bond lengths go wrong: after one step from the reference, or over many?
 
     python benchmarks/rollout_bond_bias.py --model <checkpoint> [--starts 100 --steps 1 2 4 8 --step-fs 50 --lags 1]
-        [--molecules M ...] [--prior-only] [--first-order-bonds] [--position-noise HEAVY H] [--rotor-radii]
+        [--molecules M ...] [--prior-only] [--first-order-bonds] [--position-noise HEAVY H] [--rotor-radii [--rotor-heights]]
     python benchmarks/rollout_bond_bias.py --model <checkpoint> --smiles "CC(=O)NC" --reference refs/reference-<hash>.npz
 
 From `--starts` frames spread evenly over each test molecule's reference trajectory (the
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--reference", default=None,
                         help="its fresh reference MD: a reference-<hash>.npz of jobs/rollout.py --reference-cache")
     parser.add_argument("--rotor-radii", action="store_true", help="the rollout control (atomray.rollout.Control)")
+    parser.add_argument("--rotor-heights", action="store_true", help="the rollout control (with --rotor-radii)")
     parser.add_argument("--position-noise", type=float, nargs=2, default=(0.0, 0.0), metavar=("HEAVY", "H"),
                         help="Å per axis on each step's predicted positions (`atomray.rollout.Control`)")
     args = parser.parse_args(argv)
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     n_frames = dict(zip(table.column("molecule_id").to_pylist(), table.column("n_frames").to_pylist()))
     dt = dict(zip(table.column("molecule_id").to_pylist(), table.column("dt_fs").to_pylist()))
     control = Control(momentum=True, thermostat="csvr", tau_fs=args.tau_fs, position_noise_a=tuple(args.position_noise),
-                      rotor_radii=args.rotor_radii)
+                      rotor_radii=args.rotor_radii, rotor_heights=args.rotor_heights)
     k_max = max(args.steps)
     rows = []
     fresh = None
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rolled = np.stack([pos[k * p] for pos in traj.positions])  # the state after k strides
             row = {"molecule": m, "trained_on": m in run_split(cfg.data).train, "steps": k, "after_fs": k * args.step_fs,
                    "prior_only": args.prior_only, "first_order_bonds": args.first_order_bonds,
-                   "rotor_circles": cfg.model.rotor_circles, "rotor_radii": args.rotor_radii,
+                   "rotor_circles": cfg.model.rotor_circles, "rotor_radii": args.rotor_radii, "rotor_heights": args.rotor_heights,
                    "position_noise_a": list(args.position_noise), "starts": args.starts,
                    **bias_report(rolled, reference[frames + k * stride], z, reference[0])}
             print(json.dumps(row), flush=True)

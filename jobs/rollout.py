@@ -18,8 +18,11 @@ Between steps, `--momentum` keeps each start's linear and angular momentum exact
 `--thermostat-groups hydrogens` couples CSVR to the hydrogens and the heavy atoms apart;
 `--thermostat-target reference` holds each molecule at its reference MD's internal temperature;
 `--position-noise HEAVY H` adds Gaussian noise (Å per axis) to each step's predicted positions
-(`--position-noise 0.005 0` at 50 fs is the measured choice: docs/experiments.md). Each
-step's prior keeps the start's bond graph (`--basin-bonds start`).
+(`--position-noise 0.005 0` at 50 fs is the measured choice: docs/experiments.md);
+`--rotor-radii` puts terminal groups' hydrogens back on their circles; `--proton-hops` lets a
+molecule with an intramolecular hydrogen bond hop to its other tautomer (Metropolis on the
+GFN2-xTB energy, every `--hop-every` steps; `atomray.proton_hops`). Each step's prior keeps the
+start's bond graph (`--basin-bonds start`), the proton's bond moved with each hop.
 `--stride-sweep` first rolls out at each of several strides (stride_sweep.csv / .png) and runs the
 main rollout at the largest that holds; `--energy-drift` evaluates the total energy of every step
 start with --reference-engine and reports its drift; `--prior-only` rolls out the prior with a
@@ -112,6 +115,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="after every step, put each methyl's, hydroxyl's and amino group's hydrogens back at "
                              "their basin minimum's distance from the group's axis (the conditional mean the "
                              "model predicts shortens a fast methyl's C-H; atomray.rollout.Control)")
+    parser.add_argument("--rotor-heights", action="store_true",
+                        help="with --rotor-radii, also put those hydrogens at their basin minimum's height along the "
+                             "group's axis (the plane of their circle)")
+    parser.add_argument("--proton-hops", action="store_true",
+                        help="between steps, try carrying each molecule with an intramolecular hydrogen bond over "
+                             "to its other tautomer (the proton on the acceptor), accepted on the GFN2-xTB energy "
+                             "(Metropolis; needs --momentum; atomray.proton_hops)")
+    parser.add_argument("--hop-every", type=int, default=10, metavar="STEPS",
+                        help="steps between proton-hop attempts (default 10: as close as every step on the "
+                             "H-bonded enol at a sixth of the GFN2-xTB calls; docs/experiments.md)")
     parser.add_argument("--tau-fs", type=float, default=100.0, help="the thermostat's relaxation time (default 100 fs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the thermostat's draws (default 0)")
     parser.add_argument("--stride-sweep", nargs="+", type=float, default=[], metavar="FS",
@@ -154,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         control = Control(momentum=args.momentum, thermostat=args.thermostat, temperature_k=args.temperature,
                           tau_fs=args.tau_fs, seed=args.seed, groups=args.thermostat_groups,
                           position_noise_a=tuple(args.position_noise), hydrogen_noise_axes=args.hydrogen_noise_axes,
-                          rotor_radii=args.rotor_radii)
+                          rotor_radii=args.rotor_radii, rotor_heights=args.rotor_heights,
+                          proton_hops=args.proton_hops,
+                          hop_every=args.hop_every)
         model, cfg, state = tracking.load_model_uri(uri, args.model, prior_only=args.prior_only)
         elements = state.elements
         from atomray.rollout import default_step_fs
@@ -290,6 +305,12 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
     for i, name in enumerate(traj.names):
         write_rollout_extxyz(out / f"{_safe(name)}.extxyz", traj, i)
     rows = check_rollouts(traj, refs, molecule_of, out)
+    if traj.hops is not None:
+        for r in rows:
+            idx = [i for i, m in enumerate(molecule_of) if m == r["molecule"]]
+            r["proton_hops"] = int(traj.hops[idx].sum())
+            print(f"{r['molecule']}: {r['proton_hops']} proton hop(s) accepted of {int(traj.hop_attempts[idx].sum())} "
+                  f"attempted in {len(idx)} rollout(s)", flush=True)
     if args.energy_drift:
         add_energy_drift(args, traj, states, molecule_of, rows, root)
     keys = [k for k in rows[0] if k not in ("molecule", "reference", "plot")]
@@ -324,6 +345,8 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
                                         "position_noise_a": ",".join(f"{a:g}" for a in control.position_noise_a),
                                         "hydrogen_noise_axes": control.hydrogen_noise_axes,
                                         "rotor_radii": control.rotor_radii,
+                                        "rotor_heights": control.rotor_heights, "proton_hops": control.proton_hops,
+                                        "hop_every": control.hop_every,
                                         "reference_ensemble": args.reference_ensemble if not root else "data set",
                                         "starts": args.starts, "delta_fs": args.delta_fs,
                                         "lags": args.lags or cfg.data.num_lags, "velocity": args.velocity, "molecules": ",".join(dict.fromkeys(molecule_of)),
@@ -410,7 +433,10 @@ def _describe(control, prior_only: bool = False) -> str:
         *control.position_noise_a, ", across their bonds" if control.hydrogen_noise_axes == "across" else "")
         if any(control.position_noise_a) else "")
     if control.rotor_radii:
-        noise += "; terminal groups' hydrogens kept on their circles"
+        noise += "; terminal groups' hydrogens kept on their circles" + (" (radius and height)"
+                                                                          if control.rotor_heights else "")
+    if control.proton_hops:
+        noise += f"; proton hops (Metropolis, GFN2-xTB, every {control.hop_every} step(s))"
     at = (f"{control.temperature_k:g} K" if isinstance(control.temperature_k, (int, float))
           else "each molecule's reference temperature")
     if control.thermostat == "csvr":

@@ -594,40 +594,47 @@ def test_rotor_radii_keep_terminal_hydrogens_on_their_minimums_circles_and_need_
                                                                                                    monkeypatch):
     """`Control(rotor_radii=True)`: a random network moves ethanol's methyl and hydroxyl
     hydrogens off their circles; with the control, after every step each of them sits at its
-    basin minimum's distance from its group's axis, and the start's momenta are kept (the
-    velocities' turn onto the circles is `onto_circles`', tested with `rotor_circles`)."""
+    basin minimum's distance from its group's axis, and with `rotor_heights` at its height along
+    it too, and the start's momenta are kept (the velocities' turn onto the circles is
+    `onto_circles`', tested with `rotor_circles`)."""
     from atomray.priors import minima, store
     from atomray.priors.modes import rotor_groups
     from atomray.rollout import start_circles, state_from_dataset
 
     with pytest.raises(DataError, match="need momentum control"):
         Control(rotor_radii=True)
+    with pytest.raises(DataError, match="need rotor_radii"):
+        Control(momentum=True, rotor_heights=True)
     monkeypatch.setenv(store.ENV, str(tmp_path / "store"))
     monkeypatch.setattr(minima, "_MACHINE", {})
     state = state_from_dataset("data/tg80-mini", "ethanol", 300)
     z = state.atomic_numbers
-    groups, radii = start_circles(state.positions, z, minima.molecule_bonds(state.positions, z))
+    groups, radii, heights = start_circles(state.positions, z, minima.molecule_bonds(state.positions, z))
     assert [len(h) for _, _, h in groups] == [len(h) for _, _, h in rotor_groups(z, minima.molecule_bonds(
         state.positions, z))] and sorted(len(h) for _, _, h in groups) == [1, 3]
     cfg = small_cfg()
     model = scrambling_model(cfg)
     off = {}
-    for on in (False, True):
+    for radii_on, heights_on in ((False, False), (True, False), (True, True)):
         traj = rollout(model, cfg, [state], total_fs=200.0, step_fs=50.0, dtype=torch.float64, lags=5,
-                       control=Control(momentum=True, rotor_radii=on))
+                       control=Control(momentum=True, rotor_radii=radii_on, rotor_heights=heights_on))
         x = traj.positions[0][1:]  # after each of the 4 steps
-        worst = 0.0
-        for (y, c, hs), r in zip(groups, radii):
+        worst = [0.0, 0.0]
+        for (y, c, hs), r, height in zip(groups, radii, heights):
             axis = (x[:, c] - x[:, y]) / np.linalg.norm(x[:, c] - x[:, y], axis=-1, keepdims=True)
             h = x[:, hs] - x[:, c, None]
-            radial = h - (h * axis[:, None]).sum(-1, keepdims=True) * axis[:, None]
-            worst = max(worst, float(np.abs(np.linalg.norm(radial, axis=-1) - r[:, 0]).max()))
-        off[on] = worst
+            along = (h * axis[:, None]).sum(-1)
+            radial = h - along[..., None] * axis[:, None]
+            worst[0] = max(worst[0], float(np.abs(np.linalg.norm(radial, axis=-1) - r[:, 0]).max()))
+            worst[1] = max(worst[1], float(np.abs(along - height[:, 0]).max()))
+        off[radii_on, heights_on] = worst
         p, ang = momenta(traj.positions[0][-1], traj.step_velocities[0][-1], z)
         p0, ang0 = momenta(state.positions, state.velocities, z)
         np.testing.assert_allclose(p, p0, atol=1e-9)
         np.testing.assert_allclose(ang, ang0, atol=1e-8)
-    assert off[True] < 1e-9 and off[False] > 0.02, off
+    assert off[False, False][0] > 0.02 and off[False, False][1] > 0.02, off
+    assert off[True, False][0] < 1e-9 and off[True, False][1] > 0.02, off
+    assert off[True, True][0] < 1e-9 and off[True, True][1] < 1e-9, off
 
 
 def test_prior_only_loads_the_checkpoints_architecture_with_a_zero_correction(tmp_path):

@@ -332,11 +332,16 @@ def rotor_groups(z: np.ndarray, bonds: np.ndarray) -> list[tuple[int, int, list[
     return groups
 
 
+def _axis(p: np.ndarray, y: int, x: int) -> np.ndarray:
+    """The unit vector Y→X (..., 1, 3) of p (..., N, 3)."""
+    axis = p[..., x, :] - p[..., y, :]
+    return (axis / np.linalg.norm(axis, axis=-1, keepdims=True))[..., None, :]
+
+
 def _about_axis(p: np.ndarray, y: int, x: int, hydrogens: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """The hydrogens' offsets from X (..., H, 3) in p (..., N, 3), split into the part along
     the axis Y→X and the part off it."""
-    axis = p[..., x, :] - p[..., y, :]
-    axis = (axis / np.linalg.norm(axis, axis=-1, keepdims=True))[..., None, :]  # (..., 1, 3)
+    axis = _axis(p, y, x)
     h = p[..., hydrogens, :] - p[..., x, None, :]
     along = (h * axis).sum(-1, keepdims=True) * axis
     return along, h - along
@@ -370,23 +375,37 @@ def rotor_radii(s: np.ndarray, groups: list[tuple[int, int, list[int]]]) -> list
     return [np.linalg.norm(_about_axis(s, y, x, h)[1], axis=-1, keepdims=True) for y, x, h in groups]
 
 
+def rotor_heights(s: np.ndarray, groups: list[tuple[int, int, list[int]]]) -> list[np.ndarray]:
+    """Per group (`rotor_groups`), the height of each hydrogen's offset from X along the axis
+    Y→X in the states s (W, N, 3) (positive away from Y): a list of (W, H, 1) Å."""
+    return [((s[..., h, :] - s[..., x, None, :]) * _axis(s, y, x)).sum(-1, keepdims=True) for y, x, h in groups]
+
+
 def onto_circles(p: np.ndarray, groups: list[tuple[int, int, list[int]]], radii: list[np.ndarray],
-                 v: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                 v: np.ndarray | None = None, heights: list[np.ndarray] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(p, v) with every terminal group's hydrogens moved onto their circles: each one's offset
-    from the line Y→X keeps its direction and its height along the line and takes the length
-    `radii` (per group, broadcastable to (..., H, 1)); and each one's velocity relative to X
-    loses its part along that offset, so it moves along its circle. p, v (..., N, 3); copies."""
+    from the line Y→X keeps its direction and its height along the line (or takes `heights`,
+    per group broadcastable to (..., H, 1)) and takes the length `radii` (the same shapes); and
+    each one's velocity relative to X loses its part along that offset (and, with `heights`,
+    along the line), so it moves along its circle. p, v (..., N, 3); copies."""
     p = p.copy()
     v = None if v is None else v.copy()
-    for (y, x, hydrogens), target in zip(groups, radii):
+    for k, ((y, x, hydrogens), target) in enumerate(zip(groups, radii)):
         along, radial = _about_axis(p, y, x, hydrogens)
+        if heights is not None:
+            along = _axis(p, y, x) * heights[k]
         radius = np.maximum(np.linalg.norm(radial, axis=-1, keepdims=True), 1e-9)
         p[..., hydrogens, :] = p[..., x, None, :] + along + radial * (target / radius)
         if v is not None:  # each hydrogen moves along its circle, not off it
             _, radial = _about_axis(p, y, x, hydrogens)
             out = radial / np.maximum(np.linalg.norm(radial, axis=-1, keepdims=True), 1e-9)
             rel = v[..., hydrogens, :] - v[..., x, None, :]
-            v[..., hydrogens, :] = v[..., x, None, :] + rel - (rel * out).sum(-1, keepdims=True) * out
+            rel = rel - (rel * out).sum(-1, keepdims=True) * out
+            if heights is not None:
+                axis = _axis(p, y, x)
+                rel = rel - (rel * axis).sum(-1, keepdims=True) * axis
+            v[..., hydrogens, :] = v[..., x, None, :] + rel
     return p, v
 
 

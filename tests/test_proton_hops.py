@@ -1,0 +1,147 @@
+"""Proton hops (`atomray.proton_hops`, `Control(proton_hops=True)`): a hop carries the
+H-bonded enol of acetylacetone over to its other tautomer and back, keeping the centre of mass
+and the velocities; the GFN2-xTB Metropolis rule refuses an uphill hop in the cold; a rollout
+moves the prior's basin with the proton; and the stability rule does not call a transfer a
+break."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from atomray.config import RunConfig
+from atomray.data.frames import DataError
+from atomray.elements import atomic_masses
+from atomray.predict import InitialState
+from atomray.proton_hops import ProtonHops, move_bond, reflect_proton
+from atomray.rollout import Control, rollout
+from atomray.structure import bonds_from_geometry, hydrogen_bond_sites, stability
+
+ENOL = Path(__file__).resolve().parents[1] / "benchmarks" / "structures" / "acetylacetone_z_enol.xyz"
+H, DONOR, ACCEPTOR = 10, 2, 6  # the enol's proton, its oxygen, the carbonyl oxygen
+
+
+def enol() -> tuple[np.ndarray, np.ndarray]:
+    from ase.io import read
+
+    atoms = read(ENOL)
+    return atoms.positions.astype(np.float64), atoms.numbers.astype(np.int64)
+
+
+def test_the_enols_hydrogen_bond_is_its_one_site():
+    x, z = enol()
+    assert hydrogen_bond_sites(x, z) == [(H, DONOR, ACCEPTOR)]
+    far = x.copy()
+    far[ACCEPTOR] += 2.0 * (x[ACCEPTOR] - x[H]) / np.linalg.norm(x[ACCEPTOR] - x[H])  # the acceptor 2 Å further
+    assert hydrogen_bond_sites(far, z) == []
+
+
+def test_a_hop_is_its_own_inverse_and_keeps_the_centre_of_mass_and_the_kinetic_energy():
+    x, z = enol()
+    rng = np.random.default_rng(0)
+    v = rng.normal(scale=0.01, size=x.shape)
+    m = atomic_masses(z).astype(np.float64)
+    x2, v2 = reflect_proton(x, v, m, H, DONOR, ACCEPTOR)
+    assert np.linalg.norm(x2[H] - x2[ACCEPTOR]) == pytest.approx(np.linalg.norm(x[H] - x[DONOR]), abs=1e-12)
+    np.testing.assert_allclose((m[:, None] * x2).sum(0), (m[:, None] * x).sum(0), atol=1e-12)
+    assert (m * (v2 * v2).sum(1)).sum() == pytest.approx((m * (v * v).sum(1)).sum(), rel=1e-12)
+    x3, v3 = reflect_proton(x2, v2, m, H, ACCEPTOR, DONOR)
+    np.testing.assert_allclose(x3, x, atol=1e-12)
+    np.testing.assert_allclose(v3, v, atol=1e-15)
+    assert move_bond(np.array([[0, 1], [DONOR, H]]), H, DONOR, ACCEPTOR).tolist() == [[0, 1], [H, ACCEPTOR]]
+
+
+def test_a_hop_carries_the_enol_over_to_its_other_tautomer_and_back(tmp_path, monkeypatch):
+    """Hot enough that every hop is taken: the first puts the proton on the carbonyl oxygen and
+    exchanges the two C–O bond lengths (the heavy atoms' bond pattern moves with it), keeps the
+    centre of mass and the velocities; the second brings the state back (to second order)."""
+    from atomray.priors import minima, store
+
+    monkeypatch.setenv(store.ENV, str(tmp_path / "store"))
+    monkeypatch.setattr(minima, "_MACHINE", {})
+    x, z = enol()
+    m = atomic_masses(z).astype(np.float64)
+    v = np.random.default_rng(0).normal(scale=0.01, size=x.shape)[None]
+    hops = ProtonHops(x[None], [z], 1e7, seed=0)
+    state, velocity = x[None].copy(), v.copy()
+    assert hops(state, velocity, np.zeros(1, bool)) == [(0, H, DONOR, ACCEPTOR)]
+    y = state[0]
+    assert np.linalg.norm(y[H] - y[ACCEPTOR]) < 1.05 < 1.5 < np.linalg.norm(y[H] - y[DONOR])
+    co = lambda p: (np.linalg.norm(p[1] - p[DONOR]), np.linalg.norm(p[4] - p[ACCEPTOR]))  # enol C–O, C=O
+    np.testing.assert_allclose(co(y), co(x)[::-1], atol=0.01)
+    np.testing.assert_allclose((m[:, None] * y).sum(0), (m[:, None] * x).sum(0), atol=1e-9)
+    np.testing.assert_array_equal(velocity, v)
+    assert hops.sites == [[(H, ACCEPTOR, DONOR)]]
+    assert hops(state, velocity, np.zeros(1, bool)) == [(0, H, ACCEPTOR, DONOR)]
+    assert np.abs(state[0] - x).max() < 1e-3
+
+
+def test_the_metropolis_rule_refuses_an_uphill_hop_in_the_cold(tmp_path, monkeypatch):
+    """The committed enol sits a little below the store's refined minimum, so its hop costs a
+    few meV: at 1 K (exp(−ΔU / k_B T) < 1e-30) it is refused every time."""
+    from atomray.priors import minima, store
+    from atomray.priors.rigid import kabsch_np
+    from atomray.proton_hops import _engine
+
+    monkeypatch.setenv(store.ENV, str(tmp_path / "store"))
+    monkeypatch.setattr(minima, "_MACHINE", {})
+    x, z = enol()
+    hops = ProtonHops(x[None], [z], 1.0, seed=0)
+    minimum, shift, weight = hops.shifts[0][(H, DONOR)]
+    rot, _, _ = kabsch_np(minimum, x, weight)
+    engine = _engine(z, "enol")
+    rise = engine.forces(x + shift @ rot.T)[0] - engine.forces(x)[0]
+    assert rise > 0.006  # eV: 70 k_B T at 1 K
+    for _ in range(20):
+        assert hops(x[None].copy(), np.zeros((1, *x.shape)), np.zeros(1, bool)) == []
+    assert hops.attempts.tolist() == [20] and hops.accepted.tolist() == [0]
+
+
+def test_a_proton_transfer_is_not_a_break():
+    """A trajectory whose proton moves to its acceptor keeps every bond by the stability rule given
+    the site (the O–H bond measured to the nearer oxygen) and breaks it without."""
+    x, z = enol()
+    m = atomic_masses(z).astype(np.float64)
+    moved, _ = reflect_proton(x, np.zeros_like(x), m, H, DONOR, ACCEPTOR)
+    traj = np.linspace(0.0, 1.0, 21)[:, None, None] * (moved - x) + x  # (21, N, 3): the proton walks across
+    top = bonds_from_geometry(z, x)
+    assert stability(traj, top, transfers=hydrogen_bond_sites(x, z)).stable
+    broken = stability(traj, top)
+    assert not broken.stable and broken.kind == "bond_stretched" and set(broken.pair) == {DONOR, H}
+
+
+def test_proton_hops_need_momentum_control():
+    with pytest.raises(DataError, match="need momentum control"):
+        Control(proton_hops=True)
+
+
+def test_a_rollout_moves_the_priors_basin_with_the_proton(tmp_path, monkeypatch):
+    """At 10⁷ K every hop is taken: the proton changes side after every step. Each step's prior
+    (an untrained ATOM predicts its harmonic prior alone) must then vibrate about the basin of
+    the proton's new oxygen, so at the step's frames before the next hop the proton stays bonded
+    to the oxygen it moved to (without moving the bond in the prior's graph, the old basin's
+    vibration throws it back)."""
+    from atomray.model import build_model
+    from atomray.priors import minima, store
+
+    monkeypatch.setenv(store.ENV, str(tmp_path / "store"))
+    monkeypatch.setattr(minima, "_MACHINE", {})
+    x, z = enol()
+    cfg = RunConfig()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, embed_dim=16, num_layers=1, num_heads=2),
+                              data=dataclasses.replace(cfg.data, context_atoms="all", num_lags=8, rwpe_k=4))
+    model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).double().eval()
+    state = InitialState("enol", z, x, np.zeros_like(x))
+    traj = rollout(model, cfg, [state], total_fs=200.0, step_fs=20.0, dtype=torch.float64,
+                   control=Control(momentum=True, proton_hops=True, hop_every=1, temperature_k=1e7))
+    assert traj.hops.tolist() == [10] and traj.hop_attempts.tolist() == [10]
+    frames = traj.positions[0][1:].reshape(10, 4, len(z), 3)  # per step: 5, 10, 15 fs before the hop; 20 fs after
+    donors = [ACCEPTOR if k % 2 == 0 else DONOR for k in range(10)]  # the proton's oxygen after step k's hop
+    for k in range(1, 10):
+        within = frames[k, :3, H] - frames[k, :3, donors[k - 1]]
+        assert np.linalg.norm(within, axis=-1).max() < 1.2, (k, np.linalg.norm(within, axis=-1))
+    assert np.linalg.norm(frames[-1, -1, H] - frames[-1, -1, donors[-1]]) < 1.2
