@@ -23,6 +23,10 @@ Between steps, `--momentum` keeps each start's linear and angular momentum exact
 molecule with an intramolecular hydrogen bond hop to its other tautomer (Metropolis on the
 GFN2-xTB energy, every `--hop-every` steps; `atomray.proton_hops`). Each step's prior keeps the
 start's bond graph (`--basin-bonds start`), the proton's bond moved with each hop.
+`--recipe` sets the measured rollout recipe in one flag (`RECIPE`: momentum, CSVR at τ 20 fs with
+the hydrogens coupled apart, 50 fs steps, one lag for a velocity head, 0.005 Å of noise on the
+heavy atoms, rotor radii, proton hops); any of those options given on the command line wins (one
+given at its default value counts as not given).
 `--stride-sweep` first rolls out at each of several strides (stride_sweep.csv / .png) and runs the
 main rollout at the largest that holds; `--energy-drift` evaluates the total energy of every step
 start with --reference-engine and reports its drift; `--prior-only` rolls out the prior with a
@@ -51,7 +55,23 @@ import sys
 import time
 
 
-def main(argv: list[str] | None = None) -> int:
+# `--recipe`: the rollout controls measured best (docs/results.md, "The recipe" and "Proton hops"); every
+# option the command line sets itself wins over the recipe's.
+RECIPE = {"momentum": True, "thermostat": "csvr", "tau_fs": 20.0, "step_fs": 50.0, "position_noise": [0.005, 0.0],
+          "rotor_radii": True, "thermostat_groups": "hydrogens", "proton_hops": True}
+
+
+def apply_recipe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """Set every `RECIPE` option the command line left at its default; returns the options set."""
+    changed = []
+    for key, value in RECIPE.items():
+        if getattr(args, key) == parser.get_default(key):
+            setattr(args, key, value)
+            changed.append(key)
+    return changed
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint dir/URI, runs:/ID/checkpoint or models:/NAME@ALIAS")
     source = parser.add_mutually_exclusive_group()
@@ -83,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                              "default: none)")
     parser.add_argument("--temperature", type=float, default=300.0,
                         help="K: velocities drawn for --smiles / --structure, and the thermostat's target (default 300)")
-    parser.add_argument("--momentum", action=argparse.BooleanOptionalAction, default=False,
+    parser.add_argument("--momentum", action=argparse.BooleanOptionalAction, default=None,
                         help="keep each start's linear and angular momentum exactly (default off)")
     parser.add_argument("--thermostat", default="none", choices=["none", "csvr", "langevin"],
                         help="csvr: CSVR (Bussi) thermostat on the internal motion, NVT at --temperature; "
@@ -136,10 +156,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prior-only", action="store_true",
                         help="roll out the checkpoint's prior with a zero correction (the untrained network of its "
                              "config): the floor a model must beat")
+    parser.add_argument("--recipe", action="store_true",
+                        help="the measured rollout recipe: --momentum --thermostat csvr --tau-fs 20 --step-fs 50 "
+                             "--position-noise 0.005 0 --rotor-radii --thermostat-groups hydrogens --proton-hops, and "
+                             "--lags 1 for a model with a velocity head; options given on the command line win")
     parser.add_argument("--out", required=True, help="output directory (a path or URI)")
     parser.add_argument("--experiment", default="atomray-rollout", help="MLflow experiment")
     parser.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with `--recipe` applied."""
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.recipe:
+        apply_recipe(args, parser)
+    args.momentum = bool(args.momentum)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     from atomray import tracking
     from atomray.checkpoint import CheckpointError
@@ -171,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                           proton_hops=args.proton_hops,
                           hop_every=args.hop_every)
         model, cfg, state = tracking.load_model_uri(uri, args.model, prior_only=args.prior_only)
+        if args.recipe and args.lags == 0 and cfg.model.predict_velocity:
+            args.lags = 1  # the velocity head needs no difference lags: one lag per step
         elements = state.elements
         from atomray.rollout import default_step_fs
 

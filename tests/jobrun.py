@@ -10,11 +10,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def job_main(capsys, script: str, *args, expect: int = 0):
-    """Exit status of jobs/<script>'s main(args) must be `expect`; returns capsys' (out, err)."""
+def job_module(script: str):
+    """jobs/<script> imported as a module."""
     spec = importlib.util.spec_from_file_location(f"job_{Path(script).stem}", ROOT / "jobs" / script)
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
+    return job
+
+
+def job_main(capsys, script: str, *args, expect: int = 0):
+    """Exit status of jobs/<script>'s main(args) must be `expect`; returns capsys' (out, err)."""
+    job = job_module(script)
     capsys.readouterr()
     try:
         status = job.main([str(a) for a in args])

@@ -684,3 +684,20 @@ def test_a_checkpoint_saved_with_rotor_circles_rolls_out_on_its_circles(tmp_path
         paths[circles] = batch["vib_osc"][0]
     np.testing.assert_allclose(paths[True][:, heavy], paths[False][:, heavy], atol=1e-12, rtol=0)
     assert np.abs(paths[True][:, ~heavy] - paths[False][:, ~heavy]).max() > 1e-4
+
+
+def test_the_recipe_sets_the_measured_controls_and_the_command_line_wins():
+    """`jobs/rollout.py --recipe`: the controls of docs/results.md's recipe where the command line
+    left an option at its default; an option given (even --no-momentum) keeps its value; without
+    --recipe every control stays off."""
+    from jobrun import job_module
+
+    job = job_module("rollout.py")
+    base = ["--model", "m", "--out", "o"]
+    a = job.parse_args(base + ["--recipe"])
+    assert (a.momentum, a.thermostat, a.tau_fs, a.step_fs, list(a.position_noise), a.rotor_radii,
+            a.thermostat_groups, a.proton_hops) == (True, "csvr", 20.0, 50.0, [0.005, 0.0], True, "hydrogens", True)
+    b = job.parse_args(base + ["--recipe", "--tau-fs", "50", "--no-momentum", "--position-noise", "0", "0"])
+    assert (b.tau_fs, b.momentum, list(b.position_noise), b.thermostat) == (50.0, False, [0.0, 0.0], "csvr")
+    c = job.parse_args(base)
+    assert (c.momentum, c.thermostat, c.tau_fs, c.rotor_radii, c.proton_hops) == (False, "none", 100.0, False, False)
