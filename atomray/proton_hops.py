@@ -1,7 +1,7 @@
 """Proton hops: a Metropolis move of a hydrogen-bonded molecule to its other tautomer between rollout steps.
 
     hops = ProtonHops(x, zs, temperature_k=300.0, seed=0)   # x (B, N, 3) Å, the start states
-    hopped = hops(x, v, dead)                               # moves x in place: [(state, H, donor, acceptor)]
+    hopped = hops(x, dead)                                  # moves x in place: [(state, H, donor, acceptor)]
 
 Why: a rollout's prior is the vibration about one tautomer's basin minimum and the operator
 predicts the conditional mean of the next state, so a proton in an intramolecular hydrogen bond
@@ -47,18 +47,17 @@ from atomray.elements import atomic_masses
 KB_EV = 8.617333262e-5  # Boltzmann's constant, eV/K (CODATA 2018)
 
 
-def reflect_proton(x: np.ndarray, v: np.ndarray, mass: np.ndarray, h: int, donor: int,
-                   acceptor: int) -> tuple[np.ndarray, np.ndarray]:
-    """(x', v') of one molecule (N, 3): hydrogen h's position and velocity reflected through the
-    plane bisecting donor–acceptor, every atom shifted to keep the centre of mass (masses (N,))."""
+def reflect_proton(x: np.ndarray, mass: np.ndarray, h: int, donor: int, acceptor: int) -> np.ndarray:
+    """x' of one molecule (N, 3): hydrogen h reflected through the plane bisecting donor–acceptor,
+    every atom shifted to keep the centre of mass (masses (N,)). It seeds the other tautomer's
+    basin (`tautomer_pair`)."""
     normal = x[acceptor] - x[donor]
     normal = normal / np.linalg.norm(normal)
     mid = 0.5 * (x[acceptor] + x[donor])
-    x2, v2 = x.copy(), v.copy()
+    x2 = x.copy()
     x2[h] = x[h] - 2.0 * np.dot(x[h] - mid, normal) * normal
-    v2[h] = v[h] - 2.0 * np.dot(v[h], normal) * normal
     x2 -= mass[h] * (x2[h] - x[h]) / mass.sum()
-    return x2, v2
+    return x2
 
 
 def _engine(z: np.ndarray, name: str):
@@ -109,10 +108,10 @@ class ProtonHops:
     def active(self) -> bool:
         return any(self.sites)
 
-    def __call__(self, x: np.ndarray, v: np.ndarray, dead: np.ndarray) -> list[tuple[int, int, int, int]]:
+    def __call__(self, x: np.ndarray, dead: np.ndarray) -> list[tuple[int, int, int, int]]:
         """Attempt a hop at every site of every live state (on every `every`-th call); x (B, N, 3)
-        is moved in place, v (B, N, 3) kept. Returns the accepted hops (state, hydrogen, old
-        donor, new donor)."""
+        is moved in place (the velocities stay as they are). Returns the accepted hops (state,
+        hydrogen, old donor, new donor)."""
         from atomray.priors.rigid import kabsch_np
         from atomray.tg80.engines import EngineError
 
@@ -163,8 +162,7 @@ def tautomer_pair(x: np.ndarray, z: np.ndarray, h: int, donor: int, acceptor: in
         return None
     finder = machine_finder(z)
     k_d = finder.assign(x, bonds=graph)
-    k_a = finder.assign(reflect_proton(x, np.zeros_like(x), mass, h, donor, acceptor)[0],
-                        bonds=move_bond(graph, h, donor, acceptor))
+    k_a = finder.assign(reflect_proton(x, mass, h, donor, acceptor), bonds=move_bond(graph, h, donor, acceptor))
     if k_d < 0 or k_a < 0:
         return None
     frame = (np.asarray(z) > 1) | (np.arange(len(z)) == h)

@@ -564,7 +564,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
                 x = np.where(dead[:, None, None], 0.0, controller.displace(x, hydrogen))
                 out[:, -1] = np.where(dead[:, None, None], np.nan, x)
             if hops is not None and hops.active:
-                hopped = hops(x, v, dead)
+                hopped = hops(x, dead)
                 for i, h, donor, acceptor in hopped:  # the proton's bond moves; its hydroxyl's circle too
                     if graphs is not None:
                         graphs[i] = move_bond(graphs[i], h, donor, acceptor)

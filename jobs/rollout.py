@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(Metropolis; needs --momentum; atomray.proton_hops)")
     parser.add_argument("--hop-every", type=int, default=10, metavar="STEPS",
                         help="steps between proton-hop attempts (default 10: as close as every step on the "
-                             "H-bonded enol at a sixth of the GFN2-xTB calls; docs/experiments.md)")
+                             "H-bonded enol at a tenth of the GFN2-xTB calls; docs/experiments.md)")
     parser.add_argument("--tau-fs", type=float, default=100.0, help="the thermostat's relaxation time (default 100 fs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the thermostat's draws (default 0)")
     parser.add_argument("--stride-sweep", nargs="+", type=float, default=[], metavar="FS",
