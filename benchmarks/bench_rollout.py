@@ -4,6 +4,7 @@
                                        [--step-fs FS] [--thermostat csvr|none] [--lags 0 5]
                                        [--position-noise HEAVY H] [--rotor-radii]
                                        [--rotor-heights] [--thermostat-groups hydrogens] [--proton-hops]
+                                       [--structure FILE --reference refs/reference-<hash>.npz]
     python benchmarks/bench_rollout.py --repeats 1 --steps 1 --md-steps 20      # runs it
 
 ATOM: a rollout (`atomray.rollout.rollout`, velocities by the centred difference over four
@@ -21,8 +22,9 @@ momentum conservation and the CSVR thermostat, as `jobs/rollout.py` runs by defa
 neither; `--position-noise 0.005 0`, the rollout recipe's noise on the predicted positions, is
 part of the control and of its share; so are `--rotor-radii`, `--rotor-heights`, `--thermostat-groups hydrogens` and
 `--proton-hops`, whose GFN2-xTB single points fall only on molecules with an intramolecular
-hydrogen bond: none of the batch's start frames has one, so their cost is read from a rollout of
-one that does, docs/benchmarks.md). A warm-up step first puts the start states' basins into the store
+hydrogen bond: none of the batch's start frames has one; `--structure FILE --reference NPZ` times
+instead 64 states of one molecule, evenly spaced over the reference MD `jobs/rollout.py
+--reference-cache` kept for it, e.g. the H-bonded enol of acetylacetone with its hops). A warm-up step first puts the start states' basins into the store
 (atom_warmup_s: minutes when the store is empty, each new basin costing a GFN2-xTB refinement
 and Hessian).
 GFN2-xTB: NVE velocity Verlet (1 fs) of aspirin through the tg80 engines (tblite), one
@@ -70,10 +72,29 @@ def start_states(root: Path, n: int):
     return states[:n]
 
 
+def reference_states(structure: str, reference: str, n: int):
+    """n states of the molecule in `structure` (its atoms, in the reference's order), evenly spaced
+    over the frames of its cached reference MD (positions and velocities)."""
+    import numpy as np
+    from ase.io import read
+
+    from atomray.predict import InitialState
+
+    z = read(structure).numbers
+    with np.load(reference) as ref:
+        positions, velocities = ref["positions"], ref["velocities"]
+    if positions.shape[1] != len(z):
+        raise SystemExit(f"--reference {reference}: {positions.shape[1]} atoms, --structure {structure} {len(z)}")
+    frames = np.linspace(0, len(positions) - 1, n).astype(int)
+    return [InitialState(f"{Path(structure).stem}@{k}", z, positions[k].astype(np.float64),
+                         velocities[k].astype(np.float64)) for k in frames]
+
+
 def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0, thermostat: str = "csvr",
                lags: tuple[int, ...] = (0,), position_noise: tuple[float, float] = (0.0, 0.0),
                rotor_radii: bool = False, groups: str = "molecule", rotor_heights: bool = False,
-               proton_hops: bool = False) -> tuple[dict[int, list[float]], float, int, float, float]:
+               proton_hops: bool = False, states: list | None = None
+               ) -> tuple[dict[int, list[float]], float, int, float, float]:
     """Simulated fs per wall-second of each repeat for each number of lags per step (the lags
     timed in turn within each repeat, so their ratio is paired), the stride, the largest
     molecule, the warm-up seconds and the velocity control's median share."""
@@ -90,7 +111,7 @@ def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0, t
     else:
         cfg = load_config(ROOT / "jobs" / "configs" / "pretrain.yaml")
         model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).eval()
-    states = start_states(ROOT / "data" / "tg80-mini", BATCH)
+    states = states or start_states(ROOT / "data" / "tg80-mini", BATCH)
     step = step_fs or default_step_fs(cfg)
     control = (Control(momentum=True, thermostat="csvr", position_noise_a=position_noise, rotor_radii=rotor_radii,
                        rotor_heights=rotor_heights, groups=groups, proton_hops=proton_hops)
@@ -155,7 +176,11 @@ def main() -> None:
                         help="CSVR's coupling groups (with --thermostat csvr)")
     parser.add_argument("--proton-hops", action="store_true",
                         help="Metropolis hops of hydrogen-bonded protons on the GFN2-xTB energy (with --thermostat csvr)")
+    parser.add_argument("--structure", default="", help="with --reference: time 64 states of this molecule instead")
+    parser.add_argument("--reference", default="", help="its cached reference MD (jobs/rollout.py --reference-cache)")
     args = parser.parse_args()
+    if bool(args.structure) != bool(args.reference):
+        parser.error("--structure and --reference go together")
     if (args.proton_hops or args.thermostat_groups != "molecule") and args.thermostat != "csvr":
         parser.error("--proton-hops and --thermostat-groups are part of the control: they need --thermostat csvr")
     if any(args.position_noise) and args.thermostat != "csvr":
@@ -169,7 +194,9 @@ def main() -> None:
                                                                       args.step_fs, args.thermostat, tuple(args.lags),
                                                                       tuple(args.position_noise), args.rotor_radii,
                                                                       args.thermostat_groups, args.rotor_heights,
-                                                                      args.proton_hops)
+                                                                      args.proton_hops,
+                                                                      reference_states(args.structure, args.reference, BATCH)
+                                                                      if args.structure else None)
     atom = by_lags[args.lags[0]]
     gfn2 = gfn2_rates(args.md_steps, args.repeats)
     result = {
@@ -179,7 +206,7 @@ def main() -> None:
         "step_fs": step_fs, "thermostat": args.thermostat, "control_share": round(control_share, 4),
         "position_noise_a": list(args.position_noise), "rotor_radii": args.rotor_radii,
         "rotor_heights": args.rotor_heights, "thermostat_groups": args.thermostat_groups,
-        "proton_hops": args.proton_hops,
+        "proton_hops": args.proton_hops, "states": args.structure or "tg80-mini",
         "rotor_circles": bool(args.model) and _circles(args.model),
         "atom_warmup_s": round(warmup_s, 2), "cores": CORES, "model": args.model or "jobs/configs/pretrain.yaml (untrained)",
         "lags": args.lags[0],
