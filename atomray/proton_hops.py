@@ -43,8 +43,7 @@ from __future__ import annotations
 import numpy as np
 
 from atomray.elements import atomic_masses
-
-KB_EV = 8.617333262e-5  # Boltzmann's constant, eV/K (CODATA 2018)
+from atomray.tg80.dynamics import KB_EV
 
 
 def reflect_proton(x: np.ndarray, mass: np.ndarray, h: int, donor: int, acceptor: int) -> np.ndarray:
@@ -123,7 +122,9 @@ class ProtonHops:
             if dead[i] or not sites:
                 continue
             n = len(self.zs[i])
-            engine = self.engines.get(i) or self.engines.setdefault(i, _engine(self.zs[i], self.names[i]))
+            if i not in self.engines:
+                self.engines[i] = _engine(self.zs[i], self.names[i])
+            engine = self.engines[i]
             before = None
             for k, (h, donor, acceptor) in enumerate(sites):
                 minimum, shift, weight = self.shifts[i][(h, donor)]
