@@ -59,7 +59,7 @@ def reflect_proton(x: np.ndarray, mass: np.ndarray, h: int, donor: int, acceptor
     return x2
 
 
-def _engine(z: np.ndarray, name: str):
+def gfn2_engine(z: np.ndarray, name: str):
     """A GFN2-xTB engine (`atomray.tg80.engines.TBLiteEngine`) for the neutral closed-shell molecule of atoms z."""
     from rdkit import Chem
 
@@ -123,7 +123,7 @@ class ProtonHops:
                 continue
             n = len(self.zs[i])
             if i not in self.engines:
-                self.engines[i] = _engine(self.zs[i], self.names[i])
+                self.engines[i] = gfn2_engine(self.zs[i], self.names[i])
             engine = self.engines[i]
             before = None
             for k, (h, donor, acceptor) in enumerate(sites):

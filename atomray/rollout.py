@@ -73,6 +73,8 @@ class Rollout:
     control_seconds: float = 0.0  # of which the velocity control
     hops: np.ndarray | None = None  # (B,) proton hops accepted per rollout (`Control.proton_hops`)
     hop_attempts: np.ndarray | None = None  # (B,) proton hops attempted per rollout
+    turns: np.ndarray | None = None  # (B,) rotor turns accepted per rollout (`Control.rotor_turns`)
+    turn_attempts: np.ndarray | None = None  # (B,) rotor turns attempted per rollout
 
     @property
     def simulated_fs(self) -> float:
@@ -232,6 +234,12 @@ class Control:
     reference's 1.092 and its prior's 1.078 (docs/experiments.md, "Why the methyls shrink").
     `rotor_heights` (with `rotor_radii`) also puts each of them at the minimum's height along the
     axis (the circle's plane), and takes its velocity's part along the axis out.
+    `height_feedback_fs` (with `rotor_radii`; 0 = off) instead steers only each group's mean
+    height towards the minimum's, with time constant `height_feedback_fs`: every step the
+    group's hydrogens move along the axis by a lift that integrates the gap between the two
+    means (`atomray.priors.modes.steer_heights`), so each hydrogen keeps its own motion along
+    the axis and only a steady drift of the mean is taken out (the fine-tuned head shortens
+    methyl C–H by lowering their height: docs/experiments.md, "Methyl heights steered").
 
     `proton_hops` (default off): after every `hop_every` steps (default 10), a Metropolis move of each
     molecule with a proton in an intramolecular hydrogen bond to its other tautomer (the proton
@@ -239,6 +247,11 @@ class Control:
     the temperature `temperature_k` (`atomray.proton_hops`); an accepted hop moves the proton's
     bond in the graph the prior keeps. The chained conditional mean of one tautomer's prior
     never crosses the barrier (docs/results.md, "A proton transfer").
+
+    `rotor_turns` (default off): after every `turn_every` steps (default 10), a Metropolis turn of
+    each terminal group's hydrogens about its bond by an angle drawn in ±60°, accepted on the
+    GFN2-xTB energy at `temperature_k` (`atomray.rotor_turns`): a rollout's methyls otherwise
+    barely turn (N-methylacetamide's N-methyl: 0 turns in 5 × 100 ps against MD's 145 per 100 ps).
 
     `thermostat="langevin"` (needs `momentum`): a Langevin (Ornstein–Uhlenbeck) update of every
     atom's internal velocity once per step, v' = c v + √((1 − c²) k_B T / m) ξ with ξ standard
@@ -258,8 +271,11 @@ class Control:
     hydrogen_noise_axes: str = "all"  # all | across (their bond)
     rotor_radii: bool = False  # terminal groups' hydrogens back on their circles after every step
     rotor_heights: bool = False  # ... and at their minimum's height along the axis
+    height_feedback_fs: float = 0.0  # fs: time constant steering each group's mean height to the minimum's (0: off)
     proton_hops: bool = False  # Metropolis hops of hydrogen-bonded molecules to their other tautomer (GFN2-xTB)
     hop_every: int = 10  # steps between hop attempts (10: the measured choice at 50 fs, docs/experiments.md)
+    rotor_turns: bool = False  # Metropolis turns of terminal groups about their bond (GFN2-xTB)
+    turn_every: int = 10  # steps between turn attempts
 
     def __post_init__(self):
         if self.thermostat not in THERMOSTATS:
@@ -281,6 +297,15 @@ class Control:
         if self.rotor_heights and not self.rotor_radii:
             raise DataError("rollout: rotor heights place the hydrogens on the circles of rotor radii; they need "
                             "rotor_radii")
+        if not self.height_feedback_fs >= 0:
+            raise DataError(f"rollout: the height feedback's time constant is >= 0 fs (0: off), "
+                            f"found {self.height_feedback_fs}")
+        if self.height_feedback_fs and not self.rotor_radii:
+            raise DataError("rollout: the height feedback steers the hydrogens on the circles of rotor radii; it "
+                            "needs rotor_radii")
+        if self.height_feedback_fs and self.rotor_heights:
+            raise DataError("rollout: rotor heights fix every hydrogen's height; the height feedback steers only "
+                            "their mean: choose one")
         if self.rotor_radii and not self.momentum:
             raise DataError("rollout: rotor radii turn the hydrogens' velocities onto their circles, which moves the "
                             "momenta; they need momentum control")
@@ -293,6 +318,13 @@ class Control:
         if self.proton_hops and not self.momentum:
             raise DataError("rollout: a proton hop moves the atoms, which changes the angular momentum; proton hops "
                             "need momentum control")
+        if self.rotor_turns and not self.momentum:
+            raise DataError("rollout: a rotor turn moves atoms, which changes the angular momentum; rotor turns "
+                            "need momentum control")
+        if self.turn_every < 1:
+            raise DataError(f"rollout: rotor turns are attempted every >= 1 steps, found {self.turn_every}")
+        if self.rotor_turns and not np.all(np.asarray(self.temperature_k, float) > 0):
+            raise DataError(f"rollout: rotor turns are accepted at a temperature > 0 K, found {self.temperature_k} K")
         if self.hop_every < 1:
             raise DataError(f"rollout: proton hops are attempted every >= 1 steps, found {self.hop_every}")
         if self.proton_hops and not np.all(np.asarray(self.temperature_k, float) > 0):
@@ -304,7 +336,7 @@ class Control:
     @property
     def active(self) -> bool:
         return (self.momentum or self.thermostat != "none" or any(self.position_noise_a) or self.rotor_radii
-                or self.proton_hops)
+                or self.proton_hops or self.rotor_turns)
 
 
 def csvr_kinetic_energy(k: np.ndarray, k_target: np.ndarray, dof: np.ndarray, c: float,
@@ -523,16 +555,29 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
         graphs = [molecule_bonds(x[i, : len(z)], z) for i, z in enumerate(zs)]
     circles = None
     if control.rotor_radii:
-        from atomray.priors.modes import onto_circles
+        from atomray.priors.modes import onto_circles, steer_heights
 
         per_state = [start_circles(x[i, : len(z)], z, None if graphs is None else graphs[i]) for i, z in enumerate(zs)]
         circles = circle_batches(per_state)
+    lift = np.zeros((b, n))  # Å along each terminal hydrogen's axis (Control.height_feedback_fs)
     hops = None
     if control.proton_hops:
         from atomray.proton_hops import ProtonHops, move_bond
 
         hops = ProtonHops(x, zs, control.temperature_k, control.seed, [s.name for s in states], graphs,
                           control.hop_every)
+    turns = None
+    if control.rotor_turns:
+        from atomray.priors.minima import molecule_bonds
+        from atomray.priors.modes import rotor_groups
+        from atomray.rotor_turns import RotorTurns
+
+        def terminal_groups(i: int) -> list:
+            graph = graphs[i] if graphs is not None else molecule_bonds(x[i, : len(zs[i])], zs[i])
+            return [] if graph is None else rotor_groups(zs[i], graph)
+
+        turns = RotorTurns(x, zs, [terminal_groups(i) for i in range(b)], control.temperature_k, control.seed,
+                           [s.name for s in states], control.turn_every)
     control_seconds = 0.0
     model = model.eval()
     t0 = time.perf_counter()
@@ -559,6 +604,9 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
                     if len(rows):
                         x[rows], v[rows] = onto_circles(x[rows], groups, [r[rows] for r in radii], v[rows],
                                                         [h[rows] for h in heights] if control.rotor_heights else None)
+                        if control.height_feedback_fs:
+                            x[rows], lift[rows] = steer_heights(x[rows], groups, [h[rows] for h in heights],
+                                                                lift[rows], step / control.height_feedback_fs)
                 out[:, -1] = np.where(dead[:, None, None], np.nan, x)
             if any(control.position_noise_a):
                 x = np.where(dead[:, None, None], 0.0, controller.displace(x, hydrogen))
@@ -566,6 +614,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
             if hops is not None and hops.active:
                 hopped = hops(x, dead)
                 for i, h, donor, acceptor in hopped:  # the proton's bond moves; its hydroxyl's circle too
+                    lift[i, h] = 0.0
                     if graphs is not None:
                         graphs[i] = move_bond(graphs[i], h, donor, acceptor)
                     if circles is not None:
@@ -574,6 +623,11 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
                     out[:, -1] = np.where(dead[:, None, None], np.nan, x)
                     if circles is not None:
                         circles = circle_batches(per_state)
+                    if turns is not None:  # the hydroxyl turns on its new oxygen
+                        for i in {i for i, *_ in hopped}:
+                            turns.groups[i] = terminal_groups(i)
+            if turns is not None and turns.active and turns(x, dead):
+                out[:, -1] = np.where(dead[:, None, None], np.nan, x)
             v = np.where(dead[:, None, None], 0.0, controller(x, v))
             control_seconds += time.perf_counter() - t1
         frames.extend(out.transpose(1, 0, 2, 3))
@@ -590,7 +644,8 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
     return Rollout([s.name for s in states], zs, times, [positions[i, :, : len(z)] for i, z in enumerate(zs)], step,
                    [step_v[i, :, : len(z)] for i, z in enumerate(zs)], seconds,
                    [model_v[i, :, : len(z)] for i, z in enumerate(zs)], control_seconds,
-                   None if hops is None else hops.accepted.copy(), None if hops is None else hops.attempts.copy())
+                   None if hops is None else hops.accepted.copy(), None if hops is None else hops.attempts.copy(),
+                   None if turns is None else turns.accepted.copy(), None if turns is None else turns.attempts.copy())
 
 
 def write_rollout_extxyz(path: str | Path, traj: Rollout, i: int) -> Path:

@@ -218,17 +218,36 @@ HYDROGEN_BOND_ACCEPTOR_A = 2.2  # Å: ... and hydrogen-bonded to a second O or N
 def hydrogen_bond_sites(x: Any, z: Any) -> list[tuple[int, int, int]]:
     """(hydrogen, donor, acceptor) for every hydrogen of frame x (N, 3) Å within
     `HYDROGEN_BOND_DONOR_A` of an O or N (the donor, the nearest) with a second O or N within
-    `HYDROGEN_BOND_ACCEPTOR_A` (the acceptor): the protons an intramolecular hydrogen bond
-    may transfer (the H-bonded enol of acetylacetone has one, O···H 1.6 Å)."""
+    `HYDROGEN_BOND_ACCEPTOR_A` (the acceptor, the nearest such) that closes a ring with it: the
+    protons an intramolecular hydrogen bond may transfer (the H-bonded enol of acetylacetone has
+    one, O···H 1.6 Å, O–C=C–C=O between its oxygens). An acceptor bonded to the donor or to one
+    of the donor's neighbours is not one: a carboxylic acid's hydroxyl hydrogen sits 2.1–2.3 Å
+    from its own carbonyl oxygen, and a 1,3 shift between them is no hydrogen bond's transfer
+    (its barrier is far higher; bonds as `bonds_from_geometry` perceives them)."""
     z = np.asarray(z)
     x = _frame(x, len(z), "frame")
     polar = np.flatnonzero(np.isin(z, (7, 8)))
-    sites = []
+    sites: list[tuple[int, int, int]] = []
+    if len(polar) < 2 or not (z == 1).any():
+        return sites
+    near: dict[int, set[int]] = {}
+    for i, j in bonds_from_geometry(z, x).bonds:
+        near.setdefault(int(i), set()).add(int(j))
+        near.setdefault(int(j), set()).add(int(i))
     for h in np.flatnonzero(z == 1):
         d = np.linalg.norm(x[polar] - x[h], axis=-1)
         order = np.argsort(d)
-        if len(polar) >= 2 and d[order[0]] < HYDROGEN_BOND_DONOR_A and d[order[1]] < HYDROGEN_BOND_ACCEPTOR_A:
-            sites.append((int(h), int(polar[order[0]]), int(polar[order[1]])))
+        donor = int(polar[order[0]])
+        if d[order[0]] >= HYDROGEN_BOND_DONOR_A:
+            continue
+        close = near.get(donor, set())
+        close = close | set().union(*(near.get(k, set()) for k in close))
+        for k in order[1:]:
+            if d[k] >= HYDROGEN_BOND_ACCEPTOR_A:
+                break
+            if int(polar[k]) not in close:
+                sites.append((int(h), donor, int(polar[k])))
+                break
     return sites
 
 

@@ -3,7 +3,8 @@
     python benchmarks/bench_rollout.py [--model CKPT] [--repeats 3] [--steps 10] [--md-steps 200]
                                        [--step-fs FS] [--thermostat csvr|none] [--lags 0 5]
                                        [--position-noise HEAVY H] [--rotor-radii]
-                                       [--rotor-heights] [--thermostat-groups hydrogens] [--proton-hops]
+                                       [--rotor-heights | --height-feedback FS] [--thermostat-groups hydrogens]
+                                       [--proton-hops] [--rotor-turns [--turn-every N]]
                                        [--structure FILE --reference refs/reference-<hash>.npz]
     python benchmarks/bench_rollout.py --repeats 1 --steps 1 --md-steps 20      # runs it
 
@@ -20,9 +21,12 @@ GFN2-xTB and a Hessian per basin not yet in the store —, normal-mode vibration
 an anharmonic prior) and the velocity control between steps (`--thermostat csvr`, the default:
 momentum conservation and the CSVR thermostat, as `jobs/rollout.py` runs by default; `none`:
 neither; `--position-noise 0.005 0`, the rollout recipe's noise on the predicted positions, is
-part of the control and of its share; so are `--rotor-radii`, `--rotor-heights`, `--thermostat-groups hydrogens` and
+part of the control and of its share; so are `--rotor-radii`, `--rotor-heights`, `--height-feedback`,
+`--thermostat-groups hydrogens`,
 `--proton-hops`, whose GFN2-xTB single points fall only on molecules with an intramolecular
-hydrogen bond: none of the batch's start frames has one; `--structure FILE --reference NPZ` times
+hydrogen bond: none of the batch's start frames has one, and `--rotor-turns`, whose GFN2-xTB
+single points (one per state and one per terminal group every 10 steps) fall on every molecule
+with a methyl, amino or hydroxyl group; `--structure FILE --reference NPZ` times
 instead 64 states of one molecule, evenly spaced over the reference MD `jobs/rollout.py
 --reference-cache` kept for it, e.g. the H-bonded enol of acetylacetone with its hops). A warm-up step first puts the start states' basins into the store
 (atom_warmup_s: minutes when the store is empty, each new basin costing a GFN2-xTB refinement
@@ -93,7 +97,8 @@ def reference_states(structure: str, reference: str, n: int):
 def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0, thermostat: str = "csvr",
                lags: tuple[int, ...] = (0,), position_noise: tuple[float, float] = (0.0, 0.0),
                rotor_radii: bool = False, groups: str = "molecule", rotor_heights: bool = False,
-               proton_hops: bool = False, states: list | None = None
+               proton_hops: bool = False, states: list | None = None, height_feedback_fs: float = 0.0,
+               rotor_turns: bool = False, turn_every: int = 10
                ) -> tuple[dict[int, list[float]], float, int, float, float]:
     """Simulated fs per wall-second of each repeat for each number of lags per step (the lags
     timed in turn within each repeat, so their ratio is paired), the stride, the largest
@@ -114,7 +119,9 @@ def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0, t
     states = states or start_states(ROOT / "data" / "tg80-mini", BATCH)
     step = step_fs or default_step_fs(cfg)
     control = (Control(momentum=True, thermostat="csvr", position_noise_a=position_noise, rotor_radii=rotor_radii,
-                       rotor_heights=rotor_heights, groups=groups, proton_hops=proton_hops)
+                       rotor_heights=rotor_heights, groups=groups, proton_hops=proton_hops,
+                       height_feedback_fs=height_feedback_fs, rotor_turns=rotor_turns,
+                       turn_every=turn_every)
                if thermostat == "csvr" else Control())
     t0 = time.perf_counter()
     rollout(model, cfg, states, total_fs=step, step_fs=step, control=control)  # warm-up: basins into the store
@@ -172,19 +179,29 @@ def main() -> None:
                         help="terminal groups' hydrogens back on their circles after every step (with --thermostat csvr)")
     parser.add_argument("--rotor-heights", action="store_true",
                         help="with --rotor-radii, those hydrogens also at their minimum's height along the axis")
+    parser.add_argument("--height-feedback", type=float, default=0.0, metavar="FS",
+                        help="with --rotor-radii, steer each terminal group's mean height to its minimum's, this "
+                             "time constant (fs; 0: off)")
     parser.add_argument("--thermostat-groups", choices=("molecule", "hydrogens"), default="molecule",
                         help="CSVR's coupling groups (with --thermostat csvr)")
     parser.add_argument("--proton-hops", action="store_true",
                         help="Metropolis hops of hydrogen-bonded protons on the GFN2-xTB energy (with --thermostat csvr)")
+    parser.add_argument("--rotor-turns", action="store_true",
+                        help="Metropolis turns of terminal groups on the GFN2-xTB energy (with --thermostat csvr)")
+    parser.add_argument("--turn-every", type=int, default=10, metavar="STEPS",
+                        help="steps between rotor-turn attempts (default 10; time >= that many --steps)")
     parser.add_argument("--structure", default="", help="with --reference: time 64 states of this molecule instead")
     parser.add_argument("--reference", default="", help="its cached reference MD (jobs/rollout.py --reference-cache)")
     args = parser.parse_args()
     if bool(args.structure) != bool(args.reference):
         parser.error("--structure and --reference go together")
-    if (args.proton_hops or args.thermostat_groups != "molecule") and args.thermostat != "csvr":
-        parser.error("--proton-hops and --thermostat-groups are part of the control: they need --thermostat csvr")
+    if (args.proton_hops or args.rotor_turns or args.thermostat_groups != "molecule") and args.thermostat != "csvr":
+        parser.error("--proton-hops, --rotor-turns and --thermostat-groups are part of the control: they need "
+                     "--thermostat csvr")
     if any(args.position_noise) and args.thermostat != "csvr":
         parser.error("--position-noise is part of the control: it needs --thermostat csvr")
+    if args.height_feedback and not args.rotor_radii:
+        parser.error("--height-feedback steers the hydrogens on the circles of --rotor-radii: give both")
     if args.rotor_heights and not args.rotor_radii:
         parser.error("--rotor-heights places the hydrogens on the circles of --rotor-radii: give both")
     if args.rotor_radii and args.thermostat != "csvr":
@@ -196,7 +213,9 @@ def main() -> None:
                                                                       args.thermostat_groups, args.rotor_heights,
                                                                       args.proton_hops,
                                                                       reference_states(args.structure, args.reference, BATCH)
-                                                                      if args.structure else None)
+                                                                      if args.structure else None,
+                                                                      args.height_feedback, args.rotor_turns,
+                                                                      args.turn_every)
     atom = by_lags[args.lags[0]]
     gfn2 = gfn2_rates(args.md_steps, args.repeats)
     result = {
@@ -205,8 +224,10 @@ def main() -> None:
         "atom_runs_fs_per_s": atom, "gfn2_runs_fs_per_s": gfn2, "batch": BATCH, "max_atoms": max_atoms,
         "step_fs": step_fs, "thermostat": args.thermostat, "control_share": round(control_share, 4),
         "position_noise_a": list(args.position_noise), "rotor_radii": args.rotor_radii,
-        "rotor_heights": args.rotor_heights, "thermostat_groups": args.thermostat_groups,
-        "proton_hops": args.proton_hops, "states": args.structure or "tg80-mini",
+        "rotor_heights": args.rotor_heights, "height_feedback_fs": args.height_feedback,
+        "thermostat_groups": args.thermostat_groups,
+        "proton_hops": args.proton_hops, "rotor_turns": args.rotor_turns,
+        "turn_every": args.turn_every if args.rotor_turns else None, "states": args.structure or "tg80-mini",
         "rotor_circles": bool(args.model) and _circles(args.model),
         "atom_warmup_s": round(warmup_s, 2), "cores": CORES, "model": args.model or "jobs/configs/pretrain.yaml (untrained)",
         "lags": args.lags[0],

@@ -19,14 +19,18 @@ Between steps, `--momentum` keeps each start's linear and angular momentum exact
 `--thermostat-target reference` holds each molecule at its reference MD's internal temperature;
 `--position-noise HEAVY H` adds Gaussian noise (Å per axis) to each step's predicted positions
 (`--position-noise 0.005 0` at 50 fs is the measured choice: docs/experiments.md);
-`--rotor-radii` puts terminal groups' hydrogens back on their circles; `--proton-hops` lets a
+`--rotor-radii` puts terminal groups' hydrogens back on their circles (`--height-feedback FS`:
+and steers each group's mean height along its axis to the minimum's); `--proton-hops` lets a
 molecule with an intramolecular hydrogen bond hop to its other tautomer (Metropolis on the
-GFN2-xTB energy, every `--hop-every` steps; `atomray.proton_hops`). Each step's prior keeps the
+GFN2-xTB energy, every `--hop-every` steps; `atomray.proton_hops`); `--rotor-turns` turns each
+terminal group about its bond the same way (every `--turn-every` steps; `atomray.rotor_turns`;
+opt-in: it costs half the rollout's time on methyl-rich batches). Each step's prior keeps the
 start's bond graph (`--basin-bonds start`), the proton's bond moved with each hop.
 `--recipe` sets the measured rollout recipe in one flag (`RECIPE`: momentum, CSVR at τ 20 fs with
 the hydrogens coupled apart, 50 fs steps, one lag for a velocity head, 0.005 Å of noise on the
-heavy atoms, rotor radii, proton hops); any of those options given on the command line wins (one
-given at its default value counts as not given).
+heavy atoms, rotor radii with their mean heights steered to the minimum's over 1 ps, proton
+hops); any of those options given on the command line wins (one given at its default value
+counts as not given).
 `--stride-sweep` first rolls out at each of several strides (stride_sweep.csv / .png) and runs the
 main rollout at the largest that holds; `--energy-drift` evaluates the total energy of every step
 start with --reference-engine and reports its drift; `--prior-only` rolls out the prior with a
@@ -55,10 +59,11 @@ import sys
 import time
 
 
-# `--recipe`: the rollout controls measured best (docs/results.md, "The recipe" and "Proton hops"); every
+# `--recipe`: the rollout controls measured best (docs/results.md, "The recipe", "Proton hops" and
+# "Methyl heights steered"); every
 # option the command line sets itself wins over the recipe's.
 RECIPE = {"momentum": True, "thermostat": "csvr", "tau_fs": 20.0, "step_fs": 50.0, "position_noise": [0.005, 0.0],
-          "rotor_radii": True, "thermostat_groups": "hydrogens", "proton_hops": True}
+          "rotor_radii": True, "height_feedback": 1000.0, "thermostat_groups": "hydrogens", "proton_hops": True}
 
 
 def apply_recipe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
@@ -138,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rotor-heights", action="store_true",
                         help="with --rotor-radii, also put those hydrogens at their basin minimum's height along the "
                              "group's axis (the plane of their circle)")
+    parser.add_argument("--height-feedback", type=float, default=0.0, metavar="FS",
+                        help="with --rotor-radii, steer each terminal group's mean height along its axis towards "
+                             "the basin minimum's with this time constant, fs (0: off); each hydrogen keeps its "
+                             "own motion about that mean")
     parser.add_argument("--proton-hops", action="store_true",
                         help="between steps, try carrying each molecule with an intramolecular hydrogen bond over "
                              "to its other tautomer (the proton on the acceptor), accepted on the GFN2-xTB energy "
@@ -145,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hop-every", type=int, default=10, metavar="STEPS",
                         help="steps between proton-hop attempts (default 10: as close as every step on the "
                              "H-bonded enol at a tenth of the GFN2-xTB calls; docs/experiments.md)")
+    parser.add_argument("--rotor-turns", action="store_true",
+                        help="between steps, try turning each methyl's, amino and hydroxyl group's hydrogens about "
+                             "their bond by up to 60 degrees, accepted on the GFN2-xTB energy (Metropolis; needs "
+                             "--momentum; atomray.rotor_turns)")
+    parser.add_argument("--turn-every", type=int, default=10, metavar="STEPS",
+                        help="steps between rotor-turn attempts (default 10)")
     parser.add_argument("--tau-fs", type=float, default=100.0, help="the thermostat's relaxation time (default 100 fs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the thermostat's draws (default 0)")
     parser.add_argument("--stride-sweep", nargs="+", type=float, default=[], metavar="FS",
@@ -158,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "config): the floor a model must beat")
     parser.add_argument("--recipe", action="store_true",
                         help="the measured rollout recipe: --momentum --thermostat csvr --tau-fs 20 --step-fs 50 "
-                             "--position-noise 0.005 0 --rotor-radii --thermostat-groups hydrogens --proton-hops, and "
+                             "--position-noise 0.005 0 --rotor-radii --height-feedback 1000 --thermostat-groups hydrogens "
+                             "--proton-hops, and "
                              "--lags 1 for a model with a velocity head; options given on the command line win")
     parser.add_argument("--out", required=True, help="output directory (a path or URI)")
     parser.add_argument("--experiment", default="atomray-rollout", help="MLflow experiment")
@@ -206,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                           tau_fs=args.tau_fs, seed=args.seed, groups=args.thermostat_groups,
                           position_noise_a=tuple(args.position_noise), hydrogen_noise_axes=args.hydrogen_noise_axes,
                           rotor_radii=args.rotor_radii, rotor_heights=args.rotor_heights,
-                          proton_hops=args.proton_hops,
+                          height_feedback_fs=args.height_feedback, proton_hops=args.proton_hops,
+                          rotor_turns=args.rotor_turns, turn_every=args.turn_every,
                           hop_every=args.hop_every)
         model, cfg, state = tracking.load_model_uri(uri, args.model, prior_only=args.prior_only)
         if args.recipe and args.lags == 0 and cfg.model.predict_velocity:
@@ -351,6 +368,12 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
             r["proton_hops"] = int(traj.hops[idx].sum())
             print(f"{r['molecule']}: {r['proton_hops']} proton hop(s) accepted of {int(traj.hop_attempts[idx].sum())} "
                   f"attempted in {len(idx)} rollout(s)", flush=True)
+    if traj.turns is not None:
+        for r in rows:
+            idx = [i for i, m in enumerate(molecule_of) if m == r["molecule"]]
+            r["rotor_turns"] = int(traj.turns[idx].sum())
+            print(f"{r['molecule']}: {r['rotor_turns']} rotor turn(s) accepted of {int(traj.turn_attempts[idx].sum())} "
+                  f"attempted in {len(idx)} rollout(s)", flush=True)
     if args.energy_drift:
         add_energy_drift(args, traj, states, molecule_of, rows, root)
     keys = [k for k in rows[0] if k not in ("molecule", "reference", "plot")]
@@ -385,7 +408,9 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
                                         "position_noise_a": ",".join(f"{a:g}" for a in control.position_noise_a),
                                         "hydrogen_noise_axes": control.hydrogen_noise_axes,
                                         "rotor_radii": control.rotor_radii,
-                                        "rotor_heights": control.rotor_heights, "proton_hops": control.proton_hops,
+                                        "rotor_heights": control.rotor_heights,
+                                        "height_feedback_fs": control.height_feedback_fs, "proton_hops": control.proton_hops,
+                                        "rotor_turns": control.rotor_turns, "turn_every": control.turn_every,
                                         "hop_every": control.hop_every,
                                         "reference_ensemble": args.reference_ensemble if not root else "data set",
                                         "starts": args.starts, "delta_fs": args.delta_fs,
@@ -475,8 +500,12 @@ def _describe(control, prior_only: bool = False) -> str:
     if control.rotor_radii:
         noise += "; terminal groups' hydrogens kept on their circles" + (" (radius and height)"
                                                                           if control.rotor_heights else "")
+        if control.height_feedback_fs:
+            noise += f", their mean heights steered to the minimum's (time constant {control.height_feedback_fs:g} fs)"
     if control.proton_hops:
         noise += f"; proton hops (Metropolis, GFN2-xTB, every {control.hop_every} step(s))"
+    if control.rotor_turns:
+        noise += f"; rotor turns (Metropolis, GFN2-xTB, every {control.turn_every} step(s))"
     at = (f"{control.temperature_k:g} K" if isinstance(control.temperature_k, (int, float))
           else "each molecule's reference temperature")
     if control.thermostat == "csvr":

@@ -39,6 +39,17 @@ def test_the_enols_hydrogen_bond_is_its_one_site():
     assert hydrogen_bond_sites(far, z) == []
 
 
+def test_a_carboxylic_acids_own_carbonyl_is_no_acceptor():
+    """Formic acid with its C–O–H bent to 100°: the hydroxyl hydrogen is 2.17 Å from the
+    carbonyl oxygen of its own group (within the acceptor distance), but the two oxygens share
+    their carbon, so no hydrogen bond's site (a hop there would be a 1,3 shift over a high
+    barrier: it broke a rollout of aspirin); the enol's oxygens, four bonds apart, are one."""
+    x = np.array([[0.0, 0.0, 0.0], [1.34, 0.0, 0.0], [-0.659, 1.015, 0.0], [1.508, 0.955, 0.0], [-0.59, -0.92, 0.0]])
+    z = np.array([6, 8, 8, 1, 1])
+    assert 2.0 < np.linalg.norm(x[3] - x[2]) < 2.2
+    assert hydrogen_bond_sites(x, z) == []
+
+
 def test_the_reflection_that_seeds_the_other_tautomer_is_its_own_inverse_and_keeps_the_centre_of_mass():
     x, z = enol()
     m = atomic_masses(z).astype(np.float64)
@@ -77,7 +88,7 @@ def test_the_metropolis_rule_refuses_an_uphill_hop_in_the_cold(tmp_path, monkeyp
     few meV: at 1 K (exp(−ΔU / k_B T) < 1e-30) it is refused every time."""
     from atomray.priors import minima, store
     from atomray.priors.rigid import kabsch_np
-    from atomray.proton_hops import _engine
+    from atomray.proton_hops import gfn2_engine
 
     monkeypatch.setenv(store.ENV, str(tmp_path / "store"))
     monkeypatch.setattr(minima, "_MACHINE", {})
@@ -85,7 +96,7 @@ def test_the_metropolis_rule_refuses_an_uphill_hop_in_the_cold(tmp_path, monkeyp
     hops = ProtonHops(x[None], [z], 1.0, seed=0)
     minimum, shift, weight = hops.shifts[0][(H, DONOR)]
     rot, _, _ = kabsch_np(minimum, x, weight)
-    engine = _engine(z, "enol")
+    engine = gfn2_engine(z, "enol")
     rise = engine.forces(x + shift @ rot.T)[0] - engine.forces(x)[0]
     assert rise > 0.006  # eV: 70 k_B T at 1 K
     for _ in range(20):
@@ -137,3 +148,28 @@ def test_a_rollout_moves_the_priors_basin_with_the_proton(tmp_path, monkeypatch)
         within = frames[k, :3, H] - frames[k, :3, donors[k - 1]]
         assert np.linalg.norm(within, axis=-1).max() < 1.2, (k, np.linalg.norm(within, axis=-1))
     assert np.linalg.norm(frames[-1, -1, H] - frames[-1, -1, donors[-1]]) < 1.2
+
+
+def test_the_per_tautomer_reading_relabels_the_other_tautomer_onto_the_first():
+    """`benchmarks/proton_transfers.py`'s tautomer map sends the enol's hydroxyl oxygen to the
+    carbonyl one and back; frames of the other tautomer (the same geometries, relabelled) are
+    far from the first's in raw W1 (the O–H runs 1.6 Å) and identical per tautomer; a molecule
+    whose two tautomers differ (one methyl hydrogen made a fluorine) has no map."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("proton_transfers", ENOL.parents[1] / "proton_transfers.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    x, z = enol()
+    m = bench.tautomer_map(z, x, H, DONOR, ACCEPTOR)
+    assert (m[DONOR], m[ACCEPTOR], m[H]) == (ACCEPTOR, DONOR, H)
+    rng = np.random.default_rng(0)
+    ref = x + 0.02 * rng.standard_normal((40, *x.shape))
+    other = ref[:, np.argsort(m)]  # atom m[i] of each frame where atom i was: the proton on the acceptor
+    assert np.linalg.norm(other[:, H] - other[:, ACCEPTOR], axis=-1).max() < 1.2
+    row = bench.tautomer_w1([np.concatenate([other[:1], other])], ref, z, (H, DONOR, ACCEPTOR))
+    assert row["raw"][0] > 0.03 and row["per_tautomer"][0] < 1e-9, row
+    methyl_h = next(i for i in range(len(z)) if z[i] == 1 and i != H)
+    asymmetric = z.copy()
+    asymmetric[methyl_h] = 9
+    assert bench.tautomer_map(asymmetric, x, H, DONOR, ACCEPTOR) is None

@@ -615,9 +615,11 @@ def test_rotor_radii_keep_terminal_hydrogens_on_their_minimums_circles_and_need_
     cfg = small_cfg()
     model = scrambling_model(cfg)
     off = {}
-    for radii_on, heights_on in ((False, False), (True, False), (True, True)):
+    for radii_on, heights_on in ((False, False), (True, False), (True, True), (True, "feedback")):
+        control = (Control(momentum=True, rotor_radii=True, height_feedback_fs=100.0) if heights_on == "feedback"
+                   else Control(momentum=True, rotor_radii=radii_on, rotor_heights=heights_on))
         traj = rollout(model, cfg, [state], total_fs=200.0, step_fs=50.0, dtype=torch.float64, lags=5,
-                       control=Control(momentum=True, rotor_radii=radii_on, rotor_heights=heights_on))
+                       control=control)
         x = traj.positions[0][1:]  # after each of the 4 steps
         worst = [0.0, 0.0]
         for (y, c, hs), r, height in zip(groups, radii, heights):
@@ -635,6 +637,46 @@ def test_rotor_radii_keep_terminal_hydrogens_on_their_minimums_circles_and_need_
     assert off[False, False][0] > 0.02 and off[False, False][1] > 0.02, off
     assert off[True, False][0] < 1e-9 and off[True, False][1] > 0.02, off
     assert off[True, True][0] < 1e-9 and off[True, True][1] < 1e-9, off
+    assert off[True, "feedback"][0] < 1e-9 and off[True, "feedback"][1] > 0.02, off  # the mean steered, not each
+
+
+def test_height_feedback_steers_a_groups_mean_height_and_keeps_its_spread():
+    """`steer_heights` (`Control(height_feedback_fs=...)`): under a map that pulls a methyl's
+    hydrogens towards a height 0.05 Å below their minimum's, with noise, the steered group's
+    long-run mean height is the minimum's and each hydrogen's spread about it is the map's
+    (unsteered, the mean stays 0.05 Å low; `rotor_heights` would zero the spread)."""
+    from atomray.priors.modes import steer_heights
+
+    groups, target, r = [(0, 1, [2, 3, 4])], 0.37, 1.02
+    p = np.zeros((1, 5, 3))
+    p[0, 1, 2] = 1.5
+    for k, phi in enumerate(np.radians([0.0, 120.0, 240.0])):
+        p[0, 2 + k] = [r * np.cos(phi), r * np.sin(phi), 1.5 + target]
+    heights = [np.full((1, 3, 1), target)]
+    rng = np.random.default_rng(0)
+    seen = {}
+    for steered in (False, True):
+        x, lift, h = p.copy(), np.zeros((1, 5)), []
+        for _ in range(4000):
+            now = x[0, 2:, 2] - 1.5
+            x[0, 2:, 2] = 1.5 + (target - 0.05) + 0.8 * (now - (target - 0.05)) + 0.03 * rng.standard_normal(3)
+            if steered:
+                x, lift = steer_heights(x, groups, heights, lift, 50.0 / 1000.0)
+            h.append(x[0, 2:, 2] - 1.5)
+        h = np.asarray(h[1000:])
+        seen[steered] = (h.mean(), h.std())
+    assert abs(seen[False][0] - (target - 0.05)) < 0.005, seen
+    assert abs(seen[True][0] - target) < 0.005, seen
+    assert seen[True][1] > 0.9 * seen[False][1], seen
+
+
+def test_height_feedback_needs_rotor_radii_and_excludes_rotor_heights():
+    with pytest.raises(DataError, match="needs rotor_radii"):
+        Control(momentum=True, height_feedback_fs=1000.0)
+    with pytest.raises(DataError, match="choose one"):
+        Control(momentum=True, rotor_radii=True, rotor_heights=True, height_feedback_fs=1000.0)
+    with pytest.raises(DataError, match=">= 0 fs"):
+        Control(momentum=True, rotor_radii=True, height_feedback_fs=-1.0)
 
 
 def test_prior_only_loads_the_checkpoints_architecture_with_a_zero_correction(tmp_path):
@@ -696,8 +738,10 @@ def test_the_recipe_sets_the_measured_controls_and_the_command_line_wins():
     base = ["--model", "m", "--out", "o"]
     a = job.parse_args(base + ["--recipe"])
     assert (a.momentum, a.thermostat, a.tau_fs, a.step_fs, list(a.position_noise), a.rotor_radii,
-            a.thermostat_groups, a.proton_hops) == (True, "csvr", 20.0, 50.0, [0.005, 0.0], True, "hydrogens", True)
+            a.height_feedback, a.thermostat_groups, a.proton_hops) == (True, "csvr", 20.0, 50.0, [0.005, 0.0], True,
+                                                                       1000.0, "hydrogens", True)
     b = job.parse_args(base + ["--recipe", "--tau-fs", "50", "--no-momentum", "--position-noise", "0", "0"])
     assert (b.tau_fs, b.momentum, list(b.position_noise), b.thermostat) == (50.0, False, [0.0, 0.0], "csvr")
     c = job.parse_args(base)
-    assert (c.momentum, c.thermostat, c.tau_fs, c.rotor_radii, c.proton_hops) == (False, "none", 100.0, False, False)
+    assert (c.momentum, c.thermostat, c.tau_fs, c.rotor_radii, c.height_feedback, c.proton_hops) == (
+        False, "none", 100.0, False, 0.0, False)

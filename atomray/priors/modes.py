@@ -381,6 +381,25 @@ def rotor_heights(s: np.ndarray, groups: list[tuple[int, int, list[int]]]) -> li
     return [((s[..., h, :] - s[..., x, None, :]) * _axis(s, y, x)).sum(-1, keepdims=True) for y, x, h in groups]
 
 
+def steer_heights(p: np.ndarray, groups: list[tuple[int, int, list[int]]], heights: list[np.ndarray],
+                  lift: np.ndarray, gain: float) -> tuple[np.ndarray, np.ndarray]:
+    """(p, lift) with every terminal group's hydrogens moved along the group's axis Y→X by their
+    lift (..., N) Å, and the lift then moved by gain × (the group's mean target height (`heights`,
+    per group broadcastable to (..., H, 1)) − its mean height now): an integral controller on the
+    group's mean height alone. The hydrogens keep their spread about that mean, step to step and
+    among themselves; only a steady drift of the mean is taken out, at the rate gain per call.
+    p (..., N, 3); copies."""
+    p = p.copy()
+    lift = np.array(lift, dtype=np.float64, copy=True)
+    for (y, x, hydrogens), target in zip(groups, heights):
+        axis = _axis(p, y, x)
+        p[..., hydrogens, :] += lift[..., hydrogens, None] * axis
+        now = ((p[..., hydrogens, :] - p[..., x, None, :]) * axis).sum(-1)  # (..., H)
+        error = np.asarray(target)[..., 0].mean(-1, keepdims=True) - now.mean(-1, keepdims=True)
+        lift[..., hydrogens] += gain * error
+    return p, lift
+
+
 def onto_circles(p: np.ndarray, groups: list[tuple[int, int, list[int]]], radii: list[np.ndarray],
                  v: np.ndarray | None = None, heights: list[np.ndarray] | None = None
                  ) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,0 +1,94 @@
+"""Rotor turns (`atomray.rotor_turns`, `Control(rotor_turns=True)`): a turn moves only a
+terminal group's hydrogens, on their circles, and undoes itself; the GFN2-xTB Metropolis rule
+refuses most turns in the cold and takes every one when hot; a rollout counts them and keeps
+its start's momenta."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from atomray.config import RunConfig
+from atomray.data.frames import DataError
+from atomray.predict import InitialState
+from atomray.priors.modes import rotor_groups
+from atomray.rollout import Control, rollout
+from atomray.rotor_turns import RotorTurns, turn_group
+from atomray.structure import bonds_from_geometry
+
+ENOL = Path(__file__).resolve().parents[1] / "benchmarks" / "structures" / "acetylacetone_z_enol.xyz"
+
+
+def enol() -> tuple[np.ndarray, np.ndarray, list]:
+    from ase.io import read
+
+    atoms = read(ENOL)
+    x, z = atoms.positions.astype(np.float64), atoms.numbers.astype(np.int64)
+    return x, z, rotor_groups(z, bonds_from_geometry(z, x).bonds)
+
+
+def test_a_turn_moves_only_the_groups_hydrogens_on_their_circles_and_undoes_itself():
+    x, z, groups = enol()
+    y, c, hs = next(g for g in groups if len(g[2]) == 3)  # a methyl
+    turned = turn_group(x, y, c, hs, np.radians(40.0))
+    others = np.setdiff1d(np.arange(len(z)), hs)
+    np.testing.assert_array_equal(turned[others], x[others])
+    axis = (x[c] - x[y]) / np.linalg.norm(x[c] - x[y])
+    for a in (x, turned):  # each hydrogen's height along the axis and distance from X kept
+        np.testing.assert_allclose((a[hs] - a[c]) @ axis, (x[hs] - x[c]) @ axis, atol=1e-12)
+        np.testing.assert_allclose(np.linalg.norm(a[hs] - a[c], axis=-1), np.linalg.norm(x[hs] - x[c], axis=-1),
+                                   atol=1e-12)
+    assert np.abs(turned[hs] - x[hs]).max() > 0.5
+    np.testing.assert_allclose(turn_group(turned, y, c, hs, np.radians(-40.0)), x, atol=1e-12)
+
+
+def test_the_metropolis_rule_refuses_most_turns_in_the_cold_and_takes_every_one_hot():
+    """The enol's two methyls and its H-bonded hydroxyl, 10 rounds each: at 1 K only turns of a
+    degree or so cost less than k_B T; at 10⁷ K every turn is taken."""
+    x, z, groups = enol()
+    assert len(groups) == 3
+    taken = {}
+    for t in (1.0, 1e7):
+        turns = RotorTurns(x[None], [z], [groups], t, seed=0, every=1)
+        state = x[None].copy()
+        for _ in range(10):
+            turns(state, np.zeros(1, bool))
+        assert turns.attempts.tolist() == [30]
+        taken[t] = int(turns.accepted[0])
+    assert taken[1.0] < 8 and taken[1e7] == 30, taken
+
+
+def test_a_rollout_counts_its_turns_and_keeps_its_momenta(tmp_path, monkeypatch):
+    from atomray.priors import minima, store
+
+    monkeypatch.setenv(store.ENV, str(tmp_path / "store"))
+    monkeypatch.setattr(minima, "_MACHINE", {})
+    with pytest.raises(DataError, match="need momentum control"):
+        Control(rotor_turns=True)
+    with pytest.raises(DataError, match=">= 1 steps"):
+        Control(momentum=True, rotor_turns=True, turn_every=0)
+    x, z, _ = enol()
+    cfg = RunConfig()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, embed_dim=16, num_layers=1, num_heads=2),
+                              data=dataclasses.replace(cfg.data, context_atoms="all", num_lags=8, rwpe_k=4))
+    from atomray.model import build_model
+
+    model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).double().eval()
+    rng = np.random.default_rng(0)
+    v = 0.002 * rng.standard_normal(x.shape)
+    state = InitialState("enol", z, x, v)
+    traj = rollout(model, cfg, [state], total_fs=100.0, step_fs=20.0, dtype=torch.float64,
+                   control=Control(momentum=True, rotor_turns=True, turn_every=1, temperature_k=1e7))
+    assert traj.turn_attempts.tolist() == [15] and traj.turns.tolist() == [15]
+    from atomray.elements import atomic_masses
+
+    m = atomic_masses(z).astype(np.float64)[:, None]
+    com = lambda p: (m * p).sum(0) / m.sum()  # noqa: E731
+    end_x, end_v = traj.positions[0][-1], traj.step_velocities[0][-1]
+    np.testing.assert_allclose((m * end_v).sum(0), (m * v).sum(0), atol=1e-9)
+    np.testing.assert_allclose((m * np.cross(end_x - com(end_x), end_v)).sum(0),
+                               (m * np.cross(x - com(x), v)).sum(0), atol=1e-8)
