@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 
 from atomray.elements import atomic_masses
-from atomray.tg80.dynamics import KB_EV
+from atomray.metropolis import MetropolisMoves
 
 
 def reflect_proton(x: np.ndarray, mass: np.ndarray, h: int, donor: int, acceptor: int) -> np.ndarray:
@@ -59,19 +59,7 @@ def reflect_proton(x: np.ndarray, mass: np.ndarray, h: int, donor: int, acceptor
     return x2
 
 
-def gfn2_engine(z: np.ndarray, name: str):
-    """A GFN2-xTB engine (`atomray.tg80.engines.TBLiteEngine`) for the neutral closed-shell molecule of atoms z."""
-    from rdkit import Chem
-
-    from atomray.tg80.engines import TBLiteEngine
-
-    rw = Chem.RWMol()
-    for number in z:
-        rw.AddAtom(Chem.Atom(int(number)))
-    return TBLiteEngine(rw.GetMol(), "GFN2-xTB", name)
-
-
-class ProtonHops:
+class ProtonHops(MetropolisMoves):
     """The hop sites of a batch of rollout states (start positions x (B, N, 3) Å, each state's
     atoms zs[i] (n_i,), bond graphs `bonds` (default perceived by RDKit)), their tautomers'
     minima, GFN2-xTB engines and counters; calling it attempts one hop per site of every live
@@ -82,11 +70,7 @@ class ProtonHops:
                  every: int = 1):
         from atomray.structure import hydrogen_bond_sites
 
-        self.zs = [np.asarray(z) for z in zs]
-        self.names = names or [f"state {i}" for i in range(len(zs))]
-        self.kt = KB_EV * np.broadcast_to(np.asarray(temperature_k, np.float64), (len(zs),))
-        self.rng = np.random.default_rng([seed, 1])  # apart from the thermostat's draws
-        self.every, self.calls = max(int(every), 1), 0
+        super().__init__(zs, temperature_k, seed, 1, names, every)
         self.sites: list[list[tuple[int, int, int]]] = []
         self.shifts: list[dict[tuple[int, int], tuple[np.ndarray, ...]]] = []  # (H, donor) → (m_D, s, w)
         for i, z in enumerate(self.zs):
@@ -99,9 +83,6 @@ class ProtonHops:
                 shifts[(h, donor)], shifts[(h, acceptor)] = pair[0], pair[1]
             self.sites.append(sites)
             self.shifts.append(shifts)
-        self.engines: dict[int, object] = {}
-        self.attempts = np.zeros(len(zs), np.int64)
-        self.accepted = np.zeros(len(zs), np.int64)
 
     @property
     def active(self) -> bool:
@@ -112,35 +93,24 @@ class ProtonHops:
         is moved in place (the velocities stay as they are). Returns the accepted hops (state,
         hydrogen, old donor, new donor)."""
         from atomray.priors.rigid import kabsch_np
-        from atomray.tg80.engines import EngineError
 
-        self.calls += 1
-        if self.calls % self.every:
+        if not self.due():
             return []
         hopped = []
         for i, sites in enumerate(self.sites):
             if dead[i] or not sites:
                 continue
             n = len(self.zs[i])
-            if i not in self.engines:
-                self.engines[i] = gfn2_engine(self.zs[i], self.names[i])
-            engine = self.engines[i]
             before = None
             for k, (h, donor, acceptor) in enumerate(sites):
                 minimum, shift, weight = self.shifts[i][(h, donor)]
                 rot, _, _ = kabsch_np(minimum, x[i, :n], weight)
                 moved = x[i, :n] + shift @ rot.T
                 draw = self.rng.random()
-                try:
-                    before = engine.forces(x[i, :n])[0] if before is None else before
-                    after = engine.forces(moved)[0]
-                except EngineError:  # an SCF that fails on either side refuses the move
-                    continue
-                self.attempts[i] += 1
-                if draw < np.exp(min(0.0, -(after - before) / self.kt[i])):
-                    x[i, :n], before = moved, after
+                taken, before = self.attempt(i, x[i, :n], moved, draw, before)
+                if taken:
+                    x[i, :n] = moved
                     sites[k] = (h, acceptor, donor)
-                    self.accepted[i] += 1
                     hopped.append((i, h, donor, acceptor))
         return hopped
 

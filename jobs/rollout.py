@@ -30,7 +30,7 @@ start's bond graph (`--basin-bonds start`), the proton's bond moved with each ho
 the hydrogens coupled apart, 50 fs steps, one lag for a velocity head, 0.005 Å of noise on the
 heavy atoms, rotor radii with their mean heights steered to the minimum's over 1 ps, proton
 hops); any of those options given on the command line wins (one given at its default value
-counts as not given).
+counts as not given, except `--no-momentum` and `--height-feedback 0`, which turn those off).
 `--stride-sweep` first rolls out at each of several strides (stride_sweep.csv / .png) and runs the
 main rollout at the largest that holds; `--energy-drift` evaluates the total energy of every step
 start with --reference-engine and reports its drift; `--prior-only` rolls out the prior with a
@@ -143,10 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rotor-heights", action="store_true",
                         help="with --rotor-radii, also put those hydrogens at their basin minimum's height along the "
                              "group's axis (the plane of their circle)")
-    parser.add_argument("--height-feedback", type=float, default=0.0, metavar="FS",
+    parser.add_argument("--height-feedback", type=float, default=None, metavar="FS",
                         help="with --rotor-radii, steer each terminal group's mean height along its axis towards "
-                             "the basin minimum's with this time constant, fs (0: off); each hydrogen keeps its "
-                             "own motion about that mean")
+                             "the basin minimum's with this time constant, fs (default and 0: off, also with "
+                             "--recipe); each hydrogen keeps its own motion about that mean")
     parser.add_argument("--proton-hops", action="store_true",
                         help="between steps, try carrying each molecule with an intramolecular hydrogen bond over "
                              "to its other tautomer (the proton on the acceptor), accepted on the GFN2-xTB energy "
@@ -189,6 +189,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.recipe:
         apply_recipe(args, parser)
     args.momentum = bool(args.momentum)
+    args.height_feedback = args.height_feedback or 0.0  # None: not given
     return args
 
 
@@ -362,18 +363,15 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
     for i, name in enumerate(traj.names):
         write_rollout_extxyz(out / f"{_safe(name)}.extxyz", traj, i)
     rows = check_rollouts(traj, refs, molecule_of, out)
-    if traj.hops is not None:
-        for r in rows:
+    for taken, tried, key, what in ((traj.hops, traj.hop_attempts, "proton_hops", "proton hop(s)"),
+                                    (traj.turns, traj.turn_attempts, "rotor_turns", "rotor turn(s)")):
+        if taken is None:
+            continue
+        for r in rows:  # the Metropolis moves' counts, per molecule
             idx = [i for i, m in enumerate(molecule_of) if m == r["molecule"]]
-            r["proton_hops"] = int(traj.hops[idx].sum())
-            print(f"{r['molecule']}: {r['proton_hops']} proton hop(s) accepted of {int(traj.hop_attempts[idx].sum())} "
-                  f"attempted in {len(idx)} rollout(s)", flush=True)
-    if traj.turns is not None:
-        for r in rows:
-            idx = [i for i, m in enumerate(molecule_of) if m == r["molecule"]]
-            r["rotor_turns"] = int(traj.turns[idx].sum())
-            print(f"{r['molecule']}: {r['rotor_turns']} rotor turn(s) accepted of {int(traj.turn_attempts[idx].sum())} "
-                  f"attempted in {len(idx)} rollout(s)", flush=True)
+            r[key] = int(taken[idx].sum())
+            print(f"{r['molecule']}: {r[key]} {what} accepted of {int(tried[idx].sum())} attempted in {len(idx)} "
+                  "rollout(s)", flush=True)
     if args.energy_drift:
         add_energy_drift(args, traj, states, molecule_of, rows, root)
     keys = [k for k in rows[0] if k not in ("molecule", "reference", "plot")]

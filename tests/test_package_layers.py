@@ -23,7 +23,7 @@ LAYERS = [
     ("model", ["atomray.model", "atomray.checkpoint", "atomray.mlflow_model"]),
     ("evaluate", ["atomray.equivariance", "atomray.evaluate", "atomray.tracking", "atomray.report"]),
     ("train", ["atomray.train", "atomray.predict"]),
-    ("tune", ["atomray.tune", "atomray.rollout", "atomray.rollout_check", "atomray.proton_hops", "atomray.rotor_turns"]),
+    ("tune", ["atomray.tune", "atomray.rollout", "atomray.rollout_check", "atomray.proton_hops", "atomray.rotor_turns", "atomray.metropolis"]),
 ]
 
 

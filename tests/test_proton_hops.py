@@ -88,7 +88,7 @@ def test_the_metropolis_rule_refuses_an_uphill_hop_in_the_cold(tmp_path, monkeyp
     few meV: at 1 K (exp(−ΔU / k_B T) < 1e-30) it is refused every time."""
     from atomray.priors import minima, store
     from atomray.priors.rigid import kabsch_np
-    from atomray.proton_hops import gfn2_engine
+    from atomray.metropolis import gfn2_engine
 
     monkeypatch.setenv(store.ENV, str(tmp_path / "store"))
     monkeypatch.setattr(minima, "_MACHINE", {})

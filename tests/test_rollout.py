@@ -740,8 +740,10 @@ def test_the_recipe_sets_the_measured_controls_and_the_command_line_wins():
     assert (a.momentum, a.thermostat, a.tau_fs, a.step_fs, list(a.position_noise), a.rotor_radii,
             a.height_feedback, a.thermostat_groups, a.proton_hops) == (True, "csvr", 20.0, 50.0, [0.005, 0.0], True,
                                                                        1000.0, "hydrogens", True)
-    b = job.parse_args(base + ["--recipe", "--tau-fs", "50", "--no-momentum", "--position-noise", "0", "0"])
-    assert (b.tau_fs, b.momentum, list(b.position_noise), b.thermostat) == (50.0, False, [0.0, 0.0], "csvr")
+    b = job.parse_args(base + ["--recipe", "--tau-fs", "50", "--no-momentum", "--position-noise", "0", "0",
+                               "--height-feedback", "0"])
+    assert (b.tau_fs, b.momentum, list(b.position_noise), b.thermostat, b.height_feedback) == (
+        50.0, False, [0.0, 0.0], "csvr", 0.0)
     c = job.parse_args(base)
     assert (c.momentum, c.thermostat, c.tau_fs, c.rotor_radii, c.height_feedback, c.proton_hops) == (
         False, "none", 100.0, False, 0.0, False)
