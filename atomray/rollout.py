@@ -250,8 +250,9 @@ class Control:
 
     `rotor_turns` (default off): after every `turn_every` steps (default 10), a Metropolis turn of
     each terminal group's hydrogens about its bond by an angle drawn in ±60°, accepted on the
-    GFN2-xTB energy at `temperature_k` (`atomray.rotor_turns`): a rollout's methyls otherwise
-    barely turn (N-methylacetamide's N-methyl: 0 turns in 5 × 100 ps against MD's 145 per 100 ps).
+    GFN2-xTB energy at `temperature_k` (`turn_energy="mmff"`: on MMFF94's, far cheaper;
+    `atomray.rotor_turns`): a rollout's methyls otherwise barely turn (N-methylacetamide's
+    N-methyl: 0 turns in 5 × 100 ps against MD's 145 per 100 ps).
 
     `thermostat="langevin"` (needs `momentum`): a Langevin (Ornstein–Uhlenbeck) update of every
     atom's internal velocity once per step, v' = c v + √((1 − c²) k_B T / m) ξ with ξ standard
@@ -276,6 +277,7 @@ class Control:
     hop_every: int = 10  # steps between hop attempts (10: the measured choice at 50 fs, docs/experiments.md)
     rotor_turns: bool = False  # Metropolis turns of terminal groups about their bond (GFN2-xTB)
     turn_every: int = 10  # steps between turn attempts
+    turn_energy: str = "gfn2"  # gfn2 | mmff: the energy the turns are accepted on
 
     def __post_init__(self):
         if self.thermostat not in THERMOSTATS:
@@ -321,6 +323,8 @@ class Control:
         if self.rotor_turns and not self.momentum:
             raise DataError("rollout: a rotor turn moves atoms, which changes the angular momentum; rotor turns "
                             "need momentum control")
+        if self.turn_energy not in ("gfn2", "mmff"):
+            raise DataError(f"rollout: rotor turns are accepted on 'gfn2' or 'mmff' energies, found {self.turn_energy!r}")
         if self.turn_every < 1:
             raise DataError(f"rollout: rotor turns are attempted every >= 1 steps, found {self.turn_every}")
         if self.rotor_turns and not np.all(np.asarray(self.temperature_k, float) > 0):
@@ -577,7 +581,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
             return [] if graph is None else rotor_groups(zs[i], graph)
 
         turns = RotorTurns(x, zs, [terminal_groups(i) for i in range(b)], control.temperature_k, control.seed,
-                           [s.name for s in states], control.turn_every)
+                           [s.name for s in states], control.turn_every, energy=control.turn_energy, bonds=graphs)
     control_seconds = 0.0
     model = model.eval()
     t0 = time.perf_counter()
@@ -626,6 +630,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
                     if turns is not None:  # the hydroxyl turns on its new oxygen
                         for i in {i for i, *_ in hopped}:
                             turns.groups[i] = terminal_groups(i)
+                            turns.regraph(i, None if graphs is None else graphs[i])
             if turns is not None and turns.active and turns(x, dead):
                 out[:, -1] = np.where(dead[:, None, None], np.nan, x)
             v = np.where(dead[:, None, None], 0.0, controller(x, v))

@@ -4,7 +4,7 @@
                                        [--step-fs FS] [--thermostat csvr|none] [--lags 0 5]
                                        [--position-noise HEAVY H] [--rotor-radii]
                                        [--rotor-heights | --height-feedback FS] [--thermostat-groups hydrogens]
-                                       [--proton-hops] [--rotor-turns [--turn-every N]]
+                                       [--proton-hops] [--rotor-turns [--turn-every N] [--turn-energy mmff]]
                                        [--structure FILE --reference refs/reference-<hash>.npz]
     python benchmarks/bench_rollout.py --repeats 1 --steps 1 --md-steps 20      # runs it
 
@@ -98,7 +98,7 @@ def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0, t
                lags: tuple[int, ...] = (0,), position_noise: tuple[float, float] = (0.0, 0.0),
                rotor_radii: bool = False, groups: str = "molecule", rotor_heights: bool = False,
                proton_hops: bool = False, states: list | None = None, height_feedback_fs: float = 0.0,
-               rotor_turns: bool = False, turn_every: int = 10
+               rotor_turns: bool = False, turn_every: int = 10, turn_energy: str = "gfn2"
                ) -> tuple[dict[int, list[float]], float, int, float, float]:
     """Simulated fs per wall-second of each repeat for each number of lags per step (the lags
     timed in turn within each repeat, so their ratio is paired), the stride, the largest
@@ -121,7 +121,7 @@ def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0, t
     control = (Control(momentum=True, thermostat="csvr", position_noise_a=position_noise, rotor_radii=rotor_radii,
                        rotor_heights=rotor_heights, groups=groups, proton_hops=proton_hops,
                        height_feedback_fs=height_feedback_fs, rotor_turns=rotor_turns,
-                       turn_every=turn_every)
+                       turn_every=turn_every, turn_energy=turn_energy)
                if thermostat == "csvr" else Control())
     t0 = time.perf_counter()
     rollout(model, cfg, states, total_fs=step, step_fs=step, control=control)  # warm-up: basins into the store
@@ -190,6 +190,8 @@ def main() -> None:
                         help="Metropolis turns of terminal groups on the GFN2-xTB energy (with --thermostat csvr)")
     parser.add_argument("--turn-every", type=int, default=10, metavar="STEPS",
                         help="steps between rotor-turn attempts (default 10; time >= that many --steps)")
+    parser.add_argument("--turn-energy", choices=("gfn2", "mmff"), default="gfn2",
+                        help="the energy rotor turns are accepted on (default gfn2)")
     parser.add_argument("--structure", default="", help="with --reference: time 64 states of this molecule instead")
     parser.add_argument("--reference", default="", help="its cached reference MD (jobs/rollout.py --reference-cache)")
     args = parser.parse_args()
@@ -215,7 +217,7 @@ def main() -> None:
                                                                       reference_states(args.structure, args.reference, BATCH)
                                                                       if args.structure else None,
                                                                       args.height_feedback, args.rotor_turns,
-                                                                      args.turn_every)
+                                                                      args.turn_every, args.turn_energy)
     atom = by_lags[args.lags[0]]
     gfn2 = gfn2_rates(args.md_steps, args.repeats)
     result = {
@@ -227,7 +229,8 @@ def main() -> None:
         "rotor_heights": args.rotor_heights, "height_feedback_fs": args.height_feedback,
         "thermostat_groups": args.thermostat_groups,
         "proton_hops": args.proton_hops, "rotor_turns": args.rotor_turns,
-        "turn_every": args.turn_every if args.rotor_turns else None, "states": args.structure or "tg80-mini",
+        "turn_every": args.turn_every if args.rotor_turns else None,
+        "turn_energy": args.turn_energy if args.rotor_turns else None, "states": args.structure or "tg80-mini",
         "rotor_circles": bool(args.model) and _circles(args.model),
         "atom_warmup_s": round(warmup_s, 2), "cores": CORES, "model": args.model or "jobs/configs/pretrain.yaml (untrained)",
         "lags": args.lags[0],

@@ -24,13 +24,15 @@ and steers each group's mean height along its axis to the minimum's); `--proton-
 molecule with an intramolecular hydrogen bond hop to its other tautomer (Metropolis on the
 GFN2-xTB energy, every `--hop-every` steps; `atomray.proton_hops`); `--rotor-turns` turns each
 terminal group about its bond the same way (every `--turn-every` steps; `atomray.rotor_turns`;
-opt-in: it costs half the rollout's time on methyl-rich batches). Each step's prior keeps the
+on GFN2-xTB's energy half the rollout's time on methyl-rich batches, `--turn-energy mmff` a
+tenth). Each step's prior keeps the
 start's bond graph (`--basin-bonds start`), the proton's bond moved with each hop.
 `--recipe` sets the measured rollout recipe in one flag (`RECIPE`: momentum, CSVR at τ 20 fs with
 the hydrogens coupled apart, 50 fs steps, one lag for a velocity head, 0.005 Å of noise on the
 heavy atoms, rotor radii with their mean heights steered to the minimum's over 1 ps, proton
-hops); any of those options given on the command line wins (one given at its default value
-counts as not given, except `--no-momentum` and `--height-feedback 0`, which turn those off).
+hops, rotor turns on MMFF94's energy); any of those options given on the command line wins (one given at its default value
+counts as not given, except `--no-momentum`, `--height-feedback 0`, `--no-rotor-turns` and
+`--turn-energy gfn2`, which are kept).
 `--stride-sweep` first rolls out at each of several strides (stride_sweep.csv / .png) and runs the
 main rollout at the largest that holds; `--energy-drift` evaluates the total energy of every step
 start with --reference-engine and reports its drift; `--prior-only` rolls out the prior with a
@@ -59,11 +61,12 @@ import sys
 import time
 
 
-# `--recipe`: the rollout controls measured best (docs/results.md, "The recipe", "Proton hops" and
+# `--recipe`: the rollout controls measured best (docs/results.md, "The recipe", "Proton hops", "Rotor turns" and
 # "Methyl heights steered"); every
 # option the command line sets itself wins over the recipe's.
 RECIPE = {"momentum": True, "thermostat": "csvr", "tau_fs": 20.0, "step_fs": 50.0, "position_noise": [0.005, 0.0],
-          "rotor_radii": True, "height_feedback": 1000.0, "thermostat_groups": "hydrogens", "proton_hops": True}
+          "rotor_radii": True, "height_feedback": 1000.0, "thermostat_groups": "hydrogens", "proton_hops": True,
+          "rotor_turns": True, "turn_energy": "mmff"}
 
 
 def apply_recipe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
@@ -154,12 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hop-every", type=int, default=10, metavar="STEPS",
                         help="steps between proton-hop attempts (default 10: as close as every step on the "
                              "H-bonded enol at a tenth of the GFN2-xTB calls; docs/experiments.md)")
-    parser.add_argument("--rotor-turns", action="store_true",
+    parser.add_argument("--rotor-turns", action=argparse.BooleanOptionalAction, default=None,
                         help="between steps, try turning each methyl's, amino and hydroxyl group's hydrogens about "
                              "their bond by up to 60 degrees, accepted on the GFN2-xTB energy (Metropolis; needs "
                              "--momentum; atomray.rotor_turns)")
     parser.add_argument("--turn-every", type=int, default=10, metavar="STEPS",
                         help="steps between rotor-turn attempts (default 10)")
+    parser.add_argument("--turn-energy", choices=("gfn2", "mmff"), default=None,
+                        help="the energy rotor turns are accepted on (default gfn2, the reference's, also with "
+                             "--recipe when given; mmff: MMFF94 on the start's bond graph, far cheaper)")
     parser.add_argument("--tau-fs", type=float, default=100.0, help="the thermostat's relaxation time (default 100 fs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the thermostat's draws (default 0)")
     parser.add_argument("--stride-sweep", nargs="+", type=float, default=[], metavar="FS",
@@ -174,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recipe", action="store_true",
                         help="the measured rollout recipe: --momentum --thermostat csvr --tau-fs 20 --step-fs 50 "
                              "--position-noise 0.005 0 --rotor-radii --height-feedback 1000 --thermostat-groups hydrogens "
-                             "--proton-hops, and "
+                             "--proton-hops --rotor-turns --turn-energy mmff, and "
                              "--lags 1 for a model with a velocity head; options given on the command line win")
     parser.add_argument("--out", required=True, help="output directory (a path or URI)")
     parser.add_argument("--experiment", default="atomray-rollout", help="MLflow experiment")
@@ -190,6 +196,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         apply_recipe(args, parser)
     args.momentum = bool(args.momentum)
     args.height_feedback = args.height_feedback or 0.0  # None: not given
+    args.turn_energy = args.turn_energy or "gfn2"
+    args.rotor_turns = bool(args.rotor_turns)
     return args
 
 
@@ -224,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                           position_noise_a=tuple(args.position_noise), hydrogen_noise_axes=args.hydrogen_noise_axes,
                           rotor_radii=args.rotor_radii, rotor_heights=args.rotor_heights,
                           height_feedback_fs=args.height_feedback, proton_hops=args.proton_hops,
-                          rotor_turns=args.rotor_turns, turn_every=args.turn_every,
+                          rotor_turns=args.rotor_turns, turn_every=args.turn_every, turn_energy=args.turn_energy,
                           hop_every=args.hop_every)
         model, cfg, state = tracking.load_model_uri(uri, args.model, prior_only=args.prior_only)
         if args.recipe and args.lags == 0 and cfg.model.predict_velocity:
@@ -409,6 +417,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
                                         "rotor_heights": control.rotor_heights,
                                         "height_feedback_fs": control.height_feedback_fs, "proton_hops": control.proton_hops,
                                         "rotor_turns": control.rotor_turns, "turn_every": control.turn_every,
+                                        "turn_energy": control.turn_energy,
                                         "hop_every": control.hop_every,
                                         "reference_ensemble": args.reference_ensemble if not root else "data set",
                                         "starts": args.starts, "delta_fs": args.delta_fs,
@@ -503,7 +512,8 @@ def _describe(control, prior_only: bool = False) -> str:
     if control.proton_hops:
         noise += f"; proton hops (Metropolis, GFN2-xTB, every {control.hop_every} step(s))"
     if control.rotor_turns:
-        noise += f"; rotor turns (Metropolis, GFN2-xTB, every {control.turn_every} step(s))"
+        noise += (f"; rotor turns (Metropolis, {'GFN2-xTB' if control.turn_energy == 'gfn2' else 'MMFF94'}, "
+                  f"every {control.turn_every} step(s))")
     at = (f"{control.temperature_k:g} K" if isinstance(control.temperature_k, (int, float))
           else "each molecule's reference temperature")
     if control.thermostat == "csvr":

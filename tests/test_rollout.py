@@ -738,12 +738,13 @@ def test_the_recipe_sets_the_measured_controls_and_the_command_line_wins():
     base = ["--model", "m", "--out", "o"]
     a = job.parse_args(base + ["--recipe"])
     assert (a.momentum, a.thermostat, a.tau_fs, a.step_fs, list(a.position_noise), a.rotor_radii,
-            a.height_feedback, a.thermostat_groups, a.proton_hops) == (True, "csvr", 20.0, 50.0, [0.005, 0.0], True,
-                                                                       1000.0, "hydrogens", True)
+            a.height_feedback, a.thermostat_groups, a.proton_hops, a.rotor_turns, a.turn_energy) == (
+        True, "csvr", 20.0, 50.0, [0.005, 0.0], True, 1000.0, "hydrogens", True, True, "mmff")
     b = job.parse_args(base + ["--recipe", "--tau-fs", "50", "--no-momentum", "--position-noise", "0", "0",
-                               "--height-feedback", "0"])
-    assert (b.tau_fs, b.momentum, list(b.position_noise), b.thermostat, b.height_feedback) == (
-        50.0, False, [0.0, 0.0], "csvr", 0.0)
+                               "--height-feedback", "0", "--turn-energy", "gfn2"])
+    assert (b.tau_fs, b.momentum, list(b.position_noise), b.thermostat, b.height_feedback, b.turn_energy) == (
+        50.0, False, [0.0, 0.0], "csvr", 0.0, "gfn2")
+    assert job.parse_args(base + ["--recipe", "--no-rotor-turns"]).rotor_turns is False
     c = job.parse_args(base)
-    assert (c.momentum, c.thermostat, c.tau_fs, c.rotor_radii, c.height_feedback, c.proton_hops) == (
-        False, "none", 100.0, False, 0.0, False)
+    assert (c.momentum, c.thermostat, c.tau_fs, c.rotor_radii, c.height_feedback, c.proton_hops, c.rotor_turns,
+            c.turn_energy) == (False, "none", 100.0, False, 0.0, False, False, "gfn2")

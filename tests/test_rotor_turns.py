@@ -46,14 +46,17 @@ def test_a_turn_moves_only_the_groups_hydrogens_on_their_circles_and_undoes_itse
     np.testing.assert_allclose(turn_group(turned, y, c, hs, np.radians(-40.0)), x, atol=1e-12)
 
 
-def test_the_metropolis_rule_refuses_most_turns_in_the_cold_and_takes_every_one_hot():
+@pytest.mark.parametrize("energy", ["gfn2", "mmff"])
+def test_the_metropolis_rule_refuses_most_turns_in_the_cold_and_takes_every_one_hot(energy):
     """The enol's two methyls and its H-bonded hydroxyl, 10 rounds each: at 1 K only turns of a
-    degree or so cost less than k_B T; at 10⁷ K every turn is taken."""
+    degree or so cost less than k_B T; at 10⁷ K every turn is taken (on GFN2-xTB's energy and on
+    MMFF94's)."""
     x, z, groups = enol()
     assert len(groups) == 3
     taken = {}
     for t in (1.0, 1e7):
-        turns = RotorTurns(x[None], [z], [groups], t, seed=0, every=1)
+        turns = RotorTurns(x[None], [z], [groups], t, seed=0, every=1, energy=energy,
+                           bonds=[bonds_from_geometry(z, x).bonds])
         state = x[None].copy()
         for _ in range(10):
             turns(state, np.zeros(1, bool))
