@@ -1,5 +1,6 @@
-"""Metropolis moves between rollout steps, accepted on the GFN2-xTB energy: what proton hops
-(`atomray.proton_hops`) and rotor turns (`atomray.rotor_turns`) share.
+"""Metropolis moves between rollout steps, accepted on a potential energy (GFN2-xTB's, or for
+rotor turns MMFF94's): what proton hops (`atomray.proton_hops`) and rotor turns
+(`atomray.rotor_turns`) share.
 
     class Moves(MetropolisMoves): ...          # proposes; `due` and `attempt` do the rest
 
@@ -10,7 +11,7 @@ on the state's bond graph, ~1000× cheaper and not the reference's potential) an
 and acceptances per state.
 A move x → x' with a symmetric, volume-keeping proposal is accepted with probability
 min(1, exp(−ΔU / k_B T)), ΔU = U(x') − U(x): the Metropolis rule, which samples the positions'
-Boltzmann weights on the reference's potential. An SCF that fails on either side refuses the move
+Boltzmann weights on that potential. An SCF that fails on either side refuses the move
 without counting it.
 """
 

@@ -46,7 +46,7 @@ def turn_group(x: np.ndarray, y: int, c: int, hydrogens: list[int], angle_rad: f
 
 class RotorTurns(MetropolisMoves):
     """The terminal groups of a batch of rollout states (positions x (B, N, 3) Å, atoms zs[i],
-    groups[i] a list of (Y, X, [H, …]) per state), their GFN2-xTB engines and counters; calling
+    groups[i] a list of (Y, X, [H, …]) per state), their energies' engines and counters; calling
     it tries a turn of every group of every live state, every `every` calls (module docstring)."""
 
     def __init__(self, x: np.ndarray, zs: list[np.ndarray], groups: list[list[tuple[int, int, list[int]]]],
