@@ -94,12 +94,8 @@ def reference_states(structure: str, reference: str, n: int):
                          velocities[k].astype(np.float64)) for k in frames]
 
 
-def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0, thermostat: str = "csvr",
-               lags: tuple[int, ...] = (0,), position_noise: tuple[float, float] = (0.0, 0.0),
-               rotor_radii: bool = False, groups: str = "molecule", rotor_heights: bool = False,
-               proton_hops: bool = False, states: list | None = None, height_feedback_fs: float = 0.0,
-               rotor_turns: bool = False, turn_every: int = 10, turn_energy: str = "gfn2"
-               ) -> tuple[dict[int, list[float]], float, int, float, float]:
+def atom_rates(model_dir: str, steps: int, repeats: int, control, step_fs: float = 0.0, lags: tuple[int, ...] = (0,),
+               states: list | None = None) -> tuple[dict[int, list[float]], float, int, float, float]:
     """Simulated fs per wall-second of each repeat for each number of lags per step (the lags
     timed in turn within each repeat, so their ratio is paired), the stride, the largest
     molecule, the warm-up seconds and the velocity control's median share."""
@@ -108,7 +104,7 @@ def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0, t
     from atomray.checkpoint import load_model
     from atomray.config import load_config
     from atomray.model import build_model
-    from atomray.rollout import Control, default_step_fs, rollout
+    from atomray.rollout import default_step_fs, rollout
 
     torch.set_num_threads(CORES)
     if model_dir:
@@ -118,11 +114,6 @@ def atom_rates(model_dir: str, steps: int, repeats: int, step_fs: float = 0.0, t
         model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).eval()
     states = states or start_states(ROOT / "data" / "tg80-mini", BATCH)
     step = step_fs or default_step_fs(cfg)
-    control = (Control(momentum=True, thermostat="csvr", position_noise_a=position_noise, rotor_radii=rotor_radii,
-                       rotor_heights=rotor_heights, groups=groups, proton_hops=proton_hops,
-                       height_feedback_fs=height_feedback_fs, rotor_turns=rotor_turns,
-                       turn_every=turn_every, turn_energy=turn_energy)
-               if thermostat == "csvr" else Control())
     t0 = time.perf_counter()
     rollout(model, cfg, states, total_fs=step, step_fs=step, control=control)  # warm-up: basins into the store
     warmup = time.perf_counter() - t0
@@ -202,22 +193,24 @@ def main() -> None:
                      "--thermostat csvr")
     if any(args.position_noise) and args.thermostat != "csvr":
         parser.error("--position-noise is part of the control: it needs --thermostat csvr")
-    if args.height_feedback and not args.rotor_radii:
-        parser.error("--height-feedback steers the hydrogens on the circles of --rotor-radii: give both")
-    if args.rotor_heights and not args.rotor_radii:
-        parser.error("--rotor-heights places the hydrogens on the circles of --rotor-radii: give both")
     if args.rotor_radii and args.thermostat != "csvr":
         parser.error("--rotor-radii is part of the control: it needs --thermostat csvr")
+    from atomray.data.frames import DataError
+    from atomray.rollout import Control
 
-    by_lags, step_fs, max_atoms, warmup_s, control_share = atom_rates(args.model, args.steps, args.repeats,
-                                                                      args.step_fs, args.thermostat, tuple(args.lags),
-                                                                      tuple(args.position_noise), args.rotor_radii,
-                                                                      args.thermostat_groups, args.rotor_heights,
-                                                                      args.proton_hops,
-                                                                      reference_states(args.structure, args.reference, BATCH)
-                                                                      if args.structure else None,
-                                                                      args.height_feedback, args.rotor_turns,
-                                                                      args.turn_every, args.turn_energy)
+    try:  # Control says what goes with what (rotor heights and the feedback need the radii)
+        control = (Control(momentum=True, thermostat="csvr", position_noise_a=tuple(args.position_noise),
+                           rotor_radii=args.rotor_radii, rotor_heights=args.rotor_heights,
+                           groups=args.thermostat_groups, proton_hops=args.proton_hops,
+                           height_feedback_fs=args.height_feedback, rotor_turns=args.rotor_turns,
+                           turn_every=args.turn_every, turn_energy=args.turn_energy)
+                   if args.thermostat == "csvr" else Control())
+    except DataError as error:
+        parser.error(str(error))
+
+    states = reference_states(args.structure, args.reference, BATCH) if args.structure else None
+    by_lags, step_fs, max_atoms, warmup_s, control_share = atom_rates(args.model, args.steps, args.repeats, control,
+                                                                      args.step_fs, tuple(args.lags), states)
     atom = by_lags[args.lags[0]]
     gfn2 = gfn2_rates(args.md_steps, args.repeats)
     result = {

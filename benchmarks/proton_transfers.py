@@ -87,18 +87,15 @@ def tautomer_w1(rollouts: list[np.ndarray], reference: np.ndarray, z: np.ndarray
                 ) -> dict | None:
     """The `"source": "w1"` line (module docstring): [bonds Å, angles °, dihedrals °] raw,
     mirrored and per tautomer, each for the rollouts and for the reference's halves; None where
-    the tautomers differ."""
+    the tautomers differ. `site` is a `hydrogen_bond_sites` entry of the reference's first frame
+    (the proton on its donor there)."""
     from atomray.structure import bonds_from_geometry
 
     h, donor, acceptor = site
-    first = reference[0] if np.linalg.norm(reference[0, h] - reference[0, donor]) < np.linalg.norm(
-        reference[0, h] - reference[0, acceptor]) else None
-    if first is None:
-        return None
-    m = tautomer_map(z, first, h, donor, acceptor)
+    m = tautomer_map(z, reference[0], h, donor, acceptor)
     if m is None:
         return None
-    bonds = bonds_from_geometry(z, first).bonds
+    bonds = bonds_from_geometry(z, reference[0]).bonds
 
     def canonical(x: np.ndarray) -> np.ndarray:
         x = x.copy()
