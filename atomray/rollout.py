@@ -217,11 +217,19 @@ class Control:
     conditional mean of x(t + ΔT); chained, the heavy atoms' bond-length widths fall to
     0.7–0.9 of the reference's over eight 50-fs steps (0.93–0.99 after one,
     `benchmarks/rollout_bond_bias.py`), and noise puts back some of the spread a sample of the
-    next state would have. (0.005, 0) at 50 fs is the measured choice of the rollout recipes
+    next state would have. 0.005 Å on the heavy atoms at 50 fs is the measured choice
     (docs/experiments.md, "Where the bonds go wrong"); the hydrogens' X–H widths are already
-    too wide, so they get none. `hydrogen_noise_axes="across"` keeps a hydrogen's draw off its
-    bond: the part along the line to its nearest heavy atom is removed, so the noise widens its
-    angles (X–X–H bends) and not its X–H length.
+    too wide, so noise on every axis of a hydrogen costs its bond. `hydrogen_noise_axes="across"`
+    keeps a hydrogen's draw off its bond: the part along the line to its nearest heavy atom is
+    removed, so the noise widens its angles (X–X–H bends) and not its X–H length. The recipe
+    (`jobs/rollout.py --recipe`) takes (0.005, 0.02) across, with `group_hydrogen_noise=False`:
+    the chained correction narrows the angles with a hydrogen to two thirds of the reference's
+    width, and this noise brings ATOM's angles down on ten of eleven molecules
+    (docs/experiments.md, "Why the prior alone is as close"). `group_hydrogen_noise=False` gives no noise to
+    the hydrogens of a terminal group of two or more (a methyl, amino or =CH2 group,
+    `atomray.priors.modes.rotor_groups`): drawn apart, two of them can meet on their circle
+    (N-methylacetamide's methyl hydrogens 0.41 Å apart after 63 ps under 0.02 Å across,
+    docs/experiments.md, "Why the prior alone is as close").
 
     `rotor_radii` (default off): after every step each terminal group's hydrogens (a methyl,
     hydroxyl or amino group, `atomray.priors.modes.rotor_groups`) are put back on their circles
@@ -270,6 +278,7 @@ class Control:
     groups: str = "molecule"  # molecule | hydrogens (CSVR's coupling groups)
     position_noise_a: tuple[float, float] = (0.0, 0.0)  # Å: (heavy atoms, hydrogens)
     hydrogen_noise_axes: str = "all"  # all | across (their bond)
+    group_hydrogen_noise: bool = True  # False: no noise on the hydrogens of terminal groups of two or more
     rotor_radii: bool = False  # terminal groups' hydrogens back on their circles after every step
     rotor_heights: bool = False  # ... and at their minimum's height along the axis
     height_feedback_fs: float = 0.0  # fs: time constant steering each group's mean height to the minimum's (0: off)
@@ -384,13 +393,16 @@ class _Controller:
         self.c = float(np.exp(-step_fs / control.tau_fs))
         self.rng = np.random.default_rng(control.seed)
 
-    def displace(self, x: np.ndarray, hydrogen: np.ndarray) -> np.ndarray:
-        """x with Gaussian noise of `position_noise_a` per axis (heavy atoms, hydrogens), less its rigid-body part."""
+    def displace(self, x: np.ndarray, hydrogen: np.ndarray, quiet: np.ndarray | None = None) -> np.ndarray:
+        """x with Gaussian noise of `position_noise_a` per axis (heavy atoms, hydrogens), less its
+        rigid-body part; atoms in the (B, N) mask `quiet` get none."""
         from atomray.priors.rigid import internal_velocity
 
         heavy_a, hydrogen_a = self.control.position_noise_a
         real = self.mass.numpy() > 0
         sigma = np.where(hydrogen, hydrogen_a, heavy_a) * real
+        if quiet is not None:
+            sigma = np.where(quiet, 0.0, sigma)
         draw = self.rng.standard_normal(x.shape) * sigma[..., None]
         if self.control.hydrogen_noise_axes == "across":
             draw = _across_bonds(x, draw, hydrogen & real, real & ~hydrogen)
@@ -438,6 +450,22 @@ def _across_bonds(x: np.ndarray, draw: np.ndarray, hydrogen: np.ndarray, heavy: 
     axis = np.divide(axis, norm, out=np.zeros_like(axis), where=norm > 0)
     along = (draw * axis).sum(-1, keepdims=True) * axis
     return np.where((hydrogen & heavy.any(1, keepdims=True))[..., None], draw - along, draw)
+
+
+def group_hydrogens(x: np.ndarray, zs: Sequence[np.ndarray], graphs: Sequence[np.ndarray | None] | None = None
+                    ) -> np.ndarray:
+    """(B, N) mask of the hydrogens in terminal groups of two or more (a methyl, amino or =CH2
+    group, `atomray.priors.modes.rotor_groups`) of states x (B, N, 3) with atoms zs, over each
+    state's bond graph (None: perceived from x); a lone hydroxyl or N–H hydrogen is not one."""
+    from atomray.priors.minima import molecule_bonds
+    from atomray.priors.modes import rotor_groups
+
+    mask = np.zeros(x.shape[:2], bool)
+    for i, z in enumerate(zs):
+        graph = graphs[i] if graphs is not None else molecule_bonds(x[i, : len(z)], z)
+        for _, _, hs in [] if graph is None else rotor_groups(z, graph):
+            mask[i, hs] = len(hs) > 1
+    return mask
 
 
 def start_circles(x: np.ndarray, z: np.ndarray, bonds: np.ndarray | None) -> tuple[list, list[np.ndarray], list[np.ndarray]]:
@@ -582,6 +610,9 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
 
         turns = RotorTurns(x, zs, [terminal_groups(i) for i in range(b)], control.temperature_k, control.seed,
                            [s.name for s in states], control.turn_every, energy=control.turn_energy, bonds=graphs)
+    quiet = None  # Control.group_hydrogen_noise
+    if any(control.position_noise_a) and not control.group_hydrogen_noise:
+        quiet = group_hydrogens(x, zs, graphs)
     control_seconds = 0.0
     model = model.eval()
     t0 = time.perf_counter()
@@ -613,7 +644,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
                                                                 lift[rows], step / control.height_feedback_fs)
                 out[:, -1] = np.where(dead[:, None, None], np.nan, x)
             if any(control.position_noise_a):
-                x = np.where(dead[:, None, None], 0.0, controller.displace(x, hydrogen))
+                x = np.where(dead[:, None, None], 0.0, controller.displace(x, hydrogen, quiet))
                 out[:, -1] = np.where(dead[:, None, None], np.nan, x)
             if hops is not None and hops.active:
                 hopped = hops(x, dead)

@@ -77,7 +77,8 @@ def molecule_of_state(state: InitialState, smiles: str = ""):
 
 def fresh_md(state: InitialState, smiles: str, total_fs: float, engine: str = "gfn2", dt_fs: float = 1.0,
              every: int = 10, equilibrate_fs: float = 0.0, temperature_k: float = 300.0,
-             cache_dir: str | Path | None = None, progress: bool = False, ensemble: str = "nve") -> Reference:
+             cache_dir: str | Path | None = None, progress: bool = False, ensemble: str = "nve",
+             seed: int = 0) -> Reference:
     """MD of every atom through a tg80 engine for `total_fs`, every `every`-th step kept: NVE, or
     with `ensemble="nvt"` Langevin (BAOAB) at `temperature_k` with the TG80 builder's production
     friction (`atomray.tg80.dynamics.MDConfig.friction_per_fs`). One NVE trajectory of a small
@@ -98,7 +99,9 @@ def fresh_md(state: InitialState, smiles: str, total_fs: float, engine: str = "g
     lengths, temperature), so with a directory it is kept there as
     `reference-<hash of the inputs>.npz` and read back by any later call with the same inputs
     (e.g. another model rolled out against the same 100 ps of GFN2-xTB MD). `progress`: a
-    progress bar in simulated ps (100 ps of GFN2-xTB MD take tens of minutes on 2 cores)."""
+    progress bar in simulated ps (100 ps of GFN2-xTB MD take tens of minutes on 2 cores). `seed`:
+    the random stream of the equilibration's velocities and of the Langevin noise; another seed
+    from the same state is another, independent run of the same length (`pooled_md`)."""
     from dataclasses import replace
 
     if ensemble not in ("nve", "nvt"):
@@ -107,6 +110,7 @@ def fresh_md(state: InitialState, smiles: str, total_fs: float, engine: str = "g
     if cache_dir is not None:
         # NVE's key is the one it had before NVT existed, so references cached then are still found
         extra = {"ensemble": ensemble} if ensemble != "nve" else {}
+        extra.update({"seed": seed} if seed else {})  # seed 0's key is the one it had before seeds existed
         cached = _cached_reference_path(cache_dir, state, smiles=smiles, engine=engine, total_fs=total_fs,
                                         dt_fs=dt_fs, every=every, equilibrate_fs=equilibrate_fs,
                                         temperature_k=temperature_k, **extra)
@@ -122,10 +126,10 @@ def fresh_md(state: InitialState, smiles: str, total_fs: float, engine: str = "g
     md = make_engine(engine, mol, state.name)
     cfg_md = MDConfig(dt_fs=dt_fs, temperature_k=temperature_k, equilibration_fs=equilibrate_fs)
     if equilibrate_fs > 0:
-        md_state = prepare_state(md, state.positions, masses, cfg_md, seed=0)
+        md_state = prepare_state(md, state.positions, masses, cfg_md, seed=seed)
     else:
         energy, forces = md.forces(state.positions)
-        rng_state = np.random.Generator(np.random.PCG64(0)).bit_generator.state
+        rng_state = np.random.Generator(np.random.PCG64(seed)).bit_generator.state
         md_state = MDState(state.positions.copy(), state.velocities.copy(), forces, energy, 0, rng_state)
     n_steps, chunk = int(round(total_fs / dt_fs)) + 1, 1000 * every  # chunks keep every `every`-th frame
     bar = None
@@ -145,11 +149,33 @@ def fresh_md(state: InitialState, smiles: str, total_fs: float, engine: str = "g
     if bar is not None:
         bar.close()
     how = f", equilibrated {equilibrate_fs:g} fs at {temperature_k:g} K" if equilibrate_fs > 0 else ""
+    how += f", seed {seed}" if seed else ""
     kind = "NVE" if ensemble == "nve" else f"NVT ({temperature_k:g} K, Langevin {cfg_md.friction_per_fs:g}/fs)"
     ref = Reference(f"{engine} {kind} from {state.name}{how}", np.concatenate(pos), np.concatenate(vel), dt_fs * every)
     if cached is not None:
         _write_reference(cached, ref)
     return ref
+
+
+def pooled_md(state: InitialState, smiles: str, total_fs: float, runs: int, engine: str = "gfn2",
+              **kwargs) -> Reference:
+    """`runs` independent runs of `fresh_md` from `state` (seeds 0, 1, …, each `total_fs` long and
+    equilibrated afresh: `kwargs` as there, with `equilibrate_fs` > 0), joined end to end. One
+    100-ps run of a flexible molecule crosses its torsion barriers a few times, so its conformer
+    populations carry the sampling noise its two halves show (hexane's dihedrals: 33° between
+    halves, docs/results.md); five runs of the same length as five rollouts pin them down.
+    Seed 0 alone is `fresh_md`'s run, cached under the same key."""
+    if runs < 1:
+        raise ValueError(f"pooled_md: runs must be >= 1, found {runs}")
+    if runs > 1 and not kwargs.get("equilibrate_fs", 0.0) > 0:
+        raise ValueError("pooled_md: independent runs need an equilibration (equilibrate_fs > 0) to start "
+                         "apart; without one every run starts from the same state")
+    parts = [fresh_md(state, smiles, total_fs, engine, seed=seed, **kwargs) for seed in range(runs)]
+    if runs == 1:
+        return parts[0]
+    source = f"{parts[0].source} and {runs - 1} more run(s) like it (seeds 1-{runs - 1}), joined"
+    return Reference(source, np.concatenate([r.positions for r in parts]),
+                     np.concatenate([r.velocities for r in parts]), parts[0].dt_fs)
 
 
 def _cached_reference_path(cache_dir: str | Path, state: InitialState, **inputs) -> Path:

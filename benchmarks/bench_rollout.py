@@ -2,7 +2,8 @@
 
     python benchmarks/bench_rollout.py [--model CKPT] [--repeats 3] [--steps 10] [--md-steps 200]
                                        [--step-fs FS] [--thermostat csvr|none] [--lags 0 5]
-                                       [--position-noise HEAVY H] [--rotor-radii]
+                                       [--position-noise HEAVY H [--hydrogen-noise-axes across]
+                                        [--no-group-hydrogen-noise]] [--rotor-radii]
                                        [--rotor-heights | --height-feedback FS] [--thermostat-groups hydrogens]
                                        [--proton-hops] [--rotor-turns [--turn-every N] [--turn-energy mmff]]
                                        [--structure FILE --reference refs/reference-<hash>.npz]
@@ -166,6 +167,10 @@ def main() -> None:
                              "several are timed in turn, paired, the first is the headline")
     parser.add_argument("--position-noise", type=float, nargs=2, default=(0.0, 0.0), metavar=("HEAVY", "H"),
                         help="Å per axis on each step's predicted positions (with --thermostat csvr)")
+    parser.add_argument("--hydrogen-noise-axes", choices=("all", "across"), default="all",
+                        help="the hydrogens' noise on every axis or across their bond (jobs/rollout.py's option)")
+    parser.add_argument("--no-group-hydrogen-noise", action="store_true",
+                        help="no noise on the hydrogens of terminal groups of two or more (jobs/rollout.py's option)")
     parser.add_argument("--rotor-radii", action="store_true",
                         help="terminal groups' hydrogens back on their circles after every step (with --thermostat csvr)")
     parser.add_argument("--rotor-heights", action="store_true",
@@ -200,6 +205,8 @@ def main() -> None:
 
     try:  # Control says what goes with what (rotor heights and the feedback need the radii)
         control = (Control(momentum=True, thermostat="csvr", position_noise_a=tuple(args.position_noise),
+                           hydrogen_noise_axes=args.hydrogen_noise_axes,
+                           group_hydrogen_noise=not args.no_group_hydrogen_noise,
                            rotor_radii=args.rotor_radii, rotor_heights=args.rotor_heights,
                            groups=args.thermostat_groups, proton_hops=args.proton_hops,
                            height_feedback_fs=args.height_feedback, rotor_turns=args.rotor_turns,

@@ -1,10 +1,11 @@
 """Does a proton move between two acceptors, in the reference and in the rollouts?
 
-    python benchmarks/proton_transfers.py --rollouts <jobs/rollout.py --out dir> [--reference refs/reference-<hash>.npz]
+    python benchmarks/proton_transfers.py --rollouts <jobs/rollout.py --out dir> [--reference refs/reference-<hash>.npz ...]
 
 Reads every `<molecule>_<start>.extxyz` a `jobs/rollout.py` run wrote (their atoms name the
 molecule) and, with `--reference`, the fresh reference MD its `--reference-cache` kept (same
-atoms, same order). The proton is each hydrogen bonded to an O or N at the first frame (within
+atoms, same order; several files, e.g. the runs of `jobs/rollout.py --reference-runs K`, are
+judged joined, each with its own transfer line). The proton is each hydrogen bonded to an O or N at the first frame (within
 1.2 Å) that has a second O or N within 2.2 Å (an intramolecular hydrogen bond,
 `atomray.structure.hydrogen_bond_sites`); per trajectory,
 frame by frame, which of its two acceptors is nearer: a transfer is a change of side. Prints
@@ -119,7 +120,8 @@ def tautomer_w1(rollouts: list[np.ndarray], reference: np.ndarray, z: np.ndarray
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rollouts", required=True, help="a jobs/rollout.py --out directory")
-    parser.add_argument("--reference", default=None, help="its cached fresh reference (reference-<hash>.npz)")
+    parser.add_argument("--reference", nargs="+", default=None,
+                        help="its cached fresh reference (reference-<hash>.npz), or several runs (joined)")
     args = parser.parse_args(argv)
 
     from ase.io import read
@@ -129,12 +131,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--rollouts {args.rollouts}: no <molecule>_<start>.extxyz files there")
     runs = {f.name: np.stack([a.positions for a in read(f, index=":")]) for f in files}
     z = read(files[0], index=0).numbers
-    if args.reference:
-        with np.load(args.reference) as ref:
+    references = {}
+    for path in args.reference or []:
+        with np.load(path) as ref:
             positions = ref["positions"]
         if positions.shape[1] != len(z):
-            parser.error(f"--reference {args.reference}: {positions.shape[1]} atoms, the rollouts {len(z)}")
-        runs = {Path(args.reference).name: positions, **runs}
+            parser.error(f"--reference {path}: {positions.shape[1]} atoms, the rollouts {len(z)}")
+        references[Path(path).name] = positions
+    runs = {**references, **runs}
     from atomray.structure import hydrogen_bond_sites
 
     bonds = hydrogen_bond_sites(next(iter(runs.values()))[0], z)
@@ -146,9 +150,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row = {"source": source, "hydrogen": h, "acceptors": [a, b], **transfers(x, h, a, b)}
             print(json.dumps(row), flush=True)
             rows.append(row)
-    if args.reference:
-        row = tautomer_w1([x for name, x in runs.items() if name != Path(args.reference).name],
-                          runs[Path(args.reference).name], z, bonds[0])
+    if references:
+        row = tautomer_w1([x for name, x in runs.items() if name not in references],
+                          np.concatenate(list(references.values())), z, bonds[0])
         if row is not None:
             print(json.dumps(row), flush=True)
             rows.append(row)

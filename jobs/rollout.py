@@ -29,10 +29,12 @@ tenth). Each step's prior keeps the
 start's bond graph (`--basin-bonds start`), the proton's bond moved with each hop.
 `--recipe` sets the measured rollout recipe in one flag (`RECIPE`: momentum, CSVR at τ 20 fs with
 the hydrogens coupled apart, 50 fs steps, one lag for a velocity head, 0.005 Å of noise on the
-heavy atoms, rotor radii with their mean heights steered to the minimum's over 1 ps, proton
-hops, rotor turns on MMFF94's energy); any of those options given on the command line wins (one given at its default value
-counts as not given, except `--no-momentum`, `--height-feedback 0`, `--no-rotor-turns` and
-`--turn-energy gfn2`, which are kept).
+heavy atoms and 0.02 Å across the bonds of the hydrogens outside methyl-like groups, rotor radii
+with their mean heights steered to the minimum's over 1 ps, proton hops, rotor turns on MMFF94's
+energy); any of those options given on the command line wins (one given at its default value
+counts as not given, except `--no-momentum`, `--height-feedback 0`, `--no-rotor-turns`,
+`--turn-energy gfn2`, `--hydrogen-noise-axes all`, `--group-hydrogen-noise` and an explicit
+`--position-noise`, which are kept).
 `--stride-sweep` first rolls out at each of several strides (stride_sweep.csv / .png) and runs the
 main rollout at the largest that holds; `--energy-drift` evaluates the total energy of every step
 start with --reference-engine and reports its drift; `--prior-only` rolls out the prior with a
@@ -43,7 +45,10 @@ the tg80 engines after --equilibrate-fs of Langevin dynamics (--reference-engine
 mmff; for --structure the bonds are perceived from the geometry; with a --thermostat, or with
 `--reference-ensemble nvt`, Langevin MD at --temperature instead of NVE, which holds one small
 molecule at the temperature an NVT rollout is held at; `--reference-cache DIR` keeps it for the
-next run with the same molecule, engine, ensemble, length and temperature). Writes to --out
+next run with the same molecule, engine, ensemble, length and temperature; `--reference-runs K`
+runs K such references, each equilibrated from its own seed, joins them, and spaces the starts
+over all of them: one 100-ps run cannot pin a flexible molecule's conformer populations, and its
+two halves say so). Writes to --out
 one extxyz per rollout (every atom the model predicts), rollouts.csv, rollouts.md, failures.csv
 (per rollout: whether it holds and, where it breaks, when, how, and which two atoms; printed too)
 and a structure plot per molecule, and logs an MLflow run (experiment --experiment) with the
@@ -64,8 +69,8 @@ import time
 # `--recipe`: the rollout controls measured best (docs/results.md, "The recipe", "Proton hops", "Rotor turns" and
 # "Methyl heights steered"); every
 # option the command line sets itself wins over the recipe's.
-RECIPE = {"momentum": True, "thermostat": "csvr", "tau_fs": 20.0, "step_fs": 50.0, "position_noise": [0.005, 0.0],
-          "rotor_radii": True, "height_feedback": 1000.0, "thermostat_groups": "hydrogens", "proton_hops": True,
+RECIPE = {"momentum": True, "thermostat": "csvr", "tau_fs": 20.0, "step_fs": 50.0, "position_noise": [0.005, 0.02],
+          "hydrogen_noise_axes": "across", "group_hydrogen_noise": False, "rotor_radii": True, "height_feedback": 1000.0, "thermostat_groups": "hydrogens", "proton_hops": True,
           "rotor_turns": True, "turn_energy": "mmff"}
 
 
@@ -105,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--smiles / --structure: the fresh reference MD after equilibration: NVE, or NVT "
                              "(Langevin at --temperature), whose distributions are those an NVT rollout is held "
                              "at; auto: NVT when a --thermostat runs, else NVE (default auto)")
+    parser.add_argument("--reference-runs", type=int, default=1, metavar="K",
+                        help="--smiles / --structure with --equilibrate-fs > 0: K independent reference runs of "
+                             "--total-ps each (each equilibrated afresh, seeds 0..K-1), joined; the starts are spaced "
+                             "evenly over the joined frames. One 100-ps run cannot pin a flexible molecule's "
+                             "conformer populations (default 1)")
     parser.add_argument("--reference-cache", default=None, metavar="DIR",
                         help="--smiles / --structure: keep the fresh reference MD in DIR and reuse it when the same "
                              "molecule, engine, ensemble, length and temperature come again (e.g. another model; "
@@ -136,9 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "difference lags only, one recorded frame per step)")
     parser.add_argument("--position-noise", type=float, nargs=2, default=(0.0, 0.0), metavar=("HEAVY", "H"),
                         help="Å: Gaussian noise per axis on each step's predicted positions (heavy atoms, hydrogens)")
-    parser.add_argument("--hydrogen-noise-axes", choices=("all", "across"), default="all",
+    parser.add_argument("--hydrogen-noise-axes", choices=("all", "across"), default=None,
                         help="the hydrogens' position noise on every axis, or across their X-H bond only (their "
                              "bends, not their bond lengths; default all)")
+    parser.add_argument("--group-hydrogen-noise", action=argparse.BooleanOptionalAction, default=None,
+                        help="--no-group-hydrogen-noise: no position noise on the hydrogens of a terminal group of "
+                             "two or more (a methyl, amino or =CH2 group), which drawn apart can meet on their "
+                             "circle (default: they get the hydrogens' noise)")
     parser.add_argument("--rotor-radii", action="store_true",
                         help="after every step, put each methyl's, hydroxyl's and amino group's hydrogens back at "
                              "their basin minimum's distance from the group's axis (the conditional mean the "
@@ -198,6 +212,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.height_feedback = args.height_feedback or 0.0  # None: not given
     args.turn_energy = args.turn_energy or "gfn2"
     args.rotor_turns = bool(args.rotor_turns)
+    args.group_hydrogen_noise = args.group_hydrogen_noise is not False  # None: not given
+    args.hydrogen_noise_axes = args.hydrogen_noise_axes or "all"
     return args
 
 
@@ -220,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.reference_ensemble == "nvt" and not (args.smiles or args.structure):
             raise ConfigError("--reference-ensemble nvt is for the fresh reference MD of --smiles / --structure; "
                               "a data set's molecules are judged against their own trajectories")
+        if args.reference_runs < 1:
+            raise ConfigError(f"--reference-runs must be >= 1, found {args.reference_runs}")
+        if args.reference_runs > 1 and not ((args.smiles or args.structure) and args.equilibrate_fs > 0):
+            raise ConfigError("--reference-runs > 1 is for the fresh reference MD of --smiles / --structure with "
+                              "--equilibrate-fs > 0 (each run is equilibrated afresh from its own seed)")
         if args.reference_ensemble == "auto":  # judge an NVT rollout against MD at the thermostat's temperature
             args.reference_ensemble = "nvt" if args.thermostat != "none" else "nve"
         if any(not 0 < s <= 1000.0 * args.total_ps for s in args.stride_sweep):
@@ -230,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         control = Control(momentum=args.momentum, thermostat=args.thermostat, temperature_k=args.temperature,
                           tau_fs=args.tau_fs, seed=args.seed, groups=args.thermostat_groups,
                           position_noise_a=tuple(args.position_noise), hydrogen_noise_axes=args.hydrogen_noise_axes,
-                          rotor_radii=args.rotor_radii, rotor_heights=args.rotor_heights,
+                          group_hydrogen_noise=args.group_hydrogen_noise, rotor_radii=args.rotor_radii, rotor_heights=args.rotor_heights,
                           height_feedback_fs=args.height_feedback, proton_hops=args.proton_hops,
                           rotor_turns=args.rotor_turns, turn_every=args.turn_every, turn_energy=args.turn_energy,
                           hop_every=args.hop_every)
@@ -308,8 +329,8 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
     from atomray import tracking
     from atomray.predict import model_atoms
     from atomray.rollout import default_step_fs, rollout, write_rollout_extxyz
-    from atomray.rollout_check import (check_rollouts, dataset_reference, describe_failures, fresh_md, fresh_reference,
-                                       holds, model_reference, reference_temperature, rollout_failures,
+    from atomray.rollout_check import (check_rollouts, dataset_reference, describe_failures, fresh_reference, holds,
+                                       model_reference, pooled_md, reference_temperature, rollout_failures,
                                        states_from_md)
 
     step = args.step_fs or default_step_fs(cfg)
@@ -320,11 +341,12 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
     if "__equilibrate__" in references:
         seed_state, label = references["__equilibrate__"], molecule_of[0]
         print(f"reference: {args.reference_engine} MD of {label}: {args.equilibrate_fs:g} fs of Langevin dynamics at "
-              f"{args.temperature:g} K, then {args.total_ps:g} ps {args.reference_ensemble.upper()}; {args.starts} "
-              "starts spaced over it ...", flush=True)
-        md = fresh_md(seed_state, args.smiles or "", total, args.reference_engine,
-                      equilibrate_fs=args.equilibrate_fs, temperature_k=args.temperature,
-                      cache_dir=args.reference_cache, progress=True, ensemble=args.reference_ensemble)
+              f"{args.temperature:g} K, then {args.total_ps:g} ps {args.reference_ensemble.upper()}"
+              + (f", {args.reference_runs} independent runs joined" if args.reference_runs > 1 else "")
+              + f"; {args.starts} starts spaced over it ...", flush=True)
+        md = pooled_md(seed_state, args.smiles or "", total, args.reference_runs, args.reference_engine,
+                       equilibrate_fs=args.equilibrate_fs, temperature_k=args.temperature,
+                       cache_dir=args.reference_cache, progress=True, ensemble=args.reference_ensemble)
         states = states_from_md(md, seed_state.atomic_numbers, "smiles" if args.smiles else seed_state.name, args.starts)
         molecule_of = [label] * len(states)
         refs[label] = model_reference(md, seed_state.atomic_numbers, cfg)
@@ -413,6 +435,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
                                         "thermostat_groups": control.groups, "basin_bonds": args.basin_bonds,
                                         "position_noise_a": ",".join(f"{a:g}" for a in control.position_noise_a),
                                         "hydrogen_noise_axes": control.hydrogen_noise_axes,
+                                        "group_hydrogen_noise": control.group_hydrogen_noise,
                                         "rotor_radii": control.rotor_radii,
                                         "rotor_heights": control.rotor_heights,
                                         "height_feedback_fs": control.height_feedback_fs, "proton_hops": control.proton_hops,
@@ -420,6 +443,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
                                         "turn_energy": control.turn_energy,
                                         "hop_every": control.hop_every,
                                         "reference_ensemble": args.reference_ensemble if not root else "data set",
+                                        "reference_runs": args.reference_runs if not root else 1,
                                         "starts": args.starts, "delta_fs": args.delta_fs,
                                         "lags": args.lags or cfg.data.num_lags, "velocity": args.velocity, "molecules": ",".join(dict.fromkeys(molecule_of)),
                                         "reference": str(root) if root else rows[0]["reference"]})
@@ -502,7 +526,8 @@ def stride_sweep(args, model, cfg, elements, states, molecule_of, refs, out, con
 def _describe(control, prior_only: bool = False) -> str:
     text = " (prior only: zero correction)" if prior_only else ""
     noise = ("; position noise {:g} / {:g} A (heavy atoms / hydrogens{})".format(
-        *control.position_noise_a, ", across their bonds" if control.hydrogen_noise_axes == "across" else "")
+        *control.position_noise_a, (", across their bonds" if control.hydrogen_noise_axes == "across" else "")
+        + ("" if control.group_hydrogen_noise else ", none on terminal groups of two or more"))
         if any(control.position_noise_a) else "")
     if control.rotor_radii:
         noise += "; terminal groups' hydrogens kept on their circles" + (" (radius and height)"

@@ -173,3 +173,35 @@ def test_the_per_tautomer_reading_relabels_the_other_tautomer_onto_the_first():
     asymmetric = z.copy()
     asymmetric[methyl_h] = 9
     assert bench.tautomer_map(asymmetric, x, H, DONOR, ACCEPTOR) is None
+
+
+def test_proton_transfers_judges_several_reference_runs_joined(tmp_path):
+    """`benchmarks/proton_transfers.py --reference A B` prints a transfer line per run and one W1
+    line against the two joined (the runs of `jobs/rollout.py --reference-runs`), not against A."""
+    import importlib.util
+
+    import ase
+    import ase.io
+
+    spec = importlib.util.spec_from_file_location("proton_transfers", ENOL.parents[1] / "proton_transfers.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    x, z = enol()
+    m = bench.tautomer_map(z, x, H, DONOR, ACCEPTOR)
+    rng = np.random.default_rng(1)
+    first = x + 0.02 * rng.standard_normal((30, *x.shape))
+    second = (x + 0.02 * rng.standard_normal((30, *x.shape)))[:, np.argsort(m)]  # the proton on the acceptor
+    for name, frames in (("a", first), ("b", second)):
+        np.savez(tmp_path / f"reference-{name}.npz", source=name, positions=frames, velocities=0 * frames, dt_fs=10.0)
+    rolls = tmp_path / "rolls"
+    rolls.mkdir()
+    roll = x + 0.02 * rng.standard_normal((20, *x.shape))
+    ase.io.write(rolls / "enol_0.extxyz", [ase.Atoms(numbers=z, positions=p) for p in roll])
+    rows = bench.main(["--rollouts", str(rolls), "--reference", str(tmp_path / "reference-a.npz"),
+                       str(tmp_path / "reference-b.npz")])
+    sources = [r["source"] for r in rows]
+    assert sources == ["reference-a.npz", "reference-b.npz", "enol_0.extxyz", "w1"], sources
+    assert rows[0]["fraction_on_second"] == 0.0 and rows[1]["fraction_on_second"] == 1.0
+    joined = bench.tautomer_w1([roll], np.concatenate([first, second]), z, (H, DONOR, ACCEPTOR))
+    alone = bench.tautomer_w1([roll], first, z, (H, DONOR, ACCEPTOR))
+    assert rows[-1]["raw"] == joined["raw"] and rows[-1]["raw"] != alone["raw"]

@@ -492,6 +492,32 @@ def test_a_cached_fresh_reference_is_read_back_instead_of_rerun(tmp_path, monkey
     assert len(ran) == 2 and len(list(tmp_path.glob("reference-*.npz"))) == 3
 
 
+def test_pooled_reference_joins_independent_runs_and_keeps_seed_zeros_cache_key(tmp_path):
+    """`pooled_md` joins `runs` runs of the same length, seed 0 first and identical to `fresh_md`'s
+    own run (cached under the key it had before seeds existed), the others equilibrated from their
+    own seeds and so apart from it; without an equilibration there is nothing to set them apart."""
+    from atomray.predict import state_from_smiles
+    from atomray.rollout_check import fresh_md, pooled_md
+
+    start = state_from_smiles("CCO", 300.0, seed=0)
+    kw = dict(equilibrate_fs=50.0, temperature_k=300.0, ensemble="nvt")
+    alone = fresh_md(start, "CCO", 200.0, "mmff", cache_dir=tmp_path, **kw)
+    pooled = pooled_md(start, "CCO", 200.0, 3, "mmff", cache_dir=tmp_path, **kw)
+    n = len(alone.positions)
+    assert pooled.positions.shape == (3 * n, *alone.positions.shape[1:]) and pooled.dt_fs == alone.dt_fs
+    assert np.array_equal(pooled.positions[:n], alone.positions)
+    assert np.array_equal(pooled.velocities[:n], alone.velocities)
+    for k in (1, 2):  # another seed: another run, already apart at its first frame
+        assert np.abs(pooled.positions[k * n] - alone.positions[0]).max() > 1e-3
+    assert not np.allclose(pooled.positions[n:2 * n], pooled.positions[2 * n:])
+    assert len(list(tmp_path.glob("reference-*.npz"))) == 3 and "seeds 1-2" in pooled.source
+    assert pooled_md(start, "CCO", 200.0, 1, "mmff", cache_dir=tmp_path, **kw).source == alone.source
+    with pytest.raises(ValueError, match="equilibrat"):
+        pooled_md(start, "CCO", 200.0, 2, "mmff", ensemble="nvt")
+    with pytest.raises(ValueError, match="runs must be >= 1"):
+        pooled_md(start, "CCO", 200.0, 0, "mmff", **kw)
+
+
 def test_a_velocity_head_is_used_when_present_and_asked_for_only_then():
     cfg = RunConfig()
     small = dict(embed_dim=16, num_layers=1, num_heads=2, **RIGID)
@@ -516,6 +542,18 @@ def test_a_velocity_head_is_used_when_present_and_asked_for_only_then():
     assert np.abs(auto.step_velocities[0][1] - diff.step_velocities[0][1]).max() > 1e-4  # the head's velocity
 
 
+def assert_rigid_displacement(x: np.ndarray, dx: np.ndarray, atoms: np.ndarray) -> None:
+    """The displacements dx (N, 3) of `atoms` of positions x are one rigid motion u + ω × x
+    (solved by least squares; ω × r = -[r]× ω)."""
+    xs = x[atoms]
+    skew = np.zeros((len(atoms), 3, 3))
+    skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = xs[:, 2], -xs[:, 1], xs[:, 0]
+    skew = skew - skew.transpose(0, 2, 1)
+    design = np.concatenate([np.broadcast_to(np.eye(3), (len(atoms), 3, 3)), skew], 2).reshape(-1, 6)
+    fit, *_ = np.linalg.lstsq(design, dx[atoms].ravel(), rcond=None)
+    assert np.abs(design @ fit - dx[atoms].ravel()).max() < 1e-12
+
+
 def test_position_noise_has_its_width_and_no_rigid_body_part():
     """Position noise on the heavy atoms alone: the heavy atoms move by the asked width per axis,
     the hydrogens only by the rigid-body motion removed from the draw (δx = u + ω × x, no
@@ -531,15 +569,8 @@ def test_position_noise_has_its_width_and_no_rigid_body_part():
     control = Control(momentum=True, position_noise_a=(0.01, 0.0))
     moved = _Controller(control, x, np.zeros_like(x), mass, 50.0, hydrogen).displace(x, hydrogen)
     dx = moved - x
-    h = np.flatnonzero(z == 1)
-    for i in range(4):  # δx of the hydrogens: u + ω × x_h, solved by least squares
-        xh = x[i, h]
-        skew = np.zeros((len(h), 3, 3))  # ω × r = -[r]× ω
-        skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = xh[:, 2], -xh[:, 1], xh[:, 0]
-        skew = skew - skew.transpose(0, 2, 1)
-        design = np.concatenate([np.broadcast_to(np.eye(3), (len(h), 3, 3)), skew], 2).reshape(-1, 6)
-        fit, *_ = np.linalg.lstsq(design, dx[i, h].ravel(), rcond=None)
-        assert np.abs(design @ fit - dx[i, h].ravel()).max() < 1e-12
+    for i in range(4):  # the hydrogens move only by the rigid-body part taken out of the draw
+        assert_rigid_displacement(x[i], dx[i], np.flatnonzero(z == 1))
     heavy = dx[~hydrogen]  # (b · n_heavy, 3)
     assert heavy.std() == pytest.approx(0.01, rel=0.15)  # the rigid-body part removed takes 6 of 3n dof
     m = mass[..., None]
@@ -574,6 +605,32 @@ def test_hydrogen_noise_across_bonds_moves_the_bends_and_not_the_bond_lengths():
     assert moved["across"][1] == pytest.approx(moved["all"][1], rel=0.2), moved
     with pytest.raises(DataError, match="'all', 'across'"):
         Control(momentum=True, position_noise_a=(0.0, 0.01), hydrogen_noise_axes="along")
+
+
+def test_group_hydrogens_get_no_noise_when_asked_and_lone_hydrogens_keep_theirs():
+    """`group_hydrogen_noise=False`: the hydrogens of N-methylacetamide's two methyls are the
+    group hydrogens (its N–H, a lone hydrogen, is not), and noise on the hydrogens then moves
+    them only by the rigid-body part taken out of the draw (δx = u + ω × x, no internal part),
+    while the N–H moves by the asked width."""
+    from atomray.predict import state_from_smiles
+    from atomray.rollout import _Controller, group_hydrogens
+
+    state = state_from_smiles("CC(=O)NC", 300.0, seed=0)
+    z, b = state.atomic_numbers, 64
+    x = np.broadcast_to(state.positions, (b, len(z), 3)).copy()
+    quiet = group_hydrogens(x, [z] * b)
+    nh = [i for i in np.flatnonzero(z == 1) if z[np.argsort(np.linalg.norm(state.positions - state.positions[i],
+                                                                           axis=1))[1]] == 7]
+    assert quiet[0].sum() == 6 and len(nh) == 1 and not quiet[0, nh[0]] and (quiet[0] <= (z == 1)).all()
+    phenol = state_from_smiles("Oc1ccccc1", 300.0, seed=0)
+    assert not group_hydrogens(phenol.positions[None], [phenol.atomic_numbers]).any()  # a lone O–H
+    mass = np.broadcast_to(atomic_masses(z).astype(np.float64), (b, len(z))).copy()
+    hydrogen = np.broadcast_to(z == 1, mass.shape)
+    control = Control(momentum=True, position_noise_a=(0.0, 0.02), group_hydrogen_noise=False)
+    dx = _Controller(control, x, np.zeros_like(x), mass, 50.0, hydrogen).displace(x, hydrogen, quiet) - x
+    for i in range(4):
+        assert_rigid_displacement(x[i], dx[i], np.flatnonzero(quiet[0] | (z > 1)))
+    assert dx[:, nh[0]].std() == pytest.approx(0.02, rel=0.3)
 
 
 def test_too_few_lags_for_the_difference_velocities_is_a_clear_error():
@@ -737,14 +794,18 @@ def test_the_recipe_sets_the_measured_controls_and_the_command_line_wins():
     job = job_module("rollout.py")
     base = ["--model", "m", "--out", "o"]
     a = job.parse_args(base + ["--recipe"])
-    assert (a.momentum, a.thermostat, a.tau_fs, a.step_fs, list(a.position_noise), a.rotor_radii,
-            a.height_feedback, a.thermostat_groups, a.proton_hops, a.rotor_turns, a.turn_energy) == (
-        True, "csvr", 20.0, 50.0, [0.005, 0.0], True, 1000.0, "hydrogens", True, True, "mmff")
+    assert (a.momentum, a.thermostat, a.tau_fs, a.step_fs, list(a.position_noise), a.hydrogen_noise_axes,
+            a.group_hydrogen_noise, a.rotor_radii, a.height_feedback, a.thermostat_groups, a.proton_hops,
+            a.rotor_turns, a.turn_energy) == (
+        True, "csvr", 20.0, 50.0, [0.005, 0.02], "across", False, True, 1000.0, "hydrogens", True, True, "mmff")
     b = job.parse_args(base + ["--recipe", "--tau-fs", "50", "--no-momentum", "--position-noise", "0", "0",
                                "--height-feedback", "0", "--turn-energy", "gfn2"])
     assert (b.tau_fs, b.momentum, list(b.position_noise), b.thermostat, b.height_feedback, b.turn_energy) == (
         50.0, False, [0.0, 0.0], "csvr", 0.0, "gfn2")
     assert job.parse_args(base + ["--recipe", "--no-rotor-turns"]).rotor_turns is False
+    d = job.parse_args(base + ["--recipe", "--hydrogen-noise-axes", "all", "--group-hydrogen-noise"])
+    assert (d.hydrogen_noise_axes, d.group_hydrogen_noise, list(d.position_noise)) == ("all", True, [0.005, 0.02])
     c = job.parse_args(base)
     assert (c.momentum, c.thermostat, c.tau_fs, c.rotor_radii, c.height_feedback, c.proton_hops, c.rotor_turns,
-            c.turn_energy) == (False, "none", 100.0, False, 0.0, False, False, "gfn2")
+            c.turn_energy, list(c.position_noise), c.hydrogen_noise_axes, c.group_hydrogen_noise) == (
+        False, "none", 100.0, False, 0.0, False, False, "gfn2", [0.0, 0.0], "all", True)
