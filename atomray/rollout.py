@@ -225,11 +225,10 @@ class Control:
     (`jobs/rollout.py --recipe`) takes (0.005, 0.02) across, with `group_hydrogen_noise=False`:
     the chained correction narrows the angles with a hydrogen to two thirds of the reference's
     width, and this noise brings ATOM's angles down on ten of eleven molecules
-    (docs/experiments.md, "Why the prior alone is as close"). `group_hydrogen_noise=False` gives no noise to
-    the hydrogens of a terminal group of two or more (a methyl, amino or =CH2 group,
-    `atomray.priors.modes.rotor_groups`): drawn apart, two of them can meet on their circle
-    (N-methylacetamide's methyl hydrogens 0.41 Å apart after 63 ps under 0.02 Å across,
-    docs/experiments.md, "Why the prior alone is as close").
+    (docs/experiments.md, "Why the prior alone is as close"). `group_hydrogen_noise=False`
+    gives no noise to the hydrogens of a terminal group of two or more (a methyl, amino or =CH2
+    group, `atomray.priors.modes.rotor_groups`): drawn apart, two of them can meet on their
+    circle (N-methylacetamide's methyl hydrogens 0.41 Å apart after 63 ps under 0.02 Å across).
 
     `rotor_radii` (default off): after every step each terminal group's hydrogens (a methyl,
     hydroxyl or amino group, `atomray.priors.modes.rotor_groups`) are put back on their circles

@@ -66,12 +66,13 @@ import sys
 import time
 
 
-# `--recipe`: the rollout controls measured best (docs/results.md, "The recipe", "Proton hops", "Rotor turns" and
-# "Methyl heights steered"); every
+# `--recipe`: the rollout controls measured best (docs/results.md, "The recipe", "Proton hops", "Rotor turns",
+# "Methyl heights steered" and "The recipe now"); every
 # option the command line sets itself wins over the recipe's.
 RECIPE = {"momentum": True, "thermostat": "csvr", "tau_fs": 20.0, "step_fs": 50.0, "position_noise": [0.005, 0.02],
-          "hydrogen_noise_axes": "across", "group_hydrogen_noise": False, "rotor_radii": True, "height_feedback": 1000.0, "thermostat_groups": "hydrogens", "proton_hops": True,
-          "rotor_turns": True, "turn_energy": "mmff"}
+          "hydrogen_noise_axes": "across", "group_hydrogen_noise": False, "rotor_radii": True,
+          "height_feedback": 1000.0, "thermostat_groups": "hydrogens", "proton_hops": True, "rotor_turns": True,
+          "turn_energy": "mmff"}
 
 
 def apply_recipe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
@@ -251,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         control = Control(momentum=args.momentum, thermostat=args.thermostat, temperature_k=args.temperature,
                           tau_fs=args.tau_fs, seed=args.seed, groups=args.thermostat_groups,
                           position_noise_a=tuple(args.position_noise), hydrogen_noise_axes=args.hydrogen_noise_axes,
-                          group_hydrogen_noise=args.group_hydrogen_noise, rotor_radii=args.rotor_radii, rotor_heights=args.rotor_heights,
+                          group_hydrogen_noise=args.group_hydrogen_noise, rotor_radii=args.rotor_radii,
+                          rotor_heights=args.rotor_heights,
                           height_feedback_fs=args.height_feedback, proton_hops=args.proton_hops,
                           rotor_turns=args.rotor_turns, turn_every=args.turn_every, turn_energy=args.turn_energy,
                           hop_every=args.hop_every)
