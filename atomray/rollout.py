@@ -451,18 +451,25 @@ def _across_bonds(x: np.ndarray, draw: np.ndarray, hydrogen: np.ndarray, heavy: 
     return np.where((hydrogen & heavy.any(1, keepdims=True))[..., None], draw - along, draw)
 
 
-def group_hydrogens(x: np.ndarray, zs: Sequence[np.ndarray], graphs: Sequence[np.ndarray | None] | None = None
-                    ) -> np.ndarray:
-    """(B, N) mask of the hydrogens in terminal groups of two or more (a methyl, amino or =CH2
-    group, `atomray.priors.modes.rotor_groups`) of states x (B, N, 3) with atoms zs, over each
-    state's bond graph (None: perceived from x); a lone hydroxyl or N–H hydrogen is not one."""
+def state_groups(x: np.ndarray, z: np.ndarray, bonds: np.ndarray | None = None) -> list[tuple[int, int, list[int]]]:
+    """The terminal groups (Y, X, [H, …]) of a state x (N, 3) Å with atoms z
+    (`atomray.priors.modes.rotor_groups` over `bonds`, or over the graph RDKit perceives from x;
+    none where that fails)."""
     from atomray.priors.minima import molecule_bonds
     from atomray.priors.modes import rotor_groups
 
+    graph = bonds if bonds is not None else molecule_bonds(x, z)
+    return [] if graph is None else rotor_groups(z, graph)
+
+
+def group_hydrogens(x: np.ndarray, zs: Sequence[np.ndarray], graphs: Sequence[np.ndarray | None] | None = None
+                    ) -> np.ndarray:
+    """(B, N) mask of the hydrogens in terminal groups of two or more (a methyl, amino or =CH2
+    group, `state_groups`) of states x (B, N, 3) with atoms zs, over each state's bond graph
+    (None: perceived from x); a lone hydroxyl or N–H hydrogen is not one."""
     mask = np.zeros(x.shape[:2], bool)
     for i, z in enumerate(zs):
-        graph = graphs[i] if graphs is not None else molecule_bonds(x[i, : len(z)], z)
-        for _, _, hs in [] if graph is None else rotor_groups(z, graph):
+        for _, _, hs in state_groups(x[i, : len(z)], z, None if graphs is None else graphs[i]):
             mask[i, hs] = len(hs) > 1
     return mask
 
@@ -599,13 +606,10 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
                           control.hop_every)
     turns = None
     if control.rotor_turns:
-        from atomray.priors.minima import molecule_bonds
-        from atomray.priors.modes import rotor_groups
         from atomray.rotor_turns import RotorTurns
 
-        def terminal_groups(i: int) -> list:
-            graph = graphs[i] if graphs is not None else molecule_bonds(x[i, : len(zs[i])], zs[i])
-            return [] if graph is None else rotor_groups(zs[i], graph)
+        def terminal_groups(i: int) -> list:  # state i's groups now (x as the loop has it)
+            return state_groups(x[i, : len(zs[i])], zs[i], None if graphs is None else graphs[i])
 
         turns = RotorTurns(x, zs, [terminal_groups(i) for i in range(b)], control.temperature_k, control.seed,
                            [s.name for s in states], control.turn_every, energy=control.turn_energy, bonds=graphs)
