@@ -16,8 +16,8 @@ import torch
 
 from atomray.data.augment import random_rotation
 from atomray.priors import minima, store
-from atomray.priors.minima import (BASIN_RMSD, BasinFinder, gfn2_minimum, machine_finder, mmff_minimum,
-                                   nearest_minimum, recent_mmff_minimum, rmsd_superposed, store_tag)
+from atomray.priors.minima import (BASIN_RMSD, BasinFinder, centroid_radii, gfn2_minimum, machine_finder,
+                                   mmff_minimum, nearest_minimum, recent_mmff_minimum, rmsd_superposed, store_tag)
 from atomray.priors.recent import Recent
 from atomray.priors.store import BasinStore, write_once
 from priorkit import ROOT, conformer, fresh_store, trajectory
@@ -228,6 +228,37 @@ def test_rmsd_superposed_ignores_rotation_and_translation_but_not_shape():
     grown = 1.1 * centred + 5.0  # a size change no rigid motion undoes: 0.1 × the RMS radius
     expect = 0.1 * np.sqrt((centred ** 2).sum(-1).mean())
     np.testing.assert_allclose(rmsd_superposed(np.stack([grown, turned[1]]), q), [expect, 0.0], atol=1e-10)
+
+
+def test_the_basin_search_superposes_few_basins_and_finds_the_first_within_basin_rmsd(monkeypatch):
+    """The basins' index (`centroid_radii`) is a lower bound on the superposed RMSD, so the
+    search returns what superposing every basin returns, while superposing only the basins whose
+    bound lets them match. Many near-identical basins (turned, moved, some within BASIN_RMSD of
+    the queries, some just outside) probe the edge."""
+    g = np.random.default_rng(7)
+    shape = g.normal(size=(12, 3)) * 1.5
+    turn = [random_rotation(torch.Generator().manual_seed(k)).numpy() for k in range(400)]
+    spread = g.choice([0.01, 0.03, 0.3, 1.0], p=[0.05, 0.05, 0.45, 0.45], size=400)
+    basins = [(shape + g.normal(size=(12, 3)) * spread[k]) @ turn[k].T + g.normal(size=3) for k in range(400)]
+    finder = BasinFinder(np.full(12, 6))
+    for b in basins:
+        finder._add(b, None)
+    superposed = []
+    real = minima.rmsd_superposed
+    monkeypatch.setattr(minima, "rmsd_superposed", lambda p, q: superposed.append(len(p)) or real(p, q))
+    found = 0
+    for k in range(60):
+        query = (basins[k] + g.normal(size=(12, 3)) * 0.02) @ turn[-k - 1].T
+        start = int(g.integers(0, 3))
+        rmsd = real(np.stack(basins[start:]), query)
+        assert np.all(np.sqrt(np.square(centroid_radii(np.stack(basins[start:])) - centroid_radii(query)).mean(-1))
+                      <= rmsd + 1e-12)
+        close = np.flatnonzero(rmsd < BASIN_RMSD)
+        expect = start + int(close[0]) if close.size else -1
+        assert finder._match(query, start) == expect
+        found += expect >= 0
+    assert found > 20  # the queries do match basins, not only miss them
+    assert sum(superposed) < 0.2 * 60 * 400, "the search superposed (nearly) every basin: the index is not used"
 
 
 def test_a_molecule_mmff_cannot_type_gets_no_basin_and_a_warning(tmp_path, monkeypatch):
