@@ -75,6 +75,8 @@ class Rollout:
     hop_attempts: np.ndarray | None = None  # (B,) proton hops attempted per rollout
     turns: np.ndarray | None = None  # (B,) rotor turns accepted per rollout (`Control.rotor_turns`)
     turn_attempts: np.ndarray | None = None  # (B,) rotor turns attempted per rollout
+    torsions: np.ndarray | None = None  # (B,) torsion turns accepted per rollout (`Control.torsion_turns`)
+    torsion_attempts: np.ndarray | None = None  # (B,) torsion turns attempted per rollout
 
     @property
     def simulated_fs(self) -> float:
@@ -261,6 +263,13 @@ class Control:
     `atomray.rotor_turns`): a rollout's methyls otherwise barely turn (N-methylacetamide's
     N-methyl: 0 turns in 5 × 100 ps against MD's 145 per 100 ps).
 
+    `torsion_turns` (default off, not in the recipe): the same Metropolis move, on the rotor
+    turns' steps, for each rotatable heavy-atom bond: its smaller side turned rigidly by 120°,
+    −120° or 180° (`atomray.rotor_turns.TorsionTurns`), accepted on `torsion_energy` (default
+    GFN2-xTB's, on which a rigid turn of a conjugated torsion is rarely taken; MMFF94's weighs the
+    rotamers its own way). A rollout's chained conditional mean otherwise never crosses a
+    heavy-atom torsion barrier (docs/experiments.md, "Torsion turns").
+
     `thermostat="langevin"` (needs `momentum`): a Langevin (Ornstein–Uhlenbeck) update of every
     atom's internal velocity once per step, v' = c v + √((1 − c²) k_B T / m) ξ with ξ standard
     normal per atom and axis, then the rigid-body part of v' removed again (the mass-weighted
@@ -286,6 +295,8 @@ class Control:
     rotor_turns: bool = False  # Metropolis turns of terminal groups about their bond (GFN2-xTB)
     turn_every: int = 10  # steps between turn attempts
     turn_energy: str = "gfn2"  # gfn2 | mmff: the energy the turns are accepted on
+    torsion_turns: bool = False  # Metropolis turns about rotatable heavy-atom bonds (with the rotor turns' steps)
+    torsion_energy: str = "gfn2"  # gfn2 | mmff: the energy the torsion turns are accepted on
 
     def __post_init__(self):
         if self.thermostat not in THERMOSTATS:
@@ -331,6 +342,14 @@ class Control:
         if self.rotor_turns and not self.momentum:
             raise DataError("rollout: a rotor turn moves atoms, which changes the angular momentum; rotor turns "
                             "need momentum control")
+        if self.torsion_turns and not self.momentum:
+            raise DataError("rollout: a torsion turn moves atoms, which changes the angular momentum; torsion turns "
+                            "need momentum control")
+        if self.torsion_turns and not np.all(np.asarray(self.temperature_k, float) > 0):
+            raise DataError(f"rollout: torsion turns are accepted at a temperature > 0 K, found {self.temperature_k} K")
+        if self.torsion_energy not in ("gfn2", "mmff"):
+            raise DataError(f"rollout: torsion turns are accepted on 'gfn2' or 'mmff' energies, "
+                            f"found {self.torsion_energy!r}")
         if self.turn_energy not in ("gfn2", "mmff"):
             raise DataError(f"rollout: rotor turns are accepted on 'gfn2' or 'mmff' energies, found {self.turn_energy!r}")
         if self.turn_every < 1:
@@ -348,7 +367,7 @@ class Control:
     @property
     def active(self) -> bool:
         return (self.momentum or self.thermostat != "none" or any(self.position_noise_a) or self.rotor_radii
-                or self.proton_hops or self.rotor_turns)
+                or self.proton_hops or self.rotor_turns or self.torsion_turns)
 
 
 def csvr_kinetic_energy(k: np.ndarray, k_target: np.ndarray, dof: np.ndarray, c: float,
@@ -613,6 +632,13 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
 
         turns = RotorTurns(x, zs, [terminal_groups(i) for i in range(b)], control.temperature_k, control.seed,
                            [s.name for s in states], control.turn_every, energy=control.turn_energy, bonds=graphs)
+    torsions = None
+    if control.torsion_turns:
+        from atomray.rotor_turns import TorsionTurns, torsion_groups
+
+        torsions = TorsionTurns(x, zs, [torsion_groups(x[i, : len(z)], z, None if graphs is None else graphs[i])
+                                        for i, z in enumerate(zs)], control.temperature_k, control.seed,
+                                [s.name for s in states], control.turn_every, control.torsion_energy, graphs)
     quiet = None  # Control.group_hydrogen_noise
     if any(control.position_noise_a) and not control.group_hydrogen_noise:
         quiet = group_hydrogens(x, zs, graphs)
@@ -665,7 +691,14 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
                         for i in {i for i, *_ in hopped}:
                             turns.groups[i] = terminal_groups(i)
                             turns.regraph(i, None if graphs is None else graphs[i])
+                    if torsions is not None:  # the proton changes sides
+                        for i in {i for i, *_ in hopped}:
+                            graph = None if graphs is None else graphs[i]
+                            torsions.groups[i] = torsion_groups(x[i, : len(zs[i])], zs[i], graph)
+                            torsions.regraph(i, graph)
             if turns is not None and turns.active and turns(x, dead):
+                out[:, -1] = np.where(dead[:, None, None], np.nan, x)
+            if torsions is not None and torsions.active and torsions(x, dead):
                 out[:, -1] = np.where(dead[:, None, None], np.nan, x)
             v = np.where(dead[:, None, None], 0.0, controller(x, v))
             control_seconds += time.perf_counter() - t1
@@ -684,7 +717,9 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
                    [step_v[i, :, : len(z)] for i, z in enumerate(zs)], seconds,
                    [model_v[i, :, : len(z)] for i, z in enumerate(zs)], control_seconds,
                    None if hops is None else hops.accepted.copy(), None if hops is None else hops.attempts.copy(),
-                   None if turns is None else turns.accepted.copy(), None if turns is None else turns.attempts.copy())
+                   None if turns is None else turns.accepted.copy(), None if turns is None else turns.attempts.copy(),
+                   None if torsions is None else torsions.accepted.copy(),
+                   None if torsions is None else torsions.attempts.copy())
 
 
 def write_rollout_extxyz(path: str | Path, traj: Rollout, i: int) -> Path:

@@ -23,6 +23,19 @@ is tried in turn on every `every`-th call: 1 + (its groups) single points per st
 and the turns then sample MMFF94's torsion profile rather than the reference's.
 
 What it is not: dynamics. `every` sets how often a group may turn, not the rate MD gives.
+
+Torsion turns (`TorsionTurns`, `torsion_groups`): the same move for a heavy-atom torsion. Every
+rotatable bond Y–X (single, in no ring, between two heavy atoms each with another heavy
+neighbour, not an amide's C–N) turns its smaller side about the axis Y→X by 120°, −120° or 180°,
+drawn uniformly (a symmetric proposal: each angle's inverse is in the set with the same weight):
+one rotamer to the next (sp3–sp3) or s-cis to s-trans (sp2–sp2); an angle that lands on no
+rotamer costs the energy of an eclipsed or twisted torsion and is refused. An amide's C–N turns
+once in far longer than the 100 ps a rollout is judged over (its barrier is ~18 kcal/mol), so it
+is left out. What it does, measured on acetylacetone's enol (5 × 100 ps, docs/experiments.md,
+"Torsion turns"): on MMFF94's energy 4 % of the turns are taken and the rollouts switch between
+s-cis and s-trans 4–13 times, with MMFF94's weights; on GFN2-xTB's a rigid turn keeps the bond
+angles of the rotamer it leaves, which clash in the other, and 1 in 1 000 is taken. Off in the
+rollout recipe.
 """
 
 from __future__ import annotations
@@ -44,6 +57,47 @@ def turn_group(x: np.ndarray, y: int, c: int, hydrogens: list[int], angle_rad: f
     return out
 
 
+def torsion_groups(x: np.ndarray, z: np.ndarray, bonds: np.ndarray | None) -> list[tuple[int, int, list[int]]]:
+    """(Y, X, [atoms of X's side less X]) for every rotatable heavy-atom bond of the state x (N, 3) Å
+    with atoms z over the bond graph `bonds` (None: perceived from x), its smaller side turning
+    (module docstring); none where RDKit cannot perceive the bond orders."""
+    from atomray.priors.minima import mmff_field
+
+    built = mmff_field(np.asarray(x, np.float64), np.asarray(z), bonds)
+    if built is None:
+        return []
+    mol = built[0]
+    heavy = [sum(n.GetAtomicNum() > 1 for n in a.GetNeighbors()) for a in mol.GetAtoms()]
+
+    def double_bonded_o(atom) -> bool:
+        return any(b.GetBondTypeAsDouble() == 2.0 and b.GetOtherAtom(atom).GetAtomicNum() in (8, 16)
+                   for b in atom.GetBonds())
+
+    def side(start: int, away: int) -> list[int]:
+        seen, todo = {start}, [start]
+        while todo:
+            for n in mol.GetAtomWithIdx(todo.pop()).GetNeighbors():
+                k = n.GetIdx()
+                if k != away and k not in seen:
+                    seen.add(k)
+                    todo.append(k)
+        return sorted(seen - {start})
+
+    groups = []
+    for bond in mol.GetBonds():
+        a, b = bond.GetBeginAtom(), bond.GetEndAtom()
+        if (bond.GetBondType() != bond.GetBondType().SINGLE or bond.IsInRing() or min(a.GetAtomicNum(),
+                                                                                      b.GetAtomicNum()) < 2
+                or heavy[a.GetIdx()] < 2 or heavy[b.GetIdx()] < 2):
+            continue
+        if {a.GetAtomicNum(), b.GetAtomicNum()} == {6, 7} and double_bonded_o(a if a.GetAtomicNum() == 6 else b):
+            continue  # an amide's C–N
+        y, c = a.GetIdx(), b.GetIdx()
+        near_c, near_y = side(c, y), side(y, c)
+        groups.append((y, c, near_c) if len(near_c) <= len(near_y) else (c, y, near_y))
+    return groups
+
+
 class RotorTurns(MetropolisMoves):
     """The terminal groups of a batch of rollout states (positions x (B, N, 3) Å, atoms zs[i],
     groups[i] a list of (Y, X, [H, …]) per state), their energies' engines and counters; calling
@@ -52,14 +106,18 @@ class RotorTurns(MetropolisMoves):
     def __init__(self, x: np.ndarray, zs: list[np.ndarray], groups: list[list[tuple[int, int, list[int]]]],
                  temperature_k: float | np.ndarray = 300.0, seed: int = 0, names: list[str] | None = None,
                  every: int = 10, max_turn_deg: float = 60.0, energy: str = "gfn2",
-                 bonds: list[np.ndarray | None] | None = None):
-        super().__init__(zs, temperature_k, seed, 2, names, every, energy, bonds)
+                 bonds: list[np.ndarray | None] | None = None, stream: int = 2):
+        super().__init__(zs, temperature_k, seed, stream, names, every, energy, bonds)
         self.groups = [list(g) for g in groups]
         self.max_turn = np.radians(max_turn_deg)
 
     @property
     def active(self) -> bool:
         return any(self.groups)
+
+    def angle(self) -> float:
+        """A turn's angle (rad), uniform in ±max_turn."""
+        return self.rng.uniform(-self.max_turn, self.max_turn)
 
     def __call__(self, x: np.ndarray, dead: np.ndarray) -> list[tuple[int, int, float]]:
         """Try a turn of every group of every live state (on every `every`-th call); x (B, N, 3)
@@ -72,7 +130,7 @@ class RotorTurns(MetropolisMoves):
                 continue
             n, before = len(self.zs[i]), None
             for k, (y, c, hydrogens) in enumerate(groups):
-                angle = self.rng.uniform(-self.max_turn, self.max_turn)
+                angle = self.angle()
                 draw = self.rng.random()
                 moved = turn_group(x[i, :n], y, c, hydrogens, angle)
                 taken, before = self.attempt(i, x[i, :n], moved, draw, before)
@@ -80,3 +138,19 @@ class RotorTurns(MetropolisMoves):
                     x[i, :n] = moved
                     turned.append((i, k, float(np.degrees(angle))))
         return turned
+
+
+TORSION_ANGLES = np.radians([120.0, -120.0, 180.0])
+
+
+class TorsionTurns(RotorTurns):
+    """Torsion turns (module docstring) of a batch of rollout states: `RotorTurns` over
+    `torsion_groups`, each turn's angle one of `TORSION_ANGLES`, drawn from its own stream."""
+
+    def __init__(self, x: np.ndarray, zs: list[np.ndarray], groups: list[list[tuple[int, int, list[int]]]],
+                 temperature_k: float | np.ndarray = 300.0, seed: int = 0, names: list[str] | None = None,
+                 every: int = 10, energy: str = "gfn2", bonds: list[np.ndarray | None] | None = None):
+        super().__init__(x, zs, groups, temperature_k, seed, names, every, 180.0, energy, bonds, stream=3)
+
+    def angle(self) -> float:
+        return float(TORSION_ANGLES[self.rng.integers(len(TORSION_ANGLES))])

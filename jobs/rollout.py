@@ -10,8 +10,11 @@ set), evenly spaced over its trajectory, for `--molecules` or the test molecules
 own split (`--test-molecules`, e.g. a CV fold's); or for a SMILES (3-D embedding) or a structure
 file (--structure), frames evenly spaced over fresh reference MD equilibrated at --temperature
 (--equilibrate-fs; with 0, the structure itself with Maxwell–Boltzmann velocities, or the file's,
-one rollout per seed). All rollouts run as one batch in
-steps of `--step-fs` (default: the longest horizon the model trained on; `atomray.rollout`).
+one rollout per seed). A SMILES starts from its first ETKDG embedding, or with `--conformers K`
+from the lowest GFN2-xTB minimum of K embeddings of the same stereoisomer (a reference from a
+rotamer kcal/mol above another measures its decay, not the molecule at --temperature). All
+rollouts run as one batch in steps of `--step-fs` (default: the longest horizon the model trained
+on; `atomray.rollout`).
 Between steps, `--momentum` keeps each start's linear and angular momentum exactly and
 `--thermostat csvr` holds the internal motion at --temperature (NVT, `atomray.rollout.Control`);
 `--thermostat langevin` does so atom by atom, so no atom group runs hotter than another;
@@ -25,8 +28,10 @@ molecule with an intramolecular hydrogen bond hop to its other tautomer (Metropo
 GFN2-xTB energy, every `--hop-every` steps; `atomray.proton_hops`); `--rotor-turns` turns each
 terminal group about its bond the same way (every `--turn-every` steps; `atomray.rotor_turns`;
 on GFN2-xTB's energy half the rollout's time on methyl-rich batches, `--turn-energy mmff` a
-tenth). Each step's prior keeps the
-start's bond graph (`--basin-bonds start`), the proton's bond moved with each hop.
+tenth); `--torsion-turns` turns the smaller side of each rotatable heavy-atom bond by ±120° or
+180° on the same steps (on `--torsion-energy`, default GFN2-xTB's; `atomray.rotor_turns.TorsionTurns`;
+measured and off in the recipe). Each step's prior keeps the start's bond graph
+(`--basin-bonds start`), the proton's bond moved with each hop.
 `--recipe` sets the measured rollout recipe in one flag (`RECIPE`: momentum, CSVR at τ 20 fs with
 the hydrogens coupled apart, 50 fs steps, one lag for a velocity head, 0.005 Å of noise on the
 heavy atoms and 0.02 Å across the bonds of the hydrogens outside methyl-like groups, rotor radii
@@ -107,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--smiles / --structure: Langevin dynamics at --temperature before the reference NVE "
                              "MD, whose frames are then the starts (default 1000 fs; 0: start from the structure "
                              "with drawn velocities, one start per seed)")
+    parser.add_argument("--conformers", type=int, default=1, metavar="K",
+                        help="--smiles: start from the lowest GFN2-xTB minimum of K embeddings with the first one's "
+                             "stereochemistry instead of the first embedding (default 1: the first embedding)")
     parser.add_argument("--reference-ensemble", choices=("auto", "nve", "nvt"), default="auto",
                         help="--smiles / --structure: the fresh reference MD after equilibration: NVE, or NVT "
                              "(Langevin at --temperature), whose distributions are those an NVT rollout is held "
@@ -176,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="between steps, try turning each methyl's, amino and hydroxyl group's hydrogens about "
                              "their bond by up to 60 degrees, accepted on the GFN2-xTB energy (Metropolis; needs "
                              "--momentum; atomray.rotor_turns)")
+    parser.add_argument("--torsion-turns", action=argparse.BooleanOptionalAction, default=None,
+                        help="on the rotor turns' steps, try turning the smaller side of each rotatable "
+                             "heavy-atom bond by 120, -120 or 180 degrees (Metropolis; s-cis/s-trans, "
+                             "gauche/anti; needs --momentum; atomray.rotor_turns.TorsionTurns)")
+    parser.add_argument("--torsion-energy", choices=("gfn2", "mmff"), default="gfn2",
+                        help="the energy torsion turns are accepted on (default gfn2, the reference's)")
     parser.add_argument("--turn-every", type=int, default=10, metavar="STEPS",
                         help="steps between rotor-turn attempts (default 10)")
     parser.add_argument("--turn-energy", choices=("gfn2", "mmff"), default=None,
@@ -213,6 +227,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.height_feedback = args.height_feedback or 0.0  # None: not given
     args.turn_energy = args.turn_energy or "gfn2"
     args.rotor_turns = bool(args.rotor_turns)
+    args.torsion_turns = bool(args.torsion_turns)
     args.group_hydrogen_noise = args.group_hydrogen_noise is not False  # None: not given
     args.hydrogen_noise_axes = args.hydrogen_noise_axes or "all"
     return args
@@ -237,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.reference_ensemble == "nvt" and not (args.smiles or args.structure):
             raise ConfigError("--reference-ensemble nvt is for the fresh reference MD of --smiles / --structure; "
                               "a data set's molecules are judged against their own trajectories")
+        if args.conformers < 1 or (args.conformers > 1 and not args.smiles):
+            raise ConfigError(f"--conformers K (K >= 1, found {args.conformers}) picks the start of a --smiles; "
+                              "a --structure or a data set's frames are their own starts")
         if args.reference_runs < 1:
             raise ConfigError(f"--reference-runs must be >= 1, found {args.reference_runs}")
         if args.reference_runs > 1 and not ((args.smiles or args.structure) and args.equilibrate_fs > 0):
@@ -256,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                           rotor_heights=args.rotor_heights,
                           height_feedback_fs=args.height_feedback, proton_hops=args.proton_hops,
                           rotor_turns=args.rotor_turns, turn_every=args.turn_every, turn_energy=args.turn_energy,
+                          torsion_turns=args.torsion_turns, torsion_energy=args.torsion_energy,
                           hop_every=args.hop_every)
         model, cfg, state = tracking.load_model_uri(uri, args.model, prior_only=args.prior_only)
         if args.recipe and args.lags == 0 and cfg.model.predict_velocity:
@@ -291,7 +310,7 @@ def start_states(args, cfg):
 
         def draw(seed):
             if args.smiles:
-                return state_from_smiles(args.smiles, args.temperature, seed)
+                return state_from_smiles(args.smiles, args.temperature, seed, args.conformers)
             return state_from_file(args.structure, args.temperature, seed)
 
         first = draw(0)
@@ -396,7 +415,8 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
         write_rollout_extxyz(out / f"{_safe(name)}.extxyz", traj, i)
     rows = check_rollouts(traj, refs, molecule_of, out)
     for taken, tried, key, what in ((traj.hops, traj.hop_attempts, "proton_hops", "proton hop(s)"),
-                                    (traj.turns, traj.turn_attempts, "rotor_turns", "rotor turn(s)")):
+                                    (traj.turns, traj.turn_attempts, "rotor_turns", "rotor turn(s)"),
+                                    (traj.torsions, traj.torsion_attempts, "torsion_turns", "torsion turn(s)")):
         if taken is None:
             continue
         for r in rows:  # the Metropolis moves' counts, per molecule
@@ -442,10 +462,12 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
                                         "rotor_heights": control.rotor_heights,
                                         "height_feedback_fs": control.height_feedback_fs, "proton_hops": control.proton_hops,
                                         "rotor_turns": control.rotor_turns, "turn_every": control.turn_every,
-                                        "turn_energy": control.turn_energy,
+                                        "turn_energy": control.turn_energy, "torsion_turns": control.torsion_turns,
+                                        "torsion_energy": control.torsion_energy,
                                         "hop_every": control.hop_every,
                                         "reference_ensemble": args.reference_ensemble if not root else "data set",
                                         "reference_runs": args.reference_runs if not root else 1,
+                                        "conformers": args.conformers,
                                         "starts": args.starts, "delta_fs": args.delta_fs,
                                         "lags": args.lags or cfg.data.num_lags, "velocity": args.velocity, "molecules": ",".join(dict.fromkeys(molecule_of)),
                                         "reference": str(root) if root else rows[0]["reference"]})
@@ -540,6 +562,9 @@ def _describe(control, prior_only: bool = False) -> str:
         noise += f"; proton hops (Metropolis, GFN2-xTB, every {control.hop_every} step(s))"
     if control.rotor_turns:
         noise += (f"; rotor turns (Metropolis, {'GFN2-xTB' if control.turn_energy == 'gfn2' else 'MMFF94'}, "
+                  f"every {control.turn_every} step(s))")
+    if control.torsion_turns:
+        noise += (f"; torsion turns (Metropolis, {'GFN2-xTB' if control.torsion_energy == 'gfn2' else 'MMFF94'}, "
                   f"every {control.turn_every} step(s))")
     at = (f"{control.temperature_k:g} K" if isinstance(control.temperature_k, (int, float))
           else "each molecule's reference temperature")

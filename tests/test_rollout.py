@@ -449,6 +449,31 @@ def test_an_equilibrated_fresh_reference_runs_near_the_target_temperature(smiles
     assert np.array_equal(starts[1].positions, warm.positions[50])
 
 
+def test_the_lowest_conformer_start_is_the_enols_s_cis_minimum_of_the_same_stereoisomer():
+    """Acetylacetone's enol from SMILES: the first embedding is s-trans about C3–C4 (the
+    C1–C3–C4–O6 dihedral ~150°); of ten embeddings the lowest GFN2-xTB minimum is s-cis, kcal/mol
+    lower, and keeps the first embedding's E double bond (the lowest of all ten, the other
+    stereoisomer's H-bonded Z-enol, is a different molecule)."""
+    from atomray.predict import state_from_smiles
+    from atomray.priors.minima import gfn2_minimum
+    from atomray.tg80.engines import TBLiteEngine, molecule_with_hydrogens
+
+    def dihedral(x, a, b, c, d):
+        b0, b1, b2 = x[a] - x[b], x[c] - x[b], x[d] - x[c]
+        b1 = b1 / np.linalg.norm(b1)
+        v, w = b0 - (b0 @ b1) * b1, b2 - (b2 @ b1) * b1
+        return abs(float(np.degrees(np.arctan2(np.cross(b1, v) @ w, v @ w))))
+
+    first = state_from_smiles("CC(O)=CC(C)=O", 300.0, seed=0)
+    lowest = state_from_smiles("CC(O)=CC(C)=O", 300.0, seed=0, conformers=10)
+    assert dihedral(first.positions, 1, 3, 4, 6) > 120 and dihedral(lowest.positions, 1, 3, 4, 6) < 30
+    assert dihedral(first.positions, 0, 1, 3, 4) < 30 and dihedral(lowest.positions, 0, 1, 3, 4) < 30  # both E
+    engine = TBLiteEngine(molecule_with_hydrogens("CC(O)=CC(C)=O", "test"), "GFN2-xTB", "test")
+    gap_ev = engine.forces(gfn2_minimum(first.positions, first.atomic_numbers))[0] - engine.forces(lowest.positions)[0]
+    assert gap_ev > 0.05  # > 1.2 kcal/mol
+    np.testing.assert_array_equal(lowest.velocities, first.velocities)  # the seed's draw
+
+
 def test_an_nvt_reference_holds_the_temperature_an_nve_reference_drifts_from(tmp_path):
     """From a relaxed structure with velocities drawn at 300 K, NVE MD runs near 150 K (half the
     kinetic energy goes into the potential); NVT MD (`ensemble="nvt"`, Langevin) returns to 300 K
