@@ -95,12 +95,13 @@ def lowest_conformer(mol, embedded: list[np.ndarray], where: str) -> np.ndarray:
 
     z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
     stereo = stereo_from_3d(mol, embedded[0])
+    engine = TBLiteEngine(mol, "GFN2-xTB", where)
     best, lowest = None, np.inf
     for pos in embedded:
         minimum = None if stereo_from_3d(mol, pos) != stereo else gfn2_minimum(pos, z)
         if minimum is None or stereo_from_3d(mol, minimum) != stereo:
             continue
-        energy = TBLiteEngine(mol, "GFN2-xTB", where).forces(minimum)[0]
+        energy = engine.forces(minimum)[0]
         if energy < lowest:
             best, lowest = minimum, energy
     if best is None:

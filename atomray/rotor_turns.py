@@ -86,9 +86,9 @@ def torsion_groups(x: np.ndarray, z: np.ndarray, bonds: np.ndarray | None) -> li
     groups = []
     for bond in mol.GetBonds():
         a, b = bond.GetBeginAtom(), bond.GetEndAtom()
-        if (bond.GetBondType() != bond.GetBondType().SINGLE or bond.IsInRing() or min(a.GetAtomicNum(),
-                                                                                      b.GetAtomicNum()) < 2
-                or heavy[a.GetIdx()] < 2 or heavy[b.GetIdx()] < 2):
+        single = bond.GetBondType() == bond.GetBondType().SINGLE and not bond.IsInRing()
+        inner = min(a.GetAtomicNum(), b.GetAtomicNum()) > 1 and min(heavy[a.GetIdx()], heavy[b.GetIdx()]) > 1
+        if not (single and inner):  # a double or ring bond, or a terminal group's (the rotor turns')
             continue
         if {a.GetAtomicNum(), b.GetAtomicNum()} == {6, 7} and double_bonded_o(a if a.GetAtomicNum() == 6 else b):
             continue  # an amide's C–N

@@ -33,6 +33,16 @@ def enol() -> tuple[np.ndarray, np.ndarray, list]:
     return x, z, rotor_groups(z, bonds_from_geometry(z, x).bonds)
 
 
+def tiny_model():
+    """(an untrained one-layer ATOM in float64, its RunConfig): the rollouts here test the moves."""
+    from atomray.model import build_model
+
+    cfg = RunConfig()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, embed_dim=16, num_layers=1, num_heads=2),
+                              data=dataclasses.replace(cfg.data, context_atoms="all", num_lags=8, rwpe_k=4))
+    return build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).double().eval(), cfg
+
+
 def test_a_turn_moves_only_the_groups_hydrogens_on_their_circles_and_undoes_itself():
     x, z, groups = enol()
     y, c, hs = next(g for g in groups if len(g[2]) == 3)  # a methyl
@@ -77,12 +87,7 @@ def test_a_rollout_counts_its_turns_and_keeps_its_momenta(tmp_path, monkeypatch)
     with pytest.raises(DataError, match=">= 1 steps"):
         Control(momentum=True, rotor_turns=True, turn_every=0)
     x, z, _ = enol()
-    cfg = RunConfig()
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, embed_dim=16, num_layers=1, num_heads=2),
-                              data=dataclasses.replace(cfg.data, context_atoms="all", num_lags=8, rwpe_k=4))
-    from atomray.model import build_model
-
-    model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).double().eval()
+    model, cfg = tiny_model()
     rng = np.random.default_rng(0)
     v = 0.002 * rng.standard_normal(x.shape)
     state = InitialState("enol", z, x, v)
@@ -164,12 +169,7 @@ def test_a_rollout_counts_its_torsion_turns():
     with pytest.raises(DataError, match="torsion turns need momentum control"):
         Control(torsion_turns=True)
     x, z = embedded("CCCCCC")
-    cfg = RunConfig()
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, embed_dim=16, num_layers=1, num_heads=2),
-                              data=dataclasses.replace(cfg.data, context_atoms="all", num_lags=8, rwpe_k=4))
-    from atomray.model import build_model
-
-    model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).double().eval()
+    model, cfg = tiny_model()
     state = InitialState("hexane", z, x, np.zeros_like(x))
     traj = rollout(model, cfg, [state], total_fs=100.0, step_fs=20.0, dtype=torch.float64,
                    control=Control(momentum=True, torsion_turns=True, turn_every=1, turn_energy="mmff",
