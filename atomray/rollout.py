@@ -698,7 +698,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
                             torsions.regraph(i, graph)
             if turns is not None and turns.active and turns(x, dead):
                 out[:, -1] = np.where(dead[:, None, None], np.nan, x)
-            if torsions is not None and torsions.active and torsions(x, dead):
+            if torsions is not None and torsions.active and torsions(x, dead, v):
                 out[:, -1] = np.where(dead[:, None, None], np.nan, x)
             v = np.where(dead[:, None, None], 0.0, controller(x, v))
             control_seconds += time.perf_counter() - t1

@@ -142,8 +142,8 @@ def test_torsion_groups_are_the_rotatable_heavy_atom_bonds_each_turning_its_smal
 def test_a_torsion_turn_moves_one_side_rigidly_by_a_rotamers_angle_and_switches_the_enol():
     """The enol's C3–C4 torsion, 40 rounds at 1000 K on MMFF94 (from the embedded minimum, s-trans,
     the three turns cost 1.6–4.3 kcal/mol there: at 300 K nearly all are refused): every accepted
-    turn changes the C1–C3–C4–O6 dihedral by 120°, −120° or 180° and no bond length; s-cis and
-    s-trans are both visited."""
+    turn changes the C1–C3–C4–O6 dihedral by 120°, −120° or 180° and no bond length, and turns the
+    side's velocities with it; s-cis and s-trans are both visited."""
     from atomray.priors.minima import molecule_bonds
 
     x, z = embedded("CC(O)=CC(C)=O")
@@ -151,10 +151,17 @@ def test_a_torsion_turn_moves_one_side_rigidly_by_a_rotamers_angle_and_switches_
     groups = torsion_groups(x, z, bonds)
     turns = TorsionTurns(x[None], [z], [groups], 1000.0, seed=0, every=1, energy="mmff", bonds=[bonds])
     state = x[None].copy()
+    v = np.random.default_rng(1).normal(size=state.shape)
     cis = [abs(dihedral(x, 1, 3, 4, 6)) < 90]
+    _, _, side = groups[0]
+    fixed = np.setdiff1d(np.arange(len(z)), side)
     for _ in range(40):
-        before = state[0].copy()
-        for _, _, angle in turns(state, np.zeros(1, bool)):
+        before, v_before = state[0].copy(), v[0].copy()
+        for _, _, angle in turns(state, np.zeros(1, bool), v):
+            # the turned side's velocities turn with it (one rotation keeps every velocity-offset product)
+            np.testing.assert_array_equal(v[0][fixed], v_before[fixed])
+            np.testing.assert_allclose(v[0][side] @ (state[0][side] - state[0][4]).T,
+                                       v_before[side] @ (before[side] - before[4]).T, atol=1e-9)
             assert np.isclose(np.radians(angle), TORSION_ANGLES).any()
             change = (dihedral(state[0], 1, 3, 4, 6) - dihedral(before, 1, 3, 4, 6)) % 360.0
             assert min(abs(change - a) for a in (120.0, 240.0, 180.0)) < 1e-6
