@@ -347,11 +347,9 @@ class Control:
                             "need momentum control")
         if self.torsion_turns and not np.all(np.asarray(self.temperature_k, float) > 0):
             raise DataError(f"rollout: torsion turns are accepted at a temperature > 0 K, found {self.temperature_k} K")
-        if self.torsion_energy not in ("gfn2", "mmff"):
-            raise DataError(f"rollout: torsion turns are accepted on 'gfn2' or 'mmff' energies, "
-                            f"found {self.torsion_energy!r}")
-        if self.turn_energy not in ("gfn2", "mmff"):
-            raise DataError(f"rollout: rotor turns are accepted on 'gfn2' or 'mmff' energies, found {self.turn_energy!r}")
+        for moves, energy in (("torsion", self.torsion_energy), ("rotor", self.turn_energy)):
+            if energy not in ("gfn2", "mmff"):
+                raise DataError(f"rollout: {moves} turns are accepted on 'gfn2' or 'mmff' energies, found {energy!r}")
         if self.turn_every < 1:
             raise DataError(f"rollout: rotor turns are attempted every >= 1 steps, found {self.turn_every}")
         if self.rotor_turns and not np.all(np.asarray(self.temperature_k, float) > 0):

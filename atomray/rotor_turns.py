@@ -134,14 +134,14 @@ class RotorTurns(MetropolisMoves):
             if dead[i] or not groups:
                 continue
             n, before = len(self.zs[i]), None
-            for k, (y, c, hydrogens) in enumerate(groups):
+            for k, (y, c, atoms) in enumerate(groups):  # a group's hydrogens, or a torsion's side
                 angle = self.angle()
                 draw = self.rng.random()
-                moved = turn_group(x[i, :n], y, c, hydrogens, angle)
+                moved = turn_group(x[i, :n], y, c, atoms, angle)
                 taken, before = self.attempt(i, x[i, :n], moved, draw, before)
                 if taken:
                     if v is not None:
-                        v[i, hydrogens] = rotated(v[i, hydrogens], x[i, c] - x[i, y], angle)
+                        v[i, atoms] = rotated(v[i, atoms], x[i, c] - x[i, y], angle)
                     x[i, :n] = moved
                     turned.append((i, k, float(np.degrees(angle))))
         return turned
@@ -157,7 +157,8 @@ class TorsionTurns(RotorTurns):
     def __init__(self, x: np.ndarray, zs: list[np.ndarray], groups: list[list[tuple[int, int, list[int]]]],
                  temperature_k: float | np.ndarray = 300.0, seed: int = 0, names: list[str] | None = None,
                  every: int = 10, energy: str = "gfn2", bonds: list[np.ndarray | None] | None = None):
-        super().__init__(x, zs, groups, temperature_k, seed, names, every, 180.0, energy, bonds, stream=3)
+        super().__init__(x, zs, groups, temperature_k, seed, names, every, 180.0, energy, bonds,
+                         stream=3)  # max_turn unused: `angle` draws from TORSION_ANGLES
 
     def angle(self) -> float:
         return float(TORSION_ANGLES[self.rng.integers(len(TORSION_ANGLES))])

@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="between steps, try turning each methyl's, amino and hydroxyl group's hydrogens about "
                              "their bond by up to 60 degrees, accepted on the GFN2-xTB energy (Metropolis; needs "
                              "--momentum; atomray.rotor_turns)")
-    parser.add_argument("--torsion-turns", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--torsion-turns", action=argparse.BooleanOptionalAction, default=False,
                         help="on the rotor turns' steps, try turning the smaller side of each rotatable "
                              "heavy-atom bond by 120, -120 or 180 degrees (Metropolis; s-cis/s-trans, "
                              "gauche/anti; needs --momentum; atomray.rotor_turns.TorsionTurns)")
@@ -227,7 +227,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.height_feedback = args.height_feedback or 0.0  # None: not given
     args.turn_energy = args.turn_energy or "gfn2"
     args.rotor_turns = bool(args.rotor_turns)
-    args.torsion_turns = bool(args.torsion_turns)
     args.group_hydrogen_noise = args.group_hydrogen_noise is not False  # None: not given
     args.hydrogen_noise_axes = args.hydrogen_noise_axes or "all"
     return args
