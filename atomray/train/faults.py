@@ -4,17 +4,21 @@
 
 `fail_at_epoch=E`: the last worker exits hard halfway through epoch E, once per run, after Ray
 Train has committed epoch E − 1 (so whether the restart resumes does not depend on how soon the
-controller polled the workers). `fail_after_report=E`: the last worker exits hard right after it
-reported epoch E, before Ray Train commits it (rank 0 has uploaded its checkpoint by then: the
-directory a dead attempt leaves behind). The driver reads the variable once and hands the
-settings to the workers with the run's other settings (`read_faults`); without it nothing here
-runs.
+controller polled the workers). `fail_after_report=E`: the last worker waits until Ray Train has
+committed epoch E − 1, reports epoch E and exits hard right after, before Ray Train commits it
+(rank 0 has uploaded its checkpoint by then: the directory a dead attempt leaves behind). Without
+the wait, epochs shorter than the controller's poll interval let E − 1's report reach the
+controller in the same poll as the death, and the restart resumed from E − 2. The driver reads the
+variable once and hands the settings to the workers with the run's other settings
+(`read_faults`); without it nothing here runs.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from atomray import storage
 
@@ -48,6 +52,11 @@ def inject_fault_once(config: dict, kind: str, epoch: int, rank: int) -> None:
 COMMIT_MARKER = ".committed_epoch"  # written by the controller while a fault is configured
 
 
+def commit_marker_needed(faults: dict[str, int]) -> bool:
+    """Whether a configured fault waits for a commit (one after epoch 0's)."""
+    return any(faults.get(kind, -1) > 0 for kind in KINDS)
+
+
 def maybe_inject_fault(config: dict, epoch: int, step: int, steps: int, rank: int, world: int) -> None:
     """`fail_at_epoch`: the last rank exits hard halfway through that epoch, once per run, and
     only once Ray Train has committed the epoch before it (the controller reports commits in
@@ -69,8 +78,14 @@ def wait_for_commit(run_dir: str, epoch: int, timeout_s: float = 300.0) -> None:
         time.sleep(0.2)
 
 
-def maybe_exit_after_report(config: dict, epoch: int, rank: int, world: int) -> None:
-    """`fail_after_report`: the last rank exits hard right after reporting that epoch, before
-    Ray Train can commit it, once per run."""
-    if config.get("faults", {}).get("fail_after_report", -1) == epoch and rank == world - 1 and world > 1:
+@contextmanager
+def exit_after_report(config: dict, epoch: int, rank: int, world: int) -> Iterator[None]:
+    """Around the report of `epoch`: with `fail_after_report` at that epoch, the last rank first
+    waits until Ray Train has committed the epoch before it, then reports and exits hard right
+    after, before Ray Train can commit this one; once per run."""
+    armed = config.get("faults", {}).get("fail_after_report", -1) == epoch and rank == world - 1 and world > 1
+    if armed and epoch > 0:
+        wait_for_commit(config["run_dir"], epoch - 1)
+    yield
+    if armed:
         inject_fault_once(config, "after_report", epoch, rank)

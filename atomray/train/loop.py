@@ -37,7 +37,7 @@ from atomray.data.splits import EvalSet, Split
 from atomray.evaluate import (FLOORS, ErrorTable, eval_transform, model_errors, rotated_copy, score_windows,
                               strongest_floor, summarise, validation_windows, with_paths)
 from atomray.checkpoint import TrainState, load_optimizer, load_weights, read_state, save_checkpoint
-from atomray.train.faults import COMMIT_MARKER, maybe_exit_after_report, maybe_inject_fault, read_faults
+from atomray.train.faults import COMMIT_MARKER, commit_marker_needed, exit_after_report, maybe_inject_fault, read_faults
 from atomray.train.loss import epoch_generator, training_loss, training_transform
 from atomray.train.optim import build_optimizer, lr_at, train_step
 
@@ -205,8 +205,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state.epoch = epoch
             state.history.append(row)
             state.best_val_s2s = min(state.best_val_s2s, row["val_s2s"])
-            report(row, model, optimizer, cfg, state, rank, Checkpoint)
-            maybe_exit_after_report(config, epoch, rank, world)
+            with exit_after_report(config, epoch, rank, world):
+                report(row, model, optimizer, cfg, state, rank, Checkpoint)
     finally:
         stream.close()
 
@@ -350,7 +350,7 @@ def fit(cfg: RunConfig, split: Split, dataset: Any, total_starts: int, run_dir: 
         resources["GPU"] = cfg.scaling.gpus_per_worker
     log_level = os.environ.get("ATOMRAY_LOG_LEVEL", "INFO")  # set by atomray.train.pretrain.quiet_logs
     faults = read_faults()
-    commit_marker = storage.join(run_dir, COMMIT_MARKER) if faults.get("fail_at_epoch", -1) > 0 else ""
+    commit_marker = storage.join(run_dir, COMMIT_MARKER) if commit_marker_needed(faults) else ""
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
