@@ -17,6 +17,7 @@ through the machine's basin store (MMFF94, and GFN2-xTB once for a basin never m
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -189,13 +190,15 @@ def predict(model, cfg: RunConfig, state: InitialState, lags_fs: Sequence[float]
 
 def state_windows(cfg: RunConfig, states: Sequence[InitialState], which: np.ndarray, lags: np.ndarray,
                   origins: np.ndarray, positions: np.ndarray | None = None, velocities: np.ndarray | None = None,
-                  dtype=np.float32, bonds: Sequence[np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
+                  dtype=np.float32, bonds: Sequence[np.ndarray | None] | None = None,
+                  match_torsions: float = math.inf) -> dict[str, np.ndarray]:
     """A padded window batch (numpy, no targets) of model inputs for new states, with their prior
     paths: row r is state `which[r]` at lags `lags[r]` (P,) fs, centred on `origins[which[r]]`
     (3,). `positions`/`velocities` (S, N_max, 3) override the states' own (rollout steps; the
     model's atoms, padded); `bonds` (one graph (n_b, 2) over the model's atoms per state, or
     None) is then the bond graph each state's basin keeps (`atomray.priors.minima`). The same
-    atoms, centring, RWPE and prior transform as training windows."""
+    atoms, centring, RWPE and prior transform as training windows (`match_torsions`: as
+    `atomray.priors.paths.PriorPaths`; training's is never)."""
     from atomray.data.windows import atom_selection, rwpe_of_frames
     from atomray.elements import atomic_masses
     from atomray.priors.compose import prior_parts
@@ -252,7 +255,8 @@ def state_windows(cfg: RunConfig, states: Sequence[InitialState], which: np.ndar
         if known and states[i].frame_of:
             frames_of.setdefault(states[i].frame_of[0], set()).add(states[i].frame_of[1])
     parts = prior_parts(cfg.model.prior, cfg.model.anharmonic)
-    return PriorPaths(parts, StatesBasins(frames_of, graphs), dtype=dtype, circles=cfg.model.rotor_circles)(out)
+    return PriorPaths(parts, StatesBasins(frames_of, graphs), dtype=dtype, circles=cfg.model.rotor_circles,
+                      match_torsions=match_torsions)(out)
 
 
 class StatesBasins:

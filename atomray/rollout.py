@@ -44,6 +44,7 @@ control, so the model's own temperature can be read beside the controlled one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -132,13 +133,15 @@ def head_lags(step: float, p: int) -> tuple[np.ndarray, np.ndarray]:
 
 def model_step(model, cfg: RunConfig, states: Sequence[InitialState], x: np.ndarray, v: np.ndarray, step: float,
                dtype, delta: float = DELTA_FS, lags: int = 0, head: bool = False,
-               bonds: Sequence[np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+               bonds: Sequence[np.ndarray | None] | None = None,
+               match_torsions: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
     """One rollout step from the states' current model-atom positions x and velocities v
     (B, N, 3), lab frame, asking the model for `lags` lags per row (0: data.num_lags): (frames
     (B, F, N, 3) centred on each state's centroid, velocity at ΔT (B, N, 3), the centroids (B, 1, 3)).
     `head`: the velocity at ΔT from the model's velocity head (`ModelConfig.predict_velocity`),
     no difference lags. `bonds`: each state's bond graph, which its prior's basin keeps
-    (`atomray.predict.state_windows`; None: perceived from x)."""
+    (`atomray.predict.state_windows`; None: perceived from x); `match_torsions`:
+    `Control.match_torsions_a`."""
     import torch
 
     from atomray.data.pipeline import to_torch
@@ -154,7 +157,7 @@ def model_step(model, cfg: RunConfig, states: Sequence[InitialState], x: np.ndar
     origin = (x * mask[..., None]).sum(1, keepdims=True) / mask.sum(1)[:, None, None]  # (B, 1, 3)
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
     batch = state_windows(cfg, states, np.repeat(np.arange(b), r), np.tile(rows, (b, 1)), origin[:, 0], x, v,
-                          dtype=np_dtype, bonds=bonds)
+                          dtype=np_dtype, bonds=bonds, match_torsions=match_torsions)
     with torch.no_grad():
         if head:
             out, vel = model(**model_inputs(to_torch(batch)), with_velocity=True)
@@ -270,6 +273,15 @@ class Control:
     rotamers its own way). A rollout's chained conditional mean otherwise never crosses a
     heavy-atom torsion barrier (docs/experiments.md, "Torsion turns").
 
+    `match_torsions_a` (Å; default inf, never; measured and off in the recipe): a state whose RMS
+    displacement from its basin's superposed minimum is more than this vibrates, in its step's
+    prior, about the minimum with each saturated rotatable bond (sp3–sp3) turned to the state's
+    dihedral, the modes turned with it (`atomray.priors.modes.torsion_matched`). About the minimum
+    itself the modes draw a torsion far from it as straight chords: a hexane state caught
+    mid-transition, 1.28 Å from its basin's minimum, had a C–H shortened to 0.72 of its length
+    within 50 fs (docs/experiments.md, "A prior far from its minimum"). Training keeps the minimum
+    itself (at 400–1000 fs the pull toward it is worth more than the chords cost).
+
     `thermostat="langevin"` (needs `momentum`): a Langevin (Ornstein–Uhlenbeck) update of every
     atom's internal velocity once per step, v' = c v + √((1 − c²) k_B T / m) ξ with ξ standard
     normal per atom and axis, then the rigid-body part of v' removed again (the mass-weighted
@@ -297,6 +309,7 @@ class Control:
     turn_energy: str = "gfn2"  # gfn2 | mmff: the energy the turns are accepted on
     torsion_turns: bool = False  # Metropolis turns about rotatable heavy-atom bonds (with the rotor turns' steps)
     torsion_energy: str = "gfn2"  # gfn2 | mmff: the energy the torsion turns are accepted on
+    match_torsions_a: float = math.inf  # Å: farther from its basin's minimum, a state's prior keeps its torsions
 
     def __post_init__(self):
         if self.thermostat not in THERMOSTATS:
@@ -350,6 +363,9 @@ class Control:
         for moves, energy in (("torsion", self.torsion_energy), ("rotor", self.turn_energy)):
             if energy not in ("gfn2", "mmff"):
                 raise DataError(f"rollout: {moves} turns are accepted on 'gfn2' or 'mmff' energies, found {energy!r}")
+        if not self.match_torsions_a > 0:
+            raise DataError(f"rollout: torsions are matched beyond an RMS displacement > 0 Å from the minimum "
+                            f"(inf: never), found {self.match_torsions_a}")
         if self.turn_every < 1:
             raise DataError(f"rollout: rotor turns are attempted every >= 1 steps, found {self.turn_every}")
         if self.rotor_turns and not np.all(np.asarray(self.temperature_k, float) > 0):
@@ -632,7 +648,8 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
                            [s.name for s in states], control.turn_every, energy=control.turn_energy, bonds=graphs)
     torsions = None
     if control.torsion_turns:
-        from atomray.rotor_turns import TorsionTurns, torsion_groups
+        from atomray.priors.modes import torsion_groups
+        from atomray.rotor_turns import TorsionTurns
 
         torsions = TorsionTurns(x, zs, [torsion_groups(x[i, : len(z)], z, None if graphs is None else graphs[i])
                                         for i, z in enumerate(zs)], control.temperature_k, control.seed,
@@ -649,7 +666,8 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
 
         bar = tqdm(total=n_steps, desc=f"rollout of {b} molecule(s), {step:g} fs per step", unit="step")
     for _ in range(n_steps):
-        out, vel, origin = model_step(model, cfg, states, x, v, step, dtype, delta_fs, p, head, graphs)
+        out, vel, origin = model_step(model, cfg, states, x, v, step, dtype, delta_fs, p, head, graphs,
+                                      control.match_torsions_a)
         out = out * mask[:, None, :, None] + origin[:, None]  # (B, F, N, 3)
         x, v = out[:, -1].copy(), vel * mask[..., None]
         # A molecule whose state is no longer finite has flown apart: its frames are NaN from

@@ -24,7 +24,7 @@ and the turns then sample MMFF94's torsion profile rather than the reference's.
 
 What it is not: dynamics. `every` sets how often a group may turn, not the rate MD gives.
 
-Torsion turns (`TorsionTurns`, `torsion_groups`): the same move for a heavy-atom torsion. Every
+Torsion turns (`TorsionTurns`, `atomray.priors.modes.torsion_groups`): the same move for a heavy-atom torsion. Every
 rotatable bond Y–X (single, in no ring, between two heavy atoms each with another heavy
 neighbour, not an amide's C–N) turns its smaller side about the axis Y→X by 120°, −120° or 180°,
 drawn uniformly (a symmetric proposal: each angle's inverse is in the set with the same weight):
@@ -45,6 +45,7 @@ from __future__ import annotations
 import numpy as np
 
 from atomray.metropolis import MetropolisMoves
+from atomray.priors.rigid import rotated
 
 
 def turn_group(x: np.ndarray, y: int, c: int, hydrogens: list[int], angle_rad: float) -> np.ndarray:
@@ -52,54 +53,6 @@ def turn_group(x: np.ndarray, y: int, c: int, hydrogens: list[int], angle_rad: f
     out = x.copy()
     out[hydrogens] = x[c] + rotated(x[hydrogens] - x[c], x[c] - x[y], angle_rad)
     return out
-
-
-def rotated(r: np.ndarray, axis: np.ndarray, angle_rad: float) -> np.ndarray:
-    """Vectors r (K, 3) turned by angle_rad about `axis` (3,) (right-handed, Rodrigues)."""
-    axis = axis / np.linalg.norm(axis)
-    along = (r @ axis)[:, None] * axis
-    return along + np.cos(angle_rad) * (r - along) + np.sin(angle_rad) * np.cross(axis, r)
-
-
-def torsion_groups(x: np.ndarray, z: np.ndarray, bonds: np.ndarray | None) -> list[tuple[int, int, list[int]]]:
-    """(Y, X, [atoms of X's side less X]) for every rotatable heavy-atom bond of the state x (N, 3) Å
-    with atoms z over the bond graph `bonds` (None: perceived from x), its smaller side turning
-    (module docstring); none where RDKit cannot perceive the bond orders."""
-    from atomray.priors.minima import mmff_field
-
-    built = mmff_field(np.asarray(x, np.float64), np.asarray(z), bonds)
-    if built is None:
-        return []
-    mol = built[0]
-    heavy = [sum(n.GetAtomicNum() > 1 for n in a.GetNeighbors()) for a in mol.GetAtoms()]
-
-    def double_bonded_o(atom) -> bool:
-        return any(b.GetBondTypeAsDouble() == 2.0 and b.GetOtherAtom(atom).GetAtomicNum() in (8, 16)
-                   for b in atom.GetBonds())
-
-    def side(start: int, away: int) -> list[int]:
-        seen, todo = {start}, [start]
-        while todo:
-            for n in mol.GetAtomWithIdx(todo.pop()).GetNeighbors():
-                k = n.GetIdx()
-                if k != away and k not in seen:
-                    seen.add(k)
-                    todo.append(k)
-        return sorted(seen - {start})
-
-    groups = []
-    for bond in mol.GetBonds():
-        a, b = bond.GetBeginAtom(), bond.GetEndAtom()
-        single = bond.GetBondType() == bond.GetBondType().SINGLE and not bond.IsInRing()
-        inner = min(a.GetAtomicNum(), b.GetAtomicNum()) > 1 and min(heavy[a.GetIdx()], heavy[b.GetIdx()]) > 1
-        if not (single and inner):  # a double or ring bond, or a terminal group's (the rotor turns')
-            continue
-        if {a.GetAtomicNum(), b.GetAtomicNum()} == {6, 7} and double_bonded_o(a if a.GetAtomicNum() == 6 else b):
-            continue  # an amide's C–N
-        y, c = a.GetIdx(), b.GetIdx()
-        near_c, near_y = side(c, y), side(y, c)
-        groups.append((y, c, near_c) if len(near_c) <= len(near_y) else (c, y, near_y))
-    return groups
 
 
 class RotorTurns(MetropolisMoves):
@@ -152,7 +105,7 @@ TORSION_ANGLES = np.radians([120.0, -120.0, 180.0])
 
 class TorsionTurns(RotorTurns):
     """Torsion turns (module docstring) of a batch of rollout states: `RotorTurns` over
-    `torsion_groups`, each turn's angle one of `TORSION_ANGLES`, drawn from its own stream."""
+    `atomray.priors.modes.torsion_groups`, each turn's angle one of `TORSION_ANGLES`, drawn from its own stream."""
 
     def __init__(self, x: np.ndarray, zs: list[np.ndarray], groups: list[list[tuple[int, int, list[int]]]],
                  temperature_k: float | np.ndarray = 300.0, seed: int = 0, names: list[str] | None = None,

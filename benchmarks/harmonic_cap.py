@@ -2,6 +2,7 @@
 
     python benchmarks/harmonic_cap.py --data data/tg80-mini --variants uncapped cap1 cap1-gate2
     python benchmarks/harmonic_cap.py --data data/tg80-mini --variants cap1-gate2+linear cap1-gate2+bonds
+    python benchmarks/harmonic_cap.py --data data/tg80-mini --variants cap1-gate2 cap1-gate2+torsions0.5
     python benchmarks/harmonic_cap.py --data <tg80 build> --molecules gabapentin thymol --variants uncapped cap2 cap1-gate2
 
 For each molecule (`--molecules`, default all of the data set's), the evaluation windows of
@@ -13,7 +14,8 @@ anharmonic_all beside no motion and MMFF94 MD, which no variant changes. Variant
 modes' potential energy is more than G times their kinetic energy; the default is
 cap1-gate2); a suffix `+bonds` holds each bond's length to first order in the displacement
 (`atomray.priors.modes.first_order_bonds`), `+linear` (the default) takes the normal modes'
-Cartesian displacement as it is. Molecules run in worker processes (--workers). Prints one JSON line: per variant
+Cartesian displacement as it is, `+torsionsR` vibrates a state more than R Å RMS from its
+minimum about the minimum with the state's torsions (`atomray.priors.modes.torsion_matched`). Molecules run in worker processes (--workers). Prints one JSON line: per variant
 and ΔT the mean S2T, and per molecule the harmonic_all S2T. A few minutes for ten molecules on
 2 cores.
 """
@@ -33,18 +35,20 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOORS = ("no_motion", "harmonic_all", "mmff_md", "anharmonic_all")
 
 
-def parse_variant(name: str) -> tuple[float, float, bool]:
-    """(AMPLITUDE_CAP, CAP_GATE, FIRST_ORDER_BONDS) of a variant name."""
-    name, _, bonds = name.partition("+")
-    if bonds not in ("", "bonds", "linear"):
-        raise ValueError(f"variant suffix +{bonds}: expected +bonds or +linear")
-    first_order = bonds == "bonds"
+def parse_variant(name: str) -> tuple[float, float, bool, float]:
+    """(AMPLITUDE_CAP, CAP_GATE, FIRST_ORDER_BONDS, the prior paths' match_torsions) of a variant name."""
+    name, _, suffix = name.partition("+")
+    torsions = re.fullmatch(r"torsions([0-9.]+)", suffix)
+    if suffix not in ("", "bonds", "linear") and not torsions:
+        raise ValueError(f"variant suffix +{suffix}: expected +bonds, +linear or +torsionsR (R a number)")
+    first_order = suffix == "bonds"
+    match_rms = float(torsions.group(1)) if torsions else math.inf
     if name == "uncapped":
-        return math.inf, 0.0, first_order
+        return math.inf, 0.0, first_order, match_rms
     match = re.fullmatch(r"cap([0-9.]+)(?:-gate([0-9.]+))?", name)
     if not match:
         raise ValueError(f"variant {name!r}: expected uncapped, capA or capA-gateG (A, G numbers)")
-    return float(match.group(1)), float(match.group(2) or 0.0), first_order
+    return float(match.group(1)), float(match.group(2) or 0.0), first_order, match_rms
 
 
 def molecule_scores(root: str, molecule: str, horizons: list[float], windows: int,
@@ -60,10 +64,12 @@ def molecule_scores(root: str, molecule: str, horizons: list[float], windows: in
     cfg = load_config(str(ROOT / "jobs/configs/pretrain.yaml"), [f"data.path={root}"])
     files = evaluate.molecule_files(root, [molecule]).get(molecule, [])
     sets, _ = evaluate._molecule_sets(root, to_dict(cfg), molecule, files, [8], horizons, windows, 0)
-    vibration = PriorPaths({"rotor", "vibration"}, DatasetBasins(FramePhysics.load(root, [molecule])))
+    vibration = PriorPaths({"rotor", "vibration"}, DatasetBasins(FramePhysics.load(root, [molecule])),
+                           circles=cfg.model.rotor_circles)  # as the floors are scored (atomray.evaluate)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name in variants:
-        modes.AMPLITUDE_CAP, modes.CAP_GATE, modes.FIRST_ORDER_BONDS = parse_variant(name)
+        modes.AMPLITUDE_CAP, modes.CAP_GATE, modes.FIRST_ORDER_BONDS, match = parse_variant(name)
+        vibration.match_torsions = match
         for _, h, w in sets:
             bare = {k: v for k, v in w.items() if k not in ("vib_osc", "vib_d0")}
             again = evaluate.with_paths(bare, vibration)

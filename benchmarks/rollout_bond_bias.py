@@ -1,7 +1,8 @@
 """Where a rollout's bond lengths go wrong: after one step from the reference, or over many?
 
     python benchmarks/rollout_bond_bias.py --model <checkpoint> [--starts 100 --steps 1 2 4 8 --step-fs 50 --lags 1]
-        [--molecules M ...] [--prior-only] [--first-order-bonds] [--position-noise HEAVY H] [--rotor-radii [--rotor-heights]]
+        [--molecules M ...] [--prior-only] [--first-order-bonds] [--match-torsions R] [--position-noise HEAVY H]
+        [--rotor-radii [--rotor-heights]]
     python benchmarks/rollout_bond_bias.py --model <checkpoint> --smiles "CC(=O)NC" --reference refs/reference-<hash>.npz
 
 From `--starts` frames spread evenly over each test molecule's reference trajectory (the
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -65,6 +67,15 @@ def bias_report(rolled: np.ndarray, reference: np.ndarray, z: np.ndarray, start:
                           "w1_a": round(float(w1[sel].mean()), 5)}
     out["residual"] = residual_report(rolled[keep], reference[keep], z, top)
     return out
+
+
+def shortest_bond_ratio(rolled: np.ndarray, starts: np.ndarray, z: np.ndarray) -> float:
+    """The shortest bond of any rolled state (S, n, 3) over its length in the state's start
+    (S, n, 3) (bonds perceived at the first start): how near a step came to a compressed bond."""
+    from atomray import structure
+
+    top = structure.bonds_from_geometry(z, starts[0])
+    return round(float((structure.bond_lengths(rolled, top) / structure.bond_lengths(starts, top)).min()), 4)
 
 
 def residual_report(rolled: np.ndarray, reference: np.ndarray, z: np.ndarray, top) -> dict:
@@ -127,6 +138,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--prior-only", action="store_true", help="the prior with a zero correction")
     parser.add_argument("--first-order-bonds", action="store_true",
                         help="the harmonic prior with bond lengths held to first order (atomray.priors.modes.FIRST_ORDER_BONDS)")
+    parser.add_argument("--match-torsions", type=float, default=math.inf, metavar="R",
+                        help="the rollout control (atomray.rollout.Control.match_torsions_a; default never)")
     parser.add_argument("--smiles", default=None, help="a molecule outside the data set (with --reference)")
     parser.add_argument("--reference", default=None,
                         help="its fresh reference MD: a reference-<hash>.npz of jobs/rollout.py --reference-cache")
@@ -162,7 +175,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     n_frames = dict(zip(table.column("molecule_id").to_pylist(), table.column("n_frames").to_pylist()))
     dt = dict(zip(table.column("molecule_id").to_pylist(), table.column("dt_fs").to_pylist()))
     control = Control(momentum=True, thermostat="csvr", tau_fs=args.tau_fs, position_noise_a=tuple(args.position_noise),
-                      rotor_radii=args.rotor_radii, rotor_heights=args.rotor_heights)
+                      rotor_radii=args.rotor_radii, rotor_heights=args.rotor_heights,
+                      match_torsions_a=args.match_torsions)
     k_max = max(args.steps)
     rows = []
     fresh = None
@@ -195,8 +209,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rolled = np.stack([pos[k * p] for pos in traj.positions])  # the state after k strides
             row = {"molecule": m, "trained_on": m in run_split(cfg.data).train, "steps": k, "after_fs": k * args.step_fs,
                    "prior_only": args.prior_only, "first_order_bonds": args.first_order_bonds,
+                   "match_torsions_a": args.match_torsions,
                    "rotor_circles": cfg.model.rotor_circles, "rotor_radii": args.rotor_radii, "rotor_heights": args.rotor_heights,
                    "position_noise_a": list(args.position_noise), "starts": args.starts,
+                   "shortest_bond_ratio": shortest_bond_ratio(rolled, reference[frames], z),
                    **bias_report(rolled, reference[frames + k * stride], z, reference[0])}
             print(json.dumps(row), flush=True)
             rows.append(row)

@@ -30,7 +30,9 @@ terminal group about its bond the same way (every `--turn-every` steps; `atomray
 on GFN2-xTB's energy half the rollout's time on methyl-rich batches, `--turn-energy mmff` a
 tenth); `--torsion-turns` turns the smaller side of each rotatable heavy-atom bond by ±120° or
 180° on the same steps (on `--torsion-energy`, default GFN2-xTB's; `atomray.rotor_turns.TorsionTurns`;
-measured and off in the recipe). Each step's prior keeps the start's bond graph
+measured and off in the recipe); `--match-torsions R` vibrates a state more than R Å RMS from its
+basin's minimum, in its step's prior, about the minimum with the state's saturated torsions
+(`atomray.rollout.Control.match_torsions_a`; measured and off in the recipe). Each step's prior keeps the start's bond graph
 (`--basin-bonds start`), the proton's bond moved with each hop.
 `--recipe` sets the measured rollout recipe in one flag (`RECIPE`: momentum, CSVR at τ 20 fs with
 the hydrogens coupled apart, 50 fs steps, one lag for a velocity head, 0.005 Å of noise on the
@@ -67,6 +69,7 @@ a rollout with momentum control keeps its start's rotation).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -190,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "gauche/anti; needs --momentum; atomray.rotor_turns.TorsionTurns)")
     parser.add_argument("--torsion-energy", choices=("gfn2", "mmff"), default="gfn2",
                         help="the energy torsion turns are accepted on (default gfn2, the reference's)")
+    parser.add_argument("--match-torsions", type=float, default=math.inf, metavar="R",
+                        help="a state more than R Å RMS from its basin's minimum vibrates, in its step's prior, "
+                             "about the minimum with each saturated rotatable bond turned to the state's dihedral "
+                             "(default never; atomray.rollout.Control.match_torsions_a)")
     parser.add_argument("--turn-every", type=int, default=10, metavar="STEPS",
                         help="steps between rotor-turn attempts (default 10)")
     parser.add_argument("--turn-energy", choices=("gfn2", "mmff"), default=None,
@@ -274,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                           height_feedback_fs=args.height_feedback, proton_hops=args.proton_hops,
                           rotor_turns=args.rotor_turns, turn_every=args.turn_every, turn_energy=args.turn_energy,
                           torsion_turns=args.torsion_turns, torsion_energy=args.torsion_energy,
+                          match_torsions_a=args.match_torsions,
                           hop_every=args.hop_every)
         model, cfg, state = tracking.load_model_uri(uri, args.model, prior_only=args.prior_only)
         if args.recipe and args.lags == 0 and cfg.model.predict_velocity:
@@ -463,6 +471,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
                                         "rotor_turns": control.rotor_turns, "turn_every": control.turn_every,
                                         "turn_energy": control.turn_energy, "torsion_turns": control.torsion_turns,
                                         "torsion_energy": control.torsion_energy,
+                                        "match_torsions_a": control.match_torsions_a,
                                         "hop_every": control.hop_every,
                                         "reference_ensemble": args.reference_ensemble if not root else "data set",
                                         "reference_runs": args.reference_runs if not root else 1,
@@ -565,6 +574,8 @@ def _describe(control, prior_only: bool = False) -> str:
     if control.torsion_turns:
         noise += (f"; torsion turns (Metropolis, {'GFN2-xTB' if control.torsion_energy == 'gfn2' else 'MMFF94'}, "
                   f"every {control.turn_every} step(s))")
+    if math.isfinite(control.match_torsions_a):
+        noise += f"; priors about the minimum with the state's torsions beyond {control.match_torsions_a:g} A RMS from it"
     at = (f"{control.temperature_k:g} K" if isinstance(control.temperature_k, (int, float))
           else "each molecule's reference temperature")
     if control.thermostat == "csvr":

@@ -3,7 +3,8 @@ terminal group's hydrogens, on their circles, and undoes itself; the GFN2-xTB Me
 refuses most turns in the cold and takes every one when hot; a rollout counts them and keeps
 its start's momenta. Torsion turns (`Control(torsion_turns=True)`): the rotatable heavy-atom
 bonds found, amides left out; a turn moves one side rigidly by a rotamer's angle, and takes
-acetylacetone's enol between s-cis and s-trans."""
+acetylacetone's enol between s-cis and s-trans. Matched torsions (`Control.match_torsions_a`):
+a step from a state between two rotamers keeps its bonds."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ import torch
 from atomray.config import RunConfig
 from atomray.data.frames import DataError
 from atomray.predict import InitialState
-from atomray.priors.modes import rotor_groups
-from atomray.rollout import Control, rollout
-from atomray.rotor_turns import TORSION_ANGLES, RotorTurns, TorsionTurns, torsion_groups, turn_group
+from atomray.priors.modes import rotor_groups, torsion_groups
+from atomray.rollout import Control, model_step, rollout
+from atomray.rotor_turns import TORSION_ANGLES, RotorTurns, TorsionTurns, turn_group
 from atomray.structure import bonds_from_geometry
 
 ENOL = Path(__file__).resolve().parents[1] / "benchmarks" / "structures" / "acetylacetone_z_enol.xyz"
@@ -183,3 +184,32 @@ def test_a_rollout_counts_its_torsion_turns():
                                    temperature_k=1e7))
     assert traj.torsion_attempts.tolist() == [15] and traj.torsions.tolist() == [15]
     assert traj.turns is None
+
+
+def test_a_step_from_between_two_rotamers_keeps_its_bonds_with_the_prior_about_the_matched_minimum():
+    """Butane with one end turned 60° about its middle bond: eclipsed, between two rotamers, far
+    from the minimum of the basin it relaxes to. One 50-fs step of an untrained model (its zero
+    correction: the prior alone) with thermal velocities: with `match_torsions_a` 0.5 Å the prior
+    vibrates about the minimum with the state's torsion and every bond keeps 95 % of its length;
+    about the minimum itself the modes' straight chords shrink a bond below 93 %. An RMS that is
+    not > 0 is refused."""
+    from atomray.elements import atomic_masses
+    from atomray.priors.rigid import rotated
+
+    with pytest.raises(DataError, match="RMS displacement > 0"):
+        Control(match_torsions_a=0.0)
+    x, z = embedded("CCCC")
+    (y, c, side), = torsion_groups(x, z, None)
+    x[side] = x[c] + rotated(x[side] - x[c], x[c] - x[y], np.radians(60.0))
+    bonds = np.asarray(bonds_from_geometry(z, x).bonds).reshape(-1, 2)
+    length = lambda p: np.linalg.norm(p[..., bonds[:, 0], :] - p[..., bonds[:, 1], :], axis=-1)
+    model, cfg = tiny_model()
+    for seed in (0, 1):
+        v = np.random.default_rng(seed).normal(size=x.shape) * np.sqrt(300 * 8.314462618e-7 / atomic_masses(z))[:, None]
+        state = InitialState("butane", z, x, v)
+        shortest = {}
+        for match in (np.inf, 0.5):
+            frames, _, _ = model_step(model, cfg, [state], x[None], v[None], 50.0, torch.float64, lags=8,
+                                      match_torsions=match)
+            shortest[match] = float((length(frames[0, -1]) / length(x)).min())
+        assert shortest[np.inf] < 0.93 and shortest[0.5] > 0.95, (seed, shortest)

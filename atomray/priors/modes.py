@@ -73,6 +73,7 @@ over every window of a basin.
 from __future__ import annotations
 
 import contextlib
+import math
 from functools import cached_property
 from dataclasses import dataclass
 
@@ -82,8 +83,8 @@ from torch import Tensor
 
 from atomray.elements import atomic_masses
 from atomray.priors import store
-from atomray.priors.minima import BasinFinder
-from atomray.priors.rigid import kabsch_np
+from atomray.priors.minima import BasinFinder, mmff_field
+from atomray.priors.rigid import kabsch_np, rotated
 from atomray.threads import single_threaded
 
 HESSIAN_STEP = 0.005  # Å, central differences of GFN2-xTB forces
@@ -121,6 +122,20 @@ class Basin:
     def terminal_groups(self) -> list[tuple[int, int, list[int]]]:
         """Its terminal groups (`rotor_groups` of the minimum's bonds), perceived once per basin."""
         return rotor_groups(self.z, bond_pairs(self))
+
+    @cached_property
+    def torsions(self) -> list[tuple[int, int, int, int, list[int]]]:
+        """(A, Y, X, D, side) per saturated rotatable bond Y–X of the minimum (`torsion_groups`,
+        `saturated`): the dihedral A–Y–X–D that names its turn (A a heavy neighbour of Y, D one of X
+        on the turning side)."""
+        bonds = bond_pairs(self)
+        heavy: dict[int, list[int]] = {}
+        for i, j in bonds:
+            if self.z[i] > 1 and self.z[j] > 1:
+                heavy.setdefault(int(i), []).append(int(j))
+                heavy.setdefault(int(j), []).append(int(i))
+        return [(next(k for k in heavy[y] if k != x), y, x, next(k for k in heavy[x] if k in side), side)
+                for y, x, side in torsion_groups(self.minimum, self.z, bonds, saturated=True)]
 
     def permuted(self, order: np.ndarray) -> "Basin":
         """The same basin with its atoms in `order` (indices into this basin's atoms)."""
@@ -215,19 +230,64 @@ def basin_modes(finder: BasinFinder, index: int) -> Basin:
     return basin
 
 
-def vibration_paths(x: np.ndarray, v_int: np.ndarray, mass: np.ndarray, lags: np.ndarray,
-                    basin: Basin, velocity: bool = False, circles: bool = False) -> tuple[np.ndarray, ...]:
+def dihedral(x: np.ndarray, a: int, b: int, c: int, d: int) -> float:
+    """The dihedral angle a–b–c–d of x (N, 3), radians in (−π, π]."""
+    b0, b1, b2 = x[a] - x[b], x[c] - x[b], x[d] - x[c]
+    b1 = b1 / np.linalg.norm(b1)
+    v, w = b0 - (b0 @ b1) * b1, b2 - (b2 @ b1) * b1
+    return float(np.arctan2(np.cross(b1, v) @ w, v @ w))
+
+
+def torsion_matched(basin: Basin, x: np.ndarray) -> Basin:
+    """The basin with each rotatable bond Y–X's turning side (`Basin.torsions`) turned about the
+    bond until its dihedral is that of the state x (N, 3): the harmonic vibration about the minimum
+    as it would be with the state's torsions. The modes' components of the side's atoms and of X
+    turn with it (X sits on the axis: its stretch along the bond is unchanged, and its bonds into
+    the side keep their direction relative to it; left unturned, X's C–H stretches became bends and
+    a thermal butane state turned 120° shrank a bond by 10 % in 100 fs against 5 % unturned). One
+    pass suffices, since turning a side about its bond keeps every other bond's dihedral."""
+    m = np.array(basin.minimum, np.float64)
+    turn = np.broadcast_to(np.eye(3), (len(m), 3, 3)).copy()  # (N, 3, 3) each atom's total turn
+    for a, y, c, d, side in basin.torsions:
+        angle = dihedral(x, a, y, c, d) - dihedral(m, a, y, c, d)
+        r = rotated(np.eye(3), m[c] - m[y], angle).T  # the turn as a matrix: r @ u turns u
+        m[side] = m[c] + (m[side] - m[c]) @ r.T
+        turn[[c, *side]] = r @ turn[[c, *side]]
+    k = basin.modes.shape[1]
+    modes = np.einsum("nij,njk->nik", turn, basin.modes.reshape(len(m), 3, k)).reshape(3 * len(m), k)
+    return Basin(basin.z, m, basin.omega, modes, basin.force)
+
+
+def vibration_paths(x: np.ndarray, v_int: np.ndarray, mass: np.ndarray, lags: np.ndarray, basin: Basin,
+                    velocity: bool = False, circles: bool = False, match_torsions: float = math.inf,
+                    matched: bool = False) -> tuple[np.ndarray, ...]:
     """(osc (W, P, N, 3), d0 (W, N, 3)) float64 for W states of one basin: the undamped harmonic
     displacement from the superposed minimum at each lag, and at lag 0 (d0 = x − minimum). With
     `velocity`, also osc_v (W, P, N, 3) Å/fs, the time derivative of osc at each lag (the velocity
     of the undamped oscillation, what a velocity head starts from). x, v_int (W, N, 3) Å and Å/fs (velocity
     relative to the rigid-body motion), mass (N,) u, lags (W, P) fs; atoms in the basin's order.
     `circles` turns terminal groups' hydrogens on circles about their axis (`rotor_circles`,
-    `ModelConfig.rotor_circles`) instead of the modes' straight tangent lines."""
+    `ModelConfig.rotor_circles`) instead of the modes' straight tangent lines. A state whose RMS
+    displacement from the superposed minimum is more than `match_torsions` Å vibrates about
+    `torsion_matched(basin, x)`, the minimum with the state's torsions (the rollouts' option
+    `atomray.rollout.Control.match_torsions_a`; training and the floors keep math.inf, never);
+    `matched`: the basin is that already."""
     w, n = x.shape[:2]
     minimum = np.broadcast_to(basin.minimum, x.shape)
     rot, cp, cq = kabsch_np(minimum, x, np.broadcast_to(mass, (w, n)))  # (W, 3, 3), (W, 1, 3)
     d0 = x - ((minimum - cp) @ np.swapaxes(rot, -1, -2) + cq)  # (W, N, 3), in x's frame
+    if math.isfinite(match_torsions) and basin.refined and not matched:
+        far = np.sqrt((d0**2).sum(-1).mean(-1)) > match_torsions
+        if far.any() and basin.torsions:
+            parts = [(np.flatnonzero(~far), basin)] + [(np.array([i]), torsion_matched(basin, x[i]))
+                                                      for i in np.flatnonzero(far)]
+            done = [(i, vibration_paths(x[i], v_int[i], mass, lags[i], b, velocity, circles, matched=True))
+                    for i, b in parts if len(i)]
+            out = tuple(np.empty((w,) + a.shape[1:]) for a in done[0][1])
+            for i, arrays in done:
+                for o, a in zip(out, arrays):
+                    o[i] = a
+            return out
     if not basin.refined:
         osc = np.broadcast_to(d0[:, None], (w, lags.shape[1], n, 3)).copy()
         return (osc, d0, np.zeros_like(osc)) if velocity else (osc, d0)
@@ -436,3 +496,50 @@ def vibrate(osc: Tensor, d0: Tensor, rot: Tensor | None, lags: Tensor, tau_fs: T
     damp = torch.exp(-lags.to(dtype) / tau_fs)[..., None, None]  # (B, P, 1, 1)
     change = damp * osc.to(dtype) - d0[:, None].to(dtype)
     return change if rot is None else change @ rot.transpose(-1, -2)
+
+
+def torsion_groups(x: np.ndarray, z: np.ndarray, bonds: np.ndarray | None,
+                   saturated: bool = False) -> list[tuple[int, int, list[int]]]:
+    """(Y, X, [atoms of X's side less X]) for every rotatable heavy-atom bond of the state x (N, 3) Å
+    with atoms z over the bond graph `bonds` (None: perceived from x), its smaller side turning:
+    single, in no ring, between two heavy atoms each with another heavy neighbour, and not an
+    amide's C–N (its barrier, ~18 kcal/mol, holds it for far longer than a rollout); none where
+    RDKit cannot perceive the bond orders. The torsion turns' bonds (`atomray.rotor_turns`).
+    `saturated`: only bonds between two atoms with single bonds alone, neither aromatic (sp3–sp3:
+    three rotamers behind low barriers; a torsion next to a π bond is held near planar)."""
+    built = mmff_field(np.asarray(x, np.float64), np.asarray(z), bonds)
+    if built is None:
+        return []
+    mol = built[0]
+    heavy = [sum(n.GetAtomicNum() > 1 for n in a.GetNeighbors()) for a in mol.GetAtoms()]
+
+    def double_bonded_o(atom) -> bool:
+        return any(b.GetBondTypeAsDouble() == 2.0 and b.GetOtherAtom(atom).GetAtomicNum() in (8, 16)
+                   for b in atom.GetBonds())
+
+    def side(start: int, away: int) -> list[int]:
+        seen, todo = {start}, [start]
+        while todo:
+            for n in mol.GetAtomWithIdx(todo.pop()).GetNeighbors():
+                k = n.GetIdx()
+                if k != away and k not in seen:
+                    seen.add(k)
+                    todo.append(k)
+        return sorted(seen - {start})
+
+    groups = []
+    for bond in mol.GetBonds():
+        a, b = bond.GetBeginAtom(), bond.GetEndAtom()
+        single = bond.GetBondType() == bond.GetBondType().SINGLE and not bond.IsInRing()
+        inner = min(a.GetAtomicNum(), b.GetAtomicNum()) > 1 and min(heavy[a.GetIdx()], heavy[b.GetIdx()]) > 1
+        if not (single and inner):  # a double or ring bond, or a terminal group's (the rotor turns')
+            continue
+        if saturated and not all(not atom.GetIsAromatic() and all(o.GetBondTypeAsDouble() == 1.0
+                                                                   for o in atom.GetBonds()) for atom in (a, b)):
+            continue
+        if {a.GetAtomicNum(), b.GetAtomicNum()} == {6, 7} and double_bonded_o(a if a.GetAtomicNum() == 6 else b):
+            continue  # an amide's C–N
+        y, c = a.GetIdx(), b.GetIdx()
+        near_c, near_y = side(c, y), side(y, c)
+        groups.append((y, c, near_c) if len(near_c) <= len(near_y) else (c, y, near_y))
+    return groups

@@ -36,6 +36,7 @@ are grouped by basin, and each group's vibration is a few matrix products.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -129,12 +130,14 @@ class PriorPaths:
     """The data-path transform: a padded window batch (numpy) → the same batch plus the keys
     of `parts` (see the module docstring), as float32 (or `dtype`) arrays. `circles`: the
     vibration turns terminal groups' hydrogens on circles (`ModelConfig.rotor_circles`,
-    `atomray.priors.modes.rotor_circles`)."""
+    `atomray.priors.modes.rotor_circles`). `match_torsions` (Å): a state farther than that from its
+    basin's minimum vibrates about the minimum with the state's torsions
+    (`atomray.priors.modes.vibration_paths`; default never)."""
 
     def __init__(self, parts: Iterable[str], basins: BasinSource | None = None, dtype: Any = np.float32,
-                 context: bool = False, circles: bool = False):
+                 context: bool = False, circles: bool = False, match_torsions: float = math.inf):
         self.parts = parts_needed(parts)
-        self.circles = circles
+        self.circles, self.match_torsions = circles, match_torsions
         if "vibration" in self.parts and basins is None:
             raise ValueError("prior paths: the vibration needs a basin source (DatasetBasins or StateBasins)")
         self.basins, self.dtype = basins, dtype
@@ -223,7 +226,8 @@ class PriorPaths:
                 for members in groups.values():
                     g = np.asarray(members)
                     osc, d0, osc_v = vibration_paths(xs[g], vi[g], mass, lags[rows[g]], basins[members[0]],
-                                                     velocity=True, circles=self.circles)
+                                                     velocity=True, circles=self.circles,
+                                                     match_torsions=self.match_torsions)
                     out["vib_osc"][rows[g], :, :k] = osc[:, :, :k]
                     out["vib_d0"][rows[g], :k] = d0[:, :k]
                     out["vib_vel"][rows[g], :, :k] = osc_v[:, :, :k]

@@ -291,3 +291,10 @@ def kabsch_np(p: np.ndarray, q: np.ndarray, weight: np.ndarray) -> tuple[np.ndar
     flip = np.ones(sign.shape + (3,))
     flip[..., 2] = sign
     return (v * flip[..., None, :]) @ ut, cp, cq
+
+
+def rotated(r: np.ndarray, axis: np.ndarray, angle_rad: float) -> np.ndarray:
+    """Vectors r (K, 3) turned by angle_rad about `axis` (3,) (right-handed, Rodrigues)."""
+    axis = axis / np.linalg.norm(axis)
+    along = (r @ axis)[:, None] * axis
+    return along + np.cos(angle_rad) * (r - along) + np.sin(angle_rad) * np.cross(axis, r)

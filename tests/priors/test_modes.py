@@ -316,3 +316,64 @@ def test_rotor_circles_turn_a_methyl_that_straight_modes_would_stretch(ethanol):
     _, v_out = rotor_circles(xm[None], np.zeros_like(osc), groups, v)
     np.testing.assert_allclose(v_out[0, 0, h], 0.02 * np.cross(axis, out_dir) + 0.003 * axis, atol=1e-12)
     np.testing.assert_allclose(v_out[0, 0, y], v[0, 0, y])
+
+
+@pytest.fixture(scope="module")
+def butane() -> tuple[np.ndarray, Basin]:
+    """(z, the Basin with normal modes) of butane's GFN2-xTB minimum, from a finder without store."""
+    z, xm = minimum("CCCC")
+    finder = BasinFinder(z)
+    basin = basin_modes(finder, finder.assign(xm))
+    assert basin.refined
+    return z, basin
+
+
+def test_a_state_turned_about_a_rotatable_bond_vibrates_about_the_minimum_with_its_torsion(butane):
+    """Butane's C–C–C–C torsion: thermal states of the anti minimum, and the same states with one
+    end turned 120° about the middle bond (gauche-like states ~1 Å from the anti minimum). The
+    basin matched to a turned state (`torsion_matched`) has its dihedral, the minimum's bond
+    lengths and orthonormal modes. Vibrating about it, a turned state's bonds over 100 fs stretch
+    and shrink as the unturned state's do; about the anti minimum, the modes drag the turned atoms
+    along straight chords and a bond shrinks by 5 % more than the unturned state's. Only saturated
+    bonds are matched: acetylacetone's enol turns about one single bond, next to its C=C and C=O."""
+    from atomray.predict import state_from_smiles
+    from atomray.priors.modes import bond_pairs, dihedral, torsion_groups, torsion_matched
+    from atomray.priors.rigid import rotated
+
+    enol = state_from_smiles("CC(O)=CC(C)=O", 300.0, 0)
+    assert len(torsion_groups(enol.positions, enol.atomic_numbers, None)) == 1
+    assert torsion_groups(enol.positions, enol.atomic_numbers, None, saturated=True) == []
+
+    z, basin = butane
+    (a, y, c, d, side), = basin.torsions  # one rotatable bond: the middle C–C
+    assert sorted(int(z[k]) for k in (a, y, c, d)) == [6, 6, 6, 6]
+    mass = atomic_masses(z)
+    speed = np.sqrt(300.0 * 8.314462618e-7)  # √(kT) in √u Å/fs at 300 K
+    bonds = bond_pairs(basin)
+    length = lambda p: np.linalg.norm(p[..., bonds[:, 0], :] - p[..., bonds[:, 1], :], axis=-1)
+    lags = np.linspace(10.0, 100.0, 10)[None]
+
+    def shortest(x: np.ndarray, v: np.ndarray, match: float) -> tuple[float, float]:
+        """The shortest bond along the paths over its start length, and the RMS of d0 (Å)."""
+        v_int = internal_velocity(torch.tensor(x)[None], torch.tensor(v)[None], torch.tensor(mass)[None]).numpy()
+        osc, d0 = vibration_paths(x[None], v_int, mass, lags, basin, circles=True, match_torsions=match)
+        path = (x - d0[0])[None] + osc[0]  # (P, N, 3)
+        return float((length(path) / length(x)).min()), float(np.sqrt((d0[0] ** 2).sum(-1).mean()))
+
+    for seed in (0, 3, 4):
+        x, v = thermal_state(basin, mass, speed, 1.0, seed=seed)
+        unturned, _ = shortest(x, v, np.inf)
+        turn = rotated(np.eye(3), x[c] - x[y], np.radians(120.0)).T  # as a matrix: turn @ u
+        x[side] = x[c] + (x[side] - x[c]) @ turn.T
+        v[side] = v[side] @ turn.T
+
+        matched = torsion_matched(basin, x)
+        assert dihedral(matched.minimum, a, y, c, d) == pytest.approx(dihedral(x, a, y, c, d), abs=1e-9)
+        np.testing.assert_allclose(length(matched.minimum), length(basin.minimum), atol=1e-9)
+        np.testing.assert_allclose(matched.modes.T @ matched.modes, np.eye(matched.modes.shape[1]), atol=1e-9)
+
+        straight, far = shortest(x, v, np.inf)
+        about_matched, near = shortest(x, v, 0.5)
+        assert far > 0.5 > near, (far, near)
+        assert straight < unturned - 0.05, (seed, straight, unturned)
+        assert about_matched > unturned - 0.02, (seed, about_matched, unturned)
