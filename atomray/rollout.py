@@ -278,7 +278,7 @@ class Control:
     prior, about the minimum with each saturated rotatable bond (sp3–sp3) turned to the state's
     dihedral, the modes turned with it (`atomray.priors.modes.torsion_matched`). About the minimum
     itself the modes draw a torsion far from it as straight chords: a hexane state caught
-    mid-transition, 1.28 Å from its basin's minimum, had a C–H shortened to 0.72 of its length
+    mid-transition, 1.28 Å from its basin's minimum, had a C–H shortened from 1.07 to 0.78 Å
     within 50 fs (docs/experiments.md, "A prior far from its minimum"). Training keeps the minimum
     itself (at 400–1000 fs the pull toward it is worth more than the chords cost).
 

@@ -15,9 +15,11 @@ modes' potential energy is more than G times their kinetic energy; the default i
 cap1-gate2); a suffix `+bonds` holds each bond's length to first order in the displacement
 (`atomray.priors.modes.first_order_bonds`), `+linear` (the default) takes the normal modes'
 Cartesian displacement as it is, `+torsionsR` vibrates a state more than R Å RMS from its
-minimum about the minimum with the state's torsions (`atomray.priors.modes.torsion_matched`). Molecules run in worker processes (--workers). Prints one JSON line: per variant
-and ΔT the mean S2T, and per molecule the harmonic_all S2T. A few minutes for ten molecules on
-2 cores.
+minimum about the minimum with the state's saturated torsions
+(`atomray.priors.modes.torsion_matched`). The vibration turns terminal groups on their circles
+as the floors do (`model.rotor_circles`; it moves hydrogens only, and S2T scores heavy atoms).
+Molecules run in worker processes (--workers). Prints one JSON line: per variant and ΔT the mean
+S2T, and per molecule the harmonic_all S2T. A few minutes for ten molecules on 2 cores.
 """
 
 from __future__ import annotations

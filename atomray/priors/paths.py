@@ -131,7 +131,7 @@ class PriorPaths:
     of `parts` (see the module docstring), as float32 (or `dtype`) arrays. `circles`: the
     vibration turns terminal groups' hydrogens on circles (`ModelConfig.rotor_circles`,
     `atomray.priors.modes.rotor_circles`). `match_torsions` (Å): a state farther than that from its
-    basin's minimum vibrates about the minimum with the state's torsions
+    basin's minimum vibrates about the minimum with the state's saturated torsions
     (`atomray.priors.modes.vibration_paths`; default never)."""
 
     def __init__(self, parts: Iterable[str], basins: BasinSource | None = None, dtype: Any = np.float32,
