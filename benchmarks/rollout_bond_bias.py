@@ -16,8 +16,9 @@ and k, for bonds between heavy atoms and X–H bonds apart (bonds perceived at t
 start): the mean of each bond's signed shift (rollout − reference, Å; the mean of |that| over
 the bonds), the median ratio of each bond's standard deviation over the starts (rollout /
 reference), and the Wasserstein-1 distance of the bond lengths (Å, averaged over bonds, as
-`atomray.structure.structure_distances` reports); the same for every bond angle (degrees); and
-the error state by state (`residual`: rms displacement per axis after superposing each state
+`atomray.structure.structure_distances` reports); the same for every bond angle (degrees); for
+the heavy-atom proper dihedrals, how much nearer anti the rolled chains are (`mean_extension_deg`)
+and their W1; and the error state by state (`residual`: rms displacement per axis after superposing each state
 on its reference, heavy atoms and hydrogens, the hydrogens along and across their bond). A
 shift already there at k = 1 is the
 network's own bias on the molecule, which no rollout control changes; a width that falls as k
@@ -41,7 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 def bias_report(rolled: np.ndarray, reference: np.ndarray, z: np.ndarray, start: np.ndarray) -> dict:
     """{group: figures} for heavy–heavy and X–H bonds of states `rolled` against `reference`
-    (S, n, 3), paired start by start (bonds perceived at `start`)."""
+    (S, n, 3), paired start by start (bonds perceived at `start`); for the heavy-atom proper
+    dihedrals, `mean_extension_deg`: the mean of |φ| rolled less |φ| of the reference (> 0: the
+    rolled chains are nearer anti, 180°) and their W1."""
     from atomray import structure
 
     top = structure.bonds_from_geometry(z, start)
@@ -59,6 +62,13 @@ def bias_report(rolled: np.ndarray, reference: np.ndarray, z: np.ndarray, start:
                          "mean_abs_shift_deg": round(float(np.abs((a_ang - b_ang).mean(0)).mean()), 3),
                          "width_ratio_median": round(float(np.median(a_ang.std(0) / b_ang.std(0))), 3),
                          "w1_deg": round(float(w1_ang.mean()), 3)}
+    heavy_dihedrals = np.all(z[top.dihedrals] > 1, axis=1) if len(top.dihedrals) else np.zeros(0, bool)
+    if heavy_dihedrals.any():  # heavy-atom proper dihedrals (degrees): a chain's conformers
+        a_dih = structure.dihedral_angles(rolled[keep], top)[:, heavy_dihedrals]
+        b_dih = structure.dihedral_angles(reference[keep], top)[:, heavy_dihedrals]
+        out["heavy_dihedrals"] = {"dihedrals": int(heavy_dihedrals.sum()),
+                                  "mean_extension_deg": round(float((np.abs(a_dih) - np.abs(b_dih)).mean()), 3),
+                                  "w1_deg": round(structure._w1(a_dih, b_dih, True), 3)}
     for group, sel in (("heavy", ~hydrogen), ("x_h", hydrogen)):
         if sel.any():
             out[group] = {"bonds": int(sel.sum()), "mean_abs_shift_a": round(float(np.abs(shift[sel]).mean()), 5),
