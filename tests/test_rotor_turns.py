@@ -18,6 +18,7 @@ import torch
 from atomray.config import RunConfig
 from atomray.data.frames import DataError
 from atomray.predict import InitialState
+from atomray.priors import modes
 from atomray.priors.modes import rotor_groups, torsion_groups
 from atomray.rollout import Control, model_step, rollout
 from atomray.rotor_turns import TORSION_ANGLES, RotorTurns, TorsionTurns, turn_group
@@ -114,10 +115,7 @@ def embedded(smiles: str) -> tuple[np.ndarray, np.ndarray]:
 
 def dihedral(x: np.ndarray, a: int, b: int, c: int, d: int) -> float:
     """The dihedral a–b–c–d (degrees) of x (N, 3)."""
-    b0, b1, b2 = x[a] - x[b], x[c] - x[b], x[d] - x[c]
-    b1 = b1 / np.linalg.norm(b1)
-    v, w = b0 - (b0 @ b1) * b1, b2 - (b2 @ b1) * b1
-    return float(np.degrees(np.arctan2(np.cross(b1, v) @ w, v @ w)))
+    return float(np.degrees(modes.dihedral(x, a, b, c, d)))
 
 
 @pytest.mark.parametrize("smiles, expect", [

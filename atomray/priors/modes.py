@@ -250,17 +250,16 @@ def torsion_matched(basin: Basin, x: np.ndarray) -> Basin:
     turn = np.broadcast_to(np.eye(3), (len(m), 3, 3)).copy()  # (N, 3, 3) each atom's total turn
     for a, y, c, d, side in basin.torsions:
         angle = dihedral(x, a, y, c, d) - dihedral(m, a, y, c, d)
-        r = rotated(np.eye(3), m[c] - m[y], angle).T  # the turn as a matrix: r @ u turns u
-        m[side] = m[c] + (m[side] - m[c]) @ r.T
-        turn[[c, *side]] = r @ turn[[c, *side]]
+        m[side] = m[c] + rotated(m[side] - m[c], m[c] - m[y], angle)
+        turn[[c, *side]] = rotated(np.eye(3), m[c] - m[y], angle).T @ turn[[c, *side]]  # r @ u turns u
     k = basin.modes.shape[1]
     modes = np.einsum("nij,njk->nik", turn, basin.modes.reshape(len(m), 3, k)).reshape(3 * len(m), k)
     return Basin(basin.z, m, basin.omega, modes, basin.force)
 
 
 def vibration_paths(x: np.ndarray, v_int: np.ndarray, mass: np.ndarray, lags: np.ndarray, basin: Basin,
-                    velocity: bool = False, circles: bool = False, match_torsions: float = math.inf,
-                    matched: bool = False) -> tuple[np.ndarray, ...]:
+                    velocity: bool = False, circles: bool = False,
+                    match_torsions: float = math.inf) -> tuple[np.ndarray, ...]:
     """(osc (W, P, N, 3), d0 (W, N, 3)) float64 for W states of one basin: the undamped harmonic
     displacement from the superposed minimum at each lag, and at lag 0 (d0 = x − minimum). With
     `velocity`, also osc_v (W, P, N, 3) Å/fs, the time derivative of osc at each lag (the velocity
@@ -269,19 +268,18 @@ def vibration_paths(x: np.ndarray, v_int: np.ndarray, mass: np.ndarray, lags: np
     `circles` turns terminal groups' hydrogens on circles about their axis (`rotor_circles`,
     `ModelConfig.rotor_circles`) instead of the modes' straight tangent lines. A state whose RMS
     displacement from the superposed minimum is more than `match_torsions` Å vibrates about
-    `torsion_matched(basin, x)`, the minimum with the state's torsions (the rollouts' option
-    `atomray.rollout.Control.match_torsions_a`; training and the floors keep math.inf, never);
-    `matched`: the basin is that already."""
+    `torsion_matched(basin, x)`, the minimum with the state's saturated torsions (the rollouts' option
+    `atomray.rollout.Control.match_torsions_a`; training and the floors keep math.inf, never)."""
     w, n = x.shape[:2]
     minimum = np.broadcast_to(basin.minimum, x.shape)
     rot, cp, cq = kabsch_np(minimum, x, np.broadcast_to(mass, (w, n)))  # (W, 3, 3), (W, 1, 3)
     d0 = x - ((minimum - cp) @ np.swapaxes(rot, -1, -2) + cq)  # (W, N, 3), in x's frame
-    if math.isfinite(match_torsions) and basin.refined and not matched:
+    if math.isfinite(match_torsions) and basin.refined:
         far = np.sqrt((d0**2).sum(-1).mean(-1)) > match_torsions
         if far.any() and basin.torsions:
             parts = [(np.flatnonzero(~far), basin)] + [(np.array([i]), torsion_matched(basin, x[i]))
                                                       for i in np.flatnonzero(far)]
-            done = [(i, vibration_paths(x[i], v_int[i], mass, lags[i], b, velocity, circles, matched=True))
+            done = [(i, vibration_paths(x[i], v_int[i], mass, lags[i], b, velocity, circles))
                     for i, b in parts if len(i)]
             out = tuple(np.empty((w,) + a.shape[1:]) for a in done[0][1])
             for i, arrays in done:
