@@ -261,7 +261,9 @@ class Control:
     never crosses the barrier (docs/results.md, "A proton transfer").
 
     `rotor_turns` (default off): after every `turn_every` steps (default 10), a Metropolis turn of
-    each terminal group's hydrogens about its bond by an angle drawn in ±60°, accepted on the
+    each terminal group's hydrogens about its bond by an angle drawn in ±60°, plus with
+    `turn_jumps` (default on) a jump by the group's symmetry (k·120° for a methyl) and the
+    group's velocities turned with it, accepted on the
     GFN2-xTB energy at `temperature_k` (`turn_energy="mmff"`: on MMFF94's, far cheaper;
     `atomray.rotor_turns`): a rollout's methyls otherwise barely turn (N-methylacetamide's
     N-methyl: 0 turns in 5 × 100 ps against MD's 145 per 100 ps).
@@ -307,6 +309,7 @@ class Control:
     rotor_turns: bool = False  # Metropolis turns of terminal groups about their bond (GFN2-xTB)
     turn_every: int = 10  # steps between turn attempts
     turn_energy: str = "gfn2"  # gfn2 | mmff: the energy the turns are accepted on
+    turn_jumps: bool = True  # a turn may also jump by the group's symmetry (120° for a methyl), velocities turned too
     torsion_turns: bool = False  # Metropolis turns about rotatable heavy-atom bonds (with the rotor turns' steps)
     torsion_energy: str = "gfn2"  # gfn2 | mmff: the energy the torsion turns are accepted on
     match_torsions_a: float = math.inf  # Å: farther from its basin's minimum, a state's prior keeps its torsions
@@ -645,7 +648,8 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
             return state_groups(x[i, : len(zs[i])], zs[i], None if graphs is None else graphs[i])
 
         turns = RotorTurns(x, zs, [terminal_groups(i) for i in range(b)], control.temperature_k, control.seed,
-                           [s.name for s in states], control.turn_every, energy=control.turn_energy, bonds=graphs)
+                           [s.name for s in states], control.turn_every, energy=control.turn_energy, bonds=graphs,
+                           jumps=control.turn_jumps)
     torsions = None
     if control.torsion_turns:
         from atomray.priors.modes import torsion_groups
@@ -712,7 +716,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
                             graph = None if graphs is None else graphs[i]
                             torsions.groups[i] = torsion_groups(x[i, : len(zs[i])], zs[i], graph)
                             torsions.regraph(i, graph)
-            if turns is not None and turns.active and turns(x, dead):
+            if turns is not None and turns.active and turns(x, dead, v if control.turn_jumps else None):
                 out[:, -1] = np.where(dead[:, None, None], np.nan, x)
             if torsions is not None and torsions.active and torsions(x, dead, v):
                 out[:, -1] = np.where(dead[:, None, None], np.nan, x)

@@ -31,12 +31,19 @@ from atomray.rollout import Rollout
 
 @dataclass
 class Reference:
-    """Reference MD of one molecule: positions / velocities (T, n, 3) of the rolled-out atoms."""
+    """Reference MD of one molecule: positions / velocities (T, n, 3) of the rolled-out atoms.
+    `run_starts`: the first frame of each independent piece joined in it (a data set's
+    segments, `pooled_md`'s runs), so that nothing reads the join as motion."""
 
     source: str
     positions: np.ndarray
     velocities: np.ndarray
     dt_fs: float
+    run_starts: tuple[int, ...] = (0,)
+
+    def runs(self) -> list[np.ndarray]:
+        """The positions of each independent piece."""
+        return np.split(self.positions, list(self.run_starts[1:]))
 
 
 def dataset_reference(root: str, molecule_id: str, cfg: RunConfig) -> Reference:
@@ -45,8 +52,10 @@ def dataset_reference(root: str, molecule_id: str, cfg: RunConfig) -> Reference:
 
     pieces = molecule_segments(root, molecule_id, molecule_files(root, [molecule_id]).get(molecule_id, []))
     keep = model_atoms(cfg, pieces[0].atomic_numbers)
+    starts = tuple(int(k) for k in np.cumsum([0] + [len(p.positions) for p in pieces[:-1]]))
     return Reference(f"{root} ({molecule_id})", np.concatenate([p.positions[:, keep] for p in pieces]).astype(np.float64),
-                     np.concatenate([p.velocities[:, keep] for p in pieces]).astype(np.float64), pieces[0].dt_fs)
+                     np.concatenate([p.velocities[:, keep] for p in pieces]).astype(np.float64), pieces[0].dt_fs,
+                     starts)
 
 
 def molecule_of_state(state: InitialState, smiles: str = ""):
@@ -158,24 +167,68 @@ def fresh_md(state: InitialState, smiles: str, total_fs: float, engine: str = "g
 
 
 def pooled_md(state: InitialState, smiles: str, total_fs: float, runs: int, engine: str = "gfn2",
-              **kwargs) -> Reference:
+              workers: int = 1, **kwargs) -> Reference:
     """`runs` independent runs of `fresh_md` from `state` (seeds 0, 1, …, each `total_fs` long and
-    equilibrated afresh: `kwargs` as there, with `equilibrate_fs` > 0), joined end to end. One
-    100-ps run of a flexible molecule crosses its torsion barriers a few times, so its conformer
-    populations carry the sampling noise its two halves show (hexane's dihedrals: 33° between
-    halves, docs/results.md); five runs of the same length as five rollouts pin them down.
-    Seed 0 alone is `fresh_md`'s run, cached under the same key."""
+    equilibrated afresh: `kwargs` as there, with `equilibrate_fs` > 0), joined end to end
+    (`Reference.run_starts` marks each). One 100-ps run of a flexible molecule crosses its
+    torsion barriers a few times, so its conformer populations carry the sampling noise its two
+    halves show (hexane's dihedrals: 33° between halves, docs/results.md); five runs of the same
+    length as five rollouts pin them down. Seed 0 alone is `fresh_md`'s run, cached under the
+    same key. `workers` > 1: that many runs at once, each in its own process with an equal share
+    of the cores' threads (`reference_workers` measures the gain), a progress bar over runs."""
     if runs < 1:
         raise ValueError(f"pooled_md: runs must be >= 1, found {runs}")
+    if workers < 1:
+        raise ValueError(f"pooled_md: workers must be >= 1, found {workers}")
     if runs > 1 and not kwargs.get("equilibrate_fs", 0.0) > 0:
         raise ValueError("pooled_md: independent runs need an equilibration (equilibrate_fs > 0) to start "
                          "apart; without one every run starts from the same state")
-    parts = [fresh_md(state, smiles, total_fs, engine, seed=seed, **kwargs) for seed in range(runs)]
+    workers = min(workers, runs)
+    if workers == 1:
+        parts = [fresh_md(state, smiles, total_fs, engine, seed=seed, **kwargs) for seed in range(runs)]
+    else:
+        parts = _parallel_runs(state, smiles, total_fs, runs, engine, workers, kwargs)
     if runs == 1:
         return parts[0]
     source = f"{parts[0].source} and {runs - 1} more run(s) like it (seeds 1-{runs - 1}), joined"
+    starts = tuple(int(k) for k in np.cumsum([0] + [len(r.positions) for r in parts[:-1]]))
     return Reference(source, np.concatenate([r.positions for r in parts]),
-                     np.concatenate([r.velocities for r in parts]), parts[0].dt_fs)
+                     np.concatenate([r.velocities for r in parts]), parts[0].dt_fs, starts)
+
+
+def _parallel_runs(state: InitialState, smiles: str, total_fs: float, runs: int, engine: str, workers: int,
+                   kwargs: dict) -> list[Reference]:
+    """`pooled_md`'s runs in `workers` processes (spawned: no state shared with this one), in seed order."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    progress = kwargs.pop("progress", False)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_threads,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(fresh_md, state, smiles, total_fs, engine, seed=seed, **kwargs): seed
+                   for seed in range(runs)}
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=runs, desc=f"reference {engine} MD of {state.name}, {workers} runs at once", unit="run")
+        parts = {}
+        for done in as_completed(futures):
+            parts[futures[done]] = done.result()
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+    return [parts[seed] for seed in range(runs)]
+
+
+def _threads(n: int) -> None:
+    """A reference worker's process: n OpenMP threads for the engine (set before it is imported)."""
+    import os
+
+    os.environ["OMP_NUM_THREADS"] = str(n)
 
 
 def _cached_reference_path(cache_dir: str | Path, state: InitialState, **inputs) -> Path:
@@ -218,7 +271,7 @@ def fresh_reference(state: InitialState, smiles: str, cfg: RunConfig, total_fs: 
 def model_reference(ref: Reference, z: np.ndarray, cfg: RunConfig) -> Reference:
     """`ref` restricted to the atoms the model rolls out."""
     keep = model_atoms(cfg, z)
-    return Reference(ref.source, ref.positions[:, keep], ref.velocities[:, keep], ref.dt_fs)
+    return Reference(ref.source, ref.positions[:, keep], ref.velocities[:, keep], ref.dt_fs, ref.run_starts)
 
 
 def states_from_md(ref: Reference, z: np.ndarray, name: str, n: int) -> list[InitialState]:
@@ -296,6 +349,10 @@ def check_rollouts(traj: Rollout, references: Mapping[str, Reference], molecule_
         t_internal = _temperatures([traj.step_velocities[i][1:] for i in idx], z, [step_positions(traj, i)[1:] for i in idx])
         half = len(ref.positions) // 2
         noise = structure.structure_distances(ref.positions[:half], ref.positions[half:], z, bonds) if half else nan
+        quads = rotamer_torsions(traj.positions[idx[0]][0], z, bonds)
+        step = max(1, int(round(float(dt.mean()) / ref.dt_fs)))  # the reference read at the rollouts' interval
+        rates = [transition_rate([traj.positions[i] for i in idx], quads, float(dt.mean())),
+                 transition_rate([r[::step] for r in ref.runs()], quads, step * ref.dt_fs)]
         row = {"molecule": molecule, "rollouts": len(idx), "rollout_ps": float(traj.times_fs[-1]) / 1000,
                "stability": summary.coefficient, "mean_time_to_failure_ps": summary.mean_time_to_failure_fs / 1000,
                **{f"w1_{k}": v for k, v in distances.items()},
@@ -305,6 +362,7 @@ def check_rollouts(traj: Rollout, references: Mapping[str, Reference], molecule_
                "internal_temperature_k": float(t_internal.mean()) if len(t_internal) else float("nan"),
                "reference_internal_temperature_k": reference_temperature(ref, z, internal=True),
                **{f"reference_halves_w1_{k}": noise[k] for k in ("bond_length_a", "bond_angle_deg", "dihedral_deg")},
+               "rotamer_transitions_per_100ps": rates[0], "reference_rotamer_transitions_per_100ps": rates[1],
                "reference": ref.source}
         if out is not None:
             # the first rollout (a trace over time needs one trajectory) against the reference
@@ -314,6 +372,40 @@ def check_rollouts(traj: Rollout, references: Mapping[str, Reference], molecule_
                 title=f"{molecule}: rollout 1 of {len(idx)} ({traj.times_fs[-1] / 1000:g} ps) vs {ref.source}"))
         rows.append(row)
     return rows
+
+
+def rotamer_torsions(x: np.ndarray, z: np.ndarray, bonds) -> np.ndarray:
+    """(n, 4) one proper dihedral A-Y-X-B per saturated rotatable bond Y-X of the state x (N, 3)
+    with atoms z (`atomray.priors.modes.torsion_groups` with `saturated`: sp3-sp3, three
+    rotamers; A and B the lowest-numbered other heavy neighbours of Y and X) over `bonds` (a
+    `structure.Topology`): the torsions whose rotamer changes `transition_rate` counts."""
+    from atomray.priors.modes import torsion_groups
+
+    neighbours = [set() for _ in z]
+    for i, j in bonds.bonds:
+        neighbours[i].add(int(j))
+        neighbours[j].add(int(i))
+    quads = []
+    for y, c, _ in torsion_groups(np.asarray(x, np.float64), np.asarray(z), bonds.bonds, saturated=True):
+        a = min(k for k in neighbours[y] if k != c and z[k] > 1)
+        b = min(k for k in neighbours[c] if k != y and z[k] > 1)
+        quads.append((a, y, c, b))
+    return np.array(quads, np.int64).reshape(-1, 4)
+
+
+def transition_rate(pieces: list[np.ndarray], quads: np.ndarray, dt_fs: float) -> float:
+    """Rotamer changes of the torsions `quads` (`structure.rotamer_transitions`) per 100 ps of
+    trajectory, summed over the torsions, over independent `pieces` (T, N, 3) read every
+    `dt_fs` (a join between two pieces is no transition); NaN without a torsion or a frame."""
+    from atomray import structure
+
+    if not len(quads):
+        return float("nan")
+    frames = [p[np.isfinite(p).all((1, 2))] for p in pieces]
+    span_fs = sum(max(len(f) - 1, 0) for f in frames) * dt_fs
+    if span_fs <= 0:
+        return float("nan")
+    return 1e5 * sum(structure.rotamer_transitions(f, quads) for f in frames if len(f)) / span_fs
 
 
 def _molecule_bonds(traj: Rollout, idx: list[int]):

@@ -12,8 +12,17 @@ and those torsions are the dihedral misses left (docs/results.md, "Rotor turns")
 
 The move: per terminal group (Y, X, [H, …]) (`atomray.priors.modes.rotor_groups`), its hydrogens
 turned about the axis Y→X through X by an angle drawn uniformly in ±`max_turn_deg` (60° by
-default: to the next equivalent position of a methyl, and back), the velocities kept (the
-canonical distribution's velocities are independent of the positions). The proposal is symmetric
+default) and, with `jumps` (`Control.turn_jumps`, on by default), by k·360°/n more for a group
+of n > 1 hydrogens, k drawn from 0..n−1: the group's own symmetry, its hydrogens trading places.
+A hydroxyl (n = 1) gets no jump: its half turn is a real barrier crossing. Without the jumps the
+velocities are kept (the canonical distribution's velocities are independent of the
+positions); with them `atomray.rollout` turns the group's velocities with its hydrogens (given
+`v`), as the torsion turns do: a hydrogen carried a third of a turn with the velocity of its old
+place ran into its neighbour (N-methylacetamide, one start of five). Why the jumps: a turn of at
+most 60° lands a staggered methyl at most on its eclipsed top, where a barrier of ~3 kcal/mol
+(hexane's methyls) refuses it; without them hexane's methyls reached another rotamer 0 times
+per 100 ps of rollout against GFN2-xTB MD's 23, and their H–C–C–C dihedrals missed by 36–39°
+(docs/experiments.md, "Methyls that never turn a third"). The proposal is symmetric
 and keeps volume, so accepting it with probability min(1, exp(−ΔU / k_B T)), ΔU the GFN2-xTB
 potential energy after less before (tblite, `atomray.metropolis`), samples each
 group's turn by its Boltzmann weight on the reference's potential. Each group of a live state
@@ -63,18 +72,24 @@ class RotorTurns(MetropolisMoves):
     def __init__(self, x: np.ndarray, zs: list[np.ndarray], groups: list[list[tuple[int, int, list[int]]]],
                  temperature_k: float | np.ndarray = 300.0, seed: int = 0, names: list[str] | None = None,
                  every: int = 10, max_turn_deg: float = 60.0, energy: str = "gfn2",
-                 bonds: list[np.ndarray | None] | None = None, stream: int = 2):
+                 bonds: list[np.ndarray | None] | None = None, stream: int = 2, jumps: bool = False):
         super().__init__(zs, temperature_k, seed, stream, names, every, energy, bonds)
         self.groups = [list(g) for g in groups]
         self.max_turn = np.radians(max_turn_deg)
+        self.jumps = jumps
 
     @property
     def active(self) -> bool:
         return any(self.groups)
 
-    def angle(self) -> float:
-        """A turn's angle (rad), uniform in ±max_turn."""
-        return self.rng.uniform(-self.max_turn, self.max_turn)
+    def angle(self, hydrogens: int = 1) -> float:
+        """A turn's angle (rad), uniform in ±max_turn; with `jumps`, plus k·360°/n for a group of
+        n > 1 hydrogens, k drawn uniformly from 0..n−1 (the group's own symmetry: its hydrogens
+        trade places). The proposal stays symmetric (k and n − k equally likely)."""
+        turn = self.rng.uniform(-self.max_turn, self.max_turn)
+        if self.jumps and hydrogens > 1:
+            turn += 2.0 * np.pi * int(self.rng.integers(hydrogens)) / hydrogens
+        return turn
 
     def __call__(self, x: np.ndarray, dead: np.ndarray, v: np.ndarray | None = None) -> list[tuple[int, int, float]]:
         """Try a turn of every group of every live state (on every `every`-th call); x (B, N, 3)
@@ -88,7 +103,7 @@ class RotorTurns(MetropolisMoves):
                 continue
             n, before = len(self.zs[i]), None
             for k, (y, c, atoms) in enumerate(groups):  # a group's hydrogens, or a torsion's side
-                angle = self.angle()
+                angle = self.angle(len(atoms))
                 draw = self.rng.random()
                 moved = turn_group(x[i, :n], y, c, atoms, angle)
                 taken, before = self.attempt(i, x[i, :n], moved, draw, before)
@@ -113,5 +128,5 @@ class TorsionTurns(RotorTurns):
         super().__init__(x, zs, groups, temperature_k, seed, names, every, 180.0, energy, bonds,
                          stream=3)  # max_turn unused: `angle` draws from TORSION_ANGLES
 
-    def angle(self) -> float:
+    def angle(self, hydrogens: int = 1) -> float:
         return float(TORSION_ANGLES[self.rng.integers(len(TORSION_ANGLES))])

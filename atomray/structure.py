@@ -167,6 +167,32 @@ def dihedral_angles(traj: Any, bonds: Any) -> np.ndarray:
     return np.degrees(np.arctan2(y, (n1 * n2).sum(-1)))
 
 
+ROTAMER_CORE_DEG = 30.0  # a three-fold torsion is in a rotamer within this of 60°, 180° or −60°
+
+
+def rotamer_transitions(traj: Any, quads: Any) -> int:
+    """How many times the three-fold torsions `quads` (n, 4) i-j-k-l of a trajectory (T, N, 3)
+    change rotamer: each torsion's frames within `ROTAMER_CORE_DEG` of gauche+ (60°), anti
+    (180°) or gauche− (−60°) are in that rotamer, the frames between carry the last one on,
+    and a transition is a frame in a rotamer other than the last (a crossing that turns back
+    before the next core is no transition). Frames that are not finite are skipped."""
+    traj = _trajectory(traj)
+    quads = np.asarray(quads, np.int64).reshape(-1, 4)
+    if not len(quads):
+        return 0
+    traj = traj[np.isfinite(traj).all((1, 2))]
+    phi = dihedral_angles(traj, Topology(traj.shape[1], np.zeros((0, 2), np.int64), np.zeros((0, 3), np.int64),
+                                         quads)) if len(traj) else np.zeros((0, len(quads)))
+    centre = np.array([60.0, 180.0, -60.0])
+    gap = np.abs((phi[..., None] - centre + 180.0) % 360.0 - 180.0)  # (T, n, 3) to each rotamer's centre
+    core = np.where(gap.min(-1) < ROTAMER_CORE_DEG, gap.argmin(-1), -1)
+    count = 0
+    for series in core.T:
+        seen = series[series >= 0]
+        count += int((seen[1:] != seen[:-1]).sum())
+    return count
+
+
 def radius_of_gyration(traj: Any, z: Any) -> np.ndarray:
     """(T,) mass-weighted radius of gyration (Å) about the centre of mass, standard atomic
     masses of `z` (N,) (`atomray.elements.atomic_masses`)."""

@@ -5,7 +5,7 @@
                                        [--position-noise HEAVY H [--hydrogen-noise-axes across]
                                         [--no-group-hydrogen-noise]] [--rotor-radii]
                                        [--rotor-heights | --height-feedback FS] [--thermostat-groups hydrogens]
-                                       [--proton-hops] [--rotor-turns [--turn-every N] [--turn-energy mmff]]
+                                       [--proton-hops] [--rotor-turns [--turn-every N] [--turn-energy mmff] [--no-turn-jumps]]
                                        [--structure FILE --reference refs/reference-<hash>.npz]
     python benchmarks/bench_rollout.py --repeats 1 --steps 1 --md-steps 20      # runs it
 
@@ -188,6 +188,8 @@ def main() -> None:
                         help="steps between rotor-turn attempts (default 10; time >= that many --steps)")
     parser.add_argument("--turn-energy", choices=("gfn2", "mmff"), default="gfn2",
                         help="the energy rotor turns are accepted on (default gfn2)")
+    parser.add_argument("--no-turn-jumps", dest="turn_jumps", action="store_false",
+                        help="rotor turns without the jump by the group's symmetry (atomray.rollout.Control.turn_jumps)")
     parser.add_argument("--structure", default="", help="with --reference: time 64 states of this molecule instead")
     parser.add_argument("--reference", default="", help="its cached reference MD (jobs/rollout.py --reference-cache)")
     args = parser.parse_args()
@@ -210,7 +212,7 @@ def main() -> None:
                            rotor_radii=args.rotor_radii, rotor_heights=args.rotor_heights,
                            groups=args.thermostat_groups, proton_hops=args.proton_hops,
                            height_feedback_fs=args.height_feedback, rotor_turns=args.rotor_turns,
-                           turn_every=args.turn_every, turn_energy=args.turn_energy)
+                           turn_every=args.turn_every, turn_energy=args.turn_energy, turn_jumps=args.turn_jumps)
                    if args.thermostat == "csvr" else Control())
     except DataError as error:
         parser.error(str(error))
@@ -230,7 +232,8 @@ def main() -> None:
         "thermostat_groups": args.thermostat_groups,
         "proton_hops": args.proton_hops, "rotor_turns": args.rotor_turns,
         "turn_every": args.turn_every if args.rotor_turns else None,
-        "turn_energy": args.turn_energy if args.rotor_turns else None, "states": args.structure or "tg80-mini",
+        "turn_energy": args.turn_energy if args.rotor_turns else None,
+        "turn_jumps": args.turn_jumps if args.rotor_turns else None, "states": args.structure or "tg80-mini",
         "rotor_circles": bool(args.model) and _circles(args.model),
         "atom_warmup_s": round(warmup_s, 2), "cores": CORES, "model": args.model or "jobs/configs/pretrain.yaml (untrained)",
         "lags": args.lags[0],

@@ -38,7 +38,7 @@ basin's minimum, in its step's prior, about the minimum with the state's saturat
 the hydrogens coupled apart, 50 fs steps, one lag for a velocity head, 0.005 Å of noise on the
 heavy atoms and 0.02 Å across the bonds of the hydrogens outside methyl-like groups, rotor radii
 with their mean heights steered to the minimum's over 1 ps, proton hops, rotor turns on MMFF94's
-energy); any of those options given on the command line wins (one given at its default value
+energy, each methyl also jumping by a third of a turn unless `--no-turn-jumps`); any of those options given on the command line wins (one given at its default value
 counts as not given, except `--no-momentum`, `--height-feedback 0`, `--no-rotor-turns`,
 `--turn-energy gfn2`, `--hydrogen-noise-axes all`, `--group-hydrogen-noise` and an explicit
 `--position-noise`, which are kept).
@@ -55,13 +55,16 @@ molecule at the temperature an NVT rollout is held at; `--reference-cache DIR` k
 next run with the same molecule, engine, ensemble, length and temperature; `--reference-runs K`
 runs K such references, each equilibrated from its own seed, joins them, and spaces the starts
 over all of them: one 100-ps run cannot pin a flexible molecule's conformer populations, and its
-two halves say so). Writes to --out
+two halves say so; `--reference-workers W` runs W of them at once, one process each, by default
+one per core). Writes to --out
 one extxyz per rollout (every atom the model predicts), rollouts.csv, rollouts.md, failures.csv
 (per rollout: whether it holds and, where it breaks, when, how, and which two atoms; printed too)
 and a structure plot per molecule, and logs an MLflow run (experiment --experiment) with the
 per-molecule and mean figures: stability coefficient, time to first failure, Wasserstein-1 of
 bond lengths / angles / dihedrals / radius of gyration beside the same distances between the
-reference's two halves (the reference's own noise), temperatures (with the rotation, and of the
+reference's two halves (the reference's own noise), rotamer transitions per 100 ps of the
+saturated rotatable bonds beside the reference's (a rollout that keeps its start's conformers
+shows 0), temperatures (with the rotation, and of the
 internal motion alone: the verdict judges the internal one, which is what a thermostat holds;
 a rollout with momentum control keeps its start's rotation).
 """
@@ -70,6 +73,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 
@@ -127,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "--total-ps each (each equilibrated afresh, seeds 0..K-1), joined; the starts are spaced "
                              "evenly over the joined frames. One 100-ps run cannot pin a flexible molecule's "
                              "conformer populations (default 1)")
+    parser.add_argument("--reference-workers", type=int, default=0, metavar="W",
+                        help="--reference-runs K > 1: compute W runs at once, each in its own process with an equal "
+                             "share of the cores (0: one per core, at most K; 1: one after another in this process; "
+                             "default 0, measured in docs/benchmarks.md)")
     parser.add_argument("--reference-cache", default=None, metavar="DIR",
                         help="--smiles / --structure: keep the fresh reference MD in DIR and reuse it when the same "
                              "molecule, engine, ensemble, length and temperature come again (e.g. another model; "
@@ -199,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default never; atomray.rollout.Control.match_torsions_a)")
     parser.add_argument("--turn-every", type=int, default=10, metavar="STEPS",
                         help="steps between rotor-turn attempts (default 10)")
+    parser.add_argument("--no-turn-jumps", dest="turn_jumps", action="store_false",
+                        help="rotor turns only by an angle drawn in +-60 deg, without the jump by the group's symmetry "
+                             "(120 deg for a methyl, 180 for an NH2) that lets a methyl reach its next rotamer")
     parser.add_argument("--turn-energy", choices=("gfn2", "mmff"), default=None,
                         help="the energy rotor turns are accepted on (default gfn2, the reference's, also with "
                              "--recipe when given; mmff: MMFF94 on the start's bond graph, far cheaper)")
@@ -263,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                               "a --structure or a data set's frames are their own starts")
         if args.reference_runs < 1:
             raise ConfigError(f"--reference-runs must be >= 1, found {args.reference_runs}")
+        if args.reference_workers < 0:
+            raise ConfigError(f"--reference-workers must be >= 0 (0: one per core), found {args.reference_workers}")
         if args.reference_runs > 1 and not ((args.smiles or args.structure) and args.equilibrate_fs > 0):
             raise ConfigError("--reference-runs > 1 is for the fresh reference MD of --smiles / --structure with "
                               "--equilibrate-fs > 0 (each run is equilibrated afresh from its own seed)")
@@ -280,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                           rotor_heights=args.rotor_heights,
                           height_feedback_fs=args.height_feedback, proton_hops=args.proton_hops,
                           rotor_turns=args.rotor_turns, turn_every=args.turn_every, turn_energy=args.turn_energy,
+                          turn_jumps=args.turn_jumps,
                           torsion_turns=args.torsion_turns, torsion_energy=args.torsion_energy,
                           match_torsions_a=args.match_torsions,
                           hop_every=args.hop_every)
@@ -372,8 +386,9 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
               f"{args.temperature:g} K, then {args.total_ps:g} ps {args.reference_ensemble.upper()}"
               + (f", {args.reference_runs} independent runs joined" if args.reference_runs > 1 else "")
               + f"; {args.starts} starts spaced over it ...", flush=True)
+        workers = args.reference_workers or min(args.reference_runs, os.cpu_count() or 1)
         md = pooled_md(seed_state, args.smiles or "", total, args.reference_runs, args.reference_engine,
-                       equilibrate_fs=args.equilibrate_fs, temperature_k=args.temperature,
+                       workers=workers, equilibrate_fs=args.equilibrate_fs, temperature_k=args.temperature,
                        cache_dir=args.reference_cache, progress=True, ensemble=args.reference_ensemble)
         states = states_from_md(md, seed_state.atomic_numbers, "smiles" if args.smiles else seed_state.name, args.starts)
         molecule_of = [label] * len(states)
@@ -468,7 +483,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
                                         "rotor_radii": control.rotor_radii,
                                         "rotor_heights": control.rotor_heights,
                                         "height_feedback_fs": control.height_feedback_fs, "proton_hops": control.proton_hops,
-                                        "rotor_turns": control.rotor_turns, "turn_every": control.turn_every,
+                                        "rotor_turns": control.rotor_turns, "turn_every": control.turn_every, "turn_jumps": control.turn_jumps,
                                         "turn_energy": control.turn_energy, "torsion_turns": control.torsion_turns,
                                         "torsion_energy": control.torsion_energy,
                                         "match_torsions_a": control.match_torsions_a,
@@ -570,7 +585,7 @@ def _describe(control, prior_only: bool = False) -> str:
         noise += f"; proton hops (Metropolis, GFN2-xTB, every {control.hop_every} step(s))"
     if control.rotor_turns:
         noise += (f"; rotor turns (Metropolis, {'GFN2-xTB' if control.turn_energy == 'gfn2' else 'MMFF94'}, "
-                  f"every {control.turn_every} step(s))")
+                  f"every {control.turn_every} step(s){', with symmetry jumps' if control.turn_jumps else ''})")
     if control.torsion_turns:
         noise += (f"; torsion turns (Metropolis, {'GFN2-xTB' if control.torsion_energy == 'gfn2' else 'MMFF94'}, "
                   f"every {control.turn_every} step(s))")

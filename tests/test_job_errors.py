@@ -217,10 +217,11 @@ def test_job_outputs_go_to_a_uri(capsys, tmp_path, checkpoint):
      "--reference-runs > 1 is for the fresh reference MD of --smiles / --structure with --equilibrate-fs > 0"),
     (["--conformers", "0"], "--conformers K (K >= 1, found 0) picks the start of a --smiles"),
     (["--match-torsions", "0"], "torsions are matched beyond an RMS displacement > 0"),
+    (["--reference-workers", "-1"], "--reference-workers must be >= 0 (0: one per core), found -1"),
 ], ids=["total_below_one_step", "thermostat_without_momentum", "sweep_stride_too_long",
         "reference_target_without_thermostat", "groups_without_csvr", "noise_without_momentum", "negative_noise",
         "no_reference_runs", "reference_runs_without_equilibration", "no_conformers",
-        "no_match_distance"])
+        "no_match_distance", "negative_reference_workers"])
 def test_rollout_settings_are_refused_before_work(capsys, tmp_path, checkpoint, args, named):
     out = job_main(capsys, "rollout.py", "--model", checkpoint, "--smiles", "CCO", "--out", tmp_path / "roll",
                    "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *args, expect=2)

@@ -383,6 +383,30 @@ def test_the_reference_halves_measure_how_much_the_reference_differs_from_itself
     assert row["reference_halves_w1_bond_length_a"] > 0.03
 
 
+def test_rotamer_transitions_per_100_ps_of_rollouts_and_reference_and_not_at_the_join_of_two_runs():
+    """Butane rolled out anti → gauche+ in 40 steps of 10 fs: one transition in 400 fs, 250 per
+    100 ps. Its reference, two runs joined (one all anti, one all gauche+, read every 5 fs):
+    none, though the join is a change of rotamer; the same frames as one run: one."""
+    from atomray.rollout import Rollout
+    from atomray.rollout_check import Reference, check_rollouts
+
+    from test_structure import butane_turned_to
+
+    z, frames, _ = butane_turned_to(list(np.linspace(180, 60, 41)))
+    traj = Rollout(["m"], [z], np.arange(41) * 10.0, [frames], 10.0, [np.zeros((41, 14, 3))], 1.0,
+                   [np.zeros((40, 14, 3))])
+    _, anti, _ = butane_turned_to([180.0] * 40)
+    _, gauche, _ = butane_turned_to([60.0] * 40)
+    joined = np.concatenate([anti, gauche])
+    two_runs = Reference("two runs", joined, np.zeros_like(joined), 5.0, (0, 40))
+    row = check_rollouts(traj, {"m": two_runs}, ["m"])[0]
+    assert row["rotamer_transitions_per_100ps"] == pytest.approx(250.0)
+    assert row["reference_rotamer_transitions_per_100ps"] == 0.0
+    one_run = Reference("one run", joined, np.zeros_like(joined), 5.0)
+    row = check_rollouts(traj, {"m": one_run}, ["m"])[0]
+    assert row["reference_rotamer_transitions_per_100ps"] == pytest.approx(1e5 / (39 * 10.0))  # read every 10 fs
+
+
 def test_each_broken_rollout_names_when_it_broke_and_which_two_atoms():
     """`rollout_failures`: a water molecule held still holds; one whose first O–H bond is pulled
     from 0.96 to 1.60 Å at frame 4 breaks there, named O0-H1 with both distances; one that turns
@@ -541,6 +565,28 @@ def test_pooled_reference_joins_independent_runs_and_keeps_seed_zeros_cache_key(
         pooled_md(start, "CCO", 200.0, 2, "mmff", ensemble="nvt")
     with pytest.raises(ValueError, match="runs must be >= 1"):
         pooled_md(start, "CCO", 200.0, 0, "mmff", **kw)
+    assert pooled.run_starts == (0, n, 2 * n)
+    assert [len(r) for r in pooled.runs()] == [n, n, n]
+
+
+def test_reference_runs_in_parallel_workers_are_the_serial_runs(tmp_path, capsys):
+    """Three runs in two spawned processes (the progress bar says so): the same frames as one
+    after another, in seed order, each run cached by its worker; workers < 1 is refused."""
+    from atomray.predict import state_from_smiles
+    from atomray.rollout_check import pooled_md
+
+    start = state_from_smiles("CCO", 300.0, seed=0)
+    kw = dict(equilibrate_fs=50.0, temperature_k=300.0, ensemble="nvt")
+    serial = pooled_md(start, "CCO", 200.0, 3, "mmff", **kw)
+    capsys.readouterr()
+    parallel = pooled_md(start, "CCO", 200.0, 3, "mmff", workers=2, cache_dir=tmp_path, progress=True, **kw)
+    assert "2 runs at once" in capsys.readouterr().err
+    assert np.array_equal(parallel.positions, serial.positions)
+    assert np.array_equal(parallel.velocities, serial.velocities)
+    assert parallel.run_starts == serial.run_starts and parallel.source == serial.source
+    assert len(list(tmp_path.glob("reference-*.npz"))) == 3
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        pooled_md(start, "CCO", 200.0, 3, "mmff", workers=0, **kw)
 
 
 def test_a_velocity_head_is_used_when_present_and_asked_for_only_then():

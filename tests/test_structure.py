@@ -185,6 +185,38 @@ def test_dihedrals_are_compared_on_the_circle():
     assert st.circular_wasserstein(c, d) == pytest.approx(wasserstein_distance(c, d), rel=1e-9)
 
 
+def butane_turned_to(angles_deg):
+    """(z, frames (T, 14, 3)): butane's embedding with its C0-C1-C2-C3 dihedral set to each angle
+    (NaN for a non-finite frame), C3 and its hydrogens turned about C1-C2."""
+    from atomray.priors.rigid import rotated
+
+    mol = molecule_with_hydrogens("CCCC", "butane")
+    x = embed(mol, 0, "butane")
+    z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+    side = [3] + [n.GetIdx() for n in mol.GetAtomWithIdx(3).GetNeighbors() if n.GetAtomicNum() == 1]
+    quad = np.array([[0, 1, 2, 3]])
+    frames = []
+    for target in angles_deg:
+        now = st.dihedral_angles(x[None], st.Topology(14, np.zeros((0, 2), np.int64), np.zeros((0, 3), np.int64),
+                                                      quad))[0, 0]
+        f = x.copy()
+        f[side] = x[2] + rotated(x[side] - x[2], x[2] - x[1], np.radians(target - now))
+        frames.append(f if np.isfinite(target) else np.full_like(x, np.nan))
+    return z, np.stack(frames), quad
+
+
+def test_a_rotamer_transition_is_counted_when_a_torsion_reaches_another_rotamer():
+    """anti → 100° (the barrier's side) → back to anti: no transition; → gauche+ (1) → across
+    cis to gauche− (2) → a NaN frame, skipped → anti (3)."""
+    z, frames, quad = butane_turned_to([180, 175, 100, 185, 120, 62, 40, 0, -58, np.nan, -170, 179])
+    phi = st.dihedral_angles(frames[[0, 5, 8]], st.Topology(14, np.zeros((0, 2), np.int64),
+                                                             np.zeros((0, 3), np.int64), quad))[:, 0]
+    assert np.allclose(phi, [180 - 360 * (phi[0] < 0), 62, -58], atol=1e-6)
+    assert st.rotamer_transitions(frames, quad) == 3
+    assert st.rotamer_transitions(frames[:4], quad) == 0  # a turn back from the barrier is no transition
+    assert st.rotamer_transitions(frames, np.zeros((0, 4))) == 0
+
+
 def test_unit_conversion_from_si_constants():
     u, fs, kb = 1.66053906660e-27, 1e5, 1.380649e-23
     assert st.U_A2_FS2_IN_K == pytest.approx(u * fs**2 / kb, rel=1e-12)
