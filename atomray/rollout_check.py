@@ -87,7 +87,7 @@ def molecule_of_state(state: InitialState, smiles: str = ""):
 def fresh_md(state: InitialState, smiles: str, total_fs: float, engine: str = "gfn2", dt_fs: float = 1.0,
              every: int = 10, equilibrate_fs: float = 0.0, temperature_k: float = 300.0,
              cache_dir: str | Path | None = None, progress: bool = False, ensemble: str = "nve",
-             seed: int = 0) -> Reference:
+             seed: int = 0, cached_only: bool = False) -> Reference | None:
     """MD of every atom through a tg80 engine for `total_fs`, every `every`-th step kept: NVE, or
     with `ensemble="nvt"` Langevin (BAOAB) at `temperature_k` with the TG80 builder's production
     friction (`atomray.tg80.dynamics.MDConfig.friction_per_fs`). One NVE trajectory of a small
@@ -110,7 +110,8 @@ def fresh_md(state: InitialState, smiles: str, total_fs: float, engine: str = "g
     (e.g. another model rolled out against the same 100 ps of GFN2-xTB MD). `progress`: a
     progress bar in simulated ps (100 ps of GFN2-xTB MD take tens of minutes on 2 cores). `seed`:
     the random stream of the equilibration's velocities and of the Langevin noise; another seed
-    from the same state is another, independent run of the same length (`pooled_md`)."""
+    from the same state is another, independent run of the same length (`pooled_md`).
+    `cached_only`: the cached run, or None where `cache_dir` holds none (no MD is run)."""
     from dataclasses import replace
 
     if ensemble not in ("nve", "nvt"):
@@ -126,6 +127,8 @@ def fresh_md(state: InitialState, smiles: str, total_fs: float, engine: str = "g
         if cached.exists():
             with np.load(cached) as f:
                 return Reference(str(f["source"]), f["positions"], f["velocities"], float(f["dt_fs"]))
+    if cached_only:
+        return None
 
     from atomray.tg80.dynamics import MDConfig, MDState, prepare_state, run_steps
     from atomray.tg80.engines import make_engine
@@ -175,7 +178,8 @@ def pooled_md(state: InitialState, smiles: str, total_fs: float, runs: int, engi
     halves show (hexane's dihedrals: 33° between halves, docs/results.md); five runs of the same
     length as five rollouts pin them down. Seed 0 alone is `fresh_md`'s run, cached under the
     same key. `workers` > 1: that many runs at once, each in its own process with an equal share
-    of the cores' threads (`reference_workers` measures the gain), a progress bar over runs."""
+    of the cores' threads (`reference_workers` measures the gain), a progress bar over runs; the
+    runs `cache_dir` holds already are read in this process."""
     if runs < 1:
         raise ValueError(f"pooled_md: runs must be >= 1, found {runs}")
     if workers < 1:
@@ -183,11 +187,17 @@ def pooled_md(state: InitialState, smiles: str, total_fs: float, runs: int, engi
     if runs > 1 and not kwargs.get("equilibrate_fs", 0.0) > 0:
         raise ValueError("pooled_md: independent runs need an equilibration (equilibrate_fs > 0) to start "
                          "apart; without one every run starts from the same state")
-    workers = min(workers, runs)
-    if workers == 1:
-        parts = [fresh_md(state, smiles, total_fs, engine, seed=seed, **kwargs) for seed in range(runs)]
+    found = {}  # the runs the cache holds already: read here, no process started for them
+    if workers > 1 and kwargs.get("cache_dir") is not None:
+        found = {seed: fresh_md(state, smiles, total_fs, engine, seed=seed, cached_only=True, **kwargs)
+                 for seed in range(runs)}
+    missing = [seed for seed in range(runs) if found.get(seed) is None]
+    workers = min(workers, len(missing))
+    if workers <= 1:
+        found.update({seed: fresh_md(state, smiles, total_fs, engine, seed=seed, **kwargs) for seed in missing})
     else:
-        parts = _parallel_runs(state, smiles, total_fs, runs, engine, workers, kwargs)
+        found.update(_parallel_runs(state, smiles, total_fs, missing, engine, workers, kwargs))
+    parts = [found[seed] for seed in range(runs)]
     if runs == 1:
         return parts[0]
     source = f"{parts[0].source} and {runs - 1} more run(s) like it (seeds 1-{runs - 1}), joined"
@@ -196,24 +206,26 @@ def pooled_md(state: InitialState, smiles: str, total_fs: float, runs: int, engi
                      np.concatenate([r.velocities for r in parts]), parts[0].dt_fs, starts)
 
 
-def _parallel_runs(state: InitialState, smiles: str, total_fs: float, runs: int, engine: str, workers: int,
-                   kwargs: dict) -> list[Reference]:
-    """`pooled_md`'s runs in `workers` processes (spawned: no state shared with this one), in seed order."""
+def _parallel_runs(state: InitialState, smiles: str, total_fs: float, seeds: list[int], engine: str, workers: int,
+                   kwargs: dict) -> dict[int, Reference]:
+    """`pooled_md`'s runs of these seeds in `workers` processes (spawned: no state shared with this one)."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    progress = kwargs.pop("progress", False)
+    progress = kwargs.get("progress", False)
+    kwargs = {k: v for k, v in kwargs.items() if k != "progress"}  # the workers' runs draw no bar of their own
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_threads,
                              initargs=(threads,)) as pool:
         futures = {pool.submit(fresh_md, state, smiles, total_fs, engine, seed=seed, **kwargs): seed
-                   for seed in range(runs)}
+                   for seed in seeds}
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=runs, desc=f"reference {engine} MD of {state.name}, {workers} runs at once", unit="run")
+            bar = tqdm(total=len(seeds), desc=f"reference {engine} MD of {state.name}, {workers} runs at once",
+                       unit="run")
         parts = {}
         for done in as_completed(futures):
             parts[futures[done]] = done.result()
@@ -221,7 +233,7 @@ def _parallel_runs(state: InitialState, smiles: str, total_fs: float, runs: int,
                 bar.update(1)
         if bar is not None:
             bar.close()
-    return [parts[seed] for seed in range(runs)]
+    return parts
 
 
 def _threads(n: int) -> None:

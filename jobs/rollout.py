@@ -38,8 +38,8 @@ basin's minimum, in its step's prior, about the minimum with the state's saturat
 the hydrogens coupled apart, 50 fs steps, one lag for a velocity head, 0.005 Å of noise on the
 heavy atoms and 0.02 Å across the bonds of the hydrogens outside methyl-like groups, rotor radii
 with their mean heights steered to the minimum's over 1 ps, proton hops, rotor turns on MMFF94's
-energy, each methyl also jumping by a third of a turn unless `--no-turn-jumps`); any of those options given on the command line wins (one given at its default value
-counts as not given, except `--no-momentum`, `--height-feedback 0`, `--no-rotor-turns`,
+energy, each methyl also jumping by a third of a turn unless `--no-turn-jumps`); any of those
+options given on the command line wins (one given at its default value counts as not given, except `--no-momentum`, `--height-feedback 0`, `--no-rotor-turns`,
 `--turn-energy gfn2`, `--hydrogen-noise-axes all`, `--group-hydrogen-noise` and an explicit
 `--position-noise`, which are kept).
 `--stride-sweep` first rolls out at each of several strides (stride_sweep.csv / .png) and runs the
@@ -64,9 +64,9 @@ per-molecule and mean figures: stability coefficient, time to first failure, Was
 bond lengths / angles / dihedrals / radius of gyration beside the same distances between the
 reference's two halves (the reference's own noise), rotamer transitions per 100 ps of the
 saturated rotatable bonds beside the reference's (a rollout that keeps its start's conformers
-shows 0), temperatures (with the rotation, and of the
-internal motion alone: the verdict judges the internal one, which is what a thermostat holds;
-a rollout with momentum control keeps its start's rotation).
+shows 0), temperatures (with the rotation, and of the internal motion alone: the verdict judges
+the internal one, which is what a thermostat holds; a rollout with momentum control keeps its
+start's rotation).
 """
 
 from __future__ import annotations

@@ -585,6 +585,9 @@ def test_reference_runs_in_parallel_workers_are_the_serial_runs(tmp_path, capsys
     assert np.array_equal(parallel.velocities, serial.velocities)
     assert parallel.run_starts == serial.run_starts and parallel.source == serial.source
     assert len(list(tmp_path.glob("reference-*.npz"))) == 3
+    again = pooled_md(start, "CCO", 200.0, 3, "mmff", workers=2, cache_dir=tmp_path, progress=True, **kw)
+    assert np.array_equal(again.positions, serial.positions)
+    assert "runs at once" not in capsys.readouterr().err  # every run cached: read here, no process started
     with pytest.raises(ValueError, match="workers must be >= 1"):
         pooled_md(start, "CCO", 200.0, 3, "mmff", workers=0, **kw)
 
