@@ -159,7 +159,14 @@ def bond_angles(traj: Any, bonds: Any) -> np.ndarray:
 def dihedral_angles(traj: Any, bonds: Any) -> np.ndarray:
     """(T, n_d) proper dihedrals i-j-k-l (degrees, in (−180, 180]; IUPAC sign) of (T, N, 3)."""
     traj = _trajectory(traj)
-    d = _topology(bonds, traj.shape[1]).dihedrals
+    return torsion_angles(traj, _topology(bonds, traj.shape[1]).dihedrals)
+
+
+def torsion_angles(traj: Any, quads: Any) -> np.ndarray:
+    """(T, n) the dihedrals i-j-k-l of the given quadruples `quads` (n, 4) (degrees, in
+    (−180, 180]; IUPAC sign) of a trajectory (T, N, 3)."""
+    traj = _trajectory(traj)
+    d = np.asarray(quads, np.int64).reshape(-1, 4)
     b0, b1, b2 = (traj[:, d[:, 1]] - traj[:, d[:, 0]], traj[:, d[:, 2]] - traj[:, d[:, 1]],
                   traj[:, d[:, 3]] - traj[:, d[:, 2]])
     n1, n2 = np.cross(b0, b1), np.cross(b1, b2)
@@ -181,8 +188,7 @@ def rotamer_transitions(traj: Any, quads: Any) -> int:
     if not len(quads):
         return 0
     traj = traj[np.isfinite(traj).all((1, 2))]
-    phi = dihedral_angles(traj, Topology(traj.shape[1], np.zeros((0, 2), np.int64), np.zeros((0, 3), np.int64),
-                                         quads)) if len(traj) else np.zeros((0, len(quads)))
+    phi = torsion_angles(traj, quads) if len(traj) else np.zeros((0, len(quads)))
     centre = np.array([60.0, 180.0, -60.0])
     gap = np.abs((phi[..., None] - centre + 180.0) % 360.0 - 180.0)  # (T, n, 3) to each rotamer's centre
     core = np.where(gap.min(-1) < ROTAMER_CORE_DEG, gap.argmin(-1), -1)

@@ -197,8 +197,7 @@ def butane_turned_to(angles_deg):
     quad = np.array([[0, 1, 2, 3]])
     frames = []
     for target in angles_deg:
-        now = st.dihedral_angles(x[None], st.Topology(14, np.zeros((0, 2), np.int64), np.zeros((0, 3), np.int64),
-                                                      quad))[0, 0]
+        now = st.torsion_angles(x[None], quad)[0, 0]
         f = x.copy()
         f[side] = x[2] + rotated(x[side] - x[2], x[2] - x[1], np.radians(target - now))
         frames.append(f if np.isfinite(target) else np.full_like(x, np.nan))
@@ -209,8 +208,7 @@ def test_a_rotamer_transition_is_counted_when_a_torsion_reaches_another_rotamer(
     """anti → 100° (the barrier's side) → back to anti: no transition; → gauche+ (1) → across
     cis to gauche− (2) → a NaN frame, skipped → anti (3)."""
     z, frames, quad = butane_turned_to([180, 175, 100, 185, 120, 62, 40, 0, -58, np.nan, -170, 179])
-    phi = st.dihedral_angles(frames[[0, 5, 8]], st.Topology(14, np.zeros((0, 2), np.int64),
-                                                             np.zeros((0, 3), np.int64), quad))[:, 0]
+    phi = st.torsion_angles(frames[[0, 5, 8]], quad)[:, 0]
     assert np.allclose(phi, [180 - 360 * (phi[0] < 0), 62, -58], atol=1e-6)
     assert st.rotamer_transitions(frames, quad) == 3
     assert st.rotamer_transitions(frames[:4], quad) == 0  # a turn back from the barrier is no transition
