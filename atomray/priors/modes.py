@@ -231,11 +231,10 @@ def basin_modes(finder: BasinFinder, index: int) -> Basin:
 
 
 def dihedral(x: np.ndarray, a: int, b: int, c: int, d: int) -> float:
-    """The dihedral angle a–b–c–d of x (N, 3), radians in (−π, π]."""
-    b0, b1, b2 = x[a] - x[b], x[c] - x[b], x[d] - x[c]
-    b1 = b1 / np.linalg.norm(b1)
-    v, w = b0 - (b0 @ b1) * b1, b2 - (b2 @ b1) * b1
-    return float(np.arctan2(np.cross(b1, v) @ w, v @ w))
+    """The dihedral angle a–b–c–d of x (N, 3), radians in (−π, π] (`atomray.structure.torsion_angles`)."""
+    from atomray.structure import torsion_angles
+
+    return float(np.radians(torsion_angles(np.asarray(x, np.float64)[None], [[a, b, c, d]])[0, 0]))
 
 
 def torsion_matched(basin: Basin, x: np.ndarray) -> Basin:
