@@ -716,7 +716,7 @@ def rollout(model, cfg: RunConfig, states: Sequence[InitialState], total_fs: flo
                             graph = None if graphs is None else graphs[i]
                             torsions.groups[i] = torsion_groups(x[i, : len(zs[i])], zs[i], graph)
                             torsions.regraph(i, graph)
-            if turns is not None and turns.active and turns(x, dead, v if control.turn_jumps else None):
+            if turns is not None and turns.active and turns(x, dead, v):
                 out[:, -1] = np.where(dead[:, None, None], np.nan, x)
             if torsions is not None and torsions.active and torsions(x, dead, v):
                 out[:, -1] = np.where(dead[:, None, None], np.nan, x)

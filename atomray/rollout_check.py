@@ -45,6 +45,13 @@ class Reference:
         """The positions of each independent piece."""
         return np.split(self.positions, list(self.run_starts[1:]))
 
+    @classmethod
+    def joined(cls, source: str, pieces: list[tuple[np.ndarray, np.ndarray]], dt_fs: float) -> "Reference":
+        """Independent pieces (positions, velocities) joined end to end, each one's start kept."""
+        starts = tuple(int(k) for k in np.cumsum([0] + [len(x) for x, _ in pieces[:-1]]))
+        return cls(source, np.concatenate([x for x, _ in pieces]), np.concatenate([v for _, v in pieces]), dt_fs,
+                   starts)
+
 
 def dataset_reference(root: str, molecule_id: str, cfg: RunConfig) -> Reference:
     """The molecule's trajectory in a data set (every piece), the model's atoms only."""
@@ -52,10 +59,9 @@ def dataset_reference(root: str, molecule_id: str, cfg: RunConfig) -> Reference:
 
     pieces = molecule_segments(root, molecule_id, molecule_files(root, [molecule_id]).get(molecule_id, []))
     keep = model_atoms(cfg, pieces[0].atomic_numbers)
-    starts = tuple(int(k) for k in np.cumsum([0] + [len(p.positions) for p in pieces[:-1]]))
-    return Reference(f"{root} ({molecule_id})", np.concatenate([p.positions[:, keep] for p in pieces]).astype(np.float64),
-                     np.concatenate([p.velocities[:, keep] for p in pieces]).astype(np.float64), pieces[0].dt_fs,
-                     starts)
+    return Reference.joined(f"{root} ({molecule_id})", [(p.positions[:, keep].astype(np.float64),
+                                                         p.velocities[:, keep].astype(np.float64)) for p in pieces],
+                            pieces[0].dt_fs)
 
 
 def molecule_of_state(state: InitialState, smiles: str = ""):
@@ -201,9 +207,7 @@ def pooled_md(state: InitialState, smiles: str, total_fs: float, runs: int, engi
     if runs == 1:
         return parts[0]
     source = f"{parts[0].source} and {runs - 1} more run(s) like it (seeds 1-{runs - 1}), joined"
-    starts = tuple(int(k) for k in np.cumsum([0] + [len(r.positions) for r in parts[:-1]]))
-    return Reference(source, np.concatenate([r.positions for r in parts]),
-                     np.concatenate([r.velocities for r in parts]), parts[0].dt_fs, starts)
+    return Reference.joined(source, [(r.positions, r.velocities) for r in parts], parts[0].dt_fs)
 
 
 def _parallel_runs(state: InitialState, smiles: str, total_fs: float, seeds: list[int], engine: str, workers: int,

@@ -16,7 +16,7 @@ default) and, with `jumps` (`Control.turn_jumps`, on by default), by k·360°/n 
 of n > 1 hydrogens, k drawn from 0..n−1: the group's own symmetry, its hydrogens trading places.
 A hydroxyl (n = 1) gets no jump: its half turn is a real barrier crossing. Without the jumps the
 velocities are kept (the canonical distribution's velocities are independent of the
-positions); with them `atomray.rollout` turns the group's velocities with its hydrogens (given
+positions); with them the group's velocities turn with its hydrogens (`turns_velocities`, given
 `v`), as the torsion turns do: a hydrogen carried a third of a turn with the velocity of its old
 place ran into its neighbour (N-methylacetamide, one start of five). Why the jumps: a turn of at
 most 60° lands a staggered methyl at most on its eclipsed top, where a barrier of ~3 kcal/mol
@@ -77,6 +77,7 @@ class RotorTurns(MetropolisMoves):
         self.groups = [list(g) for g in groups]
         self.max_turn = np.radians(max_turn_deg)
         self.jumps = jumps
+        self.turns_velocities = jumps  # a jumping group's velocities turn with it (module docstring)
 
     @property
     def active(self) -> bool:
@@ -94,7 +95,7 @@ class RotorTurns(MetropolisMoves):
     def __call__(self, x: np.ndarray, dead: np.ndarray, v: np.ndarray | None = None) -> list[tuple[int, int, float]]:
         """Try a turn of every group of every live state (on every `every`-th call); x (B, N, 3)
         is moved in place. Returns the accepted turns (state, group index, angle in degrees).
-        `v` (B, N, 3), given: the turned atoms' velocities turn with them (in place)."""
+        `v` (B, N, 3), given: the turned atoms' velocities turn with them (in place) where `turns_velocities`."""
         if not self.due():
             return []
         turned = []
@@ -108,7 +109,7 @@ class RotorTurns(MetropolisMoves):
                 moved = turn_group(x[i, :n], y, c, atoms, angle)
                 taken, before = self.attempt(i, x[i, :n], moved, draw, before)
                 if taken:
-                    if v is not None:
+                    if v is not None and self.turns_velocities:
                         v[i, atoms] = rotated(v[i, atoms], x[i, c] - x[i, y], angle)
                     x[i, :n] = moved
                     turned.append((i, k, float(np.degrees(angle))))
@@ -127,6 +128,7 @@ class TorsionTurns(RotorTurns):
                  every: int = 10, energy: str = "gfn2", bonds: list[np.ndarray | None] | None = None):
         super().__init__(x, zs, groups, temperature_k, seed, names, every, 180.0, energy, bonds,
                          stream=3)  # max_turn unused: `angle` draws from TORSION_ANGLES
+        self.turns_velocities = True  # left as they were, hexane's C–H bonds stretched to 1.7 Å
 
     def angle(self, hydrogens: int = 1) -> float:
         return float(TORSION_ANGLES[self.rng.integers(len(TORSION_ANGLES))])
