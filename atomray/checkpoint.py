@@ -162,6 +162,15 @@ def load_model(directory: str | Path, map_location: Any = "cpu") -> tuple[torch.
     return model.eval(), cfg
 
 
+def prior_model(cfg: RunConfig) -> torch.nn.Module:
+    """The architecture `cfg` describes, untrained (inference mode): its output projections start
+    at zero, so it predicts its prior alone, the floor a trained model of `cfg` must beat
+    (`jobs/rollout.py` rolls it out beside the model; `--prior-only` instead of it)."""
+    from atomray.model import build_model
+
+    return build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).eval()
+
+
 def export_checkpoint(source: str | Path, target: str | Path) -> Path:
     """Copy the inference part of a checkpoint (model, config, state; no optimiser)."""
     source, target = Path(source), Path(target)

@@ -13,11 +13,14 @@ gyration between all its rollout frames and the reference, and the mean kinetic 
 of the rollouts' step velocities (after any thermostat: `temperature_k`; the model's own,
 before it: `model_temperature_k`) beside the reference's, and the temperature of the internal
 motion alone (`internal_temperature_k`, rotation removed: what a thermostat holds and what the
-verdict judges) beside the reference's; one plot per molecule.
+verdict judges) beside the reference's; one plot per molecule. Beside them, the same figures
+of the prior alone rolled out from the same starts (`prior_*`, a `floor`): the floor a trained
+model must beat, `behind_prior` the figures in which it does not.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -339,13 +342,17 @@ def internal_temperature(x: np.ndarray, v: np.ndarray, z: np.ndarray) -> np.ndar
 
 
 def check_rollouts(traj: Rollout, references: Mapping[str, Reference], molecule_of: list[str],
-                   out: str | Path | None = None) -> list[dict]:
+                   out: str | Path | None = None, floor: Rollout | None = None) -> list[dict]:
     """One row per molecule: its rollouts (indices i with molecule_of[i] == molecule) against
     its reference. With `out`, one structure plot per molecule is written there
     (<molecule>.png) and its path put in the row. `reference_halves_w1_*`: the same distances
     between the reference's first and second halves, the sampling noise of the reference
     itself — a W1 target below it cannot be judged against that reference (a 5 ps
-    trajectory of malonaldehyde's two free rotors differs from itself by 43° of dihedral)."""
+    trajectory of malonaldehyde's two free rotors differs from itself by 43° of dihedral).
+    `floor`: the prior alone rolled out from the same states (`checkpoint.prior_model`, the
+    same seed and controls); its stability and W1 distances join each row as `prior_*`, judged
+    by the same bonds against the same reference (`behind_prior` reads them), and its first
+    rollout joins the plot."""
     from atomray import structure
 
     rows = []
@@ -354,12 +361,8 @@ def check_rollouts(traj: Rollout, references: Mapping[str, Reference], molecule_
         z, ref = traj.atomic_numbers[idx[0]], references[molecule]
         bonds = _molecule_bonds(traj, idx)
         dt = np.diff(traj.times_fs)
-        summary = structure.stability_coefficient([traj.positions[i] for i in idx], bonds, dt_fs=float(dt.mean()),
-                                                  transfers=_molecule_transfers(traj, idx))
-        pooled = np.concatenate([traj.positions[i][1:] for i in idx])
-        pooled = pooled[np.isfinite(pooled).all((1, 2))]  # frames of molecules that flew apart are NaN
+        summary, distances = _stability_and_distances(traj, idx, ref, bonds)
         nan = {k: float("nan") for k in ("bond_length_a", "bond_angle_deg", "dihedral_deg", "radius_of_gyration_a")}
-        distances = structure.structure_distances(pooled, ref.positions, z, bonds) if len(pooled) else nan
         t_roll = _temperatures([traj.step_velocities[i][1:] for i in idx], z)
         t_model = _temperatures([traj.model_velocities[i] for i in idx], z) if traj.model_velocities else t_roll
         t_internal = _temperatures([traj.step_velocities[i][1:] for i in idx], z, [step_positions(traj, i)[1:] for i in idx])
@@ -378,16 +381,61 @@ def check_rollouts(traj: Rollout, references: Mapping[str, Reference], molecule_
                "internal_temperature_k": float(t_internal.mean()) if len(t_internal) else float("nan"),
                "reference_internal_temperature_k": reference_temperature(ref, z, internal=True),
                **{f"reference_halves_w1_{k}": noise[k] for k in ("bond_length_a", "bond_angle_deg", "dihedral_deg")},
-               "rotamer_transitions_per_100ps": rates[0], "reference_rotamer_transitions_per_100ps": rates[1],
-               "reference": ref.source}
+               "rotamer_transitions_per_100ps": rates[0], "reference_rotamer_transitions_per_100ps": rates[1]}
+        if floor is not None:
+            prior, prior_distances = _stability_and_distances(floor, idx, ref, bonds)
+            row["prior_stability"] = prior.coefficient
+            row.update({f"prior_w1_{k}": prior_distances[k] for k in ("bond_length_a", "bond_angle_deg", "dihedral_deg")})
+        row["reference"] = ref.source
         if out is not None:
             # the first rollout (a trace over time needs one trajectory) against the reference
             row["plot"] = str(structure.plot_structure(
                 traj.positions[idx[0]], ref.positions, z, Path(out) / f"{_safe(molecule)}.png", bonds=bonds,
                 dt_fs=float(dt.mean()), reference_dt_fs=ref.dt_fs,
+                floor=None if floor is None else floor.positions[idx[0]],
                 title=f"{molecule}: rollout 1 of {len(idx)} ({traj.times_fs[-1] / 1000:g} ps) vs {ref.source}"))
         rows.append(row)
     return rows
+
+
+def _stability_and_distances(traj: Rollout, idx: list[int], ref: Reference, bonds):
+    """(`structure.stability_coefficient` of rollouts `idx` by `bonds`, their pooled W1 distances
+    from the reference's frames; NaN where every frame flew apart)."""
+    from atomray import structure
+
+    z = traj.atomic_numbers[idx[0]]
+    summary = structure.stability_coefficient([traj.positions[i] for i in idx], bonds,
+                                              dt_fs=float(np.diff(traj.times_fs).mean()),
+                                              transfers=_molecule_transfers(traj, idx))
+    pooled = np.concatenate([traj.positions[i][1:] for i in idx])
+    pooled = pooled[np.isfinite(pooled).all((1, 2))]  # frames of molecules that flew apart are NaN
+    if not len(pooled):
+        return summary, {k: float("nan") for k in ("bond_length_a", "bond_angle_deg", "dihedral_deg",
+                                                   "radius_of_gyration_a")}
+    return summary, structure.structure_distances(pooled, ref.positions, z, bonds)
+
+
+# the figures `behind_prior` compares, with the words the verdict uses
+PRIOR_FIGURES = {"stability": "stability", "w1_bond_length_a": "bonds", "w1_bond_angle_deg": "angles",
+                 "w1_dihedral_deg": "dihedrals"}
+
+
+def behind_prior(row: Mapping[str, float]) -> list[str]:
+    """The figures of a `check_rollouts` row with its `prior_*` beside it (a `floor` rollout) in
+    which the prior alone does as well as the model or better: "stability" where the prior's is
+    higher, "bonds", "angles", "dihedrals" where the prior's W1 is as small or smaller (a model
+    that only matches its prior adds nothing). An empty list: the model beats its floor in
+    every figure. A defect either way, whatever the targets say."""
+    behind = []
+    for key, word in PRIOR_FIGURES.items():
+        model, prior = float(row[key]), float(row[f"prior_{key}"])
+        if key == "stability":
+            worse = prior > model
+        else:  # a W1 of rollouts that all flew apart is NaN: the other is then the closer
+            worse = prior <= model or (math.isnan(model) and not math.isnan(prior))
+        if worse:
+            behind.append(word)
+    return behind
 
 
 def rotamer_torsions(x: np.ndarray, z: np.ndarray, bonds) -> np.ndarray:

@@ -466,12 +466,14 @@ def temperature(v: Any, z: Any, remove_com: bool = True, masses: Any = None) -> 
 
 def plot_structure(rollout: Any, reference: Any, z: Any, path: str | Path, bonds: Any = None,
                    dt_fs: float | None = None, reference_dt_fs: float | None = None, title: str = "",
-                   stretch: float = 0.5) -> Path:
+                   stretch: float = 0.5, floor: Any = None) -> Path:
     """One figure per molecule, written atomically to `path` (PNG by its suffix): distributions
     of bond lengths, bond angles, proper dihedrals and the radius of gyration over the rollout
     vs the reference (each panel titled with its W1 distance), and the bond-deviation trace
     max |d(t)/d(0) − 1| of both against time (fs when dt_fs is given, else frames) with the
-    ±`stretch` failure line. Returns the path."""
+    ±`stretch` failure line. `floor`: the prior alone rolled out from the same start (same
+    time step as the rollout), drawn dashed beside it in every panel, its W1 in the titles.
+    Returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -479,29 +481,42 @@ def plot_structure(rollout: Any, reference: Any, z: Any, path: str | Path, bonds
 
     rollout, reference = _trajectory(rollout, "rollout"), _trajectory(reference, "reference")
     top = bonds_from_geometry(z, reference[0]) if bonds is None else _topology(bonds, reference.shape[1])
+    floor = None if floor is None else _trajectory(floor, "floor")
     w1 = structure_distances(rollout, reference, z, top)
-    panels = [("bond length (A)", bond_lengths, w1["bond_length_a"], "A"),
-              ("bond angle (deg)", bond_angles, w1["bond_angle_deg"], "deg"),
-              ("dihedral (deg)", dihedral_angles, w1["dihedral_deg"], "deg"),
-              ("radius of gyration (A)", lambda t, _: radius_of_gyration(t, z)[:, None], w1["radius_of_gyration_a"], "A")]
+    w1_floor = None
+    if floor is not None:  # a floor that flew apart has no finite frame to judge
+        finite = floor[np.isfinite(floor).all((1, 2))]
+        w1_floor = (structure_distances(finite, reference, z, top) if len(finite)
+                    else dict.fromkeys(w1, float("nan")))
+    panels = [("bond length (A)", bond_lengths, "bond_length_a", "A"),
+              ("bond angle (deg)", bond_angles, "bond_angle_deg", "deg"),
+              ("dihedral (deg)", dihedral_angles, "dihedral_deg", "deg"),
+              ("radius of gyration (A)", lambda t, _: radius_of_gyration(t, z)[:, None], "radius_of_gyration_a", "A")]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
-    for ax, (label, fn, dist, unit) in zip(axes.flat, panels):
+    for ax, (label, fn, key, unit) in zip(axes.flat, panels):
         a, b = fn(rollout, top).ravel(), fn(reference, top).ravel()
+        c = fn(floor, top).ravel() if floor is not None else np.zeros(0)
         if a.size and b.size:
-            lo, hi = np.nanmin(np.r_[a, b]), np.nanmax(np.r_[a, b])
+            lo, hi = np.nanmin(np.r_[a, b, c]), np.nanmax(np.r_[a, b, c])
             bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 60)
             ax.hist(b[np.isfinite(b)], bins, density=True, histtype="stepfilled", alpha=0.35, color="tab:grey",
                     label="reference")
+            if c.size:
+                ax.hist(c[np.isfinite(c)], bins, density=True, histtype="step", lw=1.3, ls="--", color="tab:orange",
+                        label="prior alone")
             ax.hist(a[np.isfinite(a)], bins, density=True, histtype="step", lw=1.6, color="tab:blue", label="rollout")
         ax.set_xlabel(label)
         ax.set_ylabel("density")
-        ax.set_title(f"W1 = {dist:.4g} {unit}", fontsize=10)
+        ax.set_title(f"W1 = {w1[key]:.4g} {unit}" + ("" if w1_floor is None else
+                                                     f" (prior alone {w1_floor[key]:.4g})"), fontsize=10)
         ax.legend(fontsize=8)
     axes[1, 1].remove()
     axes[1, 2].remove()
     trace = fig.add_subplot(2, 3, (5, 6))
-    for traj, dt, colour, name in ((reference, reference_dt_fs, "tab:grey", "reference"),
-                                   (rollout, dt_fs, "tab:blue", "rollout")):
+    lines = [(reference, reference_dt_fs, "tab:grey", "reference"), (rollout, dt_fs, "tab:blue", "rollout")]
+    if floor is not None:
+        lines.insert(1, (floor, dt_fs, "tab:orange", "prior alone"))
+    for traj, dt, colour, name in lines:
         time = np.arange(len(traj)) * (dt if dt else 1.0)
         trace.plot(time, bond_deviation_trace(traj, top), color=colour, lw=1.0, label=name)
     trace.axhline(stretch, color="tab:red", ls="--", lw=1.0, label=f"failure (+-{stretch:.0%})")

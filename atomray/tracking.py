@@ -264,15 +264,13 @@ def load_model_uri(uri: str, source: str, prior_only: bool = False):
     (the floor a trained model must beat; `jobs/rollout.py --prior-only`)."""
     import tempfile
 
-    from atomray.checkpoint import load_model, read_state
+    from atomray.checkpoint import load_model, prior_model, read_state
 
     with tempfile.TemporaryDirectory(prefix="atomray-ckpt-") as tmp:
         directory = download_checkpoint(uri, source, tmp)
         model, cfg = load_model(directory)
         if prior_only:
-            from atomray.model import build_model
-
-            model = build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).eval()
+            model = prior_model(cfg)
         return model, cfg, read_state(directory)
 
 

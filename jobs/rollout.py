@@ -44,8 +44,11 @@ options given on the command line wins (one given at its default value counts as
 `--position-noise`, which are kept).
 `--stride-sweep` first rolls out at each of several strides (stride_sweep.csv / .png) and runs the
 main rollout at the largest that holds; `--energy-drift` evaluates the total energy of every step
-start with --reference-engine and reports its drift; `--prior-only` rolls out the prior with a
-zero correction, the floor a trained model must beat.
+start with --reference-engine and reports its drift. The floor a trained model must beat rolls
+out beside it by default: the checkpoint's prior with a zero correction from the same starts, with
+the same seed and controls (`prior_*` columns, the plots' dashed line, and a second verdict line
+naming each molecule and figure where the prior alone is as close or closer: a defect, whatever
+the targets say; `--no-prior-floor` skips it); `--prior-only` rolls out the prior instead.
 
 Reference MD: the molecule's trajectory in the data set, or for a SMILES fresh NVE MD through
 the tg80 engines after --equilibrate-fs of Langevin dynamics (--reference-engine gfn2 | gfn1 |
@@ -66,7 +69,8 @@ reference's two halves (the reference's own noise), rotamer transitions per 100 
 saturated rotatable bonds beside the reference's (a rollout that keeps its start's conformers
 shows 0), temperatures (with the rotation, and of the internal motion alone: the verdict judges
 the internal one, which is what a thermostat holds; a rollout with momentum control keeps its
-start's rotation).
+start's rotation), and the prior alone's stability and W1 beside the model's (`prior_*`,
+`molecules_beating_prior`).
 """
 
 from __future__ import annotations
@@ -221,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--energy-drift", action="store_true",
                         help="evaluate each step start's total energy with --reference-engine and report its drift "
                              "(eV/ps; a model that predicts every atom)")
+    parser.add_argument("--prior-floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="also roll out the checkpoint's prior with a zero correction from the same starts, "
+                             "with the same seed and controls, and judge the model against it: the floor a trained "
+                             "model must beat (prior_* columns, the plots' dashed line, a verdict line; "
+                             "--no-prior-floor: the model alone, half the rollout time; default on)")
     parser.add_argument("--prior-only", action="store_true",
                         help="roll out the checkpoint's prior with a zero correction (the untrained network of its "
                              "config): the floor a model must beat")
@@ -371,8 +380,8 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
     from atomray import tracking
     from atomray.predict import model_atoms
     from atomray.rollout import default_step_fs, rollout, write_rollout_extxyz
-    from atomray.rollout_check import (check_rollouts, dataset_reference, describe_failures, fresh_reference, holds,
-                                       model_reference, pooled_md, reference_temperature, rollout_failures,
+    from atomray.rollout_check import (behind_prior, check_rollouts, dataset_reference, describe_failures,
+                                       fresh_reference, holds, model_reference, pooled_md, reference_temperature, rollout_failures,
                                        states_from_md)
 
     step = args.step_fs or default_step_fs(cfg)
@@ -435,7 +444,16 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
           f"{traj.control_seconds:.2f} s)", flush=True)
     for i, name in enumerate(traj.names):
         write_rollout_extxyz(out / f"{_safe(name)}.extxyz", traj, i)
-    rows = check_rollouts(traj, refs, molecule_of, out)
+    floor = None
+    if args.prior_floor and not args.prior_only:
+        from atomray.checkpoint import prior_model
+
+        print("the floor: the prior alone (zero correction) from the same starts, with the same seed and controls "
+              "(--no-prior-floor skips it)", flush=True)
+        floor = rollout(prior_model(cfg), cfg, states, total_fs=total, step_fs=step, elements=elements, progress=True,
+                        delta_fs=args.delta_fs, control=control, lags=args.lags,
+                        velocity=args.velocity, keep_bonds=args.basin_bonds == "start")
+    rows = check_rollouts(traj, refs, molecule_of, out, floor=floor)
     for taken, tried, key, what in ((traj.hops, traj.hop_attempts, "proton_hops", "proton hop(s)"),
                                     (traj.turns, traj.turn_attempts, "rotor_turns", "rotor turn(s)"),
                                     (traj.torsions, traj.torsion_attempts, "torsion_turns", "torsion turn(s)")):
@@ -467,6 +485,13 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
     failing = {m: v for m, v in misses.items() if v}
     print("verdict: every molecule holds (stability 1.0, W1 within targets, internal temperature within 10 %)" if not failing
           else "verdict: " + "; ".join(f"{m} misses {', '.join(v)}" for m, v in failing.items()), flush=True)
+    behind = {r["molecule"]: behind_prior(r) for r in rows} if floor is not None else {}
+    if floor is not None:
+        lagging = {m: v for m, v in behind.items() if v}
+        print(f"verdict against the prior alone: {cfg.model.name} is closer in bonds, angles and dihedrals and no less "
+              "stable on every molecule" if not lagging else
+              "verdict against the prior alone: a defect: the prior alone is as close or closer on "
+              + "; ".join(f"{m} ({', '.join(v)})" for m, v in lagging.items()), flush=True)
 
     c = tracking.client(uri)
     run_id = c.create_run(tracking.experiment_id(c, args.experiment), run_name=f"rollout-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -488,6 +513,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
                                         "torsion_energy": control.torsion_energy,
                                         "match_torsions_a": control.match_torsions_a,
                                         "hop_every": control.hop_every,
+                                        "prior_floor": floor is not None, "prior_only": args.prior_only,
                                         "reference_ensemble": args.reference_ensemble if not root else "data set",
                                         "reference_runs": args.reference_runs if not root else 1,
                                         "conformers": args.conformers,
@@ -501,6 +527,8 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
                 c.log_metric(run_id, f"{_safe(r['molecule'])}.{k}", float(r[k]))
         c.log_metric(run_id, "rollout_fs_per_s", traj.simulated_fs / max(traj.seconds, 1e-9))
         c.log_metric(run_id, "molecules_holding", float(len(rows) - len(failing)))
+        if floor is not None:
+            c.log_metric(run_id, "molecules_beating_prior", float(sum(not v for v in behind.values())))
         for r in sweep:
             for k in ("mean_time_to_failure_ps", "stability", "w1_bond_length_a", "w1_bond_angle_deg", "w1_dihedral_deg",
                       "temperature_k", "internal_temperature_k"):

@@ -383,6 +383,55 @@ def test_the_reference_halves_measure_how_much_the_reference_differs_from_itself
     assert row["reference_halves_w1_bond_length_a"] > 0.03
 
 
+def test_the_prior_alone_rolled_out_beside_the_model_is_judged_against_the_same_reference():
+    """`check_rollouts(floor=)`: the prior's rollouts of the same starts get the same figures,
+    `prior_*`, by the same bonds and reference. A floor that is the model's own rollout scores
+    the same to the digit; a floor that vibrates like the reference scores closer, and
+    `behind_prior` names the figures; a floor that flies apart is less stable."""
+    from atomray.rollout import Rollout
+    from atomray.rollout_check import Reference, behind_prior, check_rollouts
+
+    state, _ = spinning_molecule()
+    x0 = state.positions
+    wide = np.stack([x0 * (1 + 0.03 * np.sin(0.3 * t)) for t in range(40)])  # the model: too wide a breathing
+    near = np.stack([x0 * (1 + 0.01 * np.sin(0.3 * t)) for t in range(40)])  # the reference's own breathing
+
+    def traj(frames):
+        return Rollout(["m"], [Z], np.arange(41) * 10.0, [np.concatenate([x0[None], frames])], 10.0,
+                       [np.zeros((41, len(Z), 3))], 1.0, [np.zeros((40, len(Z), 3))])
+
+    ref = {"m": Reference("breathing", np.concatenate([near, near]), np.zeros((80, len(Z), 3)), 10.0)}
+    assert "prior_stability" not in check_rollouts(traj(wide), ref, ["m"])[0]  # no floor, no columns
+    row = check_rollouts(traj(wide), ref, ["m"], floor=traj(wide))[0]
+    for key in ("stability", "w1_bond_length_a", "w1_bond_angle_deg", "w1_dihedral_deg"):
+        assert row[f"prior_{key}"] == row[key], key
+    assert behind_prior(row) == ["bonds", "angles", "dihedrals"]  # as close: the model adds nothing
+    row = check_rollouts(traj(wide), ref, ["m"], floor=traj(near))[0]
+    assert row["prior_w1_bond_length_a"] < 0.2 * row["w1_bond_length_a"] and "bonds" in behind_prior(row)
+    assert list(row)[-1] == "reference"  # the columns before it are the figures
+    row = check_rollouts(traj(near), ref, ["m"], floor=traj(wide))[0]
+    assert behind_prior(row) == []  # the model is closer in every figure and as stable
+    apart = wide.copy()
+    apart[20:, 0] += 5.0  # the floor's first atom leaves at step 20
+    row = check_rollouts(traj(near), ref, ["m"], floor=traj(apart))[0]
+    assert row["prior_stability"] < row["stability"] == 1.0 and behind_prior(row) == []
+
+
+def test_behind_prior_names_each_figure_the_prior_alone_does_as_well_or_better():
+    from atomray.rollout_check import behind_prior
+
+    model = {"stability": 1.0, "w1_bond_length_a": 0.004, "w1_bond_angle_deg": 0.8, "w1_dihedral_deg": 2.6}
+    better = {"prior_stability": 1.0, "prior_w1_bond_length_a": 0.005, "prior_w1_bond_angle_deg": 0.9,
+              "prior_w1_dihedral_deg": 3.0}
+    assert behind_prior({**model, **better}) == []
+    assert behind_prior({**model, **better, "prior_w1_bond_angle_deg": 0.5}) == ["angles"]
+    assert behind_prior({**model, **better, "prior_w1_dihedral_deg": 2.6}) == ["dihedrals"]  # a tie adds nothing
+    assert behind_prior({**model, "stability": 0.8, **better}) == ["stability"]
+    nan = float("nan")  # every model rollout flew apart: the prior's finite figures are the closer
+    assert behind_prior({**model, "stability": 0.0, "w1_bond_length_a": nan, **better}) == ["stability", "bonds"]
+    assert behind_prior({**model, **better, "prior_w1_dihedral_deg": nan}) == []  # nor the other way
+
+
 def test_rotamer_transitions_per_100_ps_of_rollouts_and_reference_and_not_at_the_join_of_two_runs():
     """Butane rolled out anti → gauche+ in 40 steps of 10 fs: one transition in 400 fs, 250 per
     100 ps. Its reference, two runs joined (one all anti, one all gauche+, read every 5 fs):

@@ -260,6 +260,12 @@ def test_plot_structure(ethanol, tmp_path):
                              title="ethanol")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == ["ethanol.png"]  # no temporaries left
+    alone = st.plot_structure(rollout, pos, z, tmp_path / "alone.png", dt_fs=0.5, reference_dt_fs=0.5).read_bytes()
+    floor = rollout.copy()
+    floor[len(floor) // 2:] = np.nan  # a prior alone that flew apart halfway still draws
+    beside = st.plot_structure(rollout, pos, z, tmp_path / "floor.png", dt_fs=0.5, reference_dt_fs=0.5,
+                               floor=floor).read_bytes()
+    assert beside[:8] == b"\x89PNG\r\n\x1a\n" and beside != alone  # the prior alone drawn beside the rollout
 
 
 def test_bad_input_names_what_is_wrong(ethanol):

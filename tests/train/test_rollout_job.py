@@ -28,6 +28,8 @@ def rigid_checkpoint(path):
 
 
 def test_rollout_job_writes_extxyz_with_every_atom_and_an_mlflow_run(servers, tmp_path, capsys):
+    import csv
+
     import ase.io
     from mlflow.tracking import MlflowClient
 
@@ -53,6 +55,16 @@ def test_rollout_job_writes_extxyz_with_every_atom_and_an_mlflow_run(servers, tm
             "mean_energy_drift_ev_per_ps"} <= set(run.data.metrics)
     assert "energy drift of CCO (mmff)" in printed and "10 energy calls" in printed  # 2 rollouts × 5 step starts
     assert any(a.path == "rollout" for a in c.list_artifacts(run.info.run_id))
+    # The floor rolls out beside it by default: an untrained checkpoint is its prior, so the prior
+    # alone scores the same and the verdict calls it what it is.
+    with open(out / "rollouts.csv") as fh:
+        row = next(csv.DictReader(fh))
+    for key in ("stability", "w1_bond_length_a", "w1_bond_angle_deg", "w1_dihedral_deg"):
+        assert float(row[f"prior_{key}"]) == float(row[key]), key
+    assert ("verdict against the prior alone: a defect: the prior alone is as close or closer on CCO "
+            "(bonds, angles, dihedrals)") in printed
+    assert run.data.metrics["molecules_beating_prior"] == 0.0 and run.data.params["prior_floor"] == "True"
+    assert run.data.metrics["CCO.prior_w1_bond_angle_deg"] == run.data.metrics["CCO.w1_bond_angle_deg"]
 
 
 def test_stride_sweep_writes_its_table_and_plot_and_the_thermostat_reaches_mlflow(servers, tmp_path, capsys):
@@ -64,7 +76,7 @@ def test_stride_sweep_writes_its_table_and_plot_and_the_thermostat_reaches_mlflo
     out = tmp_path / "rollouts"
     printed = job_main(capsys, "rollout.py", "--model", ckpt, "--smiles", "CCO", "--reference-engine", "mmff",
                        "--starts", 2, "--total-ps", 0.4, "--step-fs", 100, "--stride-sweep", 50, 100,
-                       "--momentum", "--thermostat", "csvr", "--tau-fs", 10, "--out", out,
+                       "--momentum", "--thermostat", "csvr", "--tau-fs", 10, "--no-prior-floor", "--out", out,
                        "--tracking-uri", servers["mlflow"], "--experiment", "rollout-sweep").out
     with open(out / "stride_sweep.csv") as fh:
         sweep = list(csv.DictReader(fh))
@@ -77,7 +89,10 @@ def test_stride_sweep_writes_its_table_and_plot_and_the_thermostat_reaches_mlflo
     assert run.data.params["thermostat"] == "csvr" and run.data.params["momentum"] == "True"
     # an NVT rollout is judged against NVT reference MD at the thermostat's temperature (the default)
     assert run.data.params["reference_ensemble"] == "nvt" and "then 0.4 ps NVT" in printed
-    assert "internal_temperature_k" in (out / "rollouts.csv").read_text().splitlines()[0]
+    header = (out / "rollouts.csv").read_text().splitlines()[0]
+    assert "internal_temperature_k" in header
+    assert "prior_stability" not in header and "against the prior alone" not in printed  # --no-prior-floor
+    assert "molecules_beating_prior" not in run.data.metrics and run.data.params["prior_floor"] == "False"
     assert [m.step for m in c.get_metric_history(run.info.run_id, "sweep.stability")] == [50, 100]
     # the thermostat holds the next step's start at 300 K; the rigid prior's own velocities carry no vibration
     assert 200 < run.data.metrics["mean_temperature_k"] < 400
