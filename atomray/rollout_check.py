@@ -438,6 +438,29 @@ def behind_prior(row: Mapping[str, float]) -> list[str]:
     return behind
 
 
+def prior_verdict(rows: list[Mapping], model: str = "the model") -> str:
+    """The verdict line of `check_rollouts` rows with a floor: `model` closer than the prior alone
+    in every figure on every molecule, or a defect naming each molecule and figure `behind_prior`
+    finds, with both values, and the reference's halves where they differ by more than the two
+    (a difference inside the reference's own noise is still a defect, and said to be so close)."""
+    parts = []
+    for row in rows:
+        details = []
+        for word in behind_prior(row):
+            key = next(k for k, w in PRIOR_FIGURES.items() if w == word)
+            text = f"{word} {float(row[key]):.4g} vs {float(row[f'prior_{key}']):.4g}"
+            noise = float(row.get(f"reference_halves_{key}", float("nan")))
+            if noise > abs(float(row[key]) - float(row[f"prior_{key}"])):
+                text += f", the reference's halves differ by {noise:.4g}"
+            details.append(text)
+        if details:
+            parts.append(f"{row['molecule']} ({'; '.join(details)})")
+    if not parts:
+        return (f"verdict against the prior alone: {model} is closer in bonds, angles and dihedrals and no less "
+                "stable on every molecule")
+    return "verdict against the prior alone: a defect: the prior alone is as close or closer on " + "; ".join(parts)
+
+
 def rotamer_torsions(x: np.ndarray, z: np.ndarray, bonds) -> np.ndarray:
     """(n, 4) one proper dihedral A-Y-X-B per saturated rotatable bond Y-X of the state x (N, 3)
     with atoms z (`atomray.priors.modes.torsion_groups` with `saturated`: sp3-sp3, three

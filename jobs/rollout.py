@@ -381,8 +381,8 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
     from atomray.predict import model_atoms
     from atomray.rollout import default_step_fs, rollout, write_rollout_extxyz
     from atomray.rollout_check import (behind_prior, check_rollouts, dataset_reference, describe_failures,
-                                       fresh_reference, holds, model_reference, pooled_md, reference_temperature, rollout_failures,
-                                       states_from_md)
+                                       fresh_reference, holds, model_reference, pooled_md, prior_verdict,
+                                       reference_temperature, rollout_failures, states_from_md)
 
     step = args.step_fs or default_step_fs(cfg)
     total = 1000.0 * args.total_ps
@@ -453,6 +453,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
         floor = rollout(prior_model(cfg), cfg, states, total_fs=total, step_fs=step, elements=elements, progress=True,
                         delta_fs=args.delta_fs, control=control, lags=args.lags,
                         velocity=args.velocity, keep_bonds=args.basin_bonds == "start")
+        print(f"the floor rolled out in {floor.seconds:.1f} s", flush=True)
     rows = check_rollouts(traj, refs, molecule_of, out, floor=floor)
     for taken, tried, key, what in ((traj.hops, traj.hop_attempts, "proton_hops", "proton hop(s)"),
                                     (traj.turns, traj.turn_attempts, "rotor_turns", "rotor turn(s)"),
@@ -487,11 +488,7 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
           else "verdict: " + "; ".join(f"{m} misses {', '.join(v)}" for m, v in failing.items()), flush=True)
     behind = {r["molecule"]: behind_prior(r) for r in rows} if floor is not None else {}
     if floor is not None:
-        lagging = {m: v for m, v in behind.items() if v}
-        print(f"verdict against the prior alone: {cfg.model.name} is closer in bonds, angles and dihedrals and no less "
-              "stable on every molecule" if not lagging else
-              "verdict against the prior alone: a defect: the prior alone is as close or closer on "
-              + "; ".join(f"{m} ({', '.join(v)})" for m, v in lagging.items()), flush=True)
+        print(prior_verdict(rows, cfg.model.name), flush=True)
 
     c = tracking.client(uri)
     run_id = c.create_run(tracking.experiment_id(c, args.experiment), run_name=f"rollout-{time.strftime('%Y%m%d-%H%M%S')}",

@@ -432,6 +432,26 @@ def test_behind_prior_names_each_figure_the_prior_alone_does_as_well_or_better()
     assert behind_prior({**model, **better, "prior_w1_dihedral_deg": nan}) == []  # nor the other way
 
 
+def test_the_verdict_against_the_prior_agrees_with_the_figures():
+    """`prior_verdict`: no defect only where the model is closer in every figure on every
+    molecule; otherwise each molecule and figure with both values, and the reference's halves
+    where the two differ by less than the reference differs from itself."""
+    from atomray.rollout_check import prior_verdict
+
+    ahead = {"molecule": "phenol", "stability": 1.0, "w1_bond_length_a": 0.0033, "w1_bond_angle_deg": 0.5,
+             "w1_dihedral_deg": 1.0, "prior_stability": 1.0, "prior_w1_bond_length_a": 0.0061,
+             "prior_w1_bond_angle_deg": 0.57, "prior_w1_dihedral_deg": 1.3, "reference_halves_w1_dihedral_deg": 0.2}
+    assert prior_verdict([ahead], "atom") == ("verdict against the prior alone: atom is closer in bonds, angles and "
+                                              "dihedrals and no less stable on every molecule")
+    behind = {**ahead, "molecule": "nma", "w1_dihedral_deg": 4.5, "prior_w1_dihedral_deg": 3.8,
+              "reference_halves_w1_dihedral_deg": 9.4}
+    assert prior_verdict([ahead, behind], "atom") == (
+        "verdict against the prior alone: a defect: the prior alone is as close or closer on nma "
+        "(dihedrals 4.5 vs 3.8, the reference's halves differ by 9.4)")
+    far = {**behind, "reference_halves_w1_dihedral_deg": 0.3, "w1_bond_angle_deg": 0.8}
+    assert prior_verdict([far]).endswith("nma (angles 0.8 vs 0.57; dihedrals 4.5 vs 3.8)")
+
+
 def test_rotamer_transitions_per_100_ps_of_rollouts_and_reference_and_not_at_the_join_of_two_runs():
     """Butane rolled out anti → gauche+ in 40 steps of 10 fs: one transition in 400 fs, 250 per
     100 ps. Its reference, two runs joined (one all anti, one all gauche+, read every 5 fs):

@@ -61,8 +61,10 @@ def test_rollout_job_writes_extxyz_with_every_atom_and_an_mlflow_run(servers, tm
         row = next(csv.DictReader(fh))
     for key in ("stability", "w1_bond_length_a", "w1_bond_angle_deg", "w1_dihedral_deg"):
         assert float(row[f"prior_{key}"]) == float(row[key]), key
-    assert ("verdict against the prior alone: a defect: the prior alone is as close or closer on CCO "
-            "(bonds, angles, dihedrals)") in printed
+    verdict = next(line for line in printed.splitlines() if line.startswith("verdict against the prior alone"))
+    assert verdict.startswith("verdict against the prior alone: a defect: the prior alone is as close or closer on "
+                              f"CCO (bonds {float(row['w1_bond_length_a']):.4g} vs {float(row['w1_bond_length_a']):.4g}")
+    assert "; angles " in verdict and "; dihedrals " in verdict
     assert run.data.metrics["molecules_beating_prior"] == 0.0 and run.data.params["prior_floor"] == "True"
     assert run.data.metrics["CCO.prior_w1_bond_angle_deg"] == run.data.metrics["CCO.w1_bond_angle_deg"]
 
