@@ -163,9 +163,10 @@ def load_model(directory: str | Path, map_location: Any = "cpu") -> tuple[torch.
 
 
 def prior_model(cfg: RunConfig) -> torch.nn.Module:
-    """The architecture `cfg` describes, untrained (inference mode): its output projections start
-    at zero, so it predicts its prior alone, the floor a trained model of `cfg` must beat
-    (`jobs/rollout.py` rolls it out beside the model; `--prior-only` instead of it)."""
+    """The architecture `cfg` describes, untrained (inference mode): ATOM's output projections
+    start at zero and the EGNN family's α (prior + α (x̂ − prior)) at 0, so with a prior
+    (`model.prior` other than "none") it predicts its prior alone, the floor a trained model of
+    `cfg` must beat (`jobs/rollout.py` rolls it out beside the model; `--prior-only` instead)."""
     from atomray.model import build_model
 
     return build_model(cfg.model, num_lags=cfg.data.num_lags, rwpe_dim=cfg.data.rwpe_k).eval()

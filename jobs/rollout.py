@@ -445,7 +445,9 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
     for i, name in enumerate(traj.names):
         write_rollout_extxyz(out / f"{_safe(name)}.extxyz", traj, i)
     floor = None
-    if args.prior_floor and not args.prior_only:
+    if args.prior_floor and not args.prior_only and cfg.model.prior == "none":
+        print("the floor: none (model.prior is 'none': the untrained network is no physics floor)", flush=True)
+    elif args.prior_floor and not args.prior_only:
         from atomray.checkpoint import prior_model
 
         print("the floor: the prior alone (zero correction) from the same starts, with the same seed and controls "

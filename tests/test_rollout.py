@@ -896,6 +896,21 @@ def test_prior_only_loads_the_checkpoints_architecture_with_a_zero_correction(tm
         assert (error < 1e-6) == close, (prior_only, error)
 
 
+@pytest.mark.parametrize("name", ["atom", "egnn_r", "egnn_s", "egno"])
+def test_the_floor_of_every_model_with_a_prior_is_its_prior_alone(name):
+    """`checkpoint.prior_model` (the floor `jobs/rollout.py` rolls out beside a model): ATOM's
+    zero output projections and the EGNN family's α = 0 leave the rigid prior's analytic motion
+    of a spinning molecule untouched, whatever the untrained network computes."""
+    from atomray.checkpoint import prior_model
+
+    cfg = small_cfg()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name, gnn_hidden_dim=16))
+    state, exact = spinning_molecule()
+    torch.manual_seed(0)
+    traj = rollout(prior_model(cfg).double(), cfg, [state], total_fs=200.0, step_fs=50.0, dtype=torch.float64)
+    assert np.abs(traj.positions[0][-1] - exact(200.0)).max() < 1e-6, name
+
+
 def test_a_checkpoint_saved_with_rotor_circles_rolls_out_on_its_circles(tmp_path, monkeypatch):
     """`model.rotor_circles` travels with the checkpoint: loaded back, a rollout step's prior
     paths (`predict.state_windows`, a new ethanol state's basin from an empty machine store) turn
