@@ -60,7 +60,7 @@ runs K such references, each equilibrated from its own seed, joins them, and spa
 over all of them: one 100-ps run cannot pin a flexible molecule's conformer populations, and its
 two halves say so; `--reference-workers W` runs W of them at once, one process each, by default
 one per core). Writes to --out
-one extxyz per rollout (every atom the model predicts), rollouts.csv, rollouts.md, failures.csv
+one extxyz per rollout (every atom the model predicts), rollouts.csv, rollouts.md (the table and the verdicts), failures.csv
 (per rollout: whether it holds and, where it breaks, when, how, and which two atoms; printed too)
 and a structure plot per molecule, and logs an MLflow run (experiment --experiment) with the
 per-molecule and mean figures: stability coefficient, time to first failure, Wasserstein-1 of
@@ -475,7 +475,6 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    (out / "rollouts.md").write_text(markdown(rows, mean, keys))
     print(markdown(rows, mean, keys))
     failures = rollout_failures(traj, molecule_of)
     with open(out / "failures.csv", "w", newline="") as fh:
@@ -486,11 +485,13 @@ def run(args, model, cfg, elements, states, molecule_of, references, out, uri, c
         print(line, flush=True)
     misses = {r["molecule"]: holds(r, target_k) for r in rows}
     failing = {m: v for m, v in misses.items() if v}
-    print("verdict: every molecule holds (stability 1.0, W1 within targets, internal temperature within 10 %)" if not failing
-          else "verdict: " + "; ".join(f"{m} misses {', '.join(v)}" for m, v in failing.items()), flush=True)
+    verdicts = ["verdict: every molecule holds (stability 1.0, W1 within targets, internal temperature within 10 %)"
+                if not failing else "verdict: " + "; ".join(f"{m} misses {', '.join(v)}" for m, v in failing.items())]
     behind = {r["molecule"]: behind_prior(r) for r in rows} if floor is not None else {}
     if floor is not None:
-        print(prior_verdict(rows, cfg.model.name), flush=True)
+        verdicts.append(prior_verdict(rows, cfg.model.name))
+    print("\n".join(verdicts), flush=True)
+    (out / "rollouts.md").write_text(markdown(rows, mean, keys) + "\n" + "\n\n".join(verdicts) + "\n")
 
     c = tracking.client(uri)
     run_id = c.create_run(tracking.experiment_id(c, args.experiment), run_name=f"rollout-{time.strftime('%Y%m%d-%H%M%S')}",

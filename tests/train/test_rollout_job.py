@@ -65,6 +65,7 @@ def test_rollout_job_writes_extxyz_with_every_atom_and_an_mlflow_run(servers, tm
     assert verdict.startswith("verdict against the prior alone: a defect: the prior alone is as close or closer on "
                               f"CCO (bonds {float(row['w1_bond_length_a']):.4g} vs {float(row['w1_bond_length_a']):.4g}")
     assert "; angles " in verdict and "; dihedrals " in verdict
+    assert (out / "rollouts.md").read_text().endswith(verdict + "\n")  # the table's file says it too
     assert run.data.metrics["molecules_beating_prior"] == 0.0 and run.data.params["prior_floor"] == "True"
     assert run.data.metrics["CCO.prior_w1_bond_angle_deg"] == run.data.metrics["CCO.w1_bond_angle_deg"]
 
