@@ -362,7 +362,7 @@ def check_rollouts(traj: Rollout, references: Mapping[str, Reference], molecule_
         bonds = _molecule_bonds(traj, idx)
         dt = np.diff(traj.times_fs)
         summary, distances = _stability_and_distances(traj, idx, ref, bonds)
-        nan = {k: float("nan") for k in ("bond_length_a", "bond_angle_deg", "dihedral_deg", "radius_of_gyration_a")}
+        nan = dict.fromkeys(_DISTANCES, float("nan"))
         t_roll = _temperatures([traj.step_velocities[i][1:] for i in idx], z)
         t_model = _temperatures([traj.model_velocities[i] for i in idx], z) if traj.model_velocities else t_roll
         t_internal = _temperatures([traj.step_velocities[i][1:] for i in idx], z, [step_positions(traj, i)[1:] for i in idx])
@@ -398,6 +398,9 @@ def check_rollouts(traj: Rollout, references: Mapping[str, Reference], molecule_
     return rows
 
 
+_DISTANCES = ("bond_length_a", "bond_angle_deg", "dihedral_deg", "radius_of_gyration_a")  # structure_distances' keys
+
+
 def _stability_and_distances(traj: Rollout, idx: list[int], ref: Reference, bonds):
     """(`structure.stability_coefficient` of rollouts `idx` by `bonds`, their pooled W1 distances
     from the reference's frames; NaN where every frame flew apart)."""
@@ -410,8 +413,7 @@ def _stability_and_distances(traj: Rollout, idx: list[int], ref: Reference, bond
     pooled = np.concatenate([traj.positions[i][1:] for i in idx])
     pooled = pooled[np.isfinite(pooled).all((1, 2))]  # frames of molecules that flew apart are NaN
     if not len(pooled):
-        return summary, {k: float("nan") for k in ("bond_length_a", "bond_angle_deg", "dihedral_deg",
-                                                   "radius_of_gyration_a")}
+        return summary, dict.fromkeys(_DISTANCES, float("nan"))
     return summary, structure.structure_distances(pooled, ref.positions, z, bonds)
 
 
@@ -426,15 +428,20 @@ def behind_prior(row: Mapping[str, float]) -> list[str]:
     higher, "bonds", "angles", "dihedrals" where the prior's W1 is as small or smaller (a model
     that only matches its prior adds nothing). An empty list: the model beats its floor in
     every figure. A defect either way, whatever the targets say."""
+    return [PRIOR_FIGURES[key] for key in _behind_keys(row)]
+
+
+def _behind_keys(row: Mapping[str, float]) -> list[str]:
+    """The keys of `PRIOR_FIGURES` in which the prior alone does as well or better (`behind_prior`)."""
     behind = []
-    for key, word in PRIOR_FIGURES.items():
+    for key in PRIOR_FIGURES:
         model, prior = float(row[key]), float(row[f"prior_{key}"])
         if key == "stability":
             worse = prior > model
         else:  # a W1 of rollouts that all flew apart is NaN: the other is then the closer
             worse = prior <= model or (math.isnan(model) and not math.isnan(prior))
         if worse:
-            behind.append(word)
+            behind.append(key)
     return behind
 
 
@@ -446,9 +453,8 @@ def prior_verdict(rows: list[Mapping], model: str = "the model") -> str:
     parts = []
     for row in rows:
         details = []
-        for word in behind_prior(row):
-            key = next(k for k, w in PRIOR_FIGURES.items() if w == word)
-            text = f"{word} {float(row[key]):.4g} vs {float(row[f'prior_{key}']):.4g}"
+        for key in _behind_keys(row):
+            text = f"{PRIOR_FIGURES[key]} {float(row[key]):.4g} vs {float(row[f'prior_{key}']):.4g}"
             noise = float(row.get(f"reference_halves_{key}", float("nan")))
             if noise > abs(float(row[key]) - float(row[f"prior_{key}"])):
                 text += f", the reference's halves differ by {noise:.4g}"
